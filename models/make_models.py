@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Generate Keel's example model repository (models/) and the test-only repository (tests/models/).
+
+Deterministic: the same pinned requirements (models/requirements.txt) give byte-identical files, so the
+outputs are committed and this script is only rerun when a model changes.
+
+    .venv/bin/python models/make_models.py            # rewrite both repositories
+    .venv/bin/python models/make_models.py --check    # exit 1 if a committed file differs
+
+Models written:
+  models/breast-cancer/{1,2}/model.onnx   standardisation as Sub/Div + logistic regression, in plain ONNX
+                                          ops so both ONNX Runtime and tract run it. v1: C=1.0, v2: C=0.05.
+  models/breast-cancer-gbt/1/model.onnx   gradient-boosted trees (ai.onnx.ml TreeEnsembleClassifier):
+                                          ONNX Runtime only, declared in its model.toml.
+  tests/models/datatypes/1/model.onnx     one Identity per KServe datatype (BOOL ... FP64, BYTES) so each
+                                          backend's tensor conversion is checked against onnxruntime.
+"""
+
+import argparse
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+ROOT = Path(__file__).resolve().parent.parent
+OPSET = 17
+N_FEATURES = 30
+
+
+def finish(model: onnx.ModelProto) -> bytes:
+    """Fix every field that could vary between machines, check the model, return its bytes."""
+    model.producer_name = "keel-make-models"
+    model.producer_version = "1"
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString(deterministic=True)
+
+
+def logistic_regression(mean, scale, coef, intercept) -> bytes:
+    """(x - mean) / scale -> MatMul -> Softmax; label = ArgMax. Softmax over [0, z] equals
+    [1 - sigmoid(z), sigmoid(z)], which is exactly scikit-learn's binary predict_proba."""
+    weights = np.zeros((N_FEATURES, 2), dtype=np.float32)
+    weights[:, 1] = coef
+    bias = np.array([0.0, intercept], dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(mean.astype(np.float32), "mean"),
+        numpy_helper.from_array(scale.astype(np.float32), "scale"),
+        numpy_helper.from_array(weights, "weights"),
+        numpy_helper.from_array(bias, "bias"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["input", "mean"], ["centered"], name="center"),
+        helper.make_node("Div", ["centered", "scale"], ["scaled"], name="scale"),
+        helper.make_node("MatMul", ["scaled", "weights"], ["logits_nb"], name="linear"),
+        helper.make_node("Add", ["logits_nb", "bias"], ["logits"], name="bias"),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax"),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="argmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "breast_cancer_logreg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", N_FEATURES])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+        inits,
+    )
+    return finish(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8))
+
+
+def breast_cancer_lr(x, y, c: float) -> bytes:
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x), y)
+    return logistic_regression(scaler.mean_, scaler.scale_, clf.coef_[0], clf.intercept_[0])
+
+
+def breast_cancer_gbt(x, y) -> bytes:
+    from skl2onnx import to_onnx
+
+    clf = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, y)
+    model = to_onnx(
+        clf,
+        x[:1],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        initial_types=None,
+    )
+    # skl2onnx names the input "X"; Keel's examples share one signature.
+    rename = {model.graph.input[0].name: "input"}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+    model.graph.input[0].name = "input"
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].Clear()
+    dims[0].dim_param = "N"
+    for out in model.graph.output:
+        out.type.tensor_type.shape.dim[0].Clear()
+        out.type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.name = "breast_cancer_gbt"
+    return finish(model)
+
+
+DATATYPES = [
+    # (KServe name, ONNX element type)
+    ("BOOL", TensorProto.BOOL),
+    ("UINT8", TensorProto.UINT8),
+    ("UINT16", TensorProto.UINT16),
+    ("UINT32", TensorProto.UINT32),
+    ("UINT64", TensorProto.UINT64),
+    ("INT8", TensorProto.INT8),
+    ("INT16", TensorProto.INT16),
+    ("INT32", TensorProto.INT32),
+    ("INT64", TensorProto.INT64),
+    ("FP16", TensorProto.FLOAT16),
+    ("FP32", TensorProto.FLOAT),
+    ("FP64", TensorProto.DOUBLE),
+    ("BYTES", TensorProto.STRING),
+]
+
+
+def datatypes_model() -> bytes:
+    nodes, inputs, outputs = [], [], []
+    for name, elem in DATATYPES:
+        lower = name.lower()
+        inputs.append(helper.make_tensor_value_info(f"in_{lower}", elem, ["N", 3]))
+        outputs.append(helper.make_tensor_value_info(f"out_{lower}", elem, ["N", 3]))
+        nodes.append(helper.make_node("Identity", [f"in_{lower}"], [f"out_{lower}"], name=f"id_{lower}"))
+    graph = helper.make_graph(nodes, "datatypes", inputs, outputs)
+    return finish(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8))
+
+
+GBT_TOML = """# Tree ensembles are ai.onnx.ml operators that tract cannot run: serve with ONNX Runtime only.
+backend = "onnxruntime"
+"""
+
+BREAST_CANCER_TOML = """# Serve both versions; an unversioned request goes to the highest (2).
+version_policy = "all"
+"""
+
+
+def build() -> dict[Path, bytes]:
+    data = load_breast_cancer()
+    x = data.data.astype(np.float32)
+    y = data.target
+    return {
+        ROOT / "models/breast-cancer/1/model.onnx": breast_cancer_lr(x, y, 1.0),
+        ROOT / "models/breast-cancer/2/model.onnx": breast_cancer_lr(x, y, 0.05),
+        ROOT / "models/breast-cancer/model.toml": BREAST_CANCER_TOML.encode(),
+        ROOT / "models/breast-cancer-gbt/1/model.onnx": breast_cancer_gbt(x, y),
+        ROOT / "models/breast-cancer-gbt/model.toml": GBT_TOML.encode(),
+        ROOT / "tests/models/datatypes/1/model.onnx": datatypes_model(),
+        ROOT / "tests/data/breast_cancer.npy": npy_bytes(x),
+    }
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk, write nothing")
+    args = parser.parse_args()
+    stale = 0
+    for path, content in build().items():
+        digest = hashlib.sha256(content).hexdigest()[:16]
+        rel = path.relative_to(ROOT)
+        if args.check:
+            if not path.exists() or path.read_bytes() != content:
+                print(f"differs: {rel}")
+                stale += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        print(f"wrote {rel} ({len(content)} bytes, sha256 {digest}...)")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

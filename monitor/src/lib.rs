@@ -1,0 +1,7 @@
+//! Keel's monitoring library. The server logs one [`PredictionRecord`] per served row; the drift
+//! monitor (rolling PSI/CSI against a baseline) consumes them. The monitor never depends on the server.
+#![forbid(unsafe_code)]
+
+pub mod record;
+
+pub use record::{FeatureValue, PredictionRecord};

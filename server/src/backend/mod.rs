@@ -1,0 +1,57 @@
+//! Backends: one small synchronous trait, implemented by ONNX Runtime and by tract. A backend is created
+//! and used on its instance's own OS thread (see `instance`), never on the async runtime.
+
+pub mod onnxruntime;
+pub mod tract;
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::repository::model_toml::{BackendChoice, ModelToml};
+use crate::signature::Signature;
+use crate::tensor::Tensor;
+
+pub trait Backend: Send {
+    /// Runs one batch. `inputs` are in signature order and already validated; the result holds every
+    /// output of the signature, in signature order.
+    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    OnnxRuntime,
+    Tract,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::OnnxRuntime => "onnxruntime",
+            BackendKind::Tract => "tract",
+        }
+    }
+
+    /// Picks the backend for `choice`: `auto` prefers ONNX Runtime and falls back to tract when its
+    /// library did not load (the reason was logged once at start-up).
+    pub fn resolve(choice: BackendChoice) -> Result<Self, String> {
+        let ort = onnxruntime::status();
+        match (choice, ort) {
+            (BackendChoice::Tract, _) => Ok(BackendKind::Tract),
+            (BackendChoice::OnnxRuntime | BackendChoice::Auto, Ok(())) => Ok(BackendKind::OnnxRuntime),
+            (BackendChoice::Auto, Err(_)) => Ok(BackendKind::Tract),
+            (BackendChoice::OnnxRuntime, Err(why)) => Err(format!(
+                "model.toml asks for backend \"onnxruntime\" but ONNX Runtime is not available ({why}); \
+                 pass --ort-library PATH or set ORT_DYLIB_PATH to libonnxruntime.so, or run `make serve` \
+                 to create .venv with the pinned onnxruntime wheel"
+            )),
+        }
+    }
+
+    /// Loads the model file into a ready-to-run backend. Called on the instance's thread.
+    pub fn load(self, path: &Path, signature: &Signature, config: &ModelToml) -> Result<Box<dyn Backend>, String> {
+        match self {
+            BackendKind::OnnxRuntime => Ok(Box::new(onnxruntime::OrtBackend::load(path, signature, config)?)),
+            BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(path, signature)?)),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The one error type of the serving core, mapped to an HTTP status here and to a gRPC status by the gRPC
+//! front end, so both protocols report the same failure the same way.
+
+use axum::http::StatusCode;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// Anything the client did wrong: malformed body, wrong datatype, shape mismatch...
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The model exists but cannot serve now (failed load, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A valid request for a feature Keel does not implement (e.g. shared memory).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A failure inside Keel or the backend: the request itself was fine.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

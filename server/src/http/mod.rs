@@ -1,0 +1,139 @@
+//! The KServe V2 REST front end (with Triton's binary tensor and model configuration extensions).
+
+pub mod codec;
+pub mod json_data;
+pub mod metadata;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::{Error, Result};
+use crate::infer::Infer;
+
+/// Bodies above this size are decoded on the blocking pool so a large JSON parse cannot stall the
+/// runtime's workers.
+const INLINE_DECODE_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub infer: Infer,
+    pub max_body_bytes: usize,
+    /// Cleared when shutdown starts, so readiness probes steer traffic away while requests drain.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(|| async { Json(metadata::server()) }))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        // The infer handler enforces its own, configurable limit with a JSON error.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        (self.http_status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// `{model}` and the optional `{version}` of a model route.
+type ModelPath = Path<HashMap<String, String>>;
+
+fn model_and_version(path: &HashMap<String, String>) -> (&str, Option<&str>) {
+    (path.get("model").map(String::as_str).unwrap_or_default(), path.get("version").map(String::as_str))
+}
+
+async fn server_ready(State(state): State<HttpState>) -> StatusCode {
+    if state.ready.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn model_metadata(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+    let (model, version) = model_and_version(&path);
+    let served = state.infer.version(model, version)?;
+    let entry = state.infer.repository().model(model)?;
+    Ok(Json(metadata::model(&entry, &served)).into_response())
+}
+
+async fn model_ready(State(state): State<HttpState>, Path(path): ModelPath) -> Result<StatusCode> {
+    let (model, version) = model_and_version(&path);
+    match state.infer.version(model, version) {
+        Ok(_) => Ok(StatusCode::OK),
+        // Known but not ready: a bare 4xx, as the protocol asks of readiness endpoints.
+        Err(Error::Unavailable(_)) => Ok(StatusCode::BAD_REQUEST),
+        Err(e) => Err(e),
+    }
+}
+
+async fn model_config(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+    let (model, version) = model_and_version(&path);
+    let served = state.infer.version(model, version)?;
+    Ok(Json(metadata::config(&served)).into_response())
+}
+
+async fn infer(State(state): State<HttpState>, Path(path): ModelPath, headers: HeaderMap, body: Body) -> Result<Response> {
+    let (model, version) = model_and_version(&path);
+    let served = state.infer.version(model, version)?;
+    let json_len = match headers.get(codec::HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+            Error::invalid(format!("{} must be a non-negative integer", codec::HEADER_LENGTH))
+        })?),
+    };
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let decoded = if body.len() > INLINE_DECODE_BYTES {
+        tokio::task::spawn_blocking(move || codec::decode_request(&body, json_len))
+            .await
+            .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))??
+    } else {
+        codec::decode_request(&body, json_len)?
+    };
+    let response = served.infer(decoded.request).await?;
+    let encoded = codec::encode_response(&response, &decoded.binary)?;
+    let mut reply = Response::new(Body::from(encoded.body));
+    let h = reply.headers_mut();
+    match encoded.json_len {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(reply)
+}
+
+/// Reads the whole body, refusing anything over `limit`: a declared Content-Length over the limit is
+/// refused before a byte is read; a chunked body is cut off as soon as it passes the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
+    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Error::invalid(format!("cannot read the request body: {e}"))),
+    }
+}

@@ -1,0 +1,83 @@
+//! The serving core shared by every front end: find the model version, validate the request against its
+//! signature, run it on an instance, return the requested outputs.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::repository::{Repository, ServedVersion};
+use crate::tensor::Tensor;
+
+/// A protocol-neutral inference request.
+#[derive(Debug, Default)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Output names to return, in this order; `None` returns every output.
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: u64,
+    pub id: Option<String>,
+    pub outputs: Vec<Tensor>,
+}
+
+/// Cheap to clone; every front end holds one.
+#[derive(Clone)]
+pub struct Infer {
+    repository: Arc<Repository>,
+}
+
+impl Infer {
+    pub fn new(repository: Arc<Repository>) -> Self {
+        Infer { repository }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// The ready version to serve: `version` if given, else the highest ready one.
+    pub fn version(&self, model: &str, version: Option<&str>) -> Result<Arc<ServedVersion>> {
+        let version = version.map(parse_version).transpose()?;
+        self.repository.ready_version(model, version)
+    }
+}
+
+/// Versions are positive integers on the wire ("1"), as in the repository layout.
+pub fn parse_version(text: &str) -> Result<u64> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| Error::invalid(format!("version '{text}' is not a positive integer")))
+}
+
+impl ServedVersion {
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        if let Some(wanted) = &request.outputs {
+            for (i, name) in wanted.iter().enumerate() {
+                if self.signature.output(name).is_none() {
+                    return Err(Error::invalid(format!("unknown output '{name}' requested")));
+                }
+                if wanted[..i].contains(name) {
+                    return Err(Error::invalid(format!("output '{name}' is requested more than once")));
+                }
+            }
+        }
+        let inputs = self.signature.check_inputs(request.inputs)?;
+        let mut all = self.instance.infer(inputs).await?;
+        let outputs = match request.outputs {
+            None => all,
+            Some(wanted) => wanted
+                .iter()
+                .map(|name| {
+                    let pos = all.iter().position(|t| &t.name == name).expect("backends return every output");
+                    all.swap_remove(pos)
+                })
+                .collect(),
+        };
+        Ok(InferResponse { model_name: self.model.clone(), model_version: self.version, id: request.id, outputs })
+    }
+}

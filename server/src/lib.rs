@@ -1,0 +1,16 @@
+//! Keel's serving library: the model repository, backends, the inference core and its front ends.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod infer;
+pub mod instance;
+pub mod repository;
+pub mod server;
+pub mod signature;
+pub mod tensor;
+
+pub use config::ServeConfig;
+pub use server::Server;

@@ -1,0 +1,171 @@
+//! The model repository: `<root>/<model>/<version>/model.onnx` plus optional `<root>/<model>/model.toml`.
+//! Loaded versions live in a table published through `ArcSwap`, so request lookups never take a lock.
+
+pub mod model_toml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tract_onnx::prelude::Framework;
+
+use crate::backend::BackendKind;
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+use crate::signature::Signature;
+use model_toml::ModelToml;
+
+pub const MODEL_FILE: &str = "model.onnx";
+pub const CONFIG_FILE: &str = "model.toml";
+
+/// One loaded, ready-to-serve model version.
+pub struct ServedVersion {
+    pub model: String,
+    pub version: u64,
+    pub signature: Signature,
+    pub config: ModelToml,
+    pub backend: BackendKind,
+    pub(crate) instance: Instance,
+}
+
+pub enum VersionState {
+    Ready(Arc<ServedVersion>),
+    /// Load failed; the reason is what the log line said.
+    Unavailable(String),
+}
+
+pub struct ModelEntry {
+    pub name: String,
+    pub versions: BTreeMap<u64, VersionState>,
+    /// A problem with the model as a whole (bad model.toml, no versions).
+    pub error: Option<String>,
+}
+
+impl ModelEntry {
+    pub fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ServedVersion>> {
+        self.versions.values().filter_map(|s| match s {
+            VersionState::Ready(v) => Some(v),
+            VersionState::Unavailable(_) => None,
+        })
+    }
+}
+
+pub struct Repository {
+    root: PathBuf,
+    models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
+}
+
+impl Repository {
+    /// Loads every model under `root`. A model that fails is logged and recorded, never fatal.
+    pub async fn load(root: &Path) -> std::io::Result<Self> {
+        let mut names: Vec<String> = std::fs::read_dir(root)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut models = BTreeMap::new();
+        for name in names {
+            let entry = load_model(root, &name).await;
+            models.insert(name, Arc::new(entry));
+        }
+        Ok(Repository { root: root.to_path_buf(), models: ArcSwap::from_pointee(models) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A snapshot of every model's state.
+    pub fn models(&self) -> Arc<BTreeMap<String, Arc<ModelEntry>>> {
+        self.models.load_full()
+    }
+
+    pub fn model(&self, name: &str) -> Result<Arc<ModelEntry>> {
+        self.models.load().get(name).cloned().ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))
+    }
+
+    /// `version`, or the highest ready version when `None`.
+    pub fn ready_version(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedVersion>> {
+        let entry = self.model(name)?;
+        match version {
+            None => entry.ready_versions().next_back().cloned().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "model '{name}' has no ready version{}",
+                    entry.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                ))
+            }),
+            Some(v) => match entry.versions.get(&v) {
+                Some(VersionState::Ready(served)) => Ok(served.clone()),
+                Some(VersionState::Unavailable(why)) => {
+                    Err(Error::Unavailable(format!("model '{name}' version {v} is unavailable: {why}")))
+                }
+                None => Err(Error::NotFound(format!("model '{name}' has no version {v}"))),
+            },
+        }
+    }
+}
+
+async fn load_model(root: &Path, name: &str) -> ModelEntry {
+    let dir = root.join(name);
+    let mut entry = ModelEntry { name: name.to_string(), versions: BTreeMap::new(), error: None };
+    let config = match ModelToml::load(&dir.join(CONFIG_FILE)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(model = name, file = %dir.join(CONFIG_FILE).display(), cause = %e, "model not loaded");
+            entry.error = Some(e);
+            return entry;
+        }
+    };
+    let found = version_dirs(&dir);
+    if found.is_empty() {
+        let why = format!("no version directories (<model>/<N>/{MODEL_FILE}) in {}", dir.display());
+        tracing::error!(model = name, cause = %why, "model not loaded");
+        entry.error = Some(why);
+        return entry;
+    }
+    for version in config.version_policy.select(&found) {
+        let file = dir.join(version.to_string()).join(MODEL_FILE);
+        let state = match load_version(name, version, &file, &config).await {
+            Ok(served) => {
+                tracing::info!(model = name, version, backend = served.backend.name(), file = %file.display(), "model version ready");
+                VersionState::Ready(Arc::new(served))
+            }
+            Err(cause) => {
+                tracing::error!(model = name, version, file = %file.display(), %cause, "model version failed to load");
+                VersionState::Unavailable(cause)
+            }
+        };
+        entry.versions.insert(version, state);
+    }
+    entry
+}
+
+/// Positive integer subdirectories that hold a model file.
+fn version_dirs(dir: &Path) -> Vec<u64> {
+    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
+    read.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok().filter(|v| *v > 0).map(|v| (v, e.path())))
+        .filter(|(_, path)| path.join(MODEL_FILE).is_file())
+        .map(|(v, _)| v)
+        .collect()
+}
+
+async fn load_version(name: &str, version: u64, file: &Path, config: &ModelToml) -> Result<ServedVersion, String> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(file)
+        .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
+    let signature = Signature::from_onnx(&proto, config)?;
+    let backend = BackendKind::resolve(config.backend)?;
+    let instance = Instance::start(
+        format!("{name}-{version}"),
+        backend,
+        file.to_path_buf(),
+        signature.clone(),
+        config.clone(),
+    )
+    .await?;
+    Ok(ServedVersion { model: name.to_string(), version, signature, config: config.clone(), backend, instance })
+}

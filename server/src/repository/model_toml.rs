@@ -1,0 +1,164 @@
+//! `<repo>/<model>/model.toml`: the optional per-model configuration. Every key is documented in the
+//! README's configuration reference; an unknown key is an error naming the key and the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelToml {
+    /// Which backend runs the model.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// Rows per backend call; 0 turns the batch dimension off. Inferred from the graph when absent.
+    pub max_batch_size: Option<u32>,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    /// Per-tensor overrides, keyed by tensor name.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, TensorOverride>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, TensorOverride>,
+    #[serde(default)]
+    pub onnxruntime: OrtSettings,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// ONNX Runtime when its library loaded, else tract.
+    #[default]
+    Auto,
+    #[serde(rename = "onnxruntime")]
+    OnnxRuntime,
+    Tract,
+}
+
+/// Which versions found on disk are served (Triton's version_policy).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(u32),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those found, ascending.
+    pub fn select(&self, found: &[u64]) -> Vec<u64> {
+        let mut found = found.to_vec();
+        found.sort_unstable();
+        match self {
+            VersionPolicy::All => found,
+            VersionPolicy::Latest(n) => found.split_off(found.len().saturating_sub(*n as usize)),
+            VersionPolicy::Specific(wanted) => found.into_iter().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+/// Overrides what the ONNX graph says of one tensor.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorOverride {
+    /// Full shape including the batch dimension; -1 marks a variable dimension. Must agree with the
+    /// graph's fixed dimensions; it may fix dimensions the graph leaves open.
+    pub shape: Option<Vec<i64>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrtSettings {
+    /// Threads inside one operator (ONNX Runtime's intra_op_num_threads); default 1 per instance.
+    pub intra_op_threads: Option<usize>,
+    /// Threads across independent operators (inter_op_num_threads); default 1.
+    pub inter_op_threads: Option<usize>,
+    /// "disable", "basic", "extended" or "all" (default).
+    pub graph_optimization_level: Option<OptimizationLevel>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizationLevel {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+impl ModelToml {
+    /// Reads `path` if it exists; absence means all defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses() {
+        let toml = r#"
+            backend = "tract"
+            max_batch_size = 8
+            version_policy = { specific = [1, 3] }
+            [inputs.input]
+            shape = [-1, 30]
+            [outputs.label]
+            shape = [-1]
+            [onnxruntime]
+            intra_op_threads = 2
+            inter_op_threads = 1
+            graph_optimization_level = "basic"
+        "#;
+        let cfg = ModelToml::parse(toml).unwrap();
+        assert_eq!(cfg.backend, BackendChoice::Tract);
+        assert_eq!(cfg.max_batch_size, Some(8));
+        assert_eq!(cfg.version_policy, VersionPolicy::Specific(vec![1, 3]));
+        assert_eq!(cfg.inputs["input"].shape, Some(vec![-1, 30]));
+        assert_eq!(cfg.onnxruntime.graph_optimization_level, Some(OptimizationLevel::Basic));
+        assert_eq!(ModelToml::parse("version_policy = \"all\"").unwrap().version_policy, VersionPolicy::All);
+        assert_eq!(ModelToml::parse("backend = \"onnxruntime\"").unwrap().backend, BackendChoice::OnnxRuntime);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = ModelToml::parse("max_batch = 4").unwrap_err();
+        assert!(err.contains("max_batch"), "{err}");
+        let err = ModelToml::parse("[onnxruntime]\nthreads = 4").unwrap_err();
+        assert!(err.contains("threads"), "{err}");
+        let dir = std::env::temp_dir().join(format!("keel-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.toml");
+        std::fs::write(&path, "colour = 1").unwrap();
+        let err = ModelToml::load(&path).unwrap_err();
+        assert!(err.contains("colour") && err.contains("model.toml"), "{err}");
+    }
+
+    #[test]
+    fn version_policy_selects() {
+        let found = [3, 1, 2];
+        assert_eq!(VersionPolicy::default().select(&found), vec![3]);
+        assert_eq!(VersionPolicy::Latest(2).select(&found), vec![2, 3]);
+        assert_eq!(VersionPolicy::Latest(9).select(&found), vec![1, 2, 3]);
+        assert_eq!(VersionPolicy::All.select(&found), vec![1, 2, 3]);
+        assert_eq!(VersionPolicy::Specific(vec![1, 7]).select(&found), vec![1]);
+    }
+}

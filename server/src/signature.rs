@@ -1,0 +1,201 @@
+//! A model version's signature: its input and output tensors as clients see them, read from the ONNX
+//! graph and adjusted by `model.toml`. Requests are validated against it before they reach a backend.
+
+use tract_onnx::pb::{self, tensor_proto::DataType as OnnxType, tensor_shape_proto::dimension, type_proto};
+
+use crate::error::{Error, Result};
+use crate::repository::model_toml::{ModelToml, TensorOverride};
+use crate::tensor::{DataType, Tensor};
+
+/// Batch limit when the graph has a dynamic leading dimension and `model.toml` sets none.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Full shape, batch dimension included; -1 is a variable dimension.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// 0: no batch dimension. Otherwise dimension 0 of every tensor is the batch and may not exceed this.
+    pub max_batch_size: u32,
+}
+
+impl Signature {
+    pub fn from_onnx(model: &pb::ModelProto, config: &ModelToml) -> Result<Self, String> {
+        let graph = model.graph.as_ref().ok_or("the ONNX file has no graph")?;
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        // Older exporters list initializers among the inputs; they are weights, not request tensors.
+        let inputs = graph
+            .input
+            .iter()
+            .filter(|vi| !initializers.contains(vi.name.as_str()))
+            .map(|vi| tensor_spec(vi, config.inputs.get(&vi.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = graph
+            .output
+            .iter()
+            .map(|vi| tensor_spec(vi, config.outputs.get(&vi.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (kind, names, specs) in
+            [("inputs", config.inputs.keys(), &inputs), ("outputs", config.outputs.keys(), &outputs)]
+        {
+            for name in names {
+                if !specs.iter().any(|s| &s.name == name) {
+                    return Err(format!("model.toml [{kind}.{name}]: the graph has no such tensor"));
+                }
+            }
+        }
+        if inputs.is_empty() {
+            return Err("the graph has no inputs".into());
+        }
+        let batchable = inputs.iter().chain(&outputs).all(|t| t.shape.first() == Some(&-1));
+        let max_batch_size = match config.max_batch_size {
+            Some(0) => 0,
+            Some(n) if batchable => n,
+            Some(n) => {
+                return Err(format!(
+                    "max_batch_size = {n} needs a variable leading (batch) dimension on every input and output"
+                ));
+            }
+            None if batchable => DEFAULT_MAX_BATCH_SIZE,
+            None => 0,
+        };
+        Ok(Signature { inputs, outputs, max_batch_size })
+    }
+
+    pub fn output(&self, name: &str) -> Option<&TensorSpec> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Checks request inputs against the signature and returns them in signature order.
+    pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        for (i, t) in given.iter().enumerate() {
+            if given[..i].iter().any(|prev| prev.name == t.name) {
+                return Err(Error::invalid(format!("input '{}' is given more than once", t.name)));
+            }
+            if !self.inputs.iter().any(|s| s.name == t.name) {
+                return Err(Error::invalid(format!(
+                    "unknown input '{}'; the model's inputs are {}",
+                    t.name,
+                    names(&self.inputs)
+                )));
+            }
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        let mut batch = None;
+        for spec in &self.inputs {
+            let pos = given
+                .iter()
+                .position(|t| t.name == spec.name)
+                .ok_or_else(|| Error::invalid(format!("missing input '{}'", spec.name)))?;
+            let tensor = given.swap_remove(pos);
+            spec.check(&tensor)?;
+            if self.max_batch_size > 0 {
+                let rows = tensor.shape[0];
+                if rows as u64 > self.max_batch_size as u64 {
+                    return Err(Error::invalid(format!(
+                        "input '{}' has {rows} rows, more than the model's max_batch_size {}",
+                        spec.name, self.max_batch_size
+                    )));
+                }
+                if *batch.get_or_insert(rows) != rows {
+                    return Err(Error::invalid("all inputs must have the same batch size (dimension 0)"));
+                }
+            }
+            ordered.push(tensor);
+        }
+        Ok(ordered)
+    }
+}
+
+impl TensorSpec {
+    fn check(&self, t: &Tensor) -> Result<()> {
+        if t.datatype() != self.datatype {
+            return Err(Error::invalid(format!(
+                "input '{}' has datatype {}, the model expects {}",
+                self.name,
+                t.datatype(),
+                self.datatype
+            )));
+        }
+        let fits = t.shape.len() == self.shape.len()
+            && t.shape.iter().zip(&self.shape).all(|(&got, &want)| want < 0 || got as i64 == want);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "input '{}' has shape {:?}, the model expects {:?} (-1 is any size)",
+                self.name, t.shape, self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ")
+}
+
+fn tensor_spec(vi: &pb::ValueInfoProto, over: Option<&TensorOverride>) -> Result<TensorSpec, String> {
+    let tensor = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t,
+        _ => return Err(format!("tensor '{}' is not a plain tensor (sequence/map types are unsupported)", vi.name)),
+    };
+    let elem = OnnxType::try_from(tensor.elem_type).unwrap_or(OnnxType::Undefined);
+    let datatype = onnx_datatype(elem)
+        .ok_or_else(|| format!("tensor '{}' has ONNX element type {elem:?}, which Keel does not serve", vi.name))?;
+    let graph_shape: Option<Vec<i64>> = tensor.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(dimension::Value::DimValue(v)) if v > 0 => v,
+                _ => -1,
+            })
+            .collect()
+    });
+    let shape = match (graph_shape, over.and_then(|o| o.shape.clone())) {
+        (None, None) => {
+            return Err(format!(
+                "tensor '{}' has no shape in the graph; set [inputs/outputs.{}] shape in model.toml",
+                vi.name, vi.name
+            ));
+        }
+        (Some(graph), None) => graph,
+        (None, Some(over)) => over,
+        (Some(graph), Some(over)) => {
+            let agrees = graph.len() == over.len() && graph.iter().zip(&over).all(|(g, o)| *g < 0 || g == o);
+            if !agrees || over.iter().any(|d| *d < -1 || *d == 0) {
+                return Err(format!(
+                    "model.toml shape {over:?} for '{}' contradicts the graph's {graph:?}",
+                    vi.name
+                ));
+            }
+            over
+        }
+    };
+    Ok(TensorSpec { name: vi.name.clone(), datatype, shape })
+}
+
+fn onnx_datatype(t: OnnxType) -> Option<DataType> {
+    Some(match t {
+        OnnxType::Bool => DataType::Bool,
+        OnnxType::Uint8 => DataType::Uint8,
+        OnnxType::Uint16 => DataType::Uint16,
+        OnnxType::Uint32 => DataType::Uint32,
+        OnnxType::Uint64 => DataType::Uint64,
+        OnnxType::Int8 => DataType::Int8,
+        OnnxType::Int16 => DataType::Int16,
+        OnnxType::Int32 => DataType::Int32,
+        OnnxType::Int64 => DataType::Int64,
+        OnnxType::Float16 => DataType::Fp16,
+        OnnxType::Float => DataType::Fp32,
+        OnnxType::Double => DataType::Fp64,
+        OnnxType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
