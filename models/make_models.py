@@ -58,12 +58,12 @@ def logistic_regression(mean, scale, coef, intercept) -> bytes:
         numpy_helper.from_array(bias, "bias"),
     ]
     nodes = [
-        helper.make_node("Sub", ["input", "mean"], ["centered"], name="center"),
-        helper.make_node("Div", ["centered", "scale"], ["scaled"], name="scale"),
-        helper.make_node("MatMul", ["scaled", "weights"], ["logits_nb"], name="linear"),
-        helper.make_node("Add", ["logits_nb", "bias"], ["logits"], name="bias"),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax"),
-        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="argmax"),
+        helper.make_node("Sub", ["input", "mean"], ["centered"], name="sub_mean"),
+        helper.make_node("Div", ["centered", "scale"], ["scaled"], name="div_scale"),
+        helper.make_node("MatMul", ["scaled", "weights"], ["logits_nb"], name="matmul_weights"),
+        helper.make_node("Add", ["logits_nb", "bias"], ["logits"], name="add_bias"),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax_logits"),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="argmax_label"),
     ]
     graph = helper.make_graph(
         nodes,

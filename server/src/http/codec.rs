@@ -94,9 +94,10 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             )));
         }
     };
-    let json = std::str::from_utf8(json).map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}")))?;
+    let hint = if json_len.is_none() { " (binary tensor data needs the Inference-Header-Content-Length header)" } else { "" };
+    let json = std::str::from_utf8(json).map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}{hint}")))?;
     let parsed: RequestJson =
-        serde_json::from_str(json).map_err(|e| Error::invalid(format!("malformed inference request: {e}")))?;
+        serde_json::from_str(json).map_err(|e| Error::invalid(format!("malformed inference request: {e}{hint}")))?;
     reject_shared_memory(parsed.parameters.as_ref(), "request")?;
 
     let mut inputs = Vec::with_capacity(parsed.inputs.len());

@@ -92,10 +92,18 @@ impl Repository {
         let entry = self.model(name)?;
         match version {
             None => entry.ready_versions().next_back().cloned().ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "model '{name}' has no ready version{}",
-                    entry.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-                ))
+                let why = entry.error.clone().unwrap_or_else(|| {
+                    let failures: Vec<String> = entry
+                        .versions
+                        .iter()
+                        .filter_map(|(v, s)| match s {
+                            VersionState::Unavailable(why) => Some(format!("version {v}: {why}")),
+                            VersionState::Ready(_) => None,
+                        })
+                        .collect();
+                    failures.join("; ")
+                });
+                Error::Unavailable(format!("model '{name}' has no ready version: {why}"))
             }),
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionState::Ready(served)) => Ok(served.clone()),
