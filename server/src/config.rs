@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "keel serve", about = "Serve the models of a repository over KServe V2 / Triton HTTP")]
+#[command(
+    name = "keel serve",
+    about = "Serve the models of a repository over KServe V2 / Triton HTTP"
+)]
 pub struct ServeConfig {
     /// Model repository: <DIR>/<model>/<version>/model.onnx, optional <DIR>/<model>/model.toml.
     #[arg(long, env = "KEEL_MODEL_REPOSITORY", default_value = "models")]

@@ -62,7 +62,9 @@ impl ServedVersion {
                     return Err(Error::invalid(format!("unknown output '{name}' requested")));
                 }
                 if wanted[..i].contains(name) {
-                    return Err(Error::invalid(format!("output '{name}' is requested more than once")));
+                    return Err(Error::invalid(format!(
+                        "output '{name}' is requested more than once"
+                    )));
                 }
             }
         }
@@ -73,11 +75,19 @@ impl ServedVersion {
             Some(wanted) => wanted
                 .iter()
                 .map(|name| {
-                    let pos = all.iter().position(|t| &t.name == name).expect("backends return every output");
+                    let pos = all
+                        .iter()
+                        .position(|t| &t.name == name)
+                        .expect("backends return every output");
                     all.swap_remove(pos)
                 })
                 .collect(),
         };
-        Ok(InferResponse { model_name: self.model.clone(), model_version: self.version, id: request.id, outputs })
+        Ok(InferResponse {
+            model_name: self.model.clone(),
+            model_version: self.version,
+            id: request.id,
+            outputs,
+        })
     }
 }

@@ -56,8 +56,13 @@ impl Instance {
                     }
                     // A panicking backend must not take the instance down with it: the request fails, the
                     // thread keeps serving.
-                    let result = panic::catch_unwind(AssertUnwindSafe(|| backend.infer(job.inputs)))
-                        .unwrap_or_else(|_| Err(Error::Internal("the backend panicked during inference".into())));
+                    let result =
+                        panic::catch_unwind(AssertUnwindSafe(|| backend.infer(job.inputs)))
+                            .unwrap_or_else(|_| {
+                                Err(Error::Internal(
+                                    "the backend panicked during inference".into(),
+                                ))
+                            });
                     let _ = job.reply.send(result);
                 }
             })
@@ -74,6 +79,8 @@ impl Instance {
         self.jobs
             .send(Job { inputs, reply })
             .map_err(|_| Error::Unavailable("the model instance has stopped".into()))?;
-        answer.await.map_err(|_| Error::Internal("the model instance stopped during inference".into()))?
+        answer
+            .await
+            .map_err(|_| Error::Internal("the model instance stopped during inference".into()))?
     }
 }

@@ -2,11 +2,15 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use keel_server::{Server, ServeConfig};
+use keel_server::{ServeConfig, Server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "Keel: an ONNX inference server that watches its own models")]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: an ONNX inference server that watches its own models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,10 +24,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Serve(config) => serve(config).await,

@@ -1,8 +1,8 @@
 //! Start-up and graceful shutdown of everything `keel serve` runs.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -17,9 +17,15 @@ use crate::repository::Repository;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot read the model repository {path}: {source}")]
-    Repository { path: String, source: std::io::Error },
+    Repository {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -36,18 +42,33 @@ impl Server {
     pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
         match onnxruntime::init(config.ort_library.as_deref()) {
             Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime loaded"),
-            Err(why) => tracing::warn!(%why, "ONNX Runtime unavailable; models with backend \"auto\" run on tract"),
+            Err(why) => {
+                tracing::warn!(%why, "ONNX Runtime unavailable; models with backend \"auto\" run on tract")
+            }
         }
-        let repository = Repository::load(&config.model_repository).await.map_err(|source| {
-            StartError::Repository { path: config.model_repository.display().to_string(), source }
-        })?;
+        let repository = Repository::load(&config.model_repository)
+            .await
+            .map_err(|source| StartError::Repository {
+                path: config.model_repository.display().to_string(),
+                source,
+            })?;
         let infer = Infer::new(Arc::new(repository));
         let ready = Arc::new(AtomicBool::new(true));
         let listener = TcpListener::bind(config.http_addr)
             .await
-            .map_err(|source| StartError::Bind { addr: config.http_addr, source })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr, source })?;
-        let router = http::router(HttpState { infer: infer.clone(), max_body_bytes: config.max_body_bytes, ready: ready.clone() });
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+        let router = http::router(HttpState {
+            infer: infer.clone(),
+            max_body_bytes: config.max_body_bytes,
+            ready: ready.clone(),
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -57,7 +78,13 @@ impl Server {
                 .await
         });
         tracing::info!(%http_addr, "serving KServe V2 HTTP");
-        Ok(Server { http_addr, infer, ready, stop, http })
+        Ok(Server {
+            http_addr,
+            infer,
+            ready,
+            stop,
+            http,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {

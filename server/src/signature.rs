@@ -1,7 +1,9 @@
 //! A model version's signature: its input and output tensors as clients see them, read from the ONNX
 //! graph and adjusted by `model.toml`. Requests are validated against it before they reach a backend.
 
-use tract_onnx::pb::{self, tensor_proto::DataType as OnnxType, tensor_shape_proto::dimension, type_proto};
+use tract_onnx::pb::{
+    self, tensor_proto::DataType as OnnxType, tensor_shape_proto::dimension, type_proto,
+};
 
 use crate::error::{Error, Result};
 use crate::repository::model_toml::{ModelToml, TensorOverride};
@@ -43,19 +45,25 @@ impl Signature {
             .iter()
             .map(|vi| tensor_spec(vi, config.outputs.get(&vi.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        for (kind, names, specs) in
-            [("inputs", config.inputs.keys(), &inputs), ("outputs", config.outputs.keys(), &outputs)]
-        {
+        for (kind, names, specs) in [
+            ("inputs", config.inputs.keys(), &inputs),
+            ("outputs", config.outputs.keys(), &outputs),
+        ] {
             for name in names {
                 if !specs.iter().any(|s| &s.name == name) {
-                    return Err(format!("model.toml [{kind}.{name}]: the graph has no such tensor"));
+                    return Err(format!(
+                        "model.toml [{kind}.{name}]: the graph has no such tensor"
+                    ));
                 }
             }
         }
         if inputs.is_empty() {
             return Err("the graph has no inputs".into());
         }
-        let batchable = inputs.iter().chain(&outputs).all(|t| t.shape.first() == Some(&-1));
+        let batchable = inputs
+            .iter()
+            .chain(&outputs)
+            .all(|t| t.shape.first() == Some(&-1));
         let max_batch_size = match config.max_batch_size {
             Some(0) => 0,
             Some(n) if batchable => n,
@@ -67,7 +75,11 @@ impl Signature {
             None if batchable => DEFAULT_MAX_BATCH_SIZE,
             None => 0,
         };
-        Ok(Signature { inputs, outputs, max_batch_size })
+        Ok(Signature {
+            inputs,
+            outputs,
+            max_batch_size,
+        })
     }
 
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
@@ -78,7 +90,10 @@ impl Signature {
     pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>> {
         for (i, t) in given.iter().enumerate() {
             if given[..i].iter().any(|prev| prev.name == t.name) {
-                return Err(Error::invalid(format!("input '{}' is given more than once", t.name)));
+                return Err(Error::invalid(format!(
+                    "input '{}' is given more than once",
+                    t.name
+                )));
             }
             if !self.inputs.iter().any(|s| s.name == t.name) {
                 return Err(Error::invalid(format!(
@@ -106,7 +121,9 @@ impl Signature {
                     )));
                 }
                 if *batch.get_or_insert(rows) != rows {
-                    return Err(Error::invalid("all inputs must have the same batch size (dimension 0)"));
+                    return Err(Error::invalid(
+                        "all inputs must have the same batch size (dimension 0)",
+                    ));
                 }
             }
             ordered.push(tensor);
@@ -126,7 +143,10 @@ impl TensorSpec {
             )));
         }
         let fits = t.shape.len() == self.shape.len()
-            && t.shape.iter().zip(&self.shape).all(|(&got, &want)| want < 0 || got as i64 == want);
+            && t.shape
+                .iter()
+                .zip(&self.shape)
+                .all(|(&got, &want)| want < 0 || got as i64 == want);
         if !fits {
             return Err(Error::invalid(format!(
                 "input '{}' has shape {:?}, the model expects {:?} (-1 is any size)",
@@ -138,17 +158,33 @@ impl TensorSpec {
 }
 
 fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ")
+    specs
+        .iter()
+        .map(|s| format!("'{}'", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn tensor_spec(vi: &pb::ValueInfoProto, over: Option<&TensorOverride>) -> Result<TensorSpec, String> {
+fn tensor_spec(
+    vi: &pb::ValueInfoProto,
+    over: Option<&TensorOverride>,
+) -> Result<TensorSpec, String> {
     let tensor = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
-        _ => return Err(format!("tensor '{}' is not a plain tensor (sequence/map types are unsupported)", vi.name)),
+        _ => {
+            return Err(format!(
+                "tensor '{}' is not a plain tensor (sequence/map types are unsupported)",
+                vi.name
+            ));
+        }
     };
     let elem = OnnxType::try_from(tensor.elem_type).unwrap_or(OnnxType::Undefined);
-    let datatype = onnx_datatype(elem)
-        .ok_or_else(|| format!("tensor '{}' has ONNX element type {elem:?}, which Keel does not serve", vi.name))?;
+    let datatype = onnx_datatype(elem).ok_or_else(|| {
+        format!(
+            "tensor '{}' has ONNX element type {elem:?}, which Keel does not serve",
+            vi.name
+        )
+    })?;
     let graph_shape: Option<Vec<i64>> = tensor.shape.as_ref().map(|s| {
         s.dim
             .iter()
@@ -168,7 +204,8 @@ fn tensor_spec(vi: &pb::ValueInfoProto, over: Option<&TensorOverride>) -> Result
         (Some(graph), None) => graph,
         (None, Some(over)) => over,
         (Some(graph), Some(over)) => {
-            let agrees = graph.len() == over.len() && graph.iter().zip(&over).all(|(g, o)| *g < 0 || g == o);
+            let agrees =
+                graph.len() == over.len() && graph.iter().zip(&over).all(|(g, o)| *g < 0 || g == o);
             if !agrees || over.iter().any(|d| *d < -1 || *d == 0) {
                 return Err(format!(
                     "model.toml shape {over:?} for '{}' contradicts the graph's {graph:?}",
@@ -178,7 +215,11 @@ fn tensor_spec(vi: &pb::ValueInfoProto, over: Option<&TensorOverride>) -> Result
             over
         }
     };
-    Ok(TensorSpec { name: vi.name.clone(), datatype, shape })
+    Ok(TensorSpec {
+        name: vi.name.clone(),
+        datatype,
+        shape,
+    })
 }
 
 fn onnx_datatype(t: OnnxType) -> Option<DataType> {

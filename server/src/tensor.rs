@@ -285,7 +285,9 @@ fn read_bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<Vec<u8>>> {
     let mut items = Vec::with_capacity(count.min(bytes.len() / 4));
     while !bytes.is_empty() {
         if bytes.len() < 4 {
-            return Err(Error::invalid("BYTES tensor ends inside an element's 4-byte length"));
+            return Err(Error::invalid(
+                "BYTES tensor ends inside an element's 4-byte length",
+            ));
         }
         let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let rest = &bytes[4..];
@@ -329,7 +331,11 @@ pub fn element_count(shape: &[usize], limit: usize) -> Result<usize> {
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|n| *n <= limit)
-        .ok_or_else(|| Error::invalid(format!("shape {shape:?} holds more elements than the request carries")))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "shape {shape:?} holds more elements than the request carries"
+            ))
+        })
 }
 
 #[cfg(test)]

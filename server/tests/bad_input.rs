@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{breast_cancer_rows, example_models, infer_body, workspace, TempRepo, TestServer};
+use common::{TempRepo, TestServer, breast_cancer_rows, example_models, infer_body, workspace};
 use keel_server::ServeConfig;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,12 +17,24 @@ fn input(shape: Value, datatype: &str, data: Value) -> Value {
     json!({ "inputs": [{ "name": "input", "shape": shape, "datatype": datatype, "data": data }] })
 }
 
-async fn assert_rejected(s: &TestServer, path: &str, body: Vec<u8>, headers: &[(&str, String)], code: u16, needle: &str) {
+async fn assert_rejected(
+    s: &TestServer,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+    code: u16,
+    needle: &str,
+) {
     let (status, _, reply) = s.post_raw(path, body, headers).await;
     let reply: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
-    let msg = reply["error"].as_str().unwrap_or_else(|| panic!("no JSON error for case '{needle}': {reply}"));
+    let msg = reply["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error for case '{needle}': {reply}"));
     assert_eq!(status, code, "case '{needle}': {msg}");
-    assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "case '{needle}': message was: {msg}");
+    assert!(
+        msg.to_lowercase().contains(&needle.to_lowercase()),
+        "case '{needle}': message was: {msg}"
+    );
     // The server still serves.
     let (status, ok) = s.post_json(INFER, &infer_body(1)).await;
     assert_eq!(status, 200, "after case '{needle}': {ok}");
@@ -88,7 +100,10 @@ async fn json_bomb_is_refused() {
 #[tokio::test]
 async fn broken_binary_extension_requests() {
     let s = TestServer::start(&example_models()).await;
-    let raw: Vec<u8> = breast_cancer_rows(1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let raw: Vec<u8> = breast_cancer_rows(1)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let with = |declared: usize, header_extra: &str, tail: &[u8]| -> (Vec<u8>, usize) {
         let head = format!(
             r#"{{"inputs": [{{"name": "input", "shape": [1, 30], "datatype": "FP32", "parameters": {{"binary_data_size": {declared}}}{header_extra}}}]}}"#
@@ -100,18 +115,66 @@ async fn broken_binary_extension_requests() {
     let hl = "Inference-Header-Content-Length";
     let (body, n) = with(120, "", &raw);
     // The header says the JSON is longer than the body.
-    assert_rejected(&s, INFER, body.clone(), &[(hl, (body.len() + 1).to_string())], 400, "only").await;
-    assert_rejected(&s, INFER, body.clone(), &[(hl, "twelve".into())], 400, "non-negative integer").await;
+    assert_rejected(
+        &s,
+        INFER,
+        body.clone(),
+        &[(hl, (body.len() + 1).to_string())],
+        400,
+        "only",
+    )
+    .await;
+    assert_rejected(
+        &s,
+        INFER,
+        body.clone(),
+        &[(hl, "twelve".into())],
+        400,
+        "non-negative integer",
+    )
+    .await;
     // The header cuts the JSON short.
-    assert_rejected(&s, INFER, body.clone(), &[(hl, (n - 5).to_string())], 400, "malformed").await;
+    assert_rejected(
+        &s,
+        INFER,
+        body.clone(),
+        &[(hl, (n - 5).to_string())],
+        400,
+        "malformed",
+    )
+    .await;
     // Without the header the bytes after the JSON make it invalid JSON.
-    assert_rejected(&s, INFER, body, &[], 400, "needs the Inference-Header-Content-Length header").await;
+    assert_rejected(
+        &s,
+        INFER,
+        body,
+        &[],
+        400,
+        "needs the Inference-Header-Content-Length header",
+    )
+    .await;
     let (body, n) = with(240, "", &raw);
     assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "exceeds").await;
     let (body, n) = with(118, "", &raw[..118]);
-    assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "needs 120 bytes").await;
+    assert_rejected(
+        &s,
+        INFER,
+        body,
+        &[(hl, n.to_string())],
+        400,
+        "needs 120 bytes",
+    )
+    .await;
     let (body, n) = with(120, "", &[raw.as_slice(), &[1, 2, 3]].concat());
-    assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "no input claims").await;
+    assert_rejected(
+        &s,
+        INFER,
+        body,
+        &[(hl, n.to_string())],
+        400,
+        "no input claims",
+    )
+    .await;
     let (body, n) = with(120, r#", "data": [1]"#, &raw);
     assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "both").await;
     let (body, n) = with(usize::MAX, "", &raw);
@@ -123,9 +186,33 @@ async fn broken_binary_extension_requests() {
 async fn unknown_models_and_versions_are_404() {
     let s = TestServer::start(&example_models()).await;
     let body = serde_json::to_vec(&infer_body(1)).unwrap();
-    assert_rejected(&s, "/v2/models/nope/infer", body.clone(), &[], 404, "unknown model 'nope'").await;
-    assert_rejected(&s, "/v2/models/breast-cancer/versions/3/infer", body.clone(), &[], 404, "no version 3").await;
-    assert_rejected(&s, "/v2/models/breast-cancer/versions/0/infer", body, &[], 400, "positive integer").await;
+    assert_rejected(
+        &s,
+        "/v2/models/nope/infer",
+        body.clone(),
+        &[],
+        404,
+        "unknown model 'nope'",
+    )
+    .await;
+    assert_rejected(
+        &s,
+        "/v2/models/breast-cancer/versions/3/infer",
+        body.clone(),
+        &[],
+        404,
+        "no version 3",
+    )
+    .await;
+    assert_rejected(
+        &s,
+        "/v2/models/breast-cancer/versions/0/infer",
+        body,
+        &[],
+        400,
+        "positive integer",
+    )
+    .await;
     s.server.shutdown().await.unwrap();
 }
 
@@ -138,7 +225,10 @@ async fn batch_limit_from_model_toml() {
     assert_eq!(status, 200);
     let (status, err) = s.post_json("/v2/models/small/infer", &infer_body(5)).await;
     assert_eq!(status, 400);
-    assert!(err["error"].as_str().unwrap().contains("max_batch_size 4"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("max_batch_size 4"),
+        "{err}"
+    );
     s.server.shutdown().await.unwrap();
 }
 
@@ -163,12 +253,17 @@ async fn oversized_bodies_get_413_without_reading_them() {
     let s = TestServer::start_with(config).await;
     let addr = s.server.http_addr();
     // Declared too large: refused from the headers alone, with none of the 1 GiB sent.
-    let head = format!("POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", 1u64 << 30);
+    let head = format!(
+        "POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        1u64 << 30
+    );
     let reply = raw_http(addr, &head, &[]).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(reply.contains(r#"{"error":"#), "{reply}");
     // Chunked: cut off once past the limit.
-    let head = format!("POST {INFER} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    let head = format!(
+        "POST {INFER} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
     let chunk = format!("{:x}\r\n{}\r\n", 16 * 1024, "[".repeat(16 * 1024));
     let chunks: Vec<&[u8]> = std::iter::repeat_n(chunk.as_bytes(), 8).collect();
     let reply = raw_http(addr, &head, &chunks).await;

@@ -3,18 +3,39 @@
 
 mod common;
 
-use common::{breast_cancer_rows, example_models, infer_body, workspace, TempRepo, TestServer};
-use serde_json::{json, Value};
+use common::{TempRepo, TestServer, breast_cancer_rows, example_models, infer_body, workspace};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn health_and_server_metadata() {
     let s = TestServer::start(&example_models()).await;
-    assert_eq!(s.client.get(s.url("/v2/health/live")).send().await.unwrap().status(), 200);
-    assert_eq!(s.client.get(s.url("/v2/health/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.client
+            .get(s.url("/v2/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.client
+            .get(s.url("/v2/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (status, meta) = s.get("/v2").await;
     assert_eq!(status, 200);
     assert_eq!(meta["name"], "keel");
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
+    assert!(
+        meta["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("binary_tensor_data"))
+    );
     s.server.shutdown().await.unwrap();
 }
 
@@ -25,20 +46,39 @@ async fn model_metadata_config_and_readiness() {
     assert_eq!(status, 200);
     assert_eq!(meta["versions"], json!(["1", "2"]));
     assert_eq!(meta["platform"], "onnxruntime_onnx");
-    assert_eq!(meta["inputs"], json!([{ "name": "input", "datatype": "FP32", "shape": [-1, 30] }]));
-    assert_eq!(meta["outputs"][0], json!({ "name": "label", "datatype": "INT64", "shape": [-1] }));
-    assert_eq!(meta["outputs"][1], json!({ "name": "probabilities", "datatype": "FP32", "shape": [-1, 2] }));
+    assert_eq!(
+        meta["inputs"],
+        json!([{ "name": "input", "datatype": "FP32", "shape": [-1, 30] }])
+    );
+    assert_eq!(
+        meta["outputs"][0],
+        json!({ "name": "label", "datatype": "INT64", "shape": [-1] })
+    );
+    assert_eq!(
+        meta["outputs"][1],
+        json!({ "name": "probabilities", "datatype": "FP32", "shape": [-1, 2] })
+    );
 
     let (status, config) = s.get("/v2/models/breast-cancer/versions/1/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["max_batch_size"], 1024);
-    assert_eq!(config["input"], json!([{ "name": "input", "data_type": "TYPE_FP32", "dims": [30] }]));
+    assert_eq!(
+        config["input"],
+        json!([{ "name": "input", "data_type": "TYPE_FP32", "dims": [30] }])
+    );
     assert_eq!(config["output"][1]["dims"], json!([2]));
     assert_eq!(config["output"][0]["dims"], json!([1]));
     assert_eq!(config["output"][0]["reshape"], json!({ "shape": [] }));
 
-    for path in ["/v2/models/breast-cancer/ready", "/v2/models/breast-cancer/versions/2/ready"] {
-        assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
+    for path in [
+        "/v2/models/breast-cancer/ready",
+        "/v2/models/breast-cancer/versions/2/ready",
+    ] {
+        assert_eq!(
+            s.client.get(s.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
     for (path, code) in [
         ("/v2/models/nope", 404),
@@ -72,11 +112,15 @@ async fn json_inference_flat_nested_versions_and_outputs() {
     let rows = breast_cancer_rows(3);
     let nested: Vec<Vec<f32>> = rows.chunks(30).map(<[f32]>::to_vec).collect();
     let nested_body = json!({ "id": "req-7", "inputs": [{ "name": "input", "shape": [3, 30], "datatype": "FP32", "data": nested }] });
-    let (_, again) = s.post_json("/v2/models/breast-cancer/versions/2/infer", &nested_body).await;
+    let (_, again) = s
+        .post_json("/v2/models/breast-cancer/versions/2/infer", &nested_body)
+        .await;
     assert_eq!(again, latest);
 
     // Version 1 is a different model: its probabilities differ.
-    let (_, v1) = s.post_json("/v2/models/breast-cancer/versions/1/infer", &body).await;
+    let (_, v1) = s
+        .post_json("/v2/models/breast-cancer/versions/1/infer", &body)
+        .await;
     assert_eq!(v1["model_version"], "1");
     assert_ne!(v1["outputs"][1]["data"], latest["outputs"][1]["data"]);
 
@@ -105,24 +149,45 @@ fn binary_request(rows: usize, outputs: Value) -> (Vec<u8>, usize) {
 #[tokio::test]
 async fn binary_tensor_extension_both_directions() {
     let s = TestServer::start(&example_models()).await;
-    let (_, reference) = s.post_json("/v2/models/breast-cancer/infer", &infer_body(37)).await;
+    let (_, reference) = s
+        .post_json("/v2/models/breast-cancer/infer", &infer_body(37))
+        .await;
     let (body, json_len) = binary_request(
         37,
         json!([{ "name": "label", "parameters": { "binary_data": true } }, { "name": "probabilities", "parameters": { "binary_data": true } }]),
     );
-    let (status, headers, reply) =
-        s.post_raw("/v2/models/breast-cancer/infer", body, &[("Inference-Header-Content-Length", json_len.to_string())]).await;
+    let (status, headers, reply) = s
+        .post_raw(
+            "/v2/models/breast-cancer/infer",
+            body,
+            &[("Inference-Header-Content-Length", json_len.to_string())],
+        )
+        .await;
     assert_eq!(status, 200);
-    let header_len: usize = headers["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let header_len: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let head: Value = serde_json::from_slice(&reply[..header_len]).unwrap();
     assert!(head["outputs"][0].get("data").is_none());
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 37 * 8);
-    assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 37 * 2 * 4);
+    assert_eq!(
+        head["outputs"][1]["parameters"]["binary_data_size"],
+        37 * 2 * 4
+    );
     let raw = &reply[header_len..];
-    let labels: Vec<i64> = raw[..37 * 8].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-    let probs: Vec<f32> = raw[37 * 8..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let labels: Vec<i64> = raw[..37 * 8]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let probs: Vec<f32> = raw[37 * 8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(json!(labels), reference["outputs"][0]["data"]);
-    let reference_probs: Vec<f32> = serde_json::from_value(reference["outputs"][1]["data"].clone()).unwrap();
+    let reference_probs: Vec<f32> =
+        serde_json::from_value(reference["outputs"][1]["data"].clone()).unwrap();
     assert_eq!(probs, reference_probs);
 
     // binary_data_output on the request makes every output binary; a per-output false overrides it.
@@ -132,9 +197,19 @@ async fn binary_tensor_extension_both_directions() {
         "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": data }],
         "outputs": [{ "name": "label", "parameters": { "binary_data": false } }, { "name": "probabilities" }],
     });
-    let (status, headers, reply) = s.post_raw("/v2/models/breast-cancer/infer", serde_json::to_vec(&mixed).unwrap(), &[]).await;
+    let (status, headers, reply) = s
+        .post_raw(
+            "/v2/models/breast-cancer/infer",
+            serde_json::to_vec(&mixed).unwrap(),
+            &[],
+        )
+        .await;
     assert_eq!(status, 200);
-    let header_len: usize = headers["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let header_len: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let head: Value = serde_json::from_slice(&reply[..header_len]).unwrap();
     assert!(head["outputs"][0]["data"].is_array());
     assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 8);
@@ -162,9 +237,16 @@ async fn tract_and_onnxruntime_agree_and_tract_refuses_what_it_cannot_run() {
     let (status, tract) = s.post_json("/v2/models/lr-tract/infer", &body).await;
     assert_eq!(status, 200, "{tract}");
     assert_eq!(ort["outputs"][0]["data"], tract["outputs"][0]["data"]);
-    let close = ort["outputs"][1]["data"].as_array().unwrap().iter().zip(tract["outputs"][1]["data"].as_array().unwrap());
+    let close = ort["outputs"][1]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(tract["outputs"][1]["data"].as_array().unwrap());
     for (a, b) in close {
-        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5, "{a} vs {b}");
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5,
+            "{a} vs {b}"
+        );
     }
     let (_, config) = s.get("/v2/models/lr-tract/config").await;
     assert_eq!(config["runtime"], "tract");
@@ -173,12 +255,18 @@ async fn tract_and_onnxruntime_agree_and_tract_refuses_what_it_cannot_run() {
     let (status, err) = s.post_json("/v2/models/gbt-tract/infer", &body).await;
     assert_eq!(status, 503);
     let msg = err["error"].as_str().unwrap();
-    assert!(msg.contains("TreeEnsembleClassifier") && msg.contains("onnxruntime"), "{msg}");
+    assert!(
+        msg.contains("TreeEnsembleClassifier") && msg.contains("onnxruntime"),
+        "{msg}"
+    );
     // An unknown model.toml key names the key and the file; the other models still serve.
     let (status, err) = s.post_json("/v2/models/bad-toml/infer", &body).await;
     assert_eq!(status, 503);
     let msg = err["error"].as_str().unwrap();
-    assert!(msg.contains("colour") && msg.contains("model.toml"), "{msg}");
+    assert!(
+        msg.contains("colour") && msg.contains("model.toml"),
+        "{msg}"
+    );
     s.server.shutdown().await.unwrap();
 }
 
@@ -186,7 +274,13 @@ async fn tract_and_onnxruntime_agree_and_tract_refuses_what_it_cannot_run() {
 #[tokio::test]
 async fn every_datatype_round_trips_on_both_backends() {
     let model = workspace().join("tests/models/datatypes/1/model.onnx");
-    let repo = TempRepo::new("dtypes", &[("dt-ort", &model, "backend = \"onnxruntime\""), ("dt-tract", &model, "backend = \"tract\"")]);
+    let repo = TempRepo::new(
+        "dtypes",
+        &[
+            ("dt-ort", &model, "backend = \"onnxruntime\""),
+            ("dt-tract", &model, "backend = \"tract\""),
+        ],
+    );
     let s = TestServer::start(&repo.root).await;
     let values: Vec<(&str, Value)> = vec![
         ("BOOL", json!([true, false, true, false, false, true])),
@@ -197,7 +291,10 @@ async fn every_datatype_round_trips_on_both_backends() {
         ("INT8", json!([-128, -1, 0, 1, 2, 127])),
         ("INT16", json!([-32768, -1, 0, 1, 2, 32767])),
         ("INT32", json!([-2147483648i64, -1, 0, 1, 2, 2147483647])),
-        ("INT64", json!([-9223372036854775808i64, -1, 0, 1, 2, 9223372036854775807i64])),
+        (
+            "INT64",
+            json!([-9223372036854775808i64, -1, 0, 1, 2, 9223372036854775807i64]),
+        ),
         ("FP16", json!([0.5, -1.5, 0.0, 2.0, 1024.0, -0.25])),
         ("FP32", json!([0.1, -1.5, 0.0, 3.25, 1e30, -7.0])),
         ("FP64", json!([0.1, -1.5, 0.0, 3.25, 1e300, -7.0])),
@@ -208,7 +305,12 @@ async fn every_datatype_round_trips_on_both_backends() {
         .map(|(dt, data)| json!({ "name": format!("in_{}", dt.to_lowercase()), "shape": [2, 3], "datatype": dt, "data": data }))
         .collect();
     for model in ["dt-ort", "dt-tract"] {
-        let (status, reply) = s.post_json(&format!("/v2/models/{model}/infer"), &json!({ "inputs": inputs })).await;
+        let (status, reply) = s
+            .post_json(
+                &format!("/v2/models/{model}/infer"),
+                &json!({ "inputs": inputs }),
+            )
+            .await;
         assert_eq!(status, 200, "{model}: {reply}");
         for (i, (dt, data)) in values.iter().enumerate() {
             let out = &reply["outputs"][i];
@@ -225,12 +327,44 @@ async fn every_datatype_round_trips_on_both_backends() {
         }
         // The same through binary outputs: byte-exact little-endian.
         let body = json!({ "inputs": inputs, "parameters": { "binary_data_output": true } });
-        let (status, headers, raw) = s.post_raw(&format!("/v2/models/{model}/infer"), serde_json::to_vec(&body).unwrap(), &[]).await;
+        let (status, headers, raw) = s
+            .post_raw(
+                &format!("/v2/models/{model}/infer"),
+                serde_json::to_vec(&body).unwrap(),
+                &[],
+            )
+            .await;
         assert_eq!(status, 200);
-        let header_len: usize = headers["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+        let header_len: usize = headers["inference-header-content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         let head: Value = serde_json::from_slice(&raw[..header_len]).unwrap();
-        let sizes: Vec<u64> = head["outputs"].as_array().unwrap().iter().map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap()).collect();
-        assert_eq!(sizes, vec![6, 6, 12, 24, 48, 6, 12, 24, 48, 12, 24, 48, 4 * 6 + 1 + 6 + 1 + 2 + 4]);
+        let sizes: Vec<u64> = head["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                6,
+                6,
+                12,
+                24,
+                48,
+                6,
+                12,
+                24,
+                48,
+                12,
+                24,
+                48,
+                4 * 6 + 1 + 6 + 1 + 2 + 4
+            ]
+        );
         assert_eq!(raw.len() - header_len, sizes.iter().sum::<u64>() as usize);
     }
     s.server.shutdown().await.unwrap();

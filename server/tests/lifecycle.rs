@@ -5,7 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{example_models, infer_body, TestServer};
+use common::{TestServer, example_models, infer_body};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -43,30 +43,67 @@ async fn spawn_keel(args: &[&str]) -> (Child, String, Vec<String>) {
 async fn sigterm_exits_zero() {
     let (mut child, addr, _) = spawn_keel(&[]).await;
     let client = reqwest::Client::new();
-    let r = client.post(format!("http://{addr}/v2/models/breast-cancer/infer")).json(&infer_body(2)).send().await.unwrap();
+    let r = client
+        .post(format!("http://{addr}/v2/models/breast-cancer/infer"))
+        .json(&infer_body(2))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn without_onnxruntime_auto_models_run_on_tract() {
-    let (mut child, addr, log) = spawn_keel(&["--ort-library", "/nonexistent/libonnxruntime.so"]).await;
-    assert!(log.iter().any(|l| l.contains("ONNX Runtime unavailable")), "{log:?}");
+    let (mut child, addr, log) =
+        spawn_keel(&["--ort-library", "/nonexistent/libonnxruntime.so"]).await;
+    assert!(
+        log.iter().any(|l| l.contains("ONNX Runtime unavailable")),
+        "{log:?}"
+    );
     let client = reqwest::Client::new();
-    let config: serde_json::Value =
-        client.get(format!("http://{addr}/v2/models/breast-cancer/config")).send().await.unwrap().json().await.unwrap();
+    let config: serde_json::Value = client
+        .get(format!("http://{addr}/v2/models/breast-cancer/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(config["runtime"], "tract");
-    let r = client.post(format!("http://{addr}/v2/models/breast-cancer/infer")).json(&infer_body(3)).send().await.unwrap();
+    let r = client
+        .post(format!("http://{addr}/v2/models/breast-cancer/infer"))
+        .json(&infer_body(3))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // The ONNX Runtime-only model reports why it is not served, and how to fix it.
-    let r = client.post(format!("http://{addr}/v2/models/breast-cancer-gbt/infer")).json(&infer_body(1)).send().await.unwrap();
+    let r = client
+        .post(format!("http://{addr}/v2/models/breast-cancer-gbt/infer"))
+        .json(&infer_body(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let err: serde_json::Value = r.json().await.unwrap();
     let msg = err["error"].as_str().unwrap();
-    assert!(msg.contains("--ort-library") && msg.contains("/nonexistent"), "{msg}");
+    assert!(
+        msg.contains("--ort-library") && msg.contains("/nonexistent"),
+        "{msg}"
+    );
     child.start_kill().unwrap();
 }
 
@@ -88,14 +125,30 @@ async fn shutdown_finishes_in_flight_requests() {
 
     let shutdown = tokio::spawn(s.server.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!shutdown.is_finished(), "shutdown must wait for the in-flight request");
-    assert!(TcpStream::connect(addr).await.is_err(), "no new connections once shutdown started");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for the in-flight request"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutdown started"
+    );
 
     stream.write_all(rest).await.unwrap();
     let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains("\"model_name\":\"breast-cancer\""), "{reply}");
-    tokio::time::timeout(Duration::from_secs(10), shutdown).await.unwrap().unwrap().unwrap();
+    assert!(
+        reply.contains("\"model_name\":\"breast-cancer\""),
+        "{reply}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -37,7 +37,9 @@ impl BackendKind {
         let ort = onnxruntime::status();
         match (choice, ort) {
             (BackendChoice::Tract, _) => Ok(BackendKind::Tract),
-            (BackendChoice::OnnxRuntime | BackendChoice::Auto, Ok(())) => Ok(BackendKind::OnnxRuntime),
+            (BackendChoice::OnnxRuntime | BackendChoice::Auto, Ok(())) => {
+                Ok(BackendKind::OnnxRuntime)
+            }
             (BackendChoice::Auto, Err(_)) => Ok(BackendKind::Tract),
             (BackendChoice::OnnxRuntime, Err(why)) => Err(format!(
                 "model.toml asks for backend \"onnxruntime\" but ONNX Runtime is not available ({why}); \
@@ -48,9 +50,16 @@ impl BackendKind {
     }
 
     /// Loads the model file into a ready-to-run backend. Called on the instance's thread.
-    pub fn load(self, path: &Path, signature: &Signature, config: &ModelToml) -> Result<Box<dyn Backend>, String> {
+    pub fn load(
+        self,
+        path: &Path,
+        signature: &Signature,
+        config: &ModelToml,
+    ) -> Result<Box<dyn Backend>, String> {
         match self {
-            BackendKind::OnnxRuntime => Ok(Box::new(onnxruntime::OrtBackend::load(path, signature, config)?)),
+            BackendKind::OnnxRuntime => Ok(Box::new(onnxruntime::OrtBackend::load(
+                path, signature, config,
+            )?)),
             BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(path, signature)?)),
         }
     }

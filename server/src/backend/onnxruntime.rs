@@ -15,7 +15,8 @@ use crate::tensor::{DataType, Tensor, TensorData};
 
 /// The process-wide ONNX Runtime environment, or why it could not be created. ONNX Runtime allows one
 /// environment per process, so this is global by nature.
-static RUNTIME: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static RUNTIME: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
 
 /// Loads the library once: `explicit` (--ort-library) if given, else `ORT_DYLIB_PATH`, else the
 /// `onnxruntime` wheel inside a `.venv` in the working directory or above the executable.
@@ -63,7 +64,11 @@ fn find_in_venv() -> Option<PathBuf> {
     }
     roots.iter().find_map(|root| {
         let lib = root.join(".venv/lib");
-        let mut pythons: Vec<_> = std::fs::read_dir(&lib).ok()?.flatten().map(|e| e.path()).collect();
+        let mut pythons: Vec<_> = std::fs::read_dir(&lib)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         pythons.sort();
         pythons.iter().rev().find_map(|py| {
             let capi = py.join("site-packages/onnxruntime/capi");
@@ -71,7 +76,10 @@ fn find_in_venv() -> Option<PathBuf> {
                 .ok()?
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+                })
                 .collect();
             libs.sort();
             libs.pop()
@@ -91,7 +99,10 @@ impl OrtBackend {
             _ => return Err(status().err().unwrap_or_default()),
         };
         let settings = &config.onnxruntime;
-        let level = match settings.graph_optimization_level.unwrap_or(OptimizationLevel::All) {
+        let level = match settings
+            .graph_optimization_level
+            .unwrap_or(OptimizationLevel::All)
+        {
             OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
             OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
             OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
@@ -108,7 +119,10 @@ impl OrtBackend {
             .map_err(options)?
             .commit_from_file(path)
             .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))?;
-        Ok(OrtBackend { session, outputs: signature.outputs.clone() })
+        Ok(OrtBackend {
+            session,
+            outputs: signature.outputs.clone(),
+        })
     }
 }
 
@@ -118,14 +132,16 @@ impl Backend for OrtBackend {
             .into_iter()
             .map(|t| Ok((t.name.clone(), SessionInputValue::from(to_value(t)?))))
             .collect::<Result<Vec<_>>>()?;
-        let results =
-            self.session.run(values).map_err(|e| Error::Internal(format!("ONNX Runtime run failed: {e}")))?;
+        let results = self
+            .session
+            .run(values)
+            .map_err(|e| Error::Internal(format!("ONNX Runtime run failed: {e}")))?;
         self.outputs
             .iter()
             .map(|spec| {
-                let value = results
-                    .get(&spec.name)
-                    .ok_or_else(|| Error::Internal(format!("ONNX Runtime returned no output '{}'", spec.name)))?;
+                let value = results.get(&spec.name).ok_or_else(|| {
+                    Error::Internal(format!("ONNX Runtime returned no output '{}'", spec.name))
+                })?;
                 from_value(spec, value)
                     .map_err(|e| Error::Internal(format!("output '{}': {e}", spec.name)))
             })
@@ -160,14 +176,21 @@ fn to_value(t: Tensor) -> Result<DynValue> {
                 .into_iter()
                 .map(String::from_utf8)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| Error::invalid(format!("input '{}': ONNX Runtime needs UTF-8 BYTES elements", t.name)))?;
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "input '{}': ONNX Runtime needs UTF-8 BYTES elements",
+                        t.name
+                    ))
+                })?;
             OrtTensor::from_string_array((shape, strings.as_slice())).map(|t| t.into_dyn())
         }
     };
     value.map_err(|e| Error::Internal(format!("input '{}': {e}", t.name)))
 }
 
-fn extract<T: PrimitiveTensorElementType + Clone>(value: &DynValue) -> ort::Result<(Vec<usize>, Vec<T>)> {
+fn extract<T: PrimitiveTensorElementType + Clone>(
+    value: &DynValue,
+) -> ort::Result<(Vec<usize>, Vec<T>)> {
     let (shape, data) = value.try_extract_tensor::<T>()?;
     Ok((shape.iter().map(|d| *d as usize).collect(), data.to_vec()))
 }
@@ -189,8 +212,15 @@ fn from_value(spec: &TensorSpec, value: &DynValue) -> ort::Result<Tensor> {
         DataType::Bytes => {
             let (shape, strings) = value.try_extract_strings()?;
             let shape = shape.iter().map(|d| *d as usize).collect();
-            (shape, TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()))
+            (
+                shape,
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
         }
     };
-    Ok(Tensor { name: spec.name.clone(), shape, data })
+    Ok(Tensor {
+        name: spec.name.clone(),
+        shape,
+        data,
+    })
 }

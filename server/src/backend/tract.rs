@@ -26,21 +26,33 @@ pub struct TractBackend {
 impl TractBackend {
     pub fn load(path: &Path, signature: &Signature) -> Result<Self, String> {
         let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_path(path).map_err(|e| format!("tract cannot parse the model: {e:#}"))?;
-        if let Some(graph) = &proto.graph {
-            if let Some(node) = graph.node.iter().find(|n| REFUSED_DOMAINS.contains(&n.domain.as_str())) {
-                return Err(format!(
-                    "tract cannot run operator {}:{} (node '{}'); {ENABLE_ORT}",
-                    node.domain, node.op_type, node.name
-                ));
-            }
+        let proto = onnx
+            .proto_model_for_path(path)
+            .map_err(|e| format!("tract cannot parse the model: {e:#}"))?;
+        let nodes = proto.graph.iter().flat_map(|g| &g.node);
+        if let Some(node) = nodes
+            .into_iter()
+            .find(|n| REFUSED_DOMAINS.contains(&n.domain.as_str()))
+        {
+            return Err(format!(
+                "tract cannot run operator {}:{} (node '{}'); {ENABLE_ORT}",
+                node.domain, node.op_type, node.name
+            ));
         }
         let mut model = onnx
             .parse(&proto, path.parent().and_then(|p| p.to_str()))
             .map_err(|e| format!("tract cannot read the model: {e:#}"))?
             .model;
-        if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
-            return Err(format!("tract does not implement operator {} (node '{}'); {ENABLE_ORT}", node.op.name(), node.name));
+        if let Some(node) = model
+            .nodes()
+            .iter()
+            .find(|n| n.op_as::<UnimplementedOp>().is_some())
+        {
+            return Err(format!(
+                "tract does not implement operator {} (node '{}'); {ENABLE_ORT}",
+                node.op.name(),
+                node.name
+            ));
         }
         // Pin each input to the signature's datatype and shape, with one symbol for every variable dimension
         // so the plan is optimized once for any batch size.
@@ -57,21 +69,32 @@ impl TractBackend {
                 })
                 .collect();
             let fact = InferenceFact::dt_shape(tract_datum_type(spec.datatype), dims);
-            model.set_input_fact(ix, fact).map_err(|e| format!("tract input '{}': {e:#}", spec.name))?;
+            model
+                .set_input_fact(ix, fact)
+                .map_err(|e| format!("tract input '{}': {e:#}", spec.name))?;
         }
         let plan = model
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| format!("tract cannot optimize the model: {e:#}; {ENABLE_ORT}"))?;
         let state = plan.spawn().map_err(|e| format!("tract: {e:#}"))?;
-        Ok(TractBackend { state, outputs: signature.outputs.clone() })
+        Ok(TractBackend {
+            state,
+            outputs: signature.outputs.clone(),
+        })
     }
 }
 
 impl Backend for TractBackend {
     fn infer(&mut self, inputs: Vec<KeelTensor>) -> Result<Vec<KeelTensor>> {
-        let values = inputs.into_iter().map(to_tract).collect::<Result<TVec<TValue>>>()?;
-        let results = self.state.run(values).map_err(|e| Error::Internal(format!("tract run failed: {e:#}")))?;
+        let values = inputs
+            .into_iter()
+            .map(to_tract)
+            .collect::<Result<TVec<TValue>>>()?;
+        let results = self
+            .state
+            .run(values)
+            .map_err(|e| Error::Internal(format!("tract run failed: {e:#}")))?;
         self.outputs
             .iter()
             .zip(results)
@@ -124,7 +147,12 @@ fn to_tract(t: KeelTensor) -> Result<TValue> {
                 .into_iter()
                 .map(String::from_utf8)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| Error::invalid(format!("input '{}': tract needs UTF-8 BYTES elements", t.name)))?;
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "input '{}': tract needs UTF-8 BYTES elements",
+                        t.name
+                    ))
+                })?;
             array(shape, strings)
         }
     }
@@ -151,7 +179,16 @@ fn from_tract(spec: &TensorSpec, value: &TValue) -> Result<KeelTensor> {
         DataType::Fp16 => TensorData::Fp16(slice(value)?),
         DataType::Fp32 => TensorData::Fp32(slice(value)?),
         DataType::Fp64 => TensorData::Fp64(slice(value)?),
-        DataType::Bytes => TensorData::Bytes(slice::<String>(value)?.into_iter().map(String::into_bytes).collect()),
+        DataType::Bytes => TensorData::Bytes(
+            slice::<String>(value)?
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
+        ),
     };
-    Ok(KeelTensor { name: spec.name.clone(), shape: value.shape().to_vec(), data })
+    Ok(KeelTensor {
+        name: spec.name.clone(),
+        shape: value.shape().to_vec(),
+        data,
+    })
 }

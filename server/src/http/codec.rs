@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::json_data;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
-use crate::tensor::{element_count, DataType, Tensor, TensorData};
+use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -70,13 +70,17 @@ fn bool_param(params: Option<&Parameters>, key: &str) -> Result<Option<bool>> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(Error::invalid(format!("parameter '{key}' must be a boolean, got {other}"))),
+        Some(other) => Err(Error::invalid(format!(
+            "parameter '{key}' must be a boolean, got {other}"
+        ))),
     }
 }
 
 fn reject_shared_memory(params: Option<&Parameters>, what: &str) -> Result<()> {
     if params.is_some_and(|p| p.contains_key("shared_memory_region")) {
-        return Err(Error::Unsupported(format!("{what}: shared memory is not supported by Keel")));
+        return Err(Error::Unsupported(format!(
+            "{what}: shared memory is not supported by Keel"
+        )));
     }
     Ok(())
 }
@@ -94,10 +98,15 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             )));
         }
     };
-    let hint = if json_len.is_none() { " (binary tensor data needs the Inference-Header-Content-Length header)" } else { "" };
-    let json = std::str::from_utf8(json).map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}{hint}")))?;
-    let parsed: RequestJson =
-        serde_json::from_str(json).map_err(|e| Error::invalid(format!("malformed inference request: {e}{hint}")))?;
+    let hint = if json_len.is_none() {
+        " (binary tensor data needs the Inference-Header-Content-Length header)"
+    } else {
+        ""
+    };
+    let json = std::str::from_utf8(json)
+        .map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}{hint}")))?;
+    let parsed: RequestJson = serde_json::from_str(json)
+        .map_err(|e| Error::invalid(format!("malformed inference request: {e}{hint}")))?;
     reject_shared_memory(parsed.parameters.as_ref(), "request")?;
 
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
@@ -109,20 +118,47 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| Error::invalid(format!("input '{}': negative dimension in shape {:?}", input.name, input.shape)))?;
-        reject_shared_memory(input.parameters.as_ref(), &format!("input '{}'", input.name))?;
-        let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "input '{}': negative dimension in shape {:?}",
+                    input.name, input.shape
+                ))
+            })?;
+        reject_shared_memory(
+            input.parameters.as_ref(),
+            &format!("input '{}'", input.name),
+        )?;
+        let binary_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
             None => None,
-            Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                Error::invalid(format!("input '{}': binary_data_size must be a non-negative integer", input.name))
-            })?),
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "input '{}': binary_data_size must be a non-negative integer",
+                            input.name
+                        ))
+                    })?,
+            ),
         };
         let context = |e: Error| Error::invalid(format!("input '{}': {e}", input.name));
         let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
-                return Err(Error::invalid(format!("input '{}' has both JSON data and binary_data_size", input.name)));
+                return Err(Error::invalid(format!(
+                    "input '{}' has both JSON data and binary_data_size",
+                    input.name
+                )));
             }
-            (None, None) => return Err(Error::invalid(format!("input '{}' has no data", input.name))),
+            (None, None) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has no data",
+                    input.name
+                )));
+            }
             (Some(size), None) => {
                 if size > binary.len() {
                     return Err(Error::invalid(format!(
@@ -141,7 +177,11 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
                 json_data::decode(raw, datatype, count).map_err(context)?
             }
         };
-        inputs.push(Tensor { name: input.name, shape, data });
+        inputs.push(Tensor {
+            name: input.name,
+            shape,
+            data,
+        });
     }
     if !binary.is_empty() {
         return Err(Error::invalid(format!(
@@ -175,7 +215,14 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             Some(names)
         }
     };
-    Ok(DecodedRequest { request: InferRequest { id: parsed.id, inputs, outputs }, binary: binary_outputs })
+    Ok(DecodedRequest {
+        request: InferRequest {
+            id: parsed.id,
+            inputs,
+            outputs,
+        },
+        binary: binary_outputs,
+    })
 }
 
 #[derive(Serialize)]
@@ -232,7 +279,10 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
-pub fn encode_response(response: &InferResponse, binary: &BinaryOutputs) -> Result<EncodedResponse> {
+pub fn encode_response(
+    response: &InferResponse,
+    binary: &BinaryOutputs,
+) -> Result<EncodedResponse> {
     let mut tail = Vec::new();
     let outputs = response
         .outputs
@@ -245,7 +295,9 @@ pub fn encode_response(response: &InferResponse, binary: &BinaryOutputs) -> Resu
                     name: &t.name,
                     datatype: t.datatype().name(),
                     shape: &t.shape,
-                    parameters: Some(BinarySize { binary_data_size: tail.len() - before }),
+                    parameters: Some(BinarySize {
+                        binary_data_size: tail.len() - before,
+                    }),
                     data: None,
                 }
             } else {
@@ -265,11 +317,18 @@ pub fn encode_response(response: &InferResponse, binary: &BinaryOutputs) -> Resu
         id: response.id.as_deref(),
         outputs,
     };
-    let mut body = serde_json::to_vec(&json).map_err(|e| Error::Internal(format!("encoding the response: {e}")))?;
+    let mut body = serde_json::to_vec(&json)
+        .map_err(|e| Error::Internal(format!("encoding the response: {e}")))?;
     if tail.is_empty() && !response.outputs.iter().any(|t| binary.is_binary(&t.name)) {
-        return Ok(EncodedResponse { body, json_len: None });
+        return Ok(EncodedResponse {
+            body,
+            json_len: None,
+        });
     }
     let json_len = body.len();
     body.extend_from_slice(&tail);
-    Ok(EncodedResponse { body, json_len: Some(json_len) })
+    Ok(EncodedResponse {
+        body,
+        json_len: Some(json_len),
+    })
 }

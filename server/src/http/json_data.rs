@@ -32,11 +32,26 @@ pub fn decode(raw: &RawValue, datatype: DataType, count: usize) -> Result<Tensor
 }
 
 fn flatten<T: JsonElement>(raw: &RawValue, count: usize) -> Result<Vec<T>> {
-    let mut state = State { out: Vec::with_capacity(count), dims: Vec::new(), leaf_depth: None, limit: count };
+    let mut state = State {
+        out: Vec::with_capacity(count),
+        dims: Vec::new(),
+        leaf_depth: None,
+        limit: count,
+    };
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Level { state: &mut state, depth: 0, _t: PhantomData }
-        .deserialize(&mut de)
-        .map_err(|e| Error::invalid(format!("{} data: {}", T::KIND, strip_position(&e.to_string()))))?;
+    Level {
+        state: &mut state,
+        depth: 0,
+        _t: PhantomData,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| {
+        Error::invalid(format!(
+            "{} data: {}",
+            T::KIND,
+            strip_position(&e.to_string())
+        ))
+    })?;
     if state.out.len() != count {
         return Err(Error::invalid(format!(
             "data has {} elements, the shape needs {count}",
@@ -68,14 +83,22 @@ struct Level<'s, T> {
 
 impl<T: JsonElement> Level<'_, T> {
     fn leaf<E: de::Error>(self, value: Option<T>, got: fmt::Arguments) -> Result<(), E> {
-        let value = value.ok_or_else(|| E::custom(format_args!("{got} is not a valid {} value", T::KIND)))?;
+        let value = value
+            .ok_or_else(|| E::custom(format_args!("{got} is not a valid {} value", T::KIND)))?;
         match self.state.leaf_depth {
             None => self.state.leaf_depth = Some(self.depth),
-            Some(d) if d != self.depth => return Err(E::custom("ragged nested arrays (values at different depths)")),
+            Some(d) if d != self.depth => {
+                return Err(E::custom(
+                    "ragged nested arrays (values at different depths)",
+                ));
+            }
             Some(_) => {}
         }
         if self.state.out.len() == self.state.limit {
-            return Err(E::custom(format_args!("more elements than the shape's {}", self.state.limit)));
+            return Err(E::custom(format_args!(
+                "more elements than the shape's {}",
+                self.state.limit
+            )));
         }
         self.state.out.push(value);
         Ok(())
@@ -98,7 +121,13 @@ impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut len = 0usize;
-        while seq.next_element_seed(Level { state: &mut *self.state, depth: self.depth + 1, _t: PhantomData })?.is_some()
+        while seq
+            .next_element_seed(Level {
+                state: &mut *self.state,
+                depth: self.depth + 1,
+                _t: PhantomData,
+            })?
+            .is_some()
         {
             len += 1;
         }
@@ -139,7 +168,10 @@ impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
         self.leaf(None, format_args!("null"))
     }
     fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(format_args!("an object is not a valid {} value", T::KIND)))
+        Err(de::Error::custom(format_args!(
+            "an object is not a valid {} value",
+            T::KIND
+        )))
     }
 }
 
@@ -229,9 +261,18 @@ mod tests {
         let nested = decode(&raw("[[1, 2.5], [3, 4]]"), DataType::Fp32, 4).unwrap();
         assert_eq!(flat, TensorData::Fp32(vec![1.0, 2.5, 3.0, 4.0]));
         assert_eq!(flat, nested);
-        assert_eq!(decode(&raw("[true,false]"), DataType::Bool, 2).unwrap(), TensorData::Bool(vec![true, false]));
-        assert_eq!(decode(&raw(r#"["a","bc"]"#), DataType::Bytes, 2).unwrap(), TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]));
-        assert_eq!(decode(&raw("[-1, 2.0]"), DataType::Int64, 2).unwrap(), TensorData::Int64(vec![-1, 2]));
+        assert_eq!(
+            decode(&raw("[true,false]"), DataType::Bool, 2).unwrap(),
+            TensorData::Bool(vec![true, false])
+        );
+        assert_eq!(
+            decode(&raw(r#"["a","bc"]"#), DataType::Bytes, 2).unwrap(),
+            TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()])
+        );
+        assert_eq!(
+            decode(&raw("[-1, 2.0]"), DataType::Int64, 2).unwrap(),
+            TensorData::Int64(vec![-1, 2])
+        );
     }
 
     #[test]
@@ -259,7 +300,9 @@ mod tests {
     fn deep_nesting_is_refused_not_overflowed() {
         let bomb = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
         // serde_json's recursion limit stops the walk at depth 128, long before the stack is at risk.
-        let err = decode(&raw(&bomb), DataType::Fp32, 1).unwrap_err().to_string();
+        let err = decode(&raw(&bomb), DataType::Fp32, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("recursion"), "{err}");
         let shallow = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         assert!(decode(&raw(&shallow), DataType::Fp32, 1).is_ok());

@@ -1,6 +1,6 @@
 //! JSON bodies of the KServe V2 metadata endpoints and Triton's model configuration.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::repository::{ModelEntry, ServedVersion};
 use crate::signature::TensorSpec;
@@ -16,11 +16,17 @@ pub fn server() -> Value {
 }
 
 fn tensors(specs: &[TensorSpec]) -> Vec<Value> {
-    specs.iter().map(|s| json!({ "name": s.name, "datatype": s.datatype.name(), "shape": s.shape })).collect()
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "datatype": s.datatype.name(), "shape": s.shape }))
+        .collect()
 }
 
 pub fn model(entry: &ModelEntry, served: &ServedVersion) -> Value {
-    let versions: Vec<String> = entry.ready_versions().map(|v| v.version.to_string()).collect();
+    let versions: Vec<String> = entry
+        .ready_versions()
+        .map(|v| v.version.to_string())
+        .collect();
     json!({
         "name": served.model,
         "versions": versions,
@@ -40,7 +46,8 @@ pub fn config(served: &ServedVersion) -> Value {
             .iter()
             .map(|s| {
                 let dims = &s.shape[skip.min(s.shape.len())..];
-                let mut t = json!({ "name": s.name, "data_type": s.datatype.config_name(), "dims": dims });
+                let mut t =
+                    json!({ "name": s.name, "data_type": s.datatype.config_name(), "dims": dims });
                 // A tensor that is only the batch dimension: Triton writes dims [1] reshaped to [].
                 if dims.is_empty() && skip == 1 {
                     t["dims"] = json!([1]);

@@ -5,12 +5,12 @@ pub mod json_data;
 pub mod metadata;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,9 +39,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready),
+        )
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
@@ -52,7 +58,11 @@ pub fn router(state: HttpState) -> Router {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (self.http_status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            self.http_status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -60,11 +70,18 @@ impl IntoResponse for Error {
 type ModelPath = Path<HashMap<String, String>>;
 
 fn model_and_version(path: &HashMap<String, String>) -> (&str, Option<&str>) {
-    (path.get("model").map(String::as_str).unwrap_or_default(), path.get("version").map(String::as_str))
+    (
+        path.get("model").map(String::as_str).unwrap_or_default(),
+        path.get("version").map(String::as_str),
+    )
 }
 
 async fn server_ready(State(state): State<HttpState>) -> StatusCode {
-    if state.ready.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if state.ready.load(Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn model_metadata(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
@@ -90,14 +107,27 @@ async fn model_config(State(state): State<HttpState>, Path(path): ModelPath) -> 
     Ok(Json(metadata::config(&served)).into_response())
 }
 
-async fn infer(State(state): State<HttpState>, Path(path): ModelPath, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn infer(
+    State(state): State<HttpState>,
+    Path(path): ModelPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
     let json_len = match headers.get(codec::HEADER_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            Error::invalid(format!("{} must be a non-negative integer", codec::HEADER_LENGTH))
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} must be a non-negative integer",
+                        codec::HEADER_LENGTH
+                    ))
+                })?,
+        ),
     };
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let decoded = if body.len() > INLINE_DECODE_BYTES {
@@ -113,11 +143,17 @@ async fn infer(State(state): State<HttpState>, Path(path): ModelPath, headers: H
     let h = reply.headers_mut();
     match encoded.json_len {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(reply)
@@ -126,8 +162,11 @@ async fn infer(State(state): State<HttpState>, Path(path): ModelPath, headers: H
 /// Reads the whole body, refusing anything over `limit`: a declared Content-Length over the limit is
 /// refused before a byte is read; a chunked body is cut off as soon as it passes the limit.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
-    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large =
+        || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

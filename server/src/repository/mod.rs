@@ -71,7 +71,10 @@ impl Repository {
             let entry = load_model(root, &name).await;
             models.insert(name, Arc::new(entry));
         }
-        Ok(Repository { root: root.to_path_buf(), models: ArcSwap::from_pointee(models) })
+        Ok(Repository {
+            root: root.to_path_buf(),
+            models: ArcSwap::from_pointee(models),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -84,7 +87,11 @@ impl Repository {
     }
 
     pub fn model(&self, name: &str) -> Result<Arc<ModelEntry>> {
-        self.models.load().get(name).cloned().ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))
+        self.models
+            .load()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))
     }
 
     /// `version`, or the highest ready version when `None`.
@@ -107,10 +114,12 @@ impl Repository {
             }),
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionState::Ready(served)) => Ok(served.clone()),
-                Some(VersionState::Unavailable(why)) => {
-                    Err(Error::Unavailable(format!("model '{name}' version {v} is unavailable: {why}")))
-                }
-                None => Err(Error::NotFound(format!("model '{name}' has no version {v}"))),
+                Some(VersionState::Unavailable(why)) => Err(Error::Unavailable(format!(
+                    "model '{name}' version {v} is unavailable: {why}"
+                ))),
+                None => Err(Error::NotFound(format!(
+                    "model '{name}' has no version {v}"
+                ))),
             },
         }
     }
@@ -118,7 +127,11 @@ impl Repository {
 
 async fn load_model(root: &Path, name: &str) -> ModelEntry {
     let dir = root.join(name);
-    let mut entry = ModelEntry { name: name.to_string(), versions: BTreeMap::new(), error: None };
+    let mut entry = ModelEntry {
+        name: name.to_string(),
+        versions: BTreeMap::new(),
+        error: None,
+    };
     let config = match ModelToml::load(&dir.join(CONFIG_FILE)) {
         Ok(c) => c,
         Err(e) => {
@@ -129,7 +142,10 @@ async fn load_model(root: &Path, name: &str) -> ModelEntry {
     };
     let found = version_dirs(&dir);
     if found.is_empty() {
-        let why = format!("no version directories (<model>/<N>/{MODEL_FILE}) in {}", dir.display());
+        let why = format!(
+            "no version directories (<model>/<N>/{MODEL_FILE}) in {}",
+            dir.display()
+        );
         tracing::error!(model = name, cause = %why, "model not loaded");
         entry.error = Some(why);
         return entry;
@@ -153,15 +169,29 @@ async fn load_model(root: &Path, name: &str) -> ModelEntry {
 
 /// Positive integer subdirectories that hold a model file.
 fn version_dirs(dir: &Path) -> Vec<u64> {
-    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     read.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok().filter(|v| *v > 0).map(|v| (v, e.path())))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .map(|v| (v, e.path()))
+        })
         .filter(|(_, path)| path.join(MODEL_FILE).is_file())
         .map(|(v, _)| v)
         .collect()
 }
 
-async fn load_version(name: &str, version: u64, file: &Path, config: &ModelToml) -> Result<ServedVersion, String> {
+async fn load_version(
+    name: &str,
+    version: u64,
+    file: &Path,
+    config: &ModelToml,
+) -> Result<ServedVersion, String> {
     let proto = tract_onnx::onnx()
         .proto_model_for_path(file)
         .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
@@ -175,5 +205,12 @@ async fn load_version(name: &str, version: u64, file: &Path, config: &ModelToml)
         config.clone(),
     )
     .await?;
-    Ok(ServedVersion { model: name.to_string(), version, signature, config: config.clone(), backend, instance })
+    Ok(ServedVersion {
+        model: name.to_string(),
+        version,
+        signature,
+        config: config.clone(),
+        backend,
+        instance,
+    })
 }

@@ -60,7 +60,9 @@ impl VersionPolicy {
         match self {
             VersionPolicy::All => found,
             VersionPolicy::Latest(n) => found.split_off(found.len().saturating_sub(*n as usize)),
-            VersionPolicy::Specific(wanted) => found.into_iter().filter(|v| wanted.contains(v)).collect(),
+            VersionPolicy::Specific(wanted) => {
+                found.into_iter().filter(|v| wanted.contains(v)).collect()
+            }
         }
     }
 }
@@ -133,9 +135,22 @@ mod tests {
         assert_eq!(cfg.max_batch_size, Some(8));
         assert_eq!(cfg.version_policy, VersionPolicy::Specific(vec![1, 3]));
         assert_eq!(cfg.inputs["input"].shape, Some(vec![-1, 30]));
-        assert_eq!(cfg.onnxruntime.graph_optimization_level, Some(OptimizationLevel::Basic));
-        assert_eq!(ModelToml::parse("version_policy = \"all\"").unwrap().version_policy, VersionPolicy::All);
-        assert_eq!(ModelToml::parse("backend = \"onnxruntime\"").unwrap().backend, BackendChoice::OnnxRuntime);
+        assert_eq!(
+            cfg.onnxruntime.graph_optimization_level,
+            Some(OptimizationLevel::Basic)
+        );
+        assert_eq!(
+            ModelToml::parse("version_policy = \"all\"")
+                .unwrap()
+                .version_policy,
+            VersionPolicy::All
+        );
+        assert_eq!(
+            ModelToml::parse("backend = \"onnxruntime\"")
+                .unwrap()
+                .backend,
+            BackendChoice::OnnxRuntime
+        );
     }
 
     #[test]
@@ -149,7 +164,10 @@ mod tests {
         let path = dir.join("model.toml");
         std::fs::write(&path, "colour = 1").unwrap();
         let err = ModelToml::load(&path).unwrap_err();
-        assert!(err.contains("colour") && err.contains("model.toml"), "{err}");
+        assert!(
+            err.contains("colour") && err.contains("model.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use keel_server::{ServeConfig, Server};
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn example_models() -> PathBuf {
@@ -54,7 +57,11 @@ impl TestServer {
     pub async fn start_with(config: ServeConfig) -> Self {
         let server = Server::start(config).await.expect("server starts");
         let base = format!("http://{}", server.http_addr());
-        TestServer { server, base, client: reqwest::Client::new() }
+        TestServer {
+            server,
+            base,
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -65,21 +72,42 @@ impl TestServer {
         let r = self.client.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, headers: &[(&str, String)]) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, String)],
+    ) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
         let mut req = self.client.post(self.url(path)).body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         let r = req.send().await.unwrap();
-        (r.status().as_u16(), r.headers().clone(), r.bytes().await.unwrap())
+        (
+            r.status().as_u16(),
+            r.headers().clone(),
+            r.bytes().await.unwrap(),
+        )
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let (status, _, bytes) = self.post_raw(path, serde_json::to_vec(body).unwrap(), &[]).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, bytes) = self
+            .post_raw(path, serde_json::to_vec(body).unwrap(), &[])
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 
@@ -89,7 +117,10 @@ pub fn breast_cancer_rows(rows: usize) -> Vec<f32> {
     // .npy v1: magic(6) + version(2) + header_len(u16 LE) + header, then little-endian f32 data.
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let data = &bytes[10 + header_len..];
-    data.chunks_exact(4).take(rows * 30).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    data.chunks_exact(4)
+        .take(rows * 30)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 pub fn infer_body(rows: usize) -> serde_json::Value {

@@ -1,0 +1,77 @@
+# Keel: the two quick-start commands are `make serve` and `make test`; both work from a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# The ONNX Runtime wheel that provides libonnxruntime.so (also pinned in models/requirements.txt).
+ONNXRUNTIME := onnxruntime==1.31.1
+HTTP_ADDR ?= 0.0.0.0:8000
+MODEL_REPOSITORY ?= models
+ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
+
+.PHONY: help serve test test-rust test-python lint models bench system-deps
+
+help:
+	@echo "make serve   build Keel (release) and serve ./models on :8000"
+	@echo "make test    install everything the tests need, then run the Rust and Python test suites"
+	@echo "make lint    cargo fmt --check and clippy -D warnings"
+	@echo "make models  regenerate the example models (deterministic)"
+	@echo "make bench   criterion benchmarks"
+
+# Debian packages the build and the tests need, installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+
+# Runtime venv for `make serve`: only the ONNX Runtime wheel. Skipped (Keel then runs on tract) without python3.
+$(VENV)/.ort:
+	@if command -v $(PYTHON) >/dev/null; then \
+	  $(PYTHON) -m venv $(VENV) && $(VPY) -m pip install -q --disable-pip-version-check $(ONNXRUNTIME) && touch $@; \
+	else echo "python3 not found: serving with tract only (ONNX Runtime-only models will be unavailable)"; fi
+
+# Everything the tests need: model generator, onnxruntime, tritonclient, pytest.
+$(VENV)/.test: models/requirements.txt tests/requirements.txt | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
+	cd tests && ../$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(VENV)/.ort $@
+
+serve: $(VENV)/.ort
+	cargo build --release --bin keel
+	@echo
+	@echo "Keel on http://localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))   (Ctrl-C stops it)"
+	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer"
+	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer/infer -d @tests/data/example_request.json"
+	@echo
+	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
+
+test: $(VENV)/.test
+	$(MAKE) --no-print-directory test-rust test-python
+
+test-rust:
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) cargo test --workspace --all-targets
+
+# The Python compatibility suite runs the real tritonclient against the keel binary built by test-rust.
+test-python:
+	$(VPY) models/make_models.py --check
+	cargo build --bin keel
+	KEEL_BIN=$(abspath target/debug/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) -m pytest -q tests
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+models: $(VENV)/.test
+	$(VPY) models/make_models.py
+
+bench:
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) cargo bench -p keel-benches
