@@ -1,1 +1,2 @@
-
+//! Keel's benchmarks: criterion micro-benchmarks live in `benches/`, load tools in `src/bin/`.
+#![forbid(unsafe_code)]
