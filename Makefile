@@ -9,6 +9,7 @@ VPY := $(VENV)/bin/python
 ONNXRUNTIME := onnxruntime==1.31.1
 HTTP_ADDR ?= 0.0.0.0:8000
 MODEL_REPOSITORY ?= models
+PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
 .PHONY: help serve test test-rust test-python lint models bench system-deps
@@ -45,6 +46,11 @@ $(VENV)/.test: models/requirements.txt tests/requirements.txt | system-deps
 	cd tests && ../$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $(VENV)/.ort $@
 
+# Triton's perf_analyzer, from the tool the project's shared/ folder provides (no system-wide install).
+$(PERF_ANALYZER):
+	@test -x ../shared/tools/install-perf-analyzer || { echo "../shared/tools/install-perf-analyzer not found"; exit 1; }
+	../shared/tools/install-perf-analyzer .tools/perf_analyzer
+
 serve: $(VENV)/.ort
 	cargo build --release --bin keel
 	@echo
@@ -54,17 +60,18 @@ serve: $(VENV)/.ort
 	@echo
 	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(PERF_ANALYZER)
 	$(MAKE) --no-print-directory test-rust test-python
 
 test-rust:
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) cargo test --workspace --all-targets
 
 # The Python compatibility suite runs the real tritonclient against the keel binary built by test-rust.
-test-python:
+test-python: $(PERF_ANALYZER)
 	$(VPY) models/make_models.py --check
 	cargo build --bin keel
-	KEEL_BIN=$(abspath target/debug/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) -m pytest -q tests
+	KEEL_BIN=$(abspath target/debug/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) \
+	  PERF_ANALYZER=$(abspath $(PERF_ANALYZER)) $(VPY) -m pytest -q tests
 
 lint:
 	cargo fmt --all --check

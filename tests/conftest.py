@@ -21,24 +21,26 @@ class Keel:
 
     def __init__(self, repository: Path, *args: str):
         env = dict(os.environ, NO_COLOR="1", KEEL_LOG="info")
+        env.pop("KEEL_ADMIN_TOKEN", None)
         self.proc = subprocess.Popen(
-            [KEEL_BIN, "serve", "--model-repository", str(repository), "--http-addr", "127.0.0.1:0", *args],
+            [KEEL_BIN, "serve", "--model-repository", str(repository), "--http-addr", "127.0.0.1:0",
+             "--grpc-addr", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
         self.log: list[str] = []
-        self.http = self._wait_for("http_addr=")
+        self.http, self.grpc = self._wait_for_addresses()
         threading.Thread(target=self._drain, daemon=True).start()
 
-    def _wait_for(self, key: str) -> str:
+    def _wait_for_addresses(self) -> tuple[str, str]:
         deadline = time.monotonic() + 60
         for line in self.proc.stdout:
             self.log.append(line)
-            match = re.search(key + r"(\S+)", line)
+            match = re.search(r"http_addr=(\S+) grpc_addr=(\S+)", line)
             if match:
-                return match.group(1)
+                return match.group(1), match.group(2)
             if time.monotonic() > deadline:
                 break
         raise RuntimeError("keel did not start:\n" + "".join(self.log))
@@ -65,9 +67,12 @@ def build_repository(dest: Path) -> Path:
     return dest
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
 @pytest.fixture(scope="session")
 def keel(tmp_path_factory):
-    server = Keel(build_repository(tmp_path_factory.mktemp("repo")))
+    server = Keel(build_repository(tmp_path_factory.mktemp("repo")), "--admin-token", ADMIN_TOKEN)
     yield server
     assert server.stop() == 0
 

@@ -18,6 +18,12 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// No or wrong credentials for an admin endpoint.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The endpoint is disabled (e.g. repository control without a configured admin token).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A failure inside Keel or the backend: the request itself was fine.
     #[error("{0}")]
     Internal(String),
@@ -35,9 +41,30 @@ impl Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Error::NotFound(_) => tonic::Code::NotFound,
+            Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Unsupported(_) => tonic::Code::Unimplemented,
+            Error::PayloadTooLarge(_) => tonic::Code::ResourceExhausted,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            Error::Internal(_) => tonic::Code::Internal,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.grpc_code(), e.to_string())
+    }
+}

@@ -2,9 +2,11 @@
 //! signature, run it on an instance, return the requested outputs.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::repository::{Repository, ServedVersion};
+use crate::stats::StatsSnapshot;
 use crate::tensor::Tensor;
 
 /// A protocol-neutral inference request.
@@ -46,6 +48,46 @@ impl Infer {
     }
 }
 
+impl Infer {
+    /// Statistics of every ready version of `model` (all models when `None`), or of one version.
+    pub fn statistics(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<StatsSnapshot>> {
+        let version = version.map(parse_version).transpose()?;
+        let entries = match model {
+            Some(name) => vec![self.repository.model(name)?],
+            None => self.repository.models().values().cloned().collect(),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            match version {
+                Some(v) => {
+                    let served = self.repository.ready_version(&entry.name, Some(v))?;
+                    out.push(served.stats.snapshot(&served.model, served.version));
+                }
+                None => out.extend(
+                    entry
+                        .ready_versions()
+                        .map(|s| s.stats.snapshot(&s.model, s.version)),
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Version names of a model's ready versions, ascending.
+    pub fn ready_version_names(&self, model: &str) -> Result<Vec<String>> {
+        Ok(self
+            .repository
+            .model(model)?
+            .ready_versions()
+            .map(|v| v.version.to_string())
+            .collect())
+    }
+}
+
 /// Versions are positive integers on the wire ("1"), as in the repository layout.
 pub fn parse_version(text: &str) -> Result<u64> {
     text.parse::<u64>()
@@ -56,6 +98,13 @@ pub fn parse_version(text: &str) -> Result<u64> {
 
 impl ServedVersion {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        let start = Instant::now();
+        let result = self.run(request).await;
+        self.stats.record_request(result.is_ok(), start.elapsed());
+        result
+    }
+
+    async fn run(&self, request: InferRequest) -> Result<InferResponse> {
         if let Some(wanted) = &request.outputs {
             for (i, name) in wanted.iter().enumerate() {
                 if self.signature.output(name).is_none() {
@@ -69,7 +118,11 @@ impl ServedVersion {
             }
         }
         let inputs = self.signature.check_inputs(request.inputs)?;
-        let mut all = self.instance.infer(inputs).await?;
+        let rows = self.signature.rows(&inputs);
+        let executed = self.instance.infer(inputs).await?;
+        self.stats
+            .record_execution(rows, executed.queue, executed.phases);
+        let mut all = executed.outputs;
         let outputs = match request.outputs {
             None => all,
             Some(wanted) => wanted

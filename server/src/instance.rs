@@ -5,6 +5,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -12,11 +13,20 @@ use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::repository::model_toml::ModelToml;
 use crate::signature::Signature;
+use crate::stats::Phases;
 use crate::tensor::Tensor;
 
 struct Job {
     inputs: Vec<Tensor>,
-    reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Executed>>,
+}
+
+/// A finished execution: the outputs and where the time went.
+pub struct Executed {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub phases: Phases,
 }
 
 /// Handle to an instance thread. Dropping every handle ends the thread after the jobs already queued.
@@ -56,12 +66,18 @@ impl Instance {
                     }
                     // A panicking backend must not take the instance down with it: the request fails, the
                     // thread keeps serving.
+                    let queue = job.enqueued.elapsed();
                     let result =
                         panic::catch_unwind(AssertUnwindSafe(|| backend.infer(job.inputs)))
                             .unwrap_or_else(|_| {
                                 Err(Error::Internal(
                                     "the backend panicked during inference".into(),
                                 ))
+                            })
+                            .map(|(outputs, phases)| Executed {
+                                outputs,
+                                queue,
+                                phases,
                             });
                     let _ = job.reply.send(result);
                 }
@@ -74,10 +90,14 @@ impl Instance {
         }
     }
 
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Executed> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { inputs, reply })
+            .send(Job {
+                inputs,
+                enqueued: Instant::now(),
+                reply,
+            })
             .map_err(|_| Error::Unavailable("the model instance has stopped".into()))?;
         answer
             .await

@@ -1,15 +1,18 @@
 //! Keel's serving library: the model repository, backends, the inference core and its front ends.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod instance;
 pub mod repository;
 pub mod server;
 pub mod signature;
+pub mod stats;
 pub mod tensor;
 
 pub use config::ServeConfig;

@@ -4,12 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin::AdminAuth;
 use crate::backend::onnxruntime;
 use crate::config::ServeConfig;
+use crate::grpc::{self, GrpcState};
 use crate::http::{self, HttpState};
 use crate::infer::Infer;
 use crate::repository::Repository;
@@ -28,13 +33,35 @@ pub enum StartError {
     },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
     infer: Infer,
     ready: Arc<AtomicBool>,
-    stop: oneshot::Sender<()>,
-    http: JoinHandle<std::io::Result<()>>,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<Result<(), ServeError>>,
+    grpc: JoinHandle<Result<(), ServeError>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 impl Server {
@@ -54,36 +81,66 @@ impl Server {
             })?;
         let infer = Infer::new(Arc::new(repository));
         let ready = Arc::new(AtomicBool::new(true));
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
+        let admin = AdminAuth::new(config.admin_token.clone());
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let (http_listener, http_addr) = bind(config.http_addr).await?;
+        let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
+
         let router = http::router(HttpState {
             infer: infer.clone(),
+            admin: admin.clone(),
             max_body_bytes: config.max_body_bytes,
             ready: ready.clone(),
         });
-        let (stop, stopped) = oneshot::channel::<()>();
+        let http_stopped = until_stopped(stopped.clone());
         let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
+            // Small responses must leave at once, not wait on Nagle's algorithm.
+            let http_listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(http_stopped)
                 .await
+                .map_err(ServeError::Http)
         });
-        tracing::info!(%http_addr, "serving KServe V2 HTTP");
+        let grpc_service = grpc::service(
+            GrpcState {
+                infer: infer.clone(),
+                admin,
+                ready: ready.clone(),
+            },
+            config.grpc_max_message_bytes,
+        );
+        let grpc = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    grpc::canonical_size_status,
+                ))
+                .add_service(grpc_service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener).map(|conn| {
+                        let tcp = conn?;
+                        tcp.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(tcp)
+                    }),
+                    until_stopped(stopped),
+                )
+                .await
+                .map_err(ServeError::Grpc)
+        });
+        tracing::info!(%http_addr, %grpc_addr, "serving KServe V2 over HTTP and gRPC");
         Ok(Server {
             http_addr,
+            grpc_addr,
             infer,
             ready,
             stop,
             http,
+            grpc,
         })
     }
 
@@ -91,17 +148,20 @@ impl Server {
         self.http_addr
     }
 
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
     pub fn infer(&self) -> &Infer {
         &self.infer
     }
 
     /// Stops accepting connections, lets in-flight requests finish, then returns.
-    pub async fn shutdown(self) -> std::io::Result<()> {
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         self.ready.store(false, Ordering::Relaxed);
-        let _ = self.stop.send(());
-        match self.http.await {
-            Ok(result) => result,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        let _ = self.stop.send(true);
+        let http = self.http.await.map_err(ServeError::Task)?;
+        let grpc = self.grpc.await.map_err(ServeError::Task)?;
+        http.and(grpc)
     }
 }

@@ -82,6 +82,14 @@ impl Signature {
         })
     }
 
+    /// Rows in a validated request: its batch size, or 1 for models without a batch dimension.
+    pub fn rows(&self, inputs: &[Tensor]) -> u64 {
+        match (self.max_batch_size, inputs.first()) {
+            (0, _) | (_, None) => 1,
+            (_, Some(t)) => t.shape[0] as u64,
+        }
+    }
+
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|o| o.name == name)
     }
@@ -133,6 +141,18 @@ impl Signature {
 }
 
 impl TensorSpec {
+    /// Triton's model-configuration `dims` (without the batch dimension when `max_batch_size > 0`) and
+    /// `reshape`: a tensor that is only the batch dimension is written as dims [1] reshaped to [].
+    pub fn config_dims(&self, max_batch_size: u32) -> (Vec<i64>, Option<Vec<i64>>) {
+        let skip = usize::from(max_batch_size > 0).min(self.shape.len());
+        let dims = self.shape[skip..].to_vec();
+        if dims.is_empty() && skip == 1 {
+            (vec![1], Some(Vec::new()))
+        } else {
+            (dims, None)
+        }
+    }
+
     fn check(&self, t: &Tensor) -> Result<()> {
         if t.datatype() != self.datatype {
             return Err(Error::invalid(format!(

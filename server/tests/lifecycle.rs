@@ -27,7 +27,11 @@ async fn spawn_keel(args: &[&str]) -> (Child, String, Vec<String>) {
         while let Some(line) = lines.next_line().await.unwrap() {
             log.push(line.clone());
             if let Some(rest) = line.split("http_addr=").nth(1) {
-                return rest.trim().to_string();
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
             }
         }
         panic!("keel exited before serving: {log:?}");

@@ -9,12 +9,13 @@ use std::path::Path;
 use crate::error::Result;
 use crate::repository::model_toml::{BackendChoice, ModelToml};
 use crate::signature::Signature;
+use crate::stats::Phases;
 use crate::tensor::Tensor;
 
 pub trait Backend: Send {
     /// Runs one batch. `inputs` are in signature order and already validated; the result holds every
-    /// output of the signature, in signature order.
-    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+    /// output of the signature, in signature order, and the time each phase took.
+    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, Phases)>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
@@ -11,6 +12,7 @@ use super::Backend;
 use crate::error::{Error, Result};
 use crate::repository::model_toml::{ModelToml, OptimizationLevel};
 use crate::signature::{Signature, TensorSpec};
+use crate::stats::Phases;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// The process-wide ONNX Runtime environment, or why it could not be created. ONNX Runtime allows one
@@ -127,16 +129,20 @@ impl OrtBackend {
 }
 
 impl Backend for OrtBackend {
-    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, Phases)> {
+        let start = Instant::now();
         let values = inputs
             .into_iter()
             .map(|t| Ok((t.name.clone(), SessionInputValue::from(to_value(t)?))))
             .collect::<Result<Vec<_>>>()?;
+        let converted = Instant::now();
         let results = self
             .session
             .run(values)
             .map_err(|e| Error::Internal(format!("ONNX Runtime run failed: {e}")))?;
-        self.outputs
+        let ran = Instant::now();
+        let outputs = self
+            .outputs
             .iter()
             .map(|spec| {
                 let value = results.get(&spec.name).ok_or_else(|| {
@@ -145,7 +151,13 @@ impl Backend for OrtBackend {
                 from_value(spec, value)
                     .map_err(|e| Error::Internal(format!("output '{}': {e}", spec.name)))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let phases = Phases {
+            input: converted - start,
+            infer: ran - converted,
+            output: ran.elapsed(),
+        };
+        Ok((outputs, phases))
     }
 }
 

@@ -2,6 +2,7 @@
 //! each request only binds that symbol.
 
 use std::path::Path;
+use std::time::Instant;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::ops::unimpl::UnimplementedOp;
@@ -9,6 +10,7 @@ use tract_onnx::tract_hir::ops::unimpl::UnimplementedOp;
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::signature::{Signature, TensorSpec};
+use crate::stats::Phases;
 use crate::tensor::{DataType, Tensor as KeelTensor, TensorData};
 
 /// ONNX domains whose operators tract parses but whose results Keel has not verified against ONNX
@@ -86,20 +88,30 @@ impl TractBackend {
 }
 
 impl Backend for TractBackend {
-    fn infer(&mut self, inputs: Vec<KeelTensor>) -> Result<Vec<KeelTensor>> {
+    fn infer(&mut self, inputs: Vec<KeelTensor>) -> Result<(Vec<KeelTensor>, Phases)> {
+        let start = Instant::now();
         let values = inputs
             .into_iter()
             .map(to_tract)
             .collect::<Result<TVec<TValue>>>()?;
+        let converted = Instant::now();
         let results = self
             .state
             .run(values)
             .map_err(|e| Error::Internal(format!("tract run failed: {e:#}")))?;
-        self.outputs
+        let ran = Instant::now();
+        let outputs = self
+            .outputs
             .iter()
             .zip(results)
             .map(|(spec, value)| from_tract(spec, &value))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let phases = Phases {
+            input: converted - start,
+            infer: ran - converted,
+            output: ran.elapsed(),
+        };
+        Ok((outputs, phases))
     }
 }
 

@@ -2,11 +2,16 @@
 
 use serde_json::{Value, json};
 
-use crate::repository::{ModelEntry, ServedVersion};
+use crate::repository::ServedVersion;
 use crate::signature::TensorSpec;
 
 /// Extensions this server implements, as listed by `GET /v2`.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
 /// Every model is an ONNX file; Triton's clients key behaviour on this platform name.
 pub const PLATFORM: &str = "onnxruntime_onnx";
@@ -22,11 +27,7 @@ fn tensors(specs: &[TensorSpec]) -> Vec<Value> {
         .collect()
 }
 
-pub fn model(entry: &ModelEntry, served: &ServedVersion) -> Value {
-    let versions: Vec<String> = entry
-        .ready_versions()
-        .map(|v| v.version.to_string())
-        .collect();
+pub fn model(versions: Vec<String>, served: &ServedVersion) -> Value {
     json!({
         "name": served.model,
         "versions": versions,
@@ -39,19 +40,15 @@ pub fn model(entry: &ModelEntry, served: &ServedVersion) -> Value {
 /// Triton's ModelConfig as protobuf JSON. perf_analyzer refuses to start without it.
 pub fn config(served: &ServedVersion) -> Value {
     let sig = &served.signature;
-    // With a batch dimension, Triton's dims leave it out.
-    let skip = usize::from(sig.max_batch_size > 0);
     let config_tensors = |specs: &[TensorSpec]| -> Vec<Value> {
         specs
             .iter()
             .map(|s| {
-                let dims = &s.shape[skip.min(s.shape.len())..];
+                let (dims, reshape) = s.config_dims(sig.max_batch_size);
                 let mut t =
                     json!({ "name": s.name, "data_type": s.datatype.config_name(), "dims": dims });
-                // A tensor that is only the batch dimension: Triton writes dims [1] reshaped to [].
-                if dims.is_empty() && skip == 1 {
-                    t["dims"] = json!([1]);
-                    t["reshape"] = json!({ "shape": [] });
+                if let Some(shape) = reshape {
+                    t["reshape"] = json!({ "shape": shape });
                 }
                 t
             })

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::admin::AdminAuth;
 use crate::error::{Error, Result};
 use crate::infer::Infer;
 
@@ -26,6 +27,7 @@ const INLINE_DECODE_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct HttpState {
     pub infer: Infer,
+    pub admin: AdminAuth,
     pub max_body_bytes: usize,
     /// Cleared when shutdown starts, so readiness probes steer traffic away while requests drain.
     pub ready: Arc<AtomicBool>,
@@ -47,6 +49,18 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/config",
             get(model_config),
+        )
+        .route("/v2/models/stats", get(statistics))
+        .route("/v2/models/{model}/stats", get(statistics))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(statistics),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
@@ -87,8 +101,8 @@ async fn server_ready(State(state): State<HttpState>) -> StatusCode {
 async fn model_metadata(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
-    let entry = state.infer.repository().model(model)?;
-    Ok(Json(metadata::model(&entry, &served)).into_response())
+    let versions = state.infer.ready_version_names(model)?;
+    Ok(Json(metadata::model(versions, &served)).into_response())
 }
 
 async fn model_ready(State(state): State<HttpState>, Path(path): ModelPath) -> Result<StatusCode> {
@@ -157,6 +171,67 @@ async fn infer(
         }
     }
     Ok(reply)
+}
+
+async fn statistics(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+    let model = path.get("model").map(String::as_str);
+    let stats = state
+        .infer
+        .statistics(model, path.get("version").map(String::as_str))?;
+    Ok(Json(serde_json::json!({ "model_stats": stats })).into_response())
+}
+
+/// Admin endpoints read little: a body larger than this is refused.
+const ADMIN_BODY_BYTES: usize = 64 * 1024;
+
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<()> {
+    state.admin.check(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+#[derive(serde::Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    authorize(&state, &headers)?;
+    let body = read_body(&headers, body, ADMIN_BODY_BYTES).await?;
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("malformed index request: {e}")))?
+    };
+    Ok(Json(state.infer.repository().index(request.ready)).into_response())
+}
+
+async fn repository_load(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    authorize(&state, &headers)?;
+    state.infer.repository().load_model(&model).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn repository_unload(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    authorize(&state, &headers)?;
+    state.infer.repository().unload_model(&model).await?;
+    Ok(StatusCode::OK)
 }
 
 /// Reads the whole body, refusing anything over `limit`: a declared Content-Length over the limit is

@@ -14,6 +14,7 @@ use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::signature::Signature;
+use crate::stats::Stats;
 use model_toml::ModelToml;
 
 pub const MODEL_FILE: &str = "model.onnx";
@@ -26,6 +27,7 @@ pub struct ServedVersion {
     pub signature: Signature,
     pub config: ModelToml,
     pub backend: BackendKind,
+    pub stats: Stats,
     pub(crate) instance: Instance,
 }
 
@@ -54,18 +56,26 @@ impl ModelEntry {
 pub struct Repository {
     root: PathBuf,
     models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
+    /// Serializes loads and unloads; lookups never wait on it.
+    admin: tokio::sync::Mutex<()>,
+}
+
+/// One row of the repository index (Triton's RepositoryIndex).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Empty for a model that is not loaded or failed as a whole.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 impl Repository {
     /// Loads every model under `root`. A model that fails is logged and recorded, never fatal.
     pub async fn load(root: &Path) -> std::io::Result<Self> {
-        let mut names: Vec<String> = std::fs::read_dir(root)?
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        names.sort();
+        let names = model_dirs(root)?;
         let mut models = BTreeMap::new();
         for name in names {
             let entry = load_model(root, &name).await;
@@ -74,7 +84,109 @@ impl Repository {
         Ok(Repository {
             root: root.to_path_buf(),
             models: ArcSwap::from_pointee(models),
+            admin: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Every model in the repository directory and every loaded version, with its state.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let loaded = self.models.load();
+        let mut rows = Vec::new();
+        for name in model_dirs(&self.root)
+            .unwrap_or_default()
+            .into_iter()
+            .chain(loaded.keys().cloned())
+        {
+            if rows.iter().any(|r: &IndexEntry| r.name == name) {
+                continue;
+            }
+            let Some(entry) = loaded.get(&name) else {
+                let reason = "unloaded".to_string();
+                rows.push(IndexEntry {
+                    name,
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason,
+                });
+                continue;
+            };
+            if let Some(why) = &entry.error {
+                let row = IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: why.clone(),
+                };
+                rows.push(row);
+            }
+            for (version, state) in &entry.versions {
+                let (state, reason) = match state {
+                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Unavailable(why) => ("UNAVAILABLE", why.clone()),
+                };
+                rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: version.to_string(),
+                    state,
+                    reason,
+                });
+            }
+        }
+        if ready_only {
+            rows.retain(|r| r.state == "READY");
+        }
+        rows
+    }
+
+    /// (Re)loads one model from the repository directory and publishes it in one step. Requests already
+    /// running on a replaced version finish on it.
+    pub async fn load_model(&self, name: &str) -> Result<()> {
+        check_model_name(name)?;
+        if !self.root.join(name).is_dir() {
+            return Err(Error::NotFound(format!(
+                "no model '{name}' in the repository {}",
+                self.root.display()
+            )));
+        }
+        let _admin = self.admin.lock().await;
+        let entry = Arc::new(load_model(&self.root, name).await);
+        let failure = (entry.ready_versions().next().is_none()).then(|| unavailable_reason(&entry));
+        let serving = self
+            .models
+            .load()
+            .get(name)
+            .is_some_and(|old| old.ready_versions().next().is_some());
+        // A reload that yields nothing servable leaves the serving versions in place.
+        if failure.is_none() || !serving {
+            self.models.rcu(|models| {
+                let mut models = BTreeMap::clone(models);
+                models.insert(name.to_string(), entry.clone());
+                models
+            });
+        }
+        match failure {
+            None => Ok(()),
+            Some(why) => Err(Error::invalid(format!(
+                "failed to load model '{name}': {why}"
+            ))),
+        }
+    }
+
+    /// Stops serving a model. In-flight requests hold their version and finish; its instance threads end
+    /// when the last of them does.
+    pub async fn unload_model(&self, name: &str) -> Result<()> {
+        check_model_name(name)?;
+        let _admin = self.admin.lock().await;
+        if !self.models.load().contains_key(name) {
+            return Err(Error::NotFound(format!("model '{name}' is not loaded")));
+        }
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            models.remove(name);
+            models
+        });
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -99,18 +211,10 @@ impl Repository {
         let entry = self.model(name)?;
         match version {
             None => entry.ready_versions().next_back().cloned().ok_or_else(|| {
-                let why = entry.error.clone().unwrap_or_else(|| {
-                    let failures: Vec<String> = entry
-                        .versions
-                        .iter()
-                        .filter_map(|(v, s)| match s {
-                            VersionState::Unavailable(why) => Some(format!("version {v}: {why}")),
-                            VersionState::Ready(_) => None,
-                        })
-                        .collect();
-                    failures.join("; ")
-                });
-                Error::Unavailable(format!("model '{name}' has no ready version: {why}"))
+                Error::Unavailable(format!(
+                    "model '{name}' has no ready version: {}",
+                    unavailable_reason(&entry)
+                ))
             }),
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionState::Ready(served)) => Ok(served.clone()),
@@ -123,6 +227,42 @@ impl Repository {
             },
         }
     }
+}
+
+/// Why a model has no ready version: its own error, or each version's.
+fn unavailable_reason(entry: &ModelEntry) -> String {
+    entry.error.clone().unwrap_or_else(|| {
+        let failures: Vec<String> = entry
+            .versions
+            .iter()
+            .filter_map(|(v, s)| match s {
+                VersionState::Unavailable(why) => Some(format!("version {v}: {why}")),
+                VersionState::Ready(_) => None,
+            })
+            .collect();
+        failures.join("; ")
+    })
+}
+
+/// Model names are directory names: refuse anything that could leave the repository.
+fn check_model_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        return Err(Error::invalid(format!(
+            "'{name}' is not a valid model name"
+        )));
+    }
+    Ok(())
+}
+
+fn model_dirs(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root)?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 async fn load_model(root: &Path, name: &str) -> ModelEntry {
@@ -192,8 +332,10 @@ async fn load_version(
     file: &Path,
     config: &ModelToml,
 ) -> Result<ServedVersion, String> {
-    let proto = tract_onnx::onnx()
-        .proto_model_for_path(file)
+    let path = file.to_path_buf();
+    let proto = tokio::task::spawn_blocking(move || tract_onnx::onnx().proto_model_for_path(path))
+        .await
+        .map_err(|e| format!("reading the model failed: {e}"))?
         .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
     let signature = Signature::from_onnx(&proto, config)?;
     let backend = BackendKind::resolve(config.backend)?;
@@ -211,6 +353,7 @@ async fn load_version(
         signature,
         config: config.clone(),
         backend,
+        stats: Stats::default(),
         instance,
     })
 }

@@ -1,0 +1,322 @@
+//! Conversions between the gRPC messages and the serving core's types.
+
+use super::pb;
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
+use crate::repository::model_toml::VersionPolicy;
+use crate::repository::{IndexEntry, ServedVersion};
+use crate::signature::TensorSpec;
+use crate::stats::{DurationSnapshot, StatsSnapshot};
+use crate::tensor::{DataType, Tensor, TensorData, element_count};
+
+/// Decodes a ModelInferRequest. Each input's data comes either from its typed `contents` or from the
+/// matching `raw_input_contents` entry, never both; sizes are checked against the shape before use.
+pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
+    reject_shared_memory(&req.parameters, "request")?;
+    let raw = req.raw_input_contents;
+    if !raw.is_empty() && raw.len() != req.inputs.len() {
+        return Err(Error::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs: with raw contents every input needs one",
+            raw.len(),
+            req.inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        let context = |e: Error| Error::invalid(format!("input '{}': {e}", input.name));
+        reject_shared_memory(&input.parameters, &format!("input '{}'", input.name))?;
+        let datatype = DataType::parse(&input.datatype).map_err(context)?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "input '{}': negative dimension in shape {:?}",
+                    input.name, input.shape
+                ))
+            })?;
+        let data = match (raw.next(), input.contents) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' sets both contents and raw_input_contents",
+                    input.name
+                )));
+            }
+            (Some(bytes), None) => {
+                let count = element_count(&shape, bytes.len()).map_err(context)?;
+                TensorData::from_le_bytes(datatype, &bytes, count).map_err(context)?
+            }
+            (None, Some(contents)) => {
+                typed_contents(datatype, &shape, contents).map_err(context)?
+            }
+            (None, None) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has no data",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(Tensor {
+            name: input.name,
+            shape,
+            data,
+        });
+    }
+    let outputs = if req.outputs.is_empty() {
+        None
+    } else {
+        let mut names = Vec::with_capacity(req.outputs.len());
+        for out in req.outputs {
+            reject_shared_memory(&out.parameters, &format!("output '{}'", out.name))?;
+            if out.parameters.contains_key("classification") {
+                return Err(Error::Unsupported(format!(
+                    "output '{}': the classification extension is not supported by Keel",
+                    out.name
+                )));
+            }
+            names.push(out.name);
+        }
+        Some(names)
+    };
+    let id = (!req.id.is_empty()).then_some(req.id);
+    Ok(InferRequest {
+        id,
+        inputs,
+        outputs,
+    })
+}
+
+fn reject_shared_memory<V>(
+    params: &std::collections::HashMap<String, V>,
+    what: &str,
+) -> Result<()> {
+    if params.contains_key("shared_memory_region") {
+        return Err(Error::Unsupported(format!(
+            "{what}: shared memory is not supported by Keel"
+        )));
+    }
+    Ok(())
+}
+
+/// Typed contents: each datatype has its one field (INT8/16/32 share `int_contents`, UINT8/16/32 share
+/// `uint_contents`); values outside the datatype's range are refused, not truncated.
+fn typed_contents(
+    datatype: DataType,
+    shape: &[usize],
+    c: pb::InferTensorContents,
+) -> Result<TensorData> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        values: Vec<S>,
+        dt: DataType,
+    ) -> Result<Vec<T>> {
+        values
+            .into_iter()
+            .map(|v| {
+                T::try_from(v).map_err(|_| Error::invalid(format!("{v} is out of range for {dt}")))
+            })
+            .collect()
+    }
+    let filled = [
+        ("bool_contents", c.bool_contents.len()),
+        ("int_contents", c.int_contents.len()),
+        ("int64_contents", c.int64_contents.len()),
+        ("uint_contents", c.uint_contents.len()),
+        ("uint64_contents", c.uint64_contents.len()),
+        ("fp32_contents", c.fp32_contents.len()),
+        ("fp64_contents", c.fp64_contents.len()),
+        ("bytes_contents", c.bytes_contents.len()),
+    ];
+    let field = match datatype {
+        DataType::Bool => "bool_contents",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
+        DataType::Int64 => "int64_contents",
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => "uint_contents",
+        DataType::Uint64 => "uint64_contents",
+        DataType::Fp32 => "fp32_contents",
+        DataType::Fp64 => "fp64_contents",
+        DataType::Bytes => "bytes_contents",
+        DataType::Fp16 => {
+            return Err(Error::invalid(
+                "FP16 data must be sent in raw_input_contents",
+            ));
+        }
+    };
+    if let Some((other, _)) = filled.iter().find(|(name, len)| *name != field && *len > 0) {
+        return Err(Error::invalid(format!(
+            "{datatype} data belongs in {field}, not {other}"
+        )));
+    }
+    let len = filled
+        .iter()
+        .find(|(name, _)| *name == field)
+        .map_or(0, |(_, len)| *len);
+    let count = element_count(shape, len)?;
+    if count != len {
+        return Err(Error::invalid(format!(
+            "{field} has {len} elements, the shape needs {count}"
+        )));
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::Int8 => TensorData::Int8(narrow(c.int_contents, datatype)?),
+        DataType::Int16 => TensorData::Int16(narrow(c.int_contents, datatype)?),
+        DataType::Int32 => TensorData::Int32(c.int_contents),
+        DataType::Int64 => TensorData::Int64(c.int64_contents),
+        DataType::Uint8 => TensorData::Uint8(narrow(c.uint_contents, datatype)?),
+        DataType::Uint16 => TensorData::Uint16(narrow(c.uint_contents, datatype)?),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(c.bytes_contents),
+        DataType::Fp16 => unreachable!("refused above"),
+    })
+}
+
+/// Outputs always travel in `raw_output_contents`, which is what tritonclient's `as_numpy` reads.
+pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
+    let mut outputs = Vec::with_capacity(resp.outputs.len());
+    let mut raw = Vec::with_capacity(resp.outputs.len());
+    for t in resp.outputs {
+        let mut bytes = Vec::with_capacity(t.data.byte_len());
+        t.data.write_le_bytes(&mut bytes);
+        raw.push(bytes);
+        outputs.push(pb::model_infer_response::InferOutputTensor {
+            name: t.name,
+            datatype: t.data.datatype().name().to_string(),
+            shape: t.shape.iter().map(|&d| d as i64).collect(),
+            ..Default::default()
+        });
+    }
+    pb::ModelInferResponse {
+        model_name: resp.model_name,
+        model_version: resp.model_version.to_string(),
+        id: resp.id.unwrap_or_default(),
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<pb::model_metadata_response::TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| pb::model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.datatype.name().to_string(),
+            shape: s.shape.clone(),
+        })
+        .collect()
+}
+
+pub fn model_metadata(versions: Vec<String>, served: &ServedVersion) -> pb::ModelMetadataResponse {
+    pb::ModelMetadataResponse {
+        name: served.model.clone(),
+        versions,
+        platform: crate::http::metadata::PLATFORM.to_string(),
+        inputs: tensor_metadata(&served.signature.inputs),
+        outputs: tensor_metadata(&served.signature.outputs),
+    }
+}
+
+fn config_datatype(dt: DataType) -> i32 {
+    let name = dt.config_name();
+    pb::DataType::from_str_name(name).unwrap_or(pb::DataType::TypeInvalid) as i32
+}
+
+pub fn model_config(served: &ServedVersion) -> pb::ModelConfig {
+    let sig = &served.signature;
+    let input = sig
+        .inputs
+        .iter()
+        .map(|s| {
+            let (dims, reshape) = s.config_dims(sig.max_batch_size);
+            pb::ModelInput {
+                name: s.name.clone(),
+                data_type: config_datatype(s.datatype),
+                dims,
+                reshape: reshape.map(|shape| pb::ModelTensorReshape { shape }),
+            }
+        })
+        .collect();
+    let output = sig
+        .outputs
+        .iter()
+        .map(|s| {
+            let (dims, reshape) = s.config_dims(sig.max_batch_size);
+            pb::ModelOutput {
+                name: s.name.clone(),
+                data_type: config_datatype(s.datatype),
+                dims,
+                reshape: reshape.map(|shape| pb::ModelTensorReshape { shape }),
+            }
+        })
+        .collect();
+    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let policy = match &served.config.version_policy {
+        VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
+        VersionPolicy::All => PolicyChoice::All(All {}),
+        VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
+            versions: v.iter().map(|&v| v as i64).collect(),
+        }),
+    };
+    pb::ModelConfig {
+        name: served.model.clone(),
+        platform: crate::http::metadata::PLATFORM.to_string(),
+        backend: "onnxruntime".into(),
+        runtime: served.backend.name().into(),
+        max_batch_size: sig.max_batch_size as i32,
+        input,
+        output,
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(policy),
+        }),
+        instance_group: vec![pb::ModelInstanceGroup {
+            name: served.model.clone(),
+            count: 1,
+            kind: pb::model_instance_group::Kind::Cpu as i32,
+        }],
+        dynamic_batching: None,
+    }
+}
+
+fn duration(d: DurationSnapshot) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
+}
+
+pub fn statistics(s: StatsSnapshot) -> pb::ModelStatistics {
+    let i = s.inference_stats;
+    pb::ModelStatistics {
+        name: s.name,
+        version: s.version,
+        last_inference: s.last_inference,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: duration(i.success),
+            fail: duration(i.fail),
+            queue: duration(i.queue),
+            compute_input: duration(i.compute_input),
+            compute_infer: duration(i.compute_infer),
+            compute_output: duration(i.compute_output),
+            cache_hit: duration(i.cache_hit),
+            cache_miss: duration(i.cache_miss),
+        }),
+        batch_stats: Vec::new(),
+    }
+}
+
+pub fn index_entry(e: IndexEntry) -> pb::repository_index_response::ModelIndex {
+    pb::repository_index_response::ModelIndex {
+        name: e.name,
+        version: e.version,
+        state: e.state.to_string(),
+        reason: e.reason,
+    }
+}

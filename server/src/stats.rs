@@ -1,0 +1,124 @@
+//! Per model version request statistics in Triton's shape (counts and cumulative nanoseconds), fed by the
+//! serving core and read by both front ends (HTTP `.../stats`, gRPC ModelStatistics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+#[derive(Default)]
+struct DurationStat {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl DurationStat {
+    fn record(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> DurationSnapshot {
+        DurationSnapshot {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Time spent in each phase of one backend execution.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// Converting request tensors into the backend's values.
+    pub input: Duration,
+    pub infer: Duration,
+    /// Converting the backend's values back into tensors.
+    pub output: Duration,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    success: DurationStat,
+    fail: DurationStat,
+    queue: DurationStat,
+    compute_input: DurationStat,
+    compute_infer: DurationStat,
+    compute_output: DurationStat,
+    inference_count: AtomicU64,
+    execution_count: AtomicU64,
+    last_inference_ms: AtomicU64,
+}
+
+impl Stats {
+    /// One backend execution of `rows` rows (one request now; a whole batch once requests are batched).
+    pub fn record_execution(&self, rows: u64, queue: Duration, phases: Phases) {
+        self.queue.record(queue);
+        self.compute_input.record(phases.input);
+        self.compute_infer.record(phases.infer);
+        self.compute_output.record(phases.output);
+        self.inference_count.fetch_add(rows, Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_request(&self, ok: bool, total: Duration) {
+        if ok { &self.success } else { &self.fail }.record(total);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.last_inference_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, name: &str, version: u64) -> StatsSnapshot {
+        StatsSnapshot {
+            name: name.to_string(),
+            version: version.to_string(),
+            last_inference: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            inference_stats: InferenceStats {
+                success: self.success.snapshot(),
+                fail: self.fail.snapshot(),
+                queue: self.queue.snapshot(),
+                compute_input: self.compute_input.snapshot(),
+                compute_infer: self.compute_infer.snapshot(),
+                compute_output: self.compute_output.snapshot(),
+                cache_hit: DurationSnapshot::default(),
+                cache_miss: DurationSnapshot::default(),
+            },
+            batch_stats: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DurationSnapshot {
+    pub count: u64,
+    pub ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InferenceStats {
+    pub success: DurationSnapshot,
+    pub fail: DurationSnapshot,
+    pub queue: DurationSnapshot,
+    pub compute_input: DurationSnapshot,
+    pub compute_infer: DurationSnapshot,
+    pub compute_output: DurationSnapshot,
+    pub cache_hit: DurationSnapshot,
+    pub cache_miss: DurationSnapshot,
+}
+
+/// One model version's statistics, serialized exactly as Triton's HTTP statistics extension does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub name: String,
+    pub version: String,
+    /// Unix milliseconds of the last request; 0 before the first.
+    pub last_inference: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub inference_stats: InferenceStats,
+    pub batch_stats: Vec<serde_json::Value>,
+}
