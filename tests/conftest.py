@@ -24,23 +24,23 @@ class Keel:
         env.pop("KEEL_ADMIN_TOKEN", None)
         self.proc = subprocess.Popen(
             [KEEL_BIN, "serve", "--model-repository", str(repository), "--http-addr", "127.0.0.1:0",
-             "--grpc-addr", "127.0.0.1:0", *args],
+             "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
         self.log: list[str] = []
-        self.http, self.grpc = self._wait_for_addresses()
+        self.http, self.grpc, self.metrics = self._wait_for_addresses()
         threading.Thread(target=self._drain, daemon=True).start()
 
-    def _wait_for_addresses(self) -> tuple[str, str]:
+    def _wait_for_addresses(self) -> tuple[str, str, str]:
         deadline = time.monotonic() + 60
         for line in self.proc.stdout:
             self.log.append(line)
-            match = re.search(r"http_addr=(\S+) grpc_addr=(\S+)", line)
+            match = re.search(r"http_addr=(\S+) grpc_addr=(\S+) metrics_addr=(\S+)", line)
             if match:
-                return match.group(1), match.group(2)
+                return match.group(1), match.group(2), match.group(3)
             if time.monotonic() > deadline:
                 break
         raise RuntimeError("keel did not start:\n" + "".join(self.log))

@@ -23,6 +23,10 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_GRPC_ADDR", default_value = "0.0.0.0:8001")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the Prometheus metrics endpoint (GET /metrics), served apart from inference traffic.
+    #[arg(long, env = "KEEL_METRICS_ADDR", default_value = "0.0.0.0:8002")]
+    pub metrics_addr: SocketAddr,
+
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, env = "KEEL_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
@@ -49,6 +53,8 @@ impl ServeConfig {
             "--http-addr",
             "127.0.0.1:0",
             "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
             "127.0.0.1:0",
         ]);
         config.model_repository = repository.into();

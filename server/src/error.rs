@@ -18,6 +18,12 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The model's queue is full: back off and retry.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request waited longer than its timeout.
+    #[error("{0}")]
+    Timeout(String),
     /// No or wrong credentials for an admin endpoint.
     #[error("{0}")]
     Unauthenticated(String),
@@ -41,6 +47,9 @@ impl Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            // As Triton answers a request whose queue timeout expired.
+            Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,7 +62,8 @@ impl Error {
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unsupported(_) => tonic::Code::Unimplemented,
-            Error::PayloadTooLarge(_) => tonic::Code::ResourceExhausted,
+            Error::PayloadTooLarge(_) | Error::Overloaded(_) => tonic::Code::ResourceExhausted,
+            Error::Timeout(_) => tonic::Code::DeadlineExceeded,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Error::Internal(_) => tonic::Code::Internal,

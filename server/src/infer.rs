@@ -2,9 +2,10 @@
 //! signature, run it on an instance, return the requested outputs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::metrics::{Outcome, Protocol};
 use crate::repository::{Repository, ServedVersion};
 use crate::stats::StatsSnapshot;
 use crate::tensor::Tensor;
@@ -16,6 +17,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Output names to return, in this order; `None` returns every output.
     pub outputs: Option<Vec<String>>,
+    /// How long the request may wait for an instance (Triton's `timeout` parameter).
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -97,10 +100,10 @@ pub fn parse_version(text: &str) -> Result<u64> {
 }
 
 impl ServedVersion {
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
-        let start = Instant::now();
+    pub async fn infer(&self, request: InferRequest, protocol: Protocol) -> Result<InferResponse> {
+        let guard = RequestGuard::new(self, protocol);
         let result = self.run(request).await;
-        self.stats.record_request(result.is_ok(), start.elapsed());
+        guard.finish(Outcome::of(&result));
         result
     }
 
@@ -119,9 +122,15 @@ impl ServedVersion {
         }
         let inputs = self.signature.check_inputs(request.inputs)?;
         let rows = self.signature.rows(&inputs);
-        let executed = self.instance.infer(inputs).await?;
-        self.stats
-            .record_execution(rows, executed.queue, executed.phases);
+        let executed = self
+            .scheduler
+            .submit(inputs, rows as usize, request.timeout)
+            .await?;
+        self.stats.record_phases(executed.queue, executed.phases);
+        self.metrics
+            .queue_duration
+            .observe(executed.queue.as_secs_f64());
+        self.metrics.rows.inc_by(rows);
         let mut all = executed.outputs;
         let outputs = match request.outputs {
             None => all,
@@ -142,5 +151,50 @@ impl ServedVersion {
             id: request.id,
             outputs,
         })
+    }
+}
+
+/// Accounts for one request however it ends: finished normally, or dropped because its client went away
+/// (counted as cancelled).
+struct RequestGuard<'a> {
+    served: &'a ServedVersion,
+    protocol: Protocol,
+    start: Instant,
+    finished: bool,
+}
+
+impl<'a> RequestGuard<'a> {
+    fn new(served: &'a ServedVersion, protocol: Protocol) -> Self {
+        served.metrics.inflight.inc();
+        RequestGuard {
+            served,
+            protocol,
+            start: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        let elapsed = self.start.elapsed();
+        self.served
+            .metrics
+            .record_request(self.protocol, outcome, elapsed);
+        self.served
+            .stats
+            .record_request(outcome == Outcome::Success, elapsed);
+    }
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        self.served.metrics.inflight.dec();
+        if !self.finished {
+            self.served.metrics.record_request(
+                self.protocol,
+                Outcome::Cancelled,
+                self.start.elapsed(),
+            );
+        }
     }
 }

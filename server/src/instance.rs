@@ -1,106 +1,132 @@
-//! A model instance: one backend session owned by one dedicated OS thread, so blocking inference never
-//! runs on the async runtime. Callers send a batch and await its result on a oneshot channel.
+//! Model instances: each owns one backend session on its own OS thread, so blocking inference never runs
+//! on the async runtime. Instances pull batches from their version's scheduler queue; no lock is held
+//! across a backend call.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::backend::BackendKind;
+use crate::backend::{Backend, BackendKind};
+use crate::batch;
 use crate::error::{Error, Result};
+use crate::metrics::VersionMetrics;
 use crate::repository::model_toml::ModelToml;
+use crate::scheduler::{BatchPolicy, BatchSource, Executed, Pending};
 use crate::signature::Signature;
-use crate::stats::Phases;
-use crate::tensor::Tensor;
+use crate::stats::{Phases, Stats};
 
-struct Job {
-    inputs: Vec<Tensor>,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Executed>>,
+/// What an instance thread needs to load its backend and serve.
+pub struct InstanceSpec {
+    pub label: String,
+    pub kind: BackendKind,
+    pub path: PathBuf,
+    pub signature: Signature,
+    pub config: ModelToml,
+    pub policy: BatchPolicy,
+    pub stats: Arc<Stats>,
+    pub metrics: Arc<VersionMetrics>,
 }
 
-/// A finished execution: the outputs and where the time went.
-pub struct Executed {
-    pub outputs: Vec<Tensor>,
-    pub queue: Duration,
-    pub phases: Phases,
-}
-
-/// Handle to an instance thread. Dropping every handle ends the thread after the jobs already queued.
-#[derive(Clone)]
-pub struct Instance {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Instance {
-    /// Starts the thread, loads the backend on it and waits for the load to finish.
-    pub async fn start(
-        label: String,
-        kind: BackendKind,
-        path: PathBuf,
-        signature: Signature,
-        config: ModelToml,
-    ) -> Result<Self, String> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+/// Starts `count` instance threads on `queue` and waits until every one has loaded its backend. They
+/// exit by themselves once the queue is closed and drained.
+pub async fn start(
+    spec: Arc<InstanceSpec>,
+    count: usize,
+    queue: crossbeam_channel::Receiver<Pending>,
+) -> Result<(), String> {
+    let mut loads = Vec::with_capacity(count);
+    for i in 0..count {
         let (loaded_tx, loaded) = oneshot::channel();
+        let (spec, queue) = (spec.clone(), queue.clone());
         thread::Builder::new()
-            .name(format!("keel-{label}"))
+            .name(format!("keel-{}-{i}", spec.label))
             .spawn(move || {
-                let mut backend = match kind.load(&path, &signature, &config) {
-                    Ok(backend) => {
-                        let _ = loaded_tx.send(Ok(()));
-                        backend
-                    }
+                let backend = match spec.kind.load(&spec.path, &spec.signature, &spec.config) {
+                    Ok(backend) => backend,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
                         return;
                     }
                 };
-                while let Ok(job) = queue.recv() {
-                    // A caller that went away no longer needs the answer: skip the work.
-                    if job.reply.is_closed() {
-                        continue;
-                    }
-                    // A panicking backend must not take the instance down with it: the request fails, the
-                    // thread keeps serving.
-                    let queue = job.enqueued.elapsed();
-                    let result =
-                        panic::catch_unwind(AssertUnwindSafe(|| backend.infer(job.inputs)))
-                            .unwrap_or_else(|_| {
-                                Err(Error::Internal(
-                                    "the backend panicked during inference".into(),
-                                ))
-                            })
-                            .map(|(outputs, phases)| Executed {
-                                outputs,
-                                queue,
-                                phases,
-                            });
-                    let _ = job.reply.send(result);
-                }
+                let _ = loaded_tx.send(Ok(()));
+                let source = BatchSource::new(queue, spec.policy.clone(), spec.metrics.clone());
+                serve(backend, source, &spec);
             })
-            .map_err(|e| format!("cannot start the instance thread: {e}"))?;
-        match loaded.await {
-            Ok(Ok(())) => Ok(Instance { jobs }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the instance thread died while loading".into()),
+            .map_err(|e| format!("cannot start an instance thread: {e}"))?;
+        loads.push(loaded);
+    }
+    drop(queue);
+    for loaded in loads {
+        loaded
+            .await
+            .map_err(|_| "an instance thread died while loading".to_string())??;
+    }
+    Ok(())
+}
+
+fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &InstanceSpec) {
+    while let Some(batch) = source.next_batch() {
+        let started = Instant::now();
+        let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for p in batch {
+            waiting.push((p.reply, started - p.enqueued));
+            inputs.push(p.inputs);
+        }
+        // A panicking backend must not take the instance down: the batch fails, the thread serves on.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| run(backend.as_mut(), inputs, &rows)))
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the backend panicked during inference".into(),
+                ))
+            });
+        let total_rows: usize = rows.iter().sum();
+        spec.metrics
+            .compute_duration
+            .observe(started.elapsed().as_secs_f64());
+        spec.metrics.batch_rows.observe(total_rows as f64);
+        spec.stats.record_execution(total_rows as u64);
+        match result {
+            Ok((outputs, phases)) => {
+                for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(Executed {
+                        outputs,
+                        queue,
+                        phases,
+                    }));
+                }
+            }
+            Err(e) => {
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
+}
 
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Executed> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                inputs,
-                enqueued: Instant::now(),
-                reply,
-            })
-            .map_err(|_| Error::Unavailable("the model instance has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("the model instance stopped during inference".into()))?
+/// One backend call for the whole batch; a single request skips the concatenation and split.
+fn run(
+    backend: &mut dyn Backend,
+    mut inputs: Vec<Vec<crate::tensor::Tensor>>,
+    rows: &[usize],
+) -> Result<(Vec<Vec<crate::tensor::Tensor>>, Phases)> {
+    if inputs.len() == 1 {
+        let (outputs, phases) = backend.infer(inputs.pop().unwrap_or_default())?;
+        return Ok((vec![outputs], phases));
     }
+    let start = Instant::now();
+    let joined = batch::concat(inputs);
+    let joined_at = start.elapsed();
+    let (outputs, mut phases) = backend.infer(joined)?;
+    let split_start = Instant::now();
+    let per_request = batch::split(outputs, rows)?;
+    phases.input += joined_at;
+    phases.output += split_start.elapsed();
+    Ok((per_request, phases))
 }

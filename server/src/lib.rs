@@ -3,13 +3,18 @@
 
 pub mod admin;
 pub mod backend;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod instance;
+pub mod metrics;
+pub mod metrics_server;
+pub mod process_metrics;
 pub mod repository;
+pub mod scheduler;
 pub mod server;
 pub mod signature;
 pub mod stats;

@@ -17,6 +17,8 @@ use crate::config::ServeConfig;
 use crate::grpc::{self, GrpcState};
 use crate::http::{self, HttpState};
 use crate::infer::Infer;
+use crate::metrics::Metrics;
+use crate::metrics_server;
 use crate::repository::Repository;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub enum ServeError {
 pub struct Server {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    metrics_thread: std::thread::JoinHandle<std::io::Result<()>>,
     infer: Infer,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
@@ -73,7 +77,13 @@ impl Server {
                 tracing::warn!(%why, "ONNX Runtime unavailable; models with backend \"auto\" run on tract")
             }
         }
-        let repository = Repository::load(&config.model_repository)
+        let metrics = Metrics::new();
+        let (metrics_listener, metrics_addr) =
+            metrics_server::bind(config.metrics_addr).map_err(|source| StartError::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
+        let repository = Repository::load(&config.model_repository, metrics.clone())
             .await
             .map_err(|source| StartError::Repository {
                 path: config.model_repository.display().to_string(),
@@ -132,10 +142,17 @@ impl Server {
                 .await
                 .map_err(ServeError::Grpc)
         });
-        tracing::info!(%http_addr, %grpc_addr, "serving KServe V2 over HTTP and gRPC");
+        let metrics_thread = metrics_server::spawn(metrics_listener, metrics, stop.subscribe())
+            .map_err(|source| StartError::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
+        tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "serving KServe V2 over HTTP and gRPC");
         Ok(Server {
             http_addr,
             grpc_addr,
+            metrics_addr,
+            metrics_thread,
             infer,
             ready,
             stop,
@@ -152,6 +169,10 @@ impl Server {
         self.grpc_addr
     }
 
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     pub fn infer(&self) -> &Infer {
         &self.infer
     }
@@ -162,6 +183,11 @@ impl Server {
         let _ = self.stop.send(true);
         let http = self.http.await.map_err(ServeError::Task)?;
         let grpc = self.grpc.await.map_err(ServeError::Task)?;
-        http.and(grpc)
+        let metrics = tokio::task::spawn_blocking(move || self.metrics_thread.join())
+            .await
+            .map_err(ServeError::Task)?
+            .unwrap_or_else(|_| Err(std::io::Error::other("the metrics thread panicked")))
+            .map_err(ServeError::Http);
+        http.and(grpc).and(metrics)
     }
 }

@@ -51,14 +51,18 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// One backend execution of `rows` rows (one request now; a whole batch once requests are batched).
-    pub fn record_execution(&self, rows: u64, queue: Duration, phases: Phases) {
+    /// One backend execution of a batch of `rows` rows.
+    pub fn record_execution(&self, rows: u64) {
+        self.inference_count.fetch_add(rows, Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where one request's time went; a batched request reports its batch's compute phases, as Triton does.
+    pub fn record_phases(&self, queue: Duration, phases: Phases) {
         self.queue.record(queue);
         self.compute_input.record(phases.input);
         self.compute_infer.record(phases.infer);
         self.compute_output.record(phases.output);
-        self.inference_count.fetch_add(rows, Ordering::Relaxed);
-        self.execution_count.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_request(&self, ok: bool, total: Duration) {

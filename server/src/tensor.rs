@@ -216,6 +216,39 @@ impl TensorData {
         self.len() == 0
     }
 
+    pub fn reserve(&mut self, additional: usize) {
+        with_tensor_data!(self, v => v.reserve(additional))
+    }
+
+    /// Moves `other`'s elements to the end of `self`; both must have the same datatype.
+    pub fn append(&mut self, other: TensorData) {
+        macro_rules! join {
+            ($($variant:ident),*) => {
+                match (self, other) {
+                    $((TensorData::$variant(a), TensorData::$variant(mut b)) => a.append(&mut b),)*
+                    (a, b) => panic!("appending {} to {}", b.datatype(), a.datatype()),
+                }
+            };
+        }
+        join!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
+    }
+
+    /// A copy of the elements in `range`.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TensorData {
+        macro_rules! cut {
+            ($($variant:ident),*) => {
+                match self {
+                    $(TensorData::$variant(v) => TensorData::$variant(v[range].to_vec()),)*
+                }
+            };
+        }
+        cut!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
+    }
+
     /// Decodes the binary wire form of `count` elements. The caller has bounded `count` by the bytes it
     /// holds, so this never allocates more than the input justifies.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8], count: usize) -> Result<Self> {

@@ -13,7 +13,15 @@ use tokio::process::{Child, Command};
 /// Starts `keel serve` on an ephemeral port and returns it with the address it logged.
 async fn spawn_keel(args: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .args(args)
         .env("NO_COLOR", "1")
         .env("KEEL_MODEL_REPOSITORY", example_models())

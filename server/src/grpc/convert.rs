@@ -13,6 +13,7 @@ use crate::tensor::{DataType, Tensor, TensorData, element_count};
 /// matching `raw_input_contents` entry, never both; sizes are checked against the shape before use.
 pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
     reject_shared_memory(&req.parameters, "request")?;
+    let timeout = timeout_param(&req.parameters)?;
     let raw = req.raw_input_contents;
     if !raw.is_empty() && raw.len() != req.inputs.len() {
         return Err(Error::invalid(format!(
@@ -86,7 +87,29 @@ pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
         id,
         inputs,
         outputs,
+        timeout,
     })
+}
+
+/// Triton's schedule-policy `timeout` parameter, in microseconds; 0 means none.
+fn timeout_param(
+    params: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<Option<std::time::Duration>> {
+    use pb::infer_parameter::ParameterChoice;
+    let us = match params
+        .get("timeout")
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => return Ok(None),
+        Some(ParameterChoice::Int64Param(v)) if *v >= 0 => *v as u64,
+        Some(ParameterChoice::Uint64Param(v)) => *v,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "parameter 'timeout' must be a non-negative integer (µs), got {other:?}"
+            )));
+        }
+    };
+    Ok((us > 0).then(|| std::time::Duration::from_micros(us)))
 }
 
 fn reject_shared_memory<V>(

@@ -17,6 +17,7 @@ use crate::admin::AdminAuth;
 use crate::error::Error;
 use crate::http::metadata::EXTENSIONS;
 use crate::infer::Infer;
+use crate::metrics::Protocol;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -79,7 +80,9 @@ impl GrpcState {
             .infer
             .version(&request.model_name, version_arg(&request.model_version))?;
         let decoded = convert::infer_request(request)?;
-        Ok(convert::infer_response(served.infer(decoded).await?))
+        Ok(convert::infer_response(
+            served.infer(decoded, Protocol::Grpc).await?,
+        ))
     }
 }
 

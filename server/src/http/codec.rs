@@ -76,6 +76,21 @@ fn bool_param(params: Option<&Parameters>, key: &str) -> Result<Option<bool>> {
     }
 }
 
+/// Triton's schedule-policy `timeout` parameter, in microseconds; 0 means none.
+fn timeout_param(params: Option<&Parameters>) -> Result<Option<std::time::Duration>> {
+    match params.and_then(|p| p.get("timeout")) {
+        None => Ok(None),
+        Some(v) => {
+            let us = v.as_u64().ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter 'timeout' must be a non-negative integer (µs), got {v}"
+                ))
+            })?;
+            Ok((us > 0).then(|| std::time::Duration::from_micros(us)))
+        }
+    }
+}
+
 fn reject_shared_memory(params: Option<&Parameters>, what: &str) -> Result<()> {
     if params.is_some_and(|p| p.contains_key("shared_memory_region")) {
         return Err(Error::Unsupported(format!(
@@ -215,11 +230,13 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             Some(names)
         }
     };
+    let timeout = timeout_param(parsed.parameters.as_ref())?;
     Ok(DecodedRequest {
         request: InferRequest {
             id: parsed.id,
             inputs,
             outputs,
+            timeout,
         },
         binary: binary_outputs,
     })

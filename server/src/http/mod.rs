@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::admin::AdminAuth;
 use crate::error::{Error, Result};
 use crate::infer::Infer;
+use crate::metrics::Protocol;
 
 /// Bodies above this size are decoded on the blocking pool so a large JSON parse cannot stall the
 /// runtime's workers.
@@ -72,11 +73,18 @@ pub fn router(state: HttpState) -> Router {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (
-            self.http_status(),
+        let status = self.http_status();
+        let mut response = (
+            status,
             Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -151,7 +159,7 @@ async fn infer(
     } else {
         codec::decode_request(&body, json_len)?
     };
-    let response = served.infer(decoded.request).await?;
+    let response = served.infer(decoded.request, Protocol::Http).await?;
     let encoded = codec::encode_response(&response, &decoded.binary)?;
     let mut reply = Response::new(Body::from(encoded.body));
     let h = reply.headers_mut();

@@ -6,13 +6,16 @@ pub mod model_toml;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tract_onnx::prelude::Framework;
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
-use crate::instance::Instance;
+use crate::instance::{self, InstanceSpec};
+use crate::metrics::{Metrics, VersionMetrics};
+use crate::scheduler::{BatchPolicy, Scheduler};
 use crate::signature::Signature;
 use crate::stats::Stats;
 use model_toml::ModelToml;
@@ -27,8 +30,9 @@ pub struct ServedVersion {
     pub signature: Signature,
     pub config: ModelToml,
     pub backend: BackendKind,
-    pub stats: Stats,
-    pub(crate) instance: Instance,
+    pub stats: Arc<Stats>,
+    pub(crate) metrics: Arc<VersionMetrics>,
+    pub(crate) scheduler: Scheduler,
 }
 
 pub enum VersionState {
@@ -58,6 +62,7 @@ pub struct Repository {
     models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
     /// Serializes loads and unloads; lookups never wait on it.
     admin: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// One row of the repository index (Triton's RepositoryIndex).
@@ -74,17 +79,18 @@ pub struct IndexEntry {
 
 impl Repository {
     /// Loads every model under `root`. A model that fails is logged and recorded, never fatal.
-    pub async fn load(root: &Path) -> std::io::Result<Self> {
+    pub async fn load(root: &Path, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let names = model_dirs(root)?;
         let mut models = BTreeMap::new();
         for name in names {
-            let entry = load_model(root, &name).await;
+            let entry = load_model(&metrics, root, &name).await;
             models.insert(name, Arc::new(entry));
         }
         Ok(Repository {
             root: root.to_path_buf(),
             models: ArcSwap::from_pointee(models),
             admin: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -149,7 +155,7 @@ impl Repository {
             )));
         }
         let _admin = self.admin.lock().await;
-        let entry = Arc::new(load_model(&self.root, name).await);
+        let entry = Arc::new(load_model(&self.metrics, &self.root, name).await);
         let failure = (entry.ready_versions().next().is_none()).then(|| unavailable_reason(&entry));
         let serving = self
             .models
@@ -265,7 +271,7 @@ fn model_dirs(root: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-async fn load_model(root: &Path, name: &str) -> ModelEntry {
+async fn load_model(metrics: &Arc<Metrics>, root: &Path, name: &str) -> ModelEntry {
     let dir = root.join(name);
     let mut entry = ModelEntry {
         name: name.to_string(),
@@ -292,7 +298,7 @@ async fn load_model(root: &Path, name: &str) -> ModelEntry {
     }
     for version in config.version_policy.select(&found) {
         let file = dir.join(version.to_string()).join(MODEL_FILE);
-        let state = match load_version(name, version, &file, &config).await {
+        let state = match load_version(metrics, name, version, &file, &config).await {
             Ok(served) => {
                 tracing::info!(model = name, version, backend = served.backend.name(), file = %file.display(), "model version ready");
                 VersionState::Ready(Arc::new(served))
@@ -327,6 +333,7 @@ fn version_dirs(dir: &Path) -> Vec<u64> {
 }
 
 async fn load_version(
+    metrics: &Arc<Metrics>,
     name: &str,
     version: u64,
     file: &Path,
@@ -339,21 +346,33 @@ async fn load_version(
         .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
     let signature = Signature::from_onnx(&proto, config)?;
     let backend = BackendKind::resolve(config.backend)?;
-    let instance = Instance::start(
-        format!("{name}-{version}"),
-        backend,
-        file.to_path_buf(),
-        signature.clone(),
-        config.clone(),
-    )
-    .await?;
+    let metrics = Arc::new(metrics.version(name, version, backend.name()));
+    let stats = Arc::new(Stats::default());
+    let (scheduler, queue) = Scheduler::new(&config.dynamic_batching, metrics.clone());
+    let batching = &config.dynamic_batching;
+    let spec = InstanceSpec {
+        label: format!("{name}-{version}"),
+        kind: backend,
+        path: file.to_path_buf(),
+        signature: signature.clone(),
+        config: config.clone(),
+        policy: BatchPolicy {
+            max_batch_size: signature.max_batch_size as usize,
+            max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
+            preferred_batch_sizes: batching.preferred_batch_sizes.clone(),
+        },
+        stats: stats.clone(),
+        metrics: metrics.clone(),
+    };
+    instance::start(Arc::new(spec), config.instances.unwrap_or(1).max(1), queue).await?;
     Ok(ServedVersion {
         model: name.to_string(),
         version,
         signature,
         config: config.clone(),
         backend,
-        stats: Stats::default(),
-        instance,
+        stats,
+        metrics,
+        scheduler,
     })
 }

@@ -23,6 +23,37 @@ pub struct ModelToml {
     pub outputs: BTreeMap<String, TensorOverride>,
     #[serde(default)]
     pub onnxruntime: OrtSettings,
+    /// Model instances: each its own backend session on its own OS thread, pulling from one queue.
+    pub instances: Option<usize>,
+    #[serde(default)]
+    pub dynamic_batching: DynamicBatching,
+}
+
+/// The scheduler in front of a model version's instances (Triton's `dynamic_batching`). Batching applies
+/// whenever `max_batch_size > 0`: an idle instance takes every queued request that fits in one batch.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicBatching {
+    /// How long an instance that has requests but not a full (or preferred) batch may wait for more.
+    /// 0 (default): never wait; batches form from what queued while the instances were busy.
+    pub max_queue_delay_us: u64,
+    /// Row counts at which a batch is sent at once, without waiting out the delay.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests waiting beyond this many are refused (HTTP 429, gRPC RESOURCE_EXHAUSTED).
+    pub max_queue_size: usize,
+    /// Queue timeout for requests that set no `timeout` parameter; 0: none.
+    pub default_timeout_us: u64,
+}
+
+impl Default for DynamicBatching {
+    fn default() -> Self {
+        DynamicBatching {
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            default_timeout_us: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -120,6 +151,7 @@ mod tests {
         let toml = r#"
             backend = "tract"
             max_batch_size = 8
+            instances = 2
             version_policy = { specific = [1, 3] }
             [inputs.input]
             shape = [-1, 30]
@@ -129,10 +161,25 @@ mod tests {
             intra_op_threads = 2
             inter_op_threads = 1
             graph_optimization_level = "basic"
+            [dynamic_batching]
+            max_queue_delay_us = 500
+            preferred_batch_sizes = [4, 8]
+            max_queue_size = 16
+            default_timeout_us = 100000
         "#;
         let cfg = ModelToml::parse(toml).unwrap();
         assert_eq!(cfg.backend, BackendChoice::Tract);
         assert_eq!(cfg.max_batch_size, Some(8));
+        assert_eq!(cfg.instances, Some(2));
+        assert_eq!(cfg.dynamic_batching.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(cfg.dynamic_batching.max_queue_size, 16);
+        assert_eq!(
+            ModelToml::parse("[dynamic_batching]\nmax_queue_delay_us = 7")
+                .unwrap()
+                .dynamic_batching
+                .max_queue_size,
+            1024
+        );
         assert_eq!(cfg.version_policy, VersionPolicy::Specific(vec![1, 3]));
         assert_eq!(cfg.inputs["input"].shape, Some(vec![-1, 30]));
         assert_eq!(
@@ -159,6 +206,8 @@ mod tests {
         assert!(err.contains("max_batch"), "{err}");
         let err = ModelToml::parse("[onnxruntime]\nthreads = 4").unwrap_err();
         assert!(err.contains("threads"), "{err}");
+        let err = ModelToml::parse("[dynamic_batching]\nmax_delay = 4").unwrap_err();
+        assert!(err.contains("max_delay"), "{err}");
         let dir = std::env::temp_dir().join(format!("keel-toml-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.toml");

@@ -1,0 +1,274 @@
+//! Prometheus metrics: every family is described once here. Per model version, the label sets are resolved
+//! at load into [`VersionMetrics`], so the request path only touches atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// How a request ended, as counted in `keel_inference_requests_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Invalid,
+    Overloaded,
+    Timeout,
+    Cancelled,
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::Invalid,
+        Outcome::Overloaded,
+        Outcome::Timeout,
+        Outcome::Cancelled,
+        Outcome::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Invalid => "invalid",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+        }
+    }
+
+    pub fn of(result: &Result<impl Sized, Error>) -> Self {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(Error::Overloaded(_)) => Outcome::Overloaded,
+            Err(Error::Timeout(_)) => Outcome::Timeout,
+            Err(Error::Internal(_) | Error::Unavailable(_)) => Outcome::Error,
+            Err(_) => Outcome::Invalid,
+        }
+    }
+}
+
+/// Latency buckets from 50 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+const ROWS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    rows: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_duration: HistogramVec,
+    compute_duration: HistogramVec,
+    batch_rows: HistogramVec,
+    queue_depth: IntGaugeVec,
+    inflight: IntGaugeVec,
+    model_info: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let mv = &["model", "version"];
+        let seconds = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec());
+            register(
+                &r,
+                HistogramVec::new(opts, labels).expect("valid histogram"),
+            )
+        };
+        let metrics = Metrics {
+            requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keel_inference_requests_total",
+                        "Inference requests by how they ended.",
+                    ),
+                    &["model", "version", "protocol", "outcome"],
+                )
+                .expect("valid counter"),
+            ),
+            rows: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("keel_inference_rows_total", "Rows inferred successfully."),
+                    mv,
+                )
+                .expect("valid counter"),
+            ),
+            request_duration: seconds(
+                "keel_request_duration_seconds",
+                "Time from a decoded request to its outputs, in seconds.",
+                &["model", "version", "protocol"],
+            ),
+            queue_duration: seconds(
+                "keel_queue_duration_seconds",
+                "Time requests waited in the scheduler queue, in seconds.",
+                mv,
+            ),
+            compute_duration: seconds(
+                "keel_compute_duration_seconds",
+                "Time of one backend execution (a whole batch), in seconds.",
+                mv,
+            ),
+            batch_rows: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("keel_batch_rows", "Rows per backend execution.")
+                        .buckets(ROWS_BUCKETS.to_vec()),
+                    mv,
+                )
+                .expect("valid histogram"),
+            ),
+            queue_depth: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "keel_queue_depth",
+                        "Requests waiting in the scheduler queue.",
+                    ),
+                    mv,
+                )
+                .expect("valid gauge"),
+            ),
+            inflight: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("keel_inflight_requests", "Requests being served right now."),
+                    mv,
+                )
+                .expect("valid gauge"),
+            ),
+            model_info: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "keel_model_info",
+                        "1 for each model version being served, with its backend.",
+                    ),
+                    &["model", "version", "backend"],
+                )
+                .expect("valid gauge"),
+            ),
+            registry: r,
+        };
+        Arc::new(metrics)
+    }
+
+    /// Resolves every label set of one model version.
+    pub fn version(self: &Arc<Self>, model: &str, version: u64, backend: &str) -> VersionMetrics {
+        let v = version.to_string();
+        let mv = [model, v.as_str()];
+        let requests = Protocol::ALL.map(|p| {
+            Outcome::ALL.map(|o| {
+                self.requests
+                    .with_label_values(&[model, v.as_str(), p.label(), o.label()])
+            })
+        });
+        let request_duration = Protocol::ALL.map(|p| {
+            self.request_duration
+                .with_label_values(&[model, v.as_str(), p.label()])
+        });
+        self.model_info
+            .with_label_values(&[model, v.as_str(), backend])
+            .set(1);
+        VersionMetrics {
+            labels: (model.to_string(), v.clone(), backend.to_string()),
+            requests,
+            rows: self.rows.with_label_values(&mv),
+            request_duration,
+            queue_duration: self.queue_duration.with_label_values(&mv),
+            compute_duration: self.compute_duration.with_label_values(&mv),
+            batch_rows: self.batch_rows.with_label_values(&mv),
+            queue_depth: self.queue_depth.with_label_values(&mv),
+            inflight: self.inflight.with_label_values(&mv),
+            registry: self.clone(),
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), process metrics included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        families.extend(crate::process_metrics::gather());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("encoding into a Vec cannot fail");
+        out
+    }
+}
+
+/// One model version's metric handles. When the version is unloaded its info gauge is removed, so
+/// dashboards show what is being served; its counters stay, as Prometheus counters should.
+pub struct VersionMetrics {
+    labels: (String, String, String),
+    requests: [[IntCounter; 6]; 2],
+    pub rows: IntCounter,
+    request_duration: [Histogram; 2],
+    pub queue_duration: Histogram,
+    pub compute_duration: Histogram,
+    pub batch_rows: Histogram,
+    pub queue_depth: IntGauge,
+    pub inflight: IntGauge,
+    registry: Arc<Metrics>,
+}
+
+impl VersionMetrics {
+    pub fn record_request(&self, protocol: Protocol, outcome: Outcome, elapsed: Duration) {
+        let p = Protocol::ALL
+            .iter()
+            .position(|x| *x == protocol)
+            .unwrap_or(0);
+        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+        self.requests[p][o].inc();
+        if outcome == Outcome::Success {
+            self.request_duration[p].observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+impl Drop for VersionMetrics {
+    fn drop(&mut self) {
+        let (model, version, backend) = &self.labels;
+        let _ = self
+            .registry
+            .model_info
+            .remove_label_values(&[model, version, backend]);
+        self.queue_depth.set(0);
+        self.inflight.set(0);
+    }
+}
