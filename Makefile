@@ -25,6 +25,7 @@ help:
 system-deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \
 	if [ -n "$$missing" ]; then \
@@ -60,7 +61,7 @@ serve: $(VENV)/.ort
 	@echo
 	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
 
-test: $(VENV)/.test $(PERF_ANALYZER)
+test: system-deps $(VENV)/.test $(PERF_ANALYZER)
 	$(MAKE) --no-print-directory test-rust test-python
 
 test-rust:

@@ -14,6 +14,8 @@ Models written:
                                           ONNX Runtime only, declared in its model.toml.
   tests/models/datatypes/1/model.onnx     one Identity per KServe datatype (BOOL ... FP64, BYTES) so each
                                           backend's tensor conversion is checked against onnxruntime.
+  tests/models/slow-mlp/1/model.onnx      a heavy MLP (32 x MatMul 512x512 + Tanh) for scheduler tests and
+                                          batching benchmarks.
 """
 
 import argparse
@@ -139,6 +141,27 @@ def datatypes_model() -> bytes:
     return finish(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8))
 
 
+def slow_mlp(width: int = 512, layers: int = 32) -> bytes:
+    """A deliberately heavy MLP (one shared width x width weight, `layers` MatMul+Tanh blocks, about
+    17 MFLOP per row): long enough per batch to observe queueing, timeouts and batching gains."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, last = [], "input"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [last, "weight"], [f"mm{i}"], name=f"matmul_{i}"))
+        out = "output" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("Tanh", [f"mm{i}"], [out], name=f"tanh_{i}"))
+        last = out
+    graph = helper.make_graph(
+        nodes,
+        "slow_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    return finish(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8))
+
+
 GBT_TOML = """# Tree ensembles are ai.onnx.ml operators that tract cannot run: serve with ONNX Runtime only.
 backend = "onnxruntime"
 """
@@ -159,6 +182,7 @@ def build() -> dict[Path, bytes]:
         ROOT / "models/breast-cancer-gbt/1/model.onnx": breast_cancer_gbt(x, y),
         ROOT / "models/breast-cancer-gbt/model.toml": GBT_TOML.encode(),
         ROOT / "tests/models/datatypes/1/model.onnx": datatypes_model(),
+        ROOT / "tests/models/slow-mlp/1/model.onnx": slow_mlp(),
         ROOT / "tests/data/breast_cancer.npy": npy_bytes(x),
     }
 

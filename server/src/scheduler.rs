@@ -3,6 +3,7 @@
 //! request's timeout is enforced while it waits, so an expired request never reaches the backend.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -22,6 +23,10 @@ pub struct Executed {
     pub phases: Phases,
 }
 
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const EXPIRED: u8 = 2;
+
 /// A request waiting for an instance.
 pub struct Pending {
     pub inputs: Vec<Tensor>,
@@ -29,12 +34,20 @@ pub struct Pending {
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
     pub reply: oneshot::Sender<Result<Executed>>,
+    /// QUEUED until either an instance claims it (RUNNING) or its waiting client gives up (EXPIRED):
+    /// one atomic step decides, so a request is never both answered "timed out" and computed.
+    state: Arc<AtomicU8>,
 }
 
 impl Pending {
-    /// Still worth computing: its client waits and its deadline has not passed.
-    fn is_live(&self, now: Instant) -> bool {
-        !self.reply.is_closed() && self.deadline.is_none_or(|d| now < d)
+    /// Takes the request for computation, unless its client left or its time in the queue ran out.
+    fn claim(&self, now: Instant) -> bool {
+        !self.reply.is_closed()
+            && self.deadline.is_none_or(|d| now < d)
+            && self
+                .state
+                .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 }
 
@@ -82,12 +95,15 @@ impl Scheduler {
         let timeout = timeout.or(self.default_timeout);
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let deadline = timeout.map(|t| now + t);
         let pending = Pending {
             inputs,
             rows,
             enqueued: now,
-            deadline: timeout.map(|t| now + t),
+            deadline,
             reply,
+            state: state.clone(),
         };
         match self.queue.try_send(pending) {
             Ok(()) => self.metrics.queue_depth.inc(),
@@ -104,15 +120,24 @@ impl Scheduler {
             }
         }
         let stopped = || Error::Unavailable("the model instance stopped during inference".into());
-        match timeout {
-            None => answer.await.map_err(|_| stopped())?,
-            Some(limit) => match tokio::time::timeout(limit, answer).await {
-                Ok(result) => result.map_err(|_| stopped())?,
-                Err(_) => Err(Error::Timeout(format!(
-                    "request timed out after {} µs waiting for an instance",
+        let Some(limit) = timeout else {
+            return answer.await.map_err(|_| stopped())?;
+        };
+        // The timeout bounds the time in the queue; once an instance has claimed the request it runs to the end.
+        let mut answer = answer;
+        match tokio::time::timeout(limit, &mut answer).await {
+            Ok(result) => result.map_err(|_| stopped())?,
+            Err(_)
+                if state
+                    .compare_exchange(QUEUED, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok() =>
+            {
+                Err(Error::Timeout(format!(
+                    "request timed out after {} µs waiting in the queue",
                     limit.as_micros()
-                ))),
-            },
+                )))
+            }
+            Err(_) => answer.await.map_err(|_| stopped())?,
         }
     }
 }
@@ -143,14 +168,15 @@ impl BatchSource {
     /// closed and drained: the version was unloaded or the server stopped, and every queued request has
     /// been served.
     pub fn next_batch(&mut self) -> Option<Vec<Pending>> {
-        let first = loop {
-            let p = match self.carry.take() {
-                Some(p) => p,
-                None => self.take(self.queue.recv().ok()?),
-            };
-            if p.is_live(Instant::now()) {
-                break p;
-            }
+        // A carried request was claimed when it was taken: it runs first.
+        let first = match self.carry.take() {
+            Some(p) => p,
+            None => loop {
+                let p = self.take(self.queue.recv().ok()?);
+                if p.claim(Instant::now()) {
+                    break p;
+                }
+            },
         };
         let mut rows = first.rows;
         let mut batch = vec![first];
@@ -170,7 +196,7 @@ impl BatchSource {
                 },
             };
             let next = self.take(next);
-            if !next.is_live(Instant::now()) {
+            if !next.claim(Instant::now()) {
                 continue;
             }
             if rows + next.rows > self.policy.max_batch_size
@@ -188,5 +214,125 @@ impl BatchSource {
     fn take(&self, p: Pending) -> Pending {
         self.metrics.queue_depth.dec();
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::tensor::TensorData;
+
+    fn request(rows: usize) -> Vec<Tensor> {
+        vec![Tensor {
+            name: "x".into(),
+            shape: vec![rows, 2],
+            data: TensorData::Fp32(vec![0.5; rows * 2]),
+        }]
+    }
+
+    fn scheduler(config: &DynamicBatching) -> (Scheduler, Receiver<Pending>, Arc<VersionMetrics>) {
+        let metrics = Arc::new(Metrics::new().version("m", 1, "tract"));
+        let (s, rx) = Scheduler::new(config, metrics.clone());
+        (s, rx, metrics)
+    }
+
+    /// With no instance pulling, a request times out after exactly its timeout (paused clock), and the
+    /// queued entry it leaves behind is skipped rather than computed.
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_fire_on_time_and_expired_requests_are_skipped() {
+        let (s, rx, metrics) = scheduler(&DynamicBatching::default());
+        let start = tokio::time::Instant::now();
+        let err = s
+            .submit(request(1), 1, Some(Duration::from_millis(250)))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        assert_eq!(metrics.queue_depth.get(), 1);
+        drop(s);
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: vec![],
+        };
+        let mut source = BatchSource::new(rx, policy, metrics.clone());
+        assert!(
+            source.next_batch().is_none(),
+            "the expired request is dropped, nothing runs"
+        );
+        assert_eq!(metrics.queue_depth.get(), 0);
+    }
+
+    fn pending(rows: usize, width: usize) -> (Pending, oneshot::Receiver<Result<Executed>>) {
+        let (reply, answer) = oneshot::channel();
+        let data = TensorData::Fp32(vec![0.0; rows * width]);
+        let inputs = vec![Tensor {
+            name: "x".into(),
+            shape: vec![rows, width],
+            data,
+        }];
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        (
+            Pending {
+                inputs,
+                rows,
+                enqueued: Instant::now(),
+                deadline: None,
+                reply,
+                state,
+            },
+            answer,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let config = DynamicBatching {
+            max_queue_size: 1,
+            ..DynamicBatching::default()
+        };
+        let (s, _rx, _) = scheduler(&config);
+        let (waiting, _answer) = pending(1, 2);
+        s.queue.try_send(waiting).unwrap();
+        let err = s.submit(request(1), 1, None).await.err().unwrap();
+        assert!(matches!(err, Error::Overloaded(_)), "{err}");
+    }
+
+    #[test]
+    fn batches_respect_row_limits_shapes_and_preferred_sizes() {
+        let config = DynamicBatching {
+            max_queue_size: 16,
+            ..DynamicBatching::default()
+        };
+        let (s, rx, metrics) = scheduler(&config);
+        let mut answers = Vec::new();
+        // 3 + 4 fit in 8 rows; 2 more would not; width 3 cannot join width 2; 2 + 4 hits preferred 6.
+        for (rows, width) in [(3, 2), (4, 2), (2, 2), (1, 3), (2, 2), (4, 2), (1, 2)] {
+            let (p, answer) = pending(rows, width);
+            s.queue.try_send(p).unwrap();
+            metrics.queue_depth.inc();
+            answers.push(answer);
+        }
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: vec![6],
+        };
+        let mut source = BatchSource::new(rx, policy, metrics.clone());
+        let mut sizes = || {
+            source
+                .next_batch()
+                .map(|b| b.iter().map(|p| p.rows).collect::<Vec<_>>())
+        };
+        assert_eq!(sizes(), Some(vec![3, 4]));
+        assert_eq!(sizes(), Some(vec![2]));
+        assert_eq!(sizes(), Some(vec![1]));
+        assert_eq!(sizes(), Some(vec![2, 4]));
+        assert_eq!(sizes(), Some(vec![1]));
+        drop(s);
+        assert_eq!(sizes(), None);
+        assert_eq!(metrics.queue_depth.get(), 0);
     }
 }

@@ -299,10 +299,19 @@ pub fn model_config(served: &ServedVersion) -> pb::ModelConfig {
         }),
         instance_group: vec![pb::ModelInstanceGroup {
             name: served.model.clone(),
-            count: 1,
+            count: served.config.instances.unwrap_or(1).max(1) as i32,
             kind: pb::model_instance_group::Kind::Cpu as i32,
         }],
-        dynamic_batching: None,
+        dynamic_batching: (sig.max_batch_size > 0).then(|| pb::ModelDynamicBatching {
+            preferred_batch_size: served
+                .config
+                .dynamic_batching
+                .preferred_batch_sizes
+                .iter()
+                .map(|&n| n as i32)
+                .collect(),
+            max_queue_delay_microseconds: served.config.dynamic_batching.max_queue_delay_us,
+        }),
     }
 }
 

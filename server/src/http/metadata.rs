@@ -54,7 +54,7 @@ pub fn config(served: &ServedVersion) -> Value {
             })
             .collect()
     };
-    json!({
+    let mut config = json!({
         "name": served.model,
         "platform": PLATFORM,
         "backend": "onnxruntime",
@@ -63,8 +63,16 @@ pub fn config(served: &ServedVersion) -> Value {
         "input": config_tensors(&sig.inputs),
         "output": config_tensors(&sig.outputs),
         "version_policy": version_policy(&served.config.version_policy),
-        "instance_group": [{ "name": served.model, "count": 1, "kind": "KIND_CPU" }],
-    })
+        "instance_group": [{ "name": served.model, "count": served.config.instances.unwrap_or(1).max(1), "kind": "KIND_CPU" }],
+    });
+    if sig.max_batch_size > 0 {
+        let batching = &served.config.dynamic_batching;
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": batching.preferred_batch_sizes,
+            "max_queue_delay_microseconds": batching.max_queue_delay_us,
+        });
+    }
+    config
 }
 
 fn version_policy(policy: &crate::repository::model_toml::VersionPolicy) -> Value {

@@ -1,0 +1,360 @@
+//! The scheduler end to end on real servers: batching correctness under concurrency, overload, timeouts,
+//! cancelled clients, draining on shutdown, and the metrics that count all of it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TempRepo, TestServer, breast_cancer_rows, workspace};
+use serde_json::{Value, json};
+
+fn slow_mlp() -> std::path::PathBuf {
+    workspace().join("tests/models/slow-mlp/1/model.onnx")
+}
+
+/// A binary-extension request for the slow MLP: `rows` rows of 512 features.
+fn mlp_request(rows: usize, parameters: Value) -> (Vec<u8>, String) {
+    let mut head = json!({
+        "inputs": [{ "name": "input", "shape": [rows, 512], "datatype": "FP32",
+                     "parameters": { "binary_data_size": rows * 512 * 4 } }],
+        "outputs": [{ "name": "output", "parameters": { "binary_data": true } }],
+    });
+    if !parameters.is_null() {
+        head["parameters"] = parameters;
+    }
+    let mut body = serde_json::to_vec(&head).unwrap();
+    let json_len = body.len().to_string();
+    body.extend((0..rows * 512).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()));
+    (body, json_len)
+}
+
+async fn post_mlp(s: &TestServer, model: &str, rows: usize, parameters: Value) -> (u16, Value) {
+    let (body, json_len) = mlp_request(rows, parameters);
+    let (status, headers, bytes) = s
+        .post_raw(
+            &format!("/v2/models/{model}/infer"),
+            body,
+            &[("Inference-Header-Content-Length", json_len)],
+        )
+        .await;
+    let json_len = headers
+        .get("inference-header-content-length")
+        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap())
+        .unwrap_or(bytes.len());
+    let head = serde_json::from_slice(&bytes[..json_len]).unwrap_or(Value::Null);
+    if status == 429 {
+        assert_eq!(
+            headers.get("retry-after").map(|v| v.to_str().unwrap()),
+            Some("1")
+        );
+    }
+    (status, head)
+}
+
+async fn stats(s: &TestServer, model: &str) -> Value {
+    let (_, body) = s.get(&format!("/v2/models/{model}/versions/1/stats")).await;
+    body["model_stats"][0].clone()
+}
+
+async fn scrape(s: &TestServer) -> String {
+    let url = format!("http://{}/metrics", s.server.metrics_addr());
+    s.client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
+    let lr = workspace().join("models/breast-cancer/2/model.onnx");
+    let repo = TempRepo::new(
+        "batching",
+        &[
+            (
+                "batched",
+                &lr,
+                "[dynamic_batching]\nmax_queue_delay_us = 3000\n",
+            ),
+            ("alone", &lr, "max_batch_size = 0\n"),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let rows = breast_cancer_rows(100);
+    let request = |offset: usize, n: usize| {
+        json!({ "id": format!("{offset}-{n}"),
+                "inputs": [{ "name": "input", "shape": [n, 30], "datatype": "FP32", "data": rows[offset * 30..(offset + n) * 30] }] })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..120usize {
+        let (offset, n) = (i % 60, 1 + i % 7);
+        let body = request(offset, n);
+        let (client, base) = (s.client.clone(), s.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let batched: Value = client
+                .post(format!("{base}/v2/models/batched/infer"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let alone: Value = client
+                .post(format!("{base}/v2/models/alone/infer"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (body["id"].clone(), batched, alone)
+        }));
+    }
+    for task in tasks {
+        let (id, batched, alone) = task.await.unwrap();
+        assert_eq!(batched["id"], id);
+        assert_eq!(
+            batched["outputs"][0]["data"], alone["outputs"][0]["data"],
+            "labels of {id}"
+        );
+        assert_eq!(batched["outputs"][1]["shape"], alone["outputs"][1]["shape"]);
+        let a = batched["outputs"][1]["data"].as_array().unwrap();
+        let b = alone["outputs"][1]["data"].as_array().unwrap();
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6,
+                "{id}: {x} vs {y}"
+            );
+        }
+    }
+    let st = stats(&s, "batched").await;
+    let executions = st["execution_count"].as_u64().unwrap();
+    assert_eq!(st["inference_stats"]["success"]["count"], 120);
+    assert!(
+        executions < 120,
+        "requests were batched: {executions} executions for 120 requests"
+    );
+    let text = scrape(&s).await;
+    let batches = metric(
+        &text,
+        "keel_batch_rows_count{model=\"batched\",version=\"1\"}",
+    );
+    let batch_rows = metric(
+        &text,
+        "keel_batch_rows_sum{model=\"batched\",version=\"1\"}",
+    );
+    assert_eq!(batches as u64, executions);
+    assert_eq!(batch_rows as u64, st["inference_count"].as_u64().unwrap());
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_at_once() {
+    let model = slow_mlp();
+    let repo = TempRepo::new(
+        "overload",
+        &[("mlp", &model, "[dynamic_batching]\nmax_queue_size = 2\n")],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (client, base) = (s.client.clone(), s.base.clone());
+        let (body, json_len) = mlp_request(1024, Value::Null);
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{base}/v2/models/mlp/infer"))
+                .header("Inference-Header-Content-Length", json_len)
+                .body(body)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
+    assert!(codes.contains(&429) && codes.contains(&200), "{codes:?}");
+    let text = scrape(&s).await;
+    let overloaded = metric(
+        &text,
+        "keel_inference_requests_total{model=\"mlp\",outcome=\"overloaded\",protocol=\"http\",version=\"1\"}",
+    );
+    assert_eq!(
+        overloaded as usize,
+        codes.iter().filter(|c| **c == 429).count()
+    );
+    // Once the queue drains, it serves again.
+    assert_eq!(post_mlp(&s, "mlp", 1, Value::Null).await.0, 200);
+    s.server.shutdown().await.unwrap();
+}
+
+/// While an instance is busy with a long batch, a request with a short timeout is answered with a timeout
+/// error, and is never computed: the statistics count only the long batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_abandoned_requests_never_reach_the_backend() {
+    let model = slow_mlp();
+    let repo = TempRepo::new(
+        "timeouts",
+        &[
+            ("mlp", &model, "max_batch_size = 1024\n"),
+            (
+                "mlp-default",
+                &model,
+                "[dynamic_batching]\ndefault_timeout_us = 20000\n",
+            ),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    for (model, params) in [
+        ("mlp", json!({ "timeout": 20000 })),
+        ("mlp-default", Value::Null),
+    ] {
+        // Two full batches keep the single instance busy for a few hundred milliseconds; their own long
+        // timeout overrides the model's default.
+        let blockers: Vec<_> = (0..2)
+            .map(|_| {
+                let (client, base) = (s.client.clone(), s.base.clone());
+                let (body, json_len) = mlp_request(1024, json!({ "timeout": 60_000_000 }));
+                tokio::spawn(async move {
+                    client
+                        .post(format!("{base}/v2/models/{model}/infer"))
+                        .header("Inference-Header-Content-Length", json_len)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        let inflight = format!("keel_inflight_requests{{model=\"{model}\",version=\"1\"}}");
+        while metric(&scrape(&s).await, &inflight) < 2.0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (status, err) = post_mlp(&s, model, 1, params.clone()).await;
+        assert_eq!(status, 503, "{err}");
+        assert!(
+            err["error"].as_str().unwrap().contains("timed out"),
+            "{err}"
+        );
+        // A client that gives up while queued (well within the request's own timeout): its request is
+        // dropped, not computed.
+        let (body, json_len) = mlp_request(1, json!({ "timeout": 60_000_000 }));
+        let abandoned = s
+            .client
+            .post(s.url(&format!("/v2/models/{model}/infer")))
+            .header("Inference-Header-Content-Length", json_len)
+            .body(body)
+            .timeout(Duration::from_millis(20))
+            .send()
+            .await;
+        assert!(abandoned.is_err(), "the client timed out");
+        for blocker in blockers {
+            assert_eq!(blocker.await.unwrap(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = stats(&s, model).await;
+        assert_eq!(
+            st["inference_count"], 2048,
+            "{model}: only the blockers ran: {st}"
+        );
+        assert_eq!(st["execution_count"], 2, "{model}: {st}");
+        let text = scrape(&s).await;
+        let labels = |outcome: &str| {
+            format!(
+                "keel_inference_requests_total{{model=\"{model}\",outcome=\"{outcome}\",protocol=\"http\",version=\"1\"}}"
+            )
+        };
+        assert_eq!(metric(&text, &labels("timeout")), 1.0, "{model}");
+        assert_eq!(metric(&text, &labels("cancelled")), 1.0, "{model}");
+        assert_eq!(metric(&text, &labels("success")), 2.0, "{model}");
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_queued_requests() {
+    let model = slow_mlp();
+    let repo = TempRepo::new("drain", &[("mlp", &model, "max_batch_size = 1024\n")]);
+    let s = TestServer::start(&repo.root).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (client, base) = (s.client.clone(), s.base.clone());
+        let (body, json_len) = mlp_request(1024, Value::Null);
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(format!("{base}/v2/models/mlp/infer"))
+                .header("Inference-Header-Content-Length", json_len)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = scrape(&s).await;
+    assert!(
+        metric(&text, "keel_inflight_requests{model=\"mlp\",version=\"1\"}") >= 2.0,
+        "{text}"
+    );
+    s.server.shutdown().await.unwrap();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_and_unbatched_models_serve() {
+    let model = slow_mlp();
+    let repo = TempRepo::new(
+        "instances",
+        &[
+            (
+                "two",
+                &model,
+                "instances = 2\n[onnxruntime]\nintra_op_threads = 1\n",
+            ),
+            ("unbatched", &model, "max_batch_size = 0\n"),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let (_, config) = s.get("/v2/models/two/config").await;
+    assert_eq!(config["instance_group"][0]["count"], 2);
+    let (_, config) = s.get("/v2/models/unbatched/config").await;
+    assert_eq!(config["max_batch_size"], 0);
+    assert_eq!(config["input"][0]["dims"], json!([-1, 512]));
+    let mut tasks = Vec::new();
+    for model in ["two", "two", "two", "unbatched", "unbatched"] {
+        let (client, base) = (s.client.clone(), s.base.clone());
+        let (body, json_len) = mlp_request(16, Value::Null);
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{base}/v2/models/{model}/infer"))
+                .header("Inference-Header-Content-Length", json_len)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    s.server.shutdown().await.unwrap();
+}
