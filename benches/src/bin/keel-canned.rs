@@ -1,0 +1,78 @@
+//! `keel-canned`: the canned-response server, Keel's HTTP and gRPC stacks with the model taken out.
+//! See `keel_benches::canned`.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::Parser;
+use keel_benches::canned;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Serves a fixed inference response over KServe V2 HTTP and gRPC, decoding every request with
+/// Keel's codecs: the upper bound a real model server on this machine can approach.
+#[derive(Parser)]
+#[command(name = "keel-canned", version)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    grpc_addr: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("keel-canned: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (http_listener, http_addr) = bind(args.http_addr).await?;
+    let (grpc_listener, grpc_addr) = bind(args.grpc_addr).await?;
+
+    // As in Keel's server.rs: small responses must leave at once, not wait on Nagle's algorithm.
+    let http_listener = http_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = axum::serve(http_listener, canned::http::router()).into_future();
+    let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
+        let tcp = conn?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(tcp)
+    });
+    let grpc = tonic::transport::Server::builder()
+        .add_service(canned::grpc::service())
+        .serve_with_incoming(incoming);
+
+    println!("http_addr={http_addr} grpc_addr={grpc_addr}");
+    // Nothing to drain: a canned answer is never worth waiting for, so a signal simply exits.
+    tokio::select! {
+        r = http => r.context("HTTP server")?,
+        r = grpc => r.context("gRPC server")?,
+        r = stop_signal() => r?,
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The REST side: the same axum router shape, body reading, codec and headers as Keel's infer route.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use axum::routing::post;
+use http_body_util::{BodyExt, Limited};
+use keel_server::error::{Error, Result};
+use keel_server::http::codec;
+
+use super::response;
+
+/// Keel's default `--max-body-bytes`.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .layer(DefaultBodyLimit::disable())
+}
+
+async fn infer(
+    Path(path): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let model = path.get("model").cloned().unwrap_or_default();
+    let json_len = match headers.get(codec::HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} must be a non-negative integer",
+                        codec::HEADER_LENGTH
+                    ))
+                })?,
+        ),
+    };
+    let body = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| Error::invalid(format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    let decoded = codec::decode_request(&body, json_len)?;
+    let request = decoded.request;
+    let rows = response::rows(&request);
+    let answer = response::canned(model, request.id, rows, request.outputs.as_deref());
+    let encoded = codec::encode_response(&answer, &decoded.binary)?;
+    let mut reply = Response::new(Body::from(encoded.body));
+    let h = reply.headers_mut();
+    match encoded.json_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(reply)
+}
