@@ -357,6 +357,18 @@ impl Tensor {
     }
 }
 
+/// A shape as the protocols carry it (signed dimensions) checked into sizes.
+pub fn shape_from_wire(input: &str, dims: &[i64]) -> Result<Vec<usize>> {
+    dims.iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| {
+            Error::invalid(format!(
+                "input '{input}': negative dimension in shape {dims:?}"
+            ))
+        })
+}
+
 /// Number of elements a shape holds, or an error when it overflows or exceeds `limit` (the most the
 /// request could possibly carry): checked before anything is allocated for it.
 pub fn element_count(shape: &[usize], limit: usize) -> Result<usize> {

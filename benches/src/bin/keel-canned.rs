@@ -12,6 +12,10 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+/// The same allocator as `keel`, so the comparison measures the model path, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves a fixed inference response over KServe V2 HTTP and gRPC, decoding every request with
 /// Keel's codecs: the upper bound a real model server on this machine can approach.
 #[derive(Parser)]

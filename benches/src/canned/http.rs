@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::{BodyExt, Limited};
 use keel_server::error::{Error, Result};
@@ -53,23 +53,5 @@ async fn infer(
     let request = decoded.request;
     let rows = response::rows(&request);
     let answer = response::canned(model, request.id, rows, request.outputs.as_deref());
-    let encoded = codec::encode_response(&answer, &decoded.binary)?;
-    let mut reply = Response::new(Body::from(encoded.body));
-    let h = reply.headers_mut();
-    match encoded.json_len {
-        Some(n) => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
-        }
-        None => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-    }
-    Ok(reply)
+    Ok(codec::encode_response(&answer, &decoded.binary)?.into_response())
 }

@@ -7,7 +7,7 @@ use crate::repository::model_toml::VersionPolicy;
 use crate::repository::{IndexEntry, ServedVersion};
 use crate::signature::TensorSpec;
 use crate::stats::{DurationSnapshot, StatsSnapshot};
-use crate::tensor::{DataType, Tensor, TensorData, element_count};
+use crate::tensor::{DataType, Tensor, TensorData, element_count, shape_from_wire};
 
 /// Decodes a ModelInferRequest. Each input's data comes either from its typed `contents` or from the
 /// matching `raw_input_contents` entry, never both; sizes are checked against the shape before use.
@@ -28,17 +28,7 @@ pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
         let context = |e: Error| Error::invalid(format!("input '{}': {e}", input.name));
         reject_shared_memory(&input.parameters, &format!("input '{}'", input.name))?;
         let datatype = DataType::parse(&input.datatype).map_err(context)?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "input '{}': negative dimension in shape {:?}",
-                    input.name, input.shape
-                ))
-            })?;
+        let shape = shape_from_wire(&input.name, &input.shape)?;
         let data = match (raw.next(), input.contents) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(

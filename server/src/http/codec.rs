@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::json_data;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
-use crate::tensor::{DataType, Tensor, TensorData, element_count};
+use crate::tensor::{DataType, Tensor, TensorData, element_count, shape_from_wire};
 
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -128,17 +128,7 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
     for input in parsed.inputs {
         let datatype = DataType::parse(&input.datatype)
             .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "input '{}': negative dimension in shape {:?}",
-                    input.name, input.shape
-                ))
-            })?;
+        let shape = shape_from_wire(&input.name, &input.shape)?;
         reject_shared_memory(
             input.parameters.as_ref(),
             &format!("input '{}'", input.name),

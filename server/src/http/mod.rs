@@ -160,25 +160,31 @@ async fn infer(
         codec::decode_request(&body, json_len)?
     };
     let response = served.infer(decoded.request, Protocol::Http).await?;
-    let encoded = codec::encode_response(&response, &decoded.binary)?;
-    let mut reply = Response::new(Body::from(encoded.body));
-    let h = reply.headers_mut();
-    match encoded.json_len {
-        Some(n) => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
+    Ok(codec::encode_response(&response, &decoded.binary)?.into_response())
+}
+
+/// JSON, or JSON followed by binary outputs with Triton's header saying where the JSON ends.
+impl IntoResponse for codec::EncodedResponse {
+    fn into_response(self) -> Response {
+        let mut reply = Response::new(Body::from(self.body));
+        let h = reply.headers_mut();
+        match self.json_len {
+            Some(n) => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(codec::HEADER_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
         }
-        None => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
+        reply
     }
-    Ok(reply)
 }
 
 async fn statistics(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
