@@ -61,6 +61,8 @@ def build_repository(dest: Path) -> Path:
     shutil.copytree(models / "breast-cancer-gbt", dest / "breast-cancer-gbt")
     shutil.copytree(models / "breast-cancer", dest / "breast-cancer-tract")
     (dest / "breast-cancer-tract/model.toml").write_text('backend = "tract"\nversion_policy = "all"\n')
+    shutil.copytree(ROOT / "tests/models/slow-mlp", dest / "slow-mlp")
+    (dest / "slow-mlp/model.toml").write_text("max_batch_size = 1024\n[dynamic_batching]\nmax_queue_size = 2\n")
     for name, backend in [("datatypes", "onnxruntime"), ("datatypes-tract", "tract")]:
         shutil.copytree(ROOT / "tests/models/datatypes", dest / name)
         (dest / name / "model.toml").write_text(f'backend = "{backend}"\n')
