@@ -21,8 +21,10 @@ MODES = {
 def test_perf_analyzer_runs_clean(keel, mode):
     assert os.path.exists(PERF_ANALYZER), "perf_analyzer missing: `make test` installs it into .tools/"
     url = keel.grpc if mode == "grpc" else keel.http
+    # A smoke test, not a measurement: any variation between windows counts as stable, so a busy CI
+    # machine cannot fail it; the real figures come from benches/perf_analyzer.sh.
     cmd = [PERF_ANALYZER, "-m", "breast-cancer", "-u", url, *MODES[mode], "--concurrency-range", "4",
-           "--measurement-interval", "500", "--max-trials", "6", "--stability-percentage", "50"]
+           "--measurement-interval", "500", "--max-trials", "3", "--stability-percentage", "1000"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
