@@ -289,7 +289,7 @@ pub fn model_config(served: &ServedVersion) -> pb::ModelConfig {
         }),
         instance_group: vec![pb::ModelInstanceGroup {
             name: served.model.clone(),
-            count: served.config.instances.unwrap_or(1).max(1) as i32,
+            count: served.config.instance_count() as i32,
             kind: pb::model_instance_group::Kind::Cpu as i32,
         }],
         dynamic_batching: (sig.max_batch_size > 0).then(|| pb::ModelDynamicBatching {

@@ -63,7 +63,7 @@ pub fn config(served: &ServedVersion) -> Value {
         "input": config_tensors(&sig.inputs),
         "output": config_tensors(&sig.outputs),
         "version_policy": version_policy(&served.config.version_policy),
-        "instance_group": [{ "name": served.model, "count": served.config.instances.unwrap_or(1).max(1), "kind": "KIND_CPU" }],
+        "instance_group": [{ "name": served.model, "count": served.config.instance_count(), "kind": "KIND_CPU" }],
     });
     if sig.max_batch_size > 0 {
         let batching = &served.config.dynamic_batching;

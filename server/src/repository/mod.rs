@@ -364,7 +364,7 @@ async fn load_version(
         stats: stats.clone(),
         metrics: metrics.clone(),
     };
-    instance::start(Arc::new(spec), config.instances.unwrap_or(1).max(1), queue).await?;
+    instance::start(Arc::new(spec), config.instance_count(), queue).await?;
     Ok(ServedVersion {
         model: name.to_string(),
         version,

@@ -24,6 +24,7 @@ pub struct ModelToml {
     #[serde(default)]
     pub onnxruntime: OrtSettings,
     /// Model instances: each its own backend session on its own OS thread, pulling from one queue.
+    /// Default: 2, or 1 on a single-core machine (see [`ModelToml::instance_count`]).
     pub instances: Option<usize>,
     #[serde(default)]
     pub dynamic_batching: DynamicBatching,
@@ -128,6 +129,14 @@ pub enum OptimizationLevel {
 }
 
 impl ModelToml {
+    /// Instances to run. Two by default: on the small boxes Keel targets, a second instance lets one batch
+    /// compute while the next forms, which measured 0.76x instead of 0.65x of the canned-response ceiling
+    /// and a p99/p50 of 2.6 instead of 4.3 under Poisson load on 2 cores (README, Performance).
+    pub fn instance_count(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.instances.unwrap_or(cores.min(2)).max(1)
+    }
+
     /// Reads `path` if it exists; absence means all defaults.
     pub fn load(path: &Path) -> Result<Self, String> {
         match std::fs::read_to_string(path) {
