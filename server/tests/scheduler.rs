@@ -325,21 +325,21 @@ async fn instances_and_unbatched_models_serve() {
         "instances",
         &[
             (
-                "two",
+                "three",
                 &model,
-                "instances = 2\n[onnxruntime]\nintra_op_threads = 1\n",
+                "instances = 3\n[onnxruntime]\nintra_op_threads = 1\n",
             ),
             ("unbatched", &model, "max_batch_size = 0\n"),
         ],
     );
     let s = TestServer::start(&repo.root).await;
-    let (_, config) = s.get("/v2/models/two/config").await;
-    assert_eq!(config["instance_group"][0]["count"], 2);
+    let (_, config) = s.get("/v2/models/three/config").await;
+    assert_eq!(config["instance_group"][0]["count"], 3);
     let (_, config) = s.get("/v2/models/unbatched/config").await;
     assert_eq!(config["max_batch_size"], 0);
     assert_eq!(config["input"][0]["dims"], json!([-1, 512]));
     let mut tasks = Vec::new();
-    for model in ["two", "two", "two", "unbatched", "unbatched"] {
+    for model in ["three", "three", "three", "unbatched", "unbatched"] {
         let (client, base) = (s.client.clone(), s.base.clone());
         let (body, json_len) = mlp_request(16, Value::Null);
         tasks.push(tokio::spawn(async move {

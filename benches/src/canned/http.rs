@@ -30,20 +30,7 @@ async fn infer(
     body: Body,
 ) -> Result<Response> {
     let model = path.get("model").cloned().unwrap_or_default();
-    let json_len = match headers.get(codec::HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{} must be a non-negative integer",
-                        codec::HEADER_LENGTH
-                    ))
-                })?,
-        ),
-    };
+    let json_len = codec::json_length(&headers)?;
     let body = Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await

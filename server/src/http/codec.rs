@@ -16,6 +16,19 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 type Parameters = Map<String, Value>;
 
+/// The JSON length from `Inference-Header-Content-Length`, if the request carries binary tensors.
+pub fn json_length(headers: &axum::http::HeaderMap) -> Result<Option<usize>> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| Error::invalid(format!("{HEADER_LENGTH} must be a non-negative integer")))
+}
+
 #[derive(Deserialize)]
 struct RequestJson<'a> {
     #[serde(default)]

@@ -137,20 +137,7 @@ async fn infer(
 ) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
-    let json_len = match headers.get(codec::HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{} must be a non-negative integer",
-                        codec::HEADER_LENGTH
-                    ))
-                })?,
-        ),
-    };
+    let json_len = codec::json_length(&headers)?;
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let decoded = if body.len() > INLINE_DECODE_BYTES {
         tokio::task::spawn_blocking(move || codec::decode_request(&body, json_len))
