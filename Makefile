@@ -55,7 +55,7 @@ $(PERF_ANALYZER):
 serve: $(VENV)/.ort
 	cargo build --release --bin keel
 	@echo
-	@echo "Keel on http://localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))   (Ctrl-C stops it)"
+	@echo "Keel on http://localhost:$(lastword $(subst :, ,$(HTTP_ADDR))), gRPC on :8001, metrics on http://localhost:8002/metrics   (Ctrl-C stops it)"
 	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer"
 	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer/infer -d @tests/data/example_request.json"
 	@echo
