@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use common::{TempRepo, TestServer, breast_cancer_rows, workspace};
 use serde_json::{Value, json};
 
@@ -26,6 +28,32 @@ fn mlp_request(rows: usize, parameters: Value) -> (Vec<u8>, String) {
     let json_len = body.len().to_string();
     body.extend((0..rows * 512).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()));
     (body, json_len)
+}
+
+/// Sends an MLP request from its own task, so the test can go on while it waits; yields the status.
+fn spawn_mlp(
+    s: &TestServer,
+    model: &str,
+    rows: usize,
+    parameters: Value,
+) -> JoinHandle<reqwest::Result<u16>> {
+    let (client, url) = (
+        s.client.clone(),
+        s.url(&format!("/v2/models/{model}/infer")),
+    );
+    let (body, json_len) = mlp_request(rows, parameters);
+    tokio::spawn(async move {
+        let request = client
+            .post(url)
+            .header("Inference-Header-Content-Length", json_len)
+            .body(body);
+        Ok(request
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await?
+            .status()
+            .as_u16())
+    })
 }
 
 async fn post_mlp(s: &TestServer, model: &str, rows: usize, parameters: Value) -> (u16, Value) {
@@ -169,23 +197,11 @@ async fn a_full_queue_answers_429_at_once() {
     let s = TestServer::start(&repo.root).await;
     let mut tasks = Vec::new();
     for _ in 0..12 {
-        let (client, base) = (s.client.clone(), s.base.clone());
-        let (body, json_len) = mlp_request(1024, Value::Null);
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(format!("{base}/v2/models/mlp/infer"))
-                .header("Inference-Header-Content-Length", json_len)
-                .body(body)
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-                .unwrap();
-            r.status().as_u16()
-        }));
+        tasks.push(spawn_mlp(&s, "mlp", 1024, Value::Null));
     }
     let mut codes = Vec::new();
     for t in tasks {
-        codes.push(t.await.unwrap());
+        codes.push(t.await.unwrap().unwrap());
     }
     assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
     assert!(codes.contains(&429) && codes.contains(&200), "{codes:?}");
@@ -227,20 +243,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         // Two full batches keep the single instance busy for a few hundred milliseconds; their own long
         // timeout overrides the model's default.
         let blockers: Vec<_> = (0..2)
-            .map(|_| {
-                let (client, base) = (s.client.clone(), s.base.clone());
-                let (body, json_len) = mlp_request(1024, json!({ "timeout": 60_000_000 }));
-                tokio::spawn(async move {
-                    client
-                        .post(format!("{base}/v2/models/{model}/infer"))
-                        .header("Inference-Header-Content-Length", json_len)
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                })
-            })
+            .map(|_| spawn_mlp(&s, model, 1024, json!({ "timeout": 60_000_000 })))
             .collect();
         let inflight = format!("keel_inflight_requests{{model=\"{model}\",version=\"1\"}}");
         while metric(&scrape(&s).await, &inflight) < 2.0 {
@@ -265,7 +268,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
             .await;
         assert!(abandoned.is_err(), "the client timed out");
         for blocker in blockers {
-            assert_eq!(blocker.await.unwrap(), 200);
+            assert_eq!(blocker.await.unwrap().unwrap(), 200);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let st = stats(&s, model).await;
@@ -294,17 +297,7 @@ async fn shutdown_drains_queued_requests() {
     let s = TestServer::start(&repo.root).await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        let (client, base) = (s.client.clone(), s.base.clone());
-        let (body, json_len) = mlp_request(1024, Value::Null);
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(format!("{base}/v2/models/mlp/infer"))
-                .header("Inference-Header-Content-Length", json_len)
-                .body(body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
+        tasks.push(spawn_mlp(&s, "mlp", 1024, Value::Null));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = scrape(&s).await;
@@ -340,21 +333,10 @@ async fn instances_and_unbatched_models_serve() {
     assert_eq!(config["input"][0]["dims"], json!([-1, 512]));
     let mut tasks = Vec::new();
     for model in ["three", "three", "three", "unbatched", "unbatched"] {
-        let (client, base) = (s.client.clone(), s.base.clone());
-        let (body, json_len) = mlp_request(16, Value::Null);
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(format!("{base}/v2/models/{model}/infer"))
-                .header("Inference-Header-Content-Length", json_len)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            r.status().as_u16()
-        }));
+        tasks.push(spawn_mlp(&s, model, 16, Value::Null));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        assert_eq!(t.await.unwrap().unwrap(), 200);
     }
     s.server.shutdown().await.unwrap();
 }
