@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{TempRepo, TestServer, breast_cancer_rows, example_models, infer_body, workspace};
+use common::{
+    TempRepo, TestServer, breast_cancer_rows, example_models, infer_body, split_binary, workspace,
+};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -164,19 +166,14 @@ async fn binary_tensor_extension_both_directions() {
         )
         .await;
     assert_eq!(status, 200);
-    let header_len: usize = headers["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let head: Value = serde_json::from_slice(&reply[..header_len]).unwrap();
+    let (head, tail) = split_binary(&headers, &reply);
     assert!(head["outputs"][0].get("data").is_none());
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 37 * 8);
     assert_eq!(
         head["outputs"][1]["parameters"]["binary_data_size"],
         37 * 2 * 4
     );
-    let raw = &reply[header_len..];
+    let raw = tail;
     let labels: Vec<i64> = raw[..37 * 8]
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
@@ -205,15 +202,10 @@ async fn binary_tensor_extension_both_directions() {
         )
         .await;
     assert_eq!(status, 200);
-    let header_len: usize = headers["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let head: Value = serde_json::from_slice(&reply[..header_len]).unwrap();
+    let (head, tail) = split_binary(&headers, &reply);
     assert!(head["outputs"][0]["data"].is_array());
     assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 8);
-    assert_eq!(reply.len() - header_len, 8);
+    assert_eq!(tail.len(), 8);
     s.server.shutdown().await.unwrap();
 }
 
@@ -335,12 +327,7 @@ async fn every_datatype_round_trips_on_both_backends() {
             )
             .await;
         assert_eq!(status, 200);
-        let header_len: usize = headers["inference-header-content-length"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let head: Value = serde_json::from_slice(&raw[..header_len]).unwrap();
+        let (head, tail) = split_binary(&headers, &raw);
         let sizes: Vec<u64> = head["outputs"]
             .as_array()
             .unwrap()
@@ -365,7 +352,7 @@ async fn every_datatype_round_trips_on_both_backends() {
                 4 * 6 + 1 + 6 + 1 + 2 + 4
             ]
         );
-        assert_eq!(raw.len() - header_len, sizes.iter().sum::<u64>() as usize);
+        assert_eq!(tail.len(), sizes.iter().sum::<u64>() as usize);
     }
     s.server.shutdown().await.unwrap();
 }

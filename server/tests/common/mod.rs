@@ -128,3 +128,19 @@ pub fn infer_body(rows: usize) -> serde_json::Value {
         "inputs": [{ "name": "input", "shape": [rows, 30], "datatype": "FP32", "data": breast_cancer_rows(rows) }]
     })
 }
+
+/// A binary-extension response: its JSON head and the raw output bytes after it.
+pub fn split_binary<'a>(
+    headers: &reqwest::header::HeaderMap,
+    body: &'a [u8],
+) -> (serde_json::Value, &'a [u8]) {
+    let json_len: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        serde_json::from_slice(&body[..json_len]).unwrap(),
+        &body[json_len..],
+    )
+}
