@@ -2,6 +2,8 @@
 //! monitor (rolling PSI/CSI against a baseline) consumes them. The monitor never depends on the server.
 #![forbid(unsafe_code)]
 
+pub mod event;
 pub mod record;
 
+pub use event::AlertEvent;
 pub use record::{FeatureValue, PredictionRecord};
