@@ -38,3 +38,6 @@ pub struct AlertEvent {
     /// When the transition happened, unix milliseconds.
     pub time_ms: u64,
 }
+
+/// Where the drift core hands its events: the webhook sender, a test's collector, or nothing.
+pub type AlertSink = std::sync::Arc<dyn Fn(AlertEvent) + Send + Sync>;

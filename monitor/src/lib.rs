@@ -5,5 +5,5 @@
 pub mod event;
 pub mod record;
 
-pub use event::AlertEvent;
-pub use record::{FeatureValue, PredictionRecord};
+pub use event::{AlertEvent, AlertSink};
+pub use record::{FeatureValue, FeedbackRecord, PredictionRecord};

@@ -25,3 +25,16 @@ pub struct PredictionRecord {
     pub inputs: Vec<(String, Vec<FeatureValue>)>,
     pub outputs: Vec<(String, Vec<FeatureValue>)>,
 }
+
+/// Ground truth for one served row, joined with its [`PredictionRecord`] by request id and row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    pub model: String,
+    pub request_id: String,
+    /// Row index within the request (0 for single-row requests).
+    pub row: u32,
+    /// The true label (classifiers) or value (regressors).
+    pub truth: FeatureValue,
+    /// Unix time in milliseconds when the feedback arrived.
+    pub timestamp_ms: u64,
+}
