@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::Parser;
+
+use crate::repository::RepositorySettings;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -40,12 +44,40 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
 
+    /// Seconds between looks at the model repository (new, removed or changed versions and model.toml)
+    /// and at registry aliases; 0 turns polling off (the load/unload API still works).
+    #[arg(long, env = "KEEL_REPOSITORY_POLL", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub repository_poll: f64,
+
+    /// Where versions downloaded from a registry (MLflow) are cached.
+    #[arg(long, env = "KEEL_CACHE_DIR", default_value_os_t = std::env::temp_dir().join("keel-cache"))]
+    pub cache_dir: PathBuf,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 }
 
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
 impl ServeConfig {
+    /// How the repository is found and watched.
+    pub fn repository_settings(&self) -> RepositorySettings {
+        RepositorySettings {
+            root: self.model_repository.clone(),
+            poll: (self.repository_poll > 0.0)
+                .then(|| Duration::from_secs_f64(self.repository_poll)),
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+
     /// Defaults for `repository`, listening on an ephemeral 127.0.0.1 port: for tests and embedding.
     pub fn local(repository: impl Into<PathBuf>) -> Self {
         let mut config = ServeConfig::parse_from([

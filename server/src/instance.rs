@@ -72,6 +72,7 @@ fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &Instance
     while let Some(batch) = source.next_batch() {
         let started = Instant::now();
         let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+        let warmup = batch.iter().all(|p| p.warmup);
         let mut inputs = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
         for p in batch {
@@ -85,12 +86,14 @@ fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &Instance
                     "the backend panicked during inference".into(),
                 ))
             });
-        let total_rows: usize = rows.iter().sum();
-        spec.metrics
-            .compute_duration
-            .observe(started.elapsed().as_secs_f64());
-        spec.metrics.batch_rows.observe(total_rows as f64);
-        spec.stats.record_execution(total_rows as u64);
+        if !warmup {
+            let total_rows: usize = rows.iter().sum();
+            spec.metrics
+                .compute_duration
+                .observe(started.elapsed().as_secs_f64());
+            spec.metrics.batch_rows.observe(total_rows as f64);
+            spec.stats.record_execution(total_rows as u64);
+        }
         match result {
             Ok((outputs, phases)) => {
                 for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {

@@ -1,7 +1,8 @@
 //! Prometheus metrics: every family is described once here. Per model version, the label sets are resolved
 //! at load into [`VersionMetrics`], so the request path only touches atomics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -90,6 +91,91 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     inflight: IntGaugeVec,
     model_info: IntGaugeVec,
+    /// Live [`VersionMetrics`] per label set: a reloaded version shares its labels with the one it
+    /// replaces, whose drop must not clear them.
+    live: Mutex<HashMap<(String, String, String), usize>>,
+    pub reload: ReloadMetrics,
+}
+
+/// The model lifecycle: loads, swaps and each version's state.
+pub struct ReloadMetrics {
+    pub loads: IntCounterVec,
+    pub load_duration: HistogramVec,
+    pub swaps: IntCounterVec,
+    pub version_info: IntGaugeVec,
+}
+
+impl ReloadMetrics {
+    fn new(r: &Registry) -> Self {
+        ReloadMetrics {
+            loads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keel_model_loads_total",
+                        "Model version loads by outcome (success, failure).",
+                    ),
+                    &["model", "outcome"],
+                )
+                .expect("valid counter"),
+            ),
+            load_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "keel_model_load_duration_seconds",
+                        "Time to load, check and warm up one model version, in seconds.",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                    &["model"],
+                )
+                .expect("valid histogram"),
+            ),
+            swaps: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keel_model_swaps_total",
+                        "Times a model's set of serving versions was replaced while it was serving.",
+                    ),
+                    &["model"],
+                )
+                .expect("valid counter"),
+            ),
+            version_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "keel_model_version_info",
+                        "1 for each model version the repository knows, by state (READY, UNAVAILABLE).",
+                    ),
+                    &["model", "version", "state"],
+                )
+                .expect("valid gauge"),
+            ),
+        }
+    }
+
+    /// Replaces the version-state series of `model` with `states`.
+    pub fn set_versions(
+        &self,
+        model: &str,
+        before: &[(u64, &'static str)],
+        now: &[(u64, &'static str)],
+    ) {
+        for (version, state) in before {
+            if !now.contains(&(*version, *state)) {
+                let _ =
+                    self.version_info
+                        .remove_label_values(&[model, &version.to_string(), state]);
+            }
+        }
+        for (version, state) in now {
+            self.version_info
+                .with_label_values(&[model, &version.to_string(), state])
+                .set(1);
+        }
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -184,6 +270,8 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            live: Mutex::new(HashMap::new()),
+            reload: ReloadMetrics::new(&r),
             registry: r,
         };
         Arc::new(metrics)
@@ -206,6 +294,12 @@ impl Metrics {
         self.model_info
             .with_label_values(&[model, v.as_str(), backend])
             .set(1);
+        *self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((model.to_string(), v.clone(), backend.to_string()))
+            .or_default() += 1;
         VersionMetrics {
             labels: (model.to_string(), v.clone(), backend.to_string()),
             requests,
@@ -218,6 +312,11 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&mv),
             registry: self.clone(),
         }
+    }
+
+    /// Where other components (the embedded drift monitor) register their families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition (format 0.0.4), process metrics included.
@@ -263,6 +362,15 @@ impl VersionMetrics {
 
 impl Drop for VersionMetrics {
     fn drop(&mut self) {
+        let mut live = self.registry.live.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(count) = live.get_mut(&self.labels) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        live.remove(&self.labels);
         let (model, version, backend) = &self.labels;
         let _ = self
             .registry

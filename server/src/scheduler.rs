@@ -34,6 +34,8 @@ pub struct Pending {
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
     pub reply: oneshot::Sender<Result<Executed>>,
+    /// A load-time warm-up run: computed like any request, but left out of statistics and metrics.
+    pub warmup: bool,
     /// QUEUED until either an instance claims it (RUNNING) or its waiting client gives up (EXPIRED):
     /// one atomic step decides, so a request is never both answered "timed out" and computed.
     state: Arc<AtomicU8>,
@@ -92,6 +94,21 @@ impl Scheduler {
         rows: usize,
         timeout: Option<Duration>,
     ) -> Result<Executed> {
+        self.enqueue(inputs, rows, timeout, false).await
+    }
+
+    /// Runs a warm-up inference before the version takes traffic.
+    pub async fn warm_up(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Executed> {
+        self.enqueue(inputs, rows, None, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        timeout: Option<Duration>,
+        warmup: bool,
+    ) -> Result<Executed> {
         let timeout = timeout.or(self.default_timeout);
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
@@ -103,6 +120,7 @@ impl Scheduler {
             enqueued: now,
             deadline,
             reply,
+            warmup,
             state: state.clone(),
         };
         match self.queue.try_send(pending) {
@@ -281,6 +299,7 @@ mod tests {
                 enqueued: Instant::now(),
                 deadline: None,
                 reply,
+                warmup: false,
                 state,
             },
             answer,

@@ -19,7 +19,7 @@ use crate::http::{self, HttpState};
 use crate::infer::Infer;
 use crate::metrics::Metrics;
 use crate::metrics_server;
-use crate::repository::Repository;
+use crate::repository::{Repository, watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,6 +56,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<Result<(), ServeError>>,
     grpc: JoinHandle<Result<(), ServeError>>,
+    watcher: JoinHandle<()>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -83,13 +84,14 @@ impl Server {
                 addr: config.metrics_addr,
                 source,
             })?;
-        let repository = Repository::load(&config.model_repository, metrics.clone())
+        let repository = Repository::load(config.repository_settings(), metrics.clone())
             .await
             .map_err(|source| StartError::Repository {
                 path: config.model_repository.display().to_string(),
                 source,
             })?;
-        let infer = Infer::new(Arc::new(repository));
+        let repository = Arc::new(repository);
+        let infer = Infer::new(repository.clone());
         let ready = Arc::new(AtomicBool::new(true));
         let admin = AdminAuth::new(config.admin_token.clone());
         let (stop, stopped) = watch::channel(false);
@@ -97,6 +99,7 @@ impl Server {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
+        let watcher = watcher::spawn(repository, stopped.clone());
         let (http_listener, http_addr) = bind(config.http_addr).await?;
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
 
@@ -158,6 +161,7 @@ impl Server {
             stop,
             http,
             grpc,
+            watcher,
         })
     }
 
@@ -182,6 +186,7 @@ impl Server {
         self.ready.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let http = self.http.await.map_err(ServeError::Task)?;
+        self.watcher.await.map_err(ServeError::Task)?;
         let grpc = self.grpc.await.map_err(ServeError::Task)?;
         let metrics = tokio::task::spawn_blocking(move || self.metrics_thread.join())
             .await

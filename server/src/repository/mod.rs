@@ -1,24 +1,30 @@
-//! The model repository: `<root>/<model>/<version>/model.onnx` plus optional `<root>/<model>/model.toml`.
-//! Loaded versions live in a table published through `ArcSwap`, so request lookups never take a lock.
+//! The model repository: `<root>/<model>/<version>/model.onnx` plus optional `<root>/<model>/model.toml`,
+//! or versions from an MLflow registry alias. Loaded versions live in a table published through
+//! `ArcSwap`, so request lookups never take a lock; [`reconcile`] is the one path that changes it, driven
+//! by start-up, the poller ([`watcher`]) and the load/unload API alike.
 
+mod loader;
+mod mlflow;
 pub mod model_toml;
+mod reconcile;
+pub mod scan;
+pub mod watcher;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tract_onnx::prelude::Framework;
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
-use crate::instance::{self, InstanceSpec};
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::scheduler::{BatchPolicy, Scheduler};
+use crate::scheduler::Scheduler;
 use crate::signature::Signature;
 use crate::stats::Stats;
 use model_toml::ModelToml;
+use scan::{Fingerprint, Scanner};
 
 pub const MODEL_FILE: &str = "model.onnx";
 pub const CONFIG_FILE: &str = "model.toml";
@@ -33,36 +39,103 @@ pub struct ServedVersion {
     pub stats: Arc<Stats>,
     pub(crate) metrics: Arc<VersionMetrics>,
     pub(crate) scheduler: Scheduler,
+    /// The directory its files were loaded from (a repository version directory or a download cache).
+    pub dir: PathBuf,
+    /// Its files as loaded; a different fingerprint on disk means a new copy to load.
+    pub fingerprint: Fingerprint,
+    /// The model.toml it was loaded with; a change reloads it.
+    pub config_fingerprint: Fingerprint,
 }
 
+impl Drop for ServedVersion {
+    fn drop(&mut self) {
+        tracing::info!(model = %self.model, version = self.version, "model version released");
+    }
+}
+
+#[derive(Clone)]
 pub enum VersionState {
     Ready(Arc<ServedVersion>),
-    /// Load failed; the reason is what the log line said.
+    /// Not servable; why (load error, or incomplete files).
     Unavailable(String),
+}
+
+impl VersionState {
+    fn label(&self) -> &'static str {
+        match self {
+            VersionState::Ready(_) => "READY",
+            VersionState::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+/// The last failed attempt to load a version, kept so polling retries it on a change or after a
+/// backoff, never on every poll and never never.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub reason: String,
+    fingerprint: Fingerprint,
+    config: Fingerprint,
+    attempts: u32,
+    retry_at: Instant,
 }
 
 pub struct ModelEntry {
     pub name: String,
     pub versions: BTreeMap<u64, VersionState>,
-    /// A problem with the model as a whole (bad model.toml, no versions).
+    /// A problem with the model as a whole (bad model.toml, no versions, registry unreachable). Versions
+    /// already serving keep serving through it.
     pub error: Option<String>,
+    /// Failed loads per version, including replacements that failed while an older copy kept serving.
+    pub failures: BTreeMap<u64, Failure>,
+    /// How often the model's source is asked for changes (MLflow models set their own).
+    poll_every: Option<Duration>,
 }
 
 impl ModelEntry {
+    fn empty(name: &str) -> Self {
+        ModelEntry {
+            name: name.to_string(),
+            versions: BTreeMap::new(),
+            error: None,
+            failures: BTreeMap::new(),
+            poll_every: None,
+        }
+    }
+
     pub fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ServedVersion>> {
         self.versions.values().filter_map(|s| match s {
             VersionState::Ready(v) => Some(v),
             VersionState::Unavailable(_) => None,
         })
     }
+
+    fn states(&self) -> Vec<(u64, &'static str)> {
+        self.versions.iter().map(|(v, s)| (*v, s.label())).collect()
+    }
+}
+
+/// Where the repository lives and how it is watched.
+#[derive(Clone, Debug)]
+pub struct RepositorySettings {
+    pub root: PathBuf,
+    /// Seconds between looks at the repository and at registries; `None`: never (explicit control only).
+    pub poll: Option<Duration>,
+    /// Where registry versions are downloaded.
+    pub cache_dir: PathBuf,
 }
 
 pub struct Repository {
-    root: PathBuf,
+    settings: RepositorySettings,
     models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
-    /// Serializes loads and unloads; lookups never wait on it.
+    /// Serializes every change of the table; lookups never wait on it.
     admin: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    scanner: Scanner,
+    /// Models unloaded through the API: polling leaves them alone until they are loaded again.
+    parked: std::sync::Mutex<BTreeSet<String>>,
+    /// When each model's source is next due a look, and how many looks in a row failed.
+    schedule: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 /// One row of the repository index (Triton's RepositoryIndex).
@@ -78,27 +151,32 @@ pub struct IndexEntry {
 }
 
 impl Repository {
-    /// Loads every model under `root`. A model that fails is logged and recorded, never fatal.
-    pub async fn load(root: &Path, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let names = model_dirs(root)?;
-        let mut models = BTreeMap::new();
-        for name in names {
-            let entry = load_model(&metrics, root, &name).await;
-            models.insert(name, Arc::new(entry));
-        }
-        Ok(Repository {
-            root: root.to_path_buf(),
-            models: ArcSwap::from_pointee(models),
+    /// Loads every model under `settings.root`. A model that fails is logged and recorded, never fatal.
+    pub async fn load(
+        settings: RepositorySettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let names = model_dirs(&settings.root)?;
+        let repository = Repository {
+            settings,
+            models: ArcSwap::from_pointee(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
             metrics,
-        })
+            scanner: Scanner::default(),
+            parked: Default::default(),
+            schedule: Default::default(),
+        };
+        for name in names {
+            let _ = repository.reconcile(&name, reconcile::Mode::Startup).await;
+        }
+        Ok(repository)
     }
 
     /// Every model in the repository directory and every loaded version, with its state.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let loaded = self.models.load();
         let mut rows = Vec::new();
-        for name in model_dirs(&self.root)
+        for name in model_dirs(&self.settings.root)
             .unwrap_or_default()
             .into_iter()
             .chain(loaded.keys().cloned())
@@ -126,10 +204,16 @@ impl Repository {
                 rows.push(row);
             }
             for (version, state) in &entry.versions {
-                let (state, reason) = match state {
-                    VersionState::Ready(_) => ("READY", String::new()),
-                    VersionState::Unavailable(why) => ("UNAVAILABLE", why.clone()),
+                let reason = match state {
+                    VersionState::Unavailable(why) => why.clone(),
+                    // A ready version whose replacement failed says so, while it keeps serving.
+                    VersionState::Ready(_) => entry
+                        .failures
+                        .get(version)
+                        .map(|f| format!("serving; reload failed: {}", f.reason))
+                        .unwrap_or_default(),
                 };
+                let state = state.label();
                 rows.push(IndexEntry {
                     name: name.clone(),
                     version: version.to_string(),
@@ -144,59 +228,44 @@ impl Repository {
         rows
     }
 
-    /// (Re)loads one model from the repository directory and publishes it in one step. Requests already
-    /// running on a replaced version finish on it.
+    /// (Re)loads one model from its source, every selected version afresh, and publishes it in one step.
+    /// Requests already running on a replaced version finish on it. Resumes polling of a parked model.
     pub async fn load_model(&self, name: &str) -> Result<()> {
         check_model_name(name)?;
-        if !self.root.join(name).is_dir() {
+        if !self.settings.root.join(name).is_dir() {
             return Err(Error::NotFound(format!(
                 "no model '{name}' in the repository {}",
-                self.root.display()
+                self.settings.root.display()
             )));
         }
-        let _admin = self.admin.lock().await;
-        let entry = Arc::new(load_model(&self.metrics, &self.root, name).await);
-        let failure = (entry.ready_versions().next().is_none()).then(|| unavailable_reason(&entry));
-        let serving = self
-            .models
-            .load()
-            .get(name)
-            .is_some_and(|old| old.ready_versions().next().is_some());
-        // A reload that yields nothing servable leaves the serving versions in place.
-        if failure.is_none() || !serving {
-            self.models.rcu(|models| {
-                let mut models = BTreeMap::clone(models);
-                models.insert(name.to_string(), entry.clone());
-                models
-            });
-        }
-        match failure {
-            None => Ok(()),
-            Some(why) => Err(Error::invalid(format!(
-                "failed to load model '{name}': {why}"
-            ))),
-        }
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.reconcile(name, reconcile::Mode::Explicit)
+            .await
+            .map_err(|why| Error::invalid(format!("failed to load model '{name}': {why}")))
     }
 
-    /// Stops serving a model. In-flight requests hold their version and finish; its instance threads end
-    /// when the last of them does.
+    /// Stops serving a model, and polling leaves it unloaded until [`Repository::load_model`]. In-flight
+    /// requests hold their version and finish; its instance threads end when the last of them does.
     pub async fn unload_model(&self, name: &str) -> Result<()> {
         check_model_name(name)?;
         let _admin = self.admin.lock().await;
-        if !self.models.load().contains_key(name) {
+        let Some(old) = self.models.load().get(name).cloned() else {
             return Err(Error::NotFound(format!("model '{name}' is not loaded")));
-        }
-        self.models.rcu(|models| {
-            let mut models = BTreeMap::clone(models);
-            models.remove(name);
-            models
-        });
+        };
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        self.remove_entry(&old);
         tracing::info!(model = name, "model unloaded");
         Ok(())
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.settings.root
     }
 
     /// A snapshot of every model's state.
@@ -269,110 +338,4 @@ fn model_dirs(root: &Path) -> std::io::Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-async fn load_model(metrics: &Arc<Metrics>, root: &Path, name: &str) -> ModelEntry {
-    let dir = root.join(name);
-    let mut entry = ModelEntry {
-        name: name.to_string(),
-        versions: BTreeMap::new(),
-        error: None,
-    };
-    let config = match ModelToml::load(&dir.join(CONFIG_FILE)) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(model = name, file = %dir.join(CONFIG_FILE).display(), cause = %e, "model not loaded");
-            entry.error = Some(e);
-            return entry;
-        }
-    };
-    let found = version_dirs(&dir);
-    if found.is_empty() {
-        let why = format!(
-            "no version directories (<model>/<N>/{MODEL_FILE}) in {}",
-            dir.display()
-        );
-        tracing::error!(model = name, cause = %why, "model not loaded");
-        entry.error = Some(why);
-        return entry;
-    }
-    for version in config.version_policy.select(&found) {
-        let file = dir.join(version.to_string()).join(MODEL_FILE);
-        let state = match load_version(metrics, name, version, &file, &config).await {
-            Ok(served) => {
-                tracing::info!(model = name, version, backend = served.backend.name(), file = %file.display(), "model version ready");
-                VersionState::Ready(Arc::new(served))
-            }
-            Err(cause) => {
-                tracing::error!(model = name, version, file = %file.display(), %cause, "model version failed to load");
-                VersionState::Unavailable(cause)
-            }
-        };
-        entry.versions.insert(version, state);
-    }
-    entry
-}
-
-/// Positive integer subdirectories that hold a model file.
-fn version_dirs(dir: &Path) -> Vec<u64> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    read.flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .parse::<u64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .map(|v| (v, e.path()))
-        })
-        .filter(|(_, path)| path.join(MODEL_FILE).is_file())
-        .map(|(v, _)| v)
-        .collect()
-}
-
-async fn load_version(
-    metrics: &Arc<Metrics>,
-    name: &str,
-    version: u64,
-    file: &Path,
-    config: &ModelToml,
-) -> Result<ServedVersion, String> {
-    let path = file.to_path_buf();
-    let proto = tokio::task::spawn_blocking(move || tract_onnx::onnx().proto_model_for_path(path))
-        .await
-        .map_err(|e| format!("reading the model failed: {e}"))?
-        .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
-    let signature = Signature::from_onnx(&proto, config)?;
-    let backend = BackendKind::resolve(config.backend)?;
-    let metrics = Arc::new(metrics.version(name, version, backend.name()));
-    let stats = Arc::new(Stats::default());
-    let (scheduler, queue) = Scheduler::new(&config.dynamic_batching, metrics.clone());
-    let batching = &config.dynamic_batching;
-    let spec = InstanceSpec {
-        label: format!("{name}-{version}"),
-        kind: backend,
-        path: file.to_path_buf(),
-        signature: signature.clone(),
-        config: config.clone(),
-        policy: BatchPolicy {
-            max_batch_size: signature.max_batch_size as usize,
-            max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
-            preferred_batch_sizes: batching.preferred_batch_sizes.clone(),
-        },
-        stats: stats.clone(),
-        metrics: metrics.clone(),
-    };
-    instance::start(Arc::new(spec), config.instance_count(), queue).await?;
-    Ok(ServedVersion {
-        model: name.to_string(),
-        version,
-        signature,
-        config: config.clone(),
-        backend,
-        stats,
-        metrics,
-        scheduler,
-    })
 }

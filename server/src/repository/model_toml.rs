@@ -28,6 +28,56 @@ pub struct ModelToml {
     pub instances: Option<usize>,
     #[serde(default)]
     pub dynamic_batching: DynamicBatching,
+    /// Where versions come from when not from `<model>/<N>/` directories.
+    pub source: Option<SourceConfig>,
+    #[serde(default)]
+    pub reload: ReloadSettings,
+}
+
+/// How a new version replaces the serving one.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSettings {
+    /// Accept a new version whose inputs or outputs (names, datatypes, shapes) differ from the serving
+    /// version's. Off by default: clients built against the old signature would start failing.
+    pub allow_signature_change: bool,
+    /// Inferences at full batch size run on a new version before it takes traffic, so the first real
+    /// requests do not pay for lazy initialisation.
+    pub warmup_runs: u32,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            allow_signature_change: false,
+            warmup_runs: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// An MLflow Model Registry alias: the version it points at is the one served.
+    Mlflow(MlflowSource),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowSource {
+    /// The MLflow tracking server, e.g. `http://mlflow:5000`. The token, if any, comes from
+    /// `MLFLOW_TRACKING_TOKEN` (or `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`), never from here.
+    pub tracking_uri: String,
+    /// The registered model's name.
+    pub name: String,
+    #[serde(default = "default_alias")]
+    pub alias: String,
+    /// Seconds between alias lookups; default: `--repository-poll`.
+    pub poll_interval: Option<f64>,
+}
+
+fn default_alias() -> String {
+    "champion".to_string()
 }
 
 /// The scheduler in front of a model version's instances (Triton's `dynamic_batching`). Batching applies
@@ -190,6 +240,19 @@ mod tests {
             1024
         );
         assert_eq!(cfg.version_policy, VersionPolicy::Specific(vec![1, 3]));
+        let mlflow = ModelToml::parse(
+            "[source.mlflow]\ntracking_uri = \"http://h:5000\"\nname = \"m\"\npoll_interval = 0.5\n\
+             [reload]\nallow_signature_change = true",
+        )
+        .unwrap();
+        let Some(SourceConfig::Mlflow(source)) = mlflow.source else {
+            panic!("no mlflow source")
+        };
+        assert_eq!(source.alias, "champion");
+        assert_eq!(source.poll_interval, Some(0.5));
+        assert!(mlflow.reload.allow_signature_change);
+        assert_eq!(mlflow.reload.warmup_runs, 2);
+        assert!(ModelToml::parse("[source.s3]\nbucket = 1").is_err());
         assert_eq!(cfg.inputs["input"].shape, Some(vec![-1, 30]));
         assert_eq!(
             cfg.onnxruntime.graph_optimization_level,
