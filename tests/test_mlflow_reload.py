@@ -1,0 +1,171 @@
+"""Hot reload from a real MLflow Model Registry: Keel follows the `champion` alias, swaps under load
+without a failed request, survives corrupt versions and an MLflow outage."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT, Keel, reference
+from mlflow_server import MlflowServer
+
+MODEL = "m"
+REGISTERED = "breast-cancer-registry"
+V1_FILE = ROOT / "models/breast-cancer/1/model.onnx"
+V2_FILE = ROOT / "models/breast-cancer/2/model.onnx"
+TOKEN = "reload-token"
+
+
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow):
+    """Versions 1 and 2 registered, the alias on 1."""
+    v1 = mlflow.register(REGISTERED, {"model.onnx": V1_FILE.read_bytes()})
+    v2 = mlflow.register(REGISTERED, {"model.onnx": V2_FILE.read_bytes()})
+    mlflow.set_alias(REGISTERED, "champion", v1)
+    return {v1: V1_FILE, v2: V2_FILE}
+
+
+@pytest.fixture(scope="module")
+def keel(mlflow, registry, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    (repo / MODEL).mkdir()
+    (repo / MODEL / "model.toml").write_text(
+        f'[source.mlflow]\ntracking_uri = "{mlflow.uri}"\nname = "{REGISTERED}"\nalias = "champion"\npoll_interval = 0.2\n')
+    server = Keel(repo, "--repository-poll", "0.5", "--cache-dir", str(tmp_path_factory.mktemp("cache")),
+                  "--admin-token", TOKEN)
+    yield server
+    assert server.stop() == 0
+
+
+def serving(keel) -> list[str]:
+    response = requests.get(f"http://{keel.http}/v2/models/{MODEL}", timeout=5)
+    return response.json().get("versions", []) if response.ok else []
+
+
+def wait_serving(keel, version: int, timeout: float = 30) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if serving(keel) == [str(version)]:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"version {version} not serving after {timeout} s; serving {serving(keel)}\n"
+                         + "".join(keel.log[-20:]))
+
+
+def index(keel) -> list[dict]:
+    return requests.post(f"http://{keel.http}/v2/repository/index", json={},
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).json()
+
+
+def test_follows_the_alias_forward_and_back(keel, mlflow, registry):
+    v1, v2 = sorted(registry)
+    wait_serving(keel, v1)
+    mlflow.set_alias(REGISTERED, "champion", v2)
+    took = wait_serving(keel, v2)
+    assert took < 0.2 + 5, f"promotion took {took:.1f} s"
+    mlflow.set_alias(REGISTERED, "champion", v1)
+    wait_serving(keel, v1)
+
+
+def test_twenty_swaps_under_load_fail_no_request(keel, mlflow, registry, features):
+    """16 clients send requests while the alias alternates 20 times; every response must be what the
+    version it names computes."""
+    versions = sorted(registry)
+    stop = threading.Event()
+    results, errors = [], []
+
+    def client(worker: int):
+        session = requests.Session()
+        i = worker
+        while not stop.is_set():
+            row = features[i % len(features)][None, :]
+            i += 16
+            body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                "data": row.flatten().tolist()}]}
+            try:
+                r = session.post(f"http://{keel.http}/v2/models/{MODEL}/infer", json=body, timeout=30)
+            except requests.RequestException as e:
+                errors.append(repr(e))
+                continue
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text}")
+                continue
+            results.append((row, r.json()))
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        current = int(serving(keel)[0])
+        for swap in range(20):
+            target = versions[(versions.index(current) + 1) % len(versions)]
+            mlflow.set_alias(REGISTERED, "champion", target)
+            wait_serving(keel, target)
+            current = target
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
+    seen = {int(body["model_version"]) for _, body in results}
+    assert seen == set(versions), seen
+    for row, body in results:
+        expected = reference(registry[int(body["model_version"])], {"input": row})
+        outputs = {o["name"]: np.array(o["data"]) for o in body["outputs"]}
+        assert outputs["label"].tolist() == expected["label"].tolist()
+        np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"].flatten(), atol=1e-5)
+    print(f"{len(results)} requests across 20 swaps, none failed")
+
+
+def test_corrupt_version_keeps_the_old_one_serving(keel, mlflow, registry):
+    serving_before = serving(keel)
+    broken = mlflow.register(REGISTERED, {"model.onnx": V1_FILE.read_bytes()[:200]})
+    mlflow.set_alias(REGISTERED, "champion", broken)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = [r for r in index(keel) if r.get("version") == str(broken)]
+        if rows and rows[0]["state"] == "UNAVAILABLE":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the index never showed version {broken} failing: {index(keel)}")
+    assert "ONNX" in rows[0]["reason"], rows
+    assert serving(keel) == serving_before
+    good = mlflow.register(REGISTERED, {"model.onnx": V2_FILE.read_bytes()})
+    registry[good] = V2_FILE
+    mlflow.set_alias(REGISTERED, "champion", good)
+    wait_serving(keel, good)
+
+
+def test_mlflow_outage_keeps_serving_and_recovers(keel, mlflow, registry, features):
+    before = serving(keel)
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": features[0].tolist()}]}
+    mlflow.stop()
+    try:
+        time.sleep(2)
+        for _ in range(5):
+            r = requests.post(f"http://{keel.http}/v2/models/{MODEL}/infer", json=body, timeout=5)
+            assert r.status_code == 200, r.text
+        assert serving(keel) == before
+        assert any("model source unreadable" in line for line in keel.log), "".join(keel.log[-10:])
+    finally:
+        mlflow.start()
+    target = min(v for v in registry if str(v) not in before)
+    mlflow.set_alias(REGISTERED, "champion", target)
+    # The registry is polled again within the backoff (at most 16 s after a short outage).
+    wait_serving(keel, target, timeout=60)
+    metrics = requests.get(f"http://{keel.metrics}/metrics", timeout=5).text
+    assert f'keel_model_swaps_total{{model="{MODEL}"}}' in metrics
+    assert json.dumps(serving(keel)) == json.dumps([str(target)])
