@@ -16,6 +16,11 @@ Models written:
                                           backend's tensor conversion is checked against onnxruntime.
   tests/models/slow-mlp/1/model.onnx      a heavy MLP (32 x MatMul 512x512 + Tanh) for scheduler tests and
                                           batching benchmarks.
+
+Baselines (the drift monitor's reference distributions, monitor/BASELINE.md), one per example version:
+  models/*/N/baseline.json                computed here with numpy from the training data and the model's
+                                          own outputs (onnxruntime); `keel baseline` computes the same from
+                                          tests/data/breast_cancer_train.csv, which a test checks.
 """
 
 import argparse
@@ -24,8 +29,11 @@ import io
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import GradientBoostingClassifier
@@ -175,16 +183,69 @@ def build() -> dict[Path, bytes]:
     data = load_breast_cancer()
     x = data.data.astype(np.float32)
     y = data.target
+    features = list(data.feature_names)
+    lr1, lr2, gbt = breast_cancer_lr(x, y, 1.0), breast_cancer_lr(x, y, 0.05), breast_cancer_gbt(x, y)
     return {
-        ROOT / "models/breast-cancer/1/model.onnx": breast_cancer_lr(x, y, 1.0),
-        ROOT / "models/breast-cancer/2/model.onnx": breast_cancer_lr(x, y, 0.05),
+        ROOT / "models/breast-cancer/1/model.onnx": lr1,
+        ROOT / "models/breast-cancer/1/baseline.json": baseline("breast-cancer", 1, lr1, x, features),
+        ROOT / "models/breast-cancer/2/model.onnx": lr2,
+        ROOT / "models/breast-cancer/2/baseline.json": baseline("breast-cancer", 2, lr2, x, features),
         ROOT / "models/breast-cancer/model.toml": BREAST_CANCER_TOML.encode(),
-        ROOT / "models/breast-cancer-gbt/1/model.onnx": breast_cancer_gbt(x, y),
+        ROOT / "models/breast-cancer-gbt/1/model.onnx": gbt,
+        ROOT / "models/breast-cancer-gbt/1/baseline.json": baseline("breast-cancer-gbt", 1, gbt, x, features),
         ROOT / "models/breast-cancer-gbt/model.toml": GBT_TOML.encode(),
         ROOT / "tests/models/datatypes/1/model.onnx": datatypes_model(),
         ROOT / "tests/models/slow-mlp/1/model.onnx": slow_mlp(),
         ROOT / "tests/data/breast_cancer.npy": npy_bytes(x),
+        ROOT / "tests/data/breast_cancer_labels.npy": npy_bytes(y.astype(np.int64)),
+        ROOT / "tests/data/breast_cancer_train.csv": training_csv(x, features),
     }
+
+
+BASELINE_BINS = 10
+
+
+def numeric_distribution(values: np.ndarray) -> dict:
+    """Quantile bins as monitor/BASELINE.md defines them: numpy's linear quantiles at k/bins, duplicate
+    edges dropped, bin i = (edge[i-1], edge[i]], NaN apart."""
+    rows = len(values)
+    finite = values[~np.isnan(values)]
+    edges = np.unique(np.quantile(finite, np.arange(1, BASELINE_BINS) / BASELINE_BINS))
+    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
+    return {"kind": "numeric", "edges": [float(e) for e in edges],
+            "proportions": [float(c) / rows for c in counts],
+            "nan_proportion": float(np.isnan(values).sum()) / rows}
+
+
+def categorical_distribution(values: np.ndarray) -> dict:
+    rows = len(values)
+    names, counts = np.unique(values.astype(np.int64), return_counts=True)
+    return {"kind": "categorical", "categories": {str(n): float(c) / rows for n, c in zip(names, counts)},
+            "other": 0.0, "nan_proportion": 0.0}
+
+
+def baseline(name: str, version: int, model: bytes, x: np.ndarray, features: list[str]) -> bytes:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input": x})
+    columns = [{"name": f, "tensor": "input", "index": i, **numeric_distribution(x[:, i].astype(np.float64))}
+               for i, f in enumerate(features)]
+    output_columns = []
+    for meta, values in zip(session.get_outputs(), outputs):
+        values = np.asarray(values).reshape(len(x), -1)
+        for j in range(values.shape[1]):
+            column = values[:, j]
+            label = meta.name if values.shape[1] == 1 else f"{meta.name}[{j}]"
+            dist = (categorical_distribution(column) if column.dtype.kind in "iu"
+                    else numeric_distribution(column.astype(np.float64)))
+            output_columns.append({"name": label, "tensor": meta.name, "index": j, **dist})
+    doc = {"schema_version": 1, "model": name, "version": version, "rows": len(x),
+           "features": columns, "outputs": output_columns}
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def training_csv(x: np.ndarray, features: list[str]) -> bytes:
+    lines = [",".join(features)] + [",".join(str(v) for v in row) for row in x]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -2,8 +2,30 @@
 //! monitor (rolling PSI/CSI against a baseline) consumes them. The monitor never depends on the server.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
+mod bins;
+pub mod error;
 pub mod event;
+mod feedback;
+mod metrics;
+pub mod monitor;
+pub mod parquet_log;
+mod performance;
+pub mod psi;
 pub mod record;
+pub mod report;
+pub mod rules;
+pub mod settings;
+pub mod sidecar;
+mod version;
+pub mod webhook;
+mod window;
 
+pub use baseline::{Baseline, BaselineColumn, Column, Distribution, Kind};
+pub use error::MonitorError;
 pub use event::{AlertEvent, AlertSink};
+pub use monitor::Monitor;
 pub use record::{FeatureValue, FeedbackRecord, PredictionRecord};
+pub use report::{AlertState, ColumnDrift, DriftReport, FeedbackMetrics, FeedbackSummary};
+pub use rules::Metric;
+pub use settings::{ModelSpec, MonitorConfig, MonitorSettings, RuleSettings, Task};

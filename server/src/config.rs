@@ -53,9 +53,47 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_CACHE_DIR", default_value_os_t = std::env::temp_dir().join("keel-cache"))]
     pub cache_dir: PathBuf,
 
+    /// Where drift is measured: in this process (`embedded`), or not at all (`off`). Ignored when
+    /// `--monitor-endpoint` sends the rows to a `keel monitor` sidecar instead.
+    #[arg(long, env = "KEEL_MONITOR", value_enum, default_value_t = MonitorMode::Embedded)]
+    pub monitor: MonitorMode,
+
+    /// gRPC address of a `keel monitor` sidecar (e.g. http://127.0.0.1:8011) to stream logged rows to.
+    #[arg(long, env = "KEEL_MONITOR_ENDPOINT")]
+    pub monitor_endpoint: Option<String>,
+
+    /// Also write logged rows and feedback as rotating Parquet files under this directory.
+    #[arg(long, env = "KEEL_PREDICTION_LOG_DIR")]
+    pub prediction_log_dir: Option<PathBuf>,
+
+    /// Rows the prediction log queues before it drops (and counts) new ones.
+    #[arg(long, env = "KEEL_PREDICTION_LOG_CAPACITY", default_value_t = 65_536)]
+    pub prediction_log_capacity: usize,
+
+    /// Length of the embedded monitor's rolling drift window, in seconds.
+    #[arg(long, env = "KEEL_MONITOR_WINDOW", default_value_t = 600.0, value_parser = parse_seconds)]
+    pub monitor_window: f64,
+
+    /// Seconds between the embedded monitor's evaluations (gauges, rules, webhook).
+    #[arg(long, env = "KEEL_MONITOR_EVALUATE_EVERY", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub monitor_evaluate_every: f64,
+
+    /// Rows a drift window needs before PSI/CSI are reported (a model's [monitor] min_samples overrides).
+    #[arg(long, env = "KEEL_MONITOR_MIN_SAMPLES", default_value_t = 1000)]
+    pub monitor_min_samples: u64,
+
+    #[command(flatten)]
+    pub webhook: keel_monitor::sidecar::WebhookArgs,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MonitorMode {
+    Embedded,
+    Off,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -68,6 +106,16 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 }
 
 impl ServeConfig {
+    /// The embedded monitor's settings.
+    pub fn monitor_config(&self) -> keel_monitor::MonitorConfig {
+        keel_monitor::MonitorConfig {
+            window: Duration::from_secs_f64(self.monitor_window.max(0.01)),
+            min_samples: self.monitor_min_samples.max(1),
+            evaluate_every: Duration::from_secs_f64(self.monitor_evaluate_every.max(0.01)),
+            ..Default::default()
+        }
+    }
+
     /// How the repository is found and watched.
     pub fn repository_settings(&self) -> RepositorySettings {
         RepositorySettings {

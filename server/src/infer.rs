@@ -122,10 +122,17 @@ impl ServedVersion {
         }
         let inputs = self.signature.check_inputs(request.inputs)?;
         let rows = self.signature.rows(&inputs);
+        let captured = self
+            .log
+            .as_ref()
+            .and_then(|log| log.capture(request.id.as_deref(), &inputs, rows as usize));
         let executed = self
             .scheduler
             .submit(inputs, rows as usize, request.timeout)
             .await?;
+        if let (Some(log), Some(captured)) = (&self.log, captured) {
+            log.push(captured.finish(&self.model, self.version, &executed.outputs));
+        }
         self.stats.record_phases(executed.queue, executed.phases);
         self.metrics
             .queue_duration

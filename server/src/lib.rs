@@ -12,6 +12,7 @@ pub mod infer;
 pub mod instance;
 pub mod metrics;
 pub mod metrics_server;
+pub mod monitoring;
 pub mod process_metrics;
 pub mod repository;
 pub mod scheduler;

@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keel_monitor::sidecar::SidecarConfig;
+use keel_server::monitoring::baseline_cmd::{self, BaselineArgs};
 use keel_server::{ServeConfig, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -23,8 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a model repository over KServe V2 / Triton HTTP.
+    /// Serve a model repository over KServe V2 / Triton HTTP and gRPC.
     Serve(ServeConfig),
+    /// Run the drift monitor as a sidecar that `keel serve --monitor-endpoint` streams to.
+    Monitor(SidecarConfig),
+    /// Compute a model version's baseline.json from its training data.
+    Baseline(BaselineArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,15 +39,22 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(config) => serve(config).await,
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match Cli::parse().command {
+        Command::Serve(config) => runtime()?.block_on(serve(config)),
+        Command::Monitor(config) => runtime()?
+            .block_on(keel_monitor::sidecar::run(config, shutdown_signal()))
+            .context("keel monitor"),
+        Command::Baseline(args) => {
+            let path = baseline_cmd::run(&args).map_err(anyhow::Error::msg)?;
+            println!("wrote {}", path.display());
+            Ok(())
         }
-    })
+    }
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

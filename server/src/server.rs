@@ -19,7 +19,8 @@ use crate::http::{self, HttpState};
 use crate::infer::Infer;
 use crate::metrics::Metrics;
 use crate::metrics_server;
-use crate::repository::{Repository, watcher};
+use crate::monitoring::Monitoring;
+use crate::repository::{Hooks, Repository, watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -28,6 +29,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Monitoring(crate::monitoring::MonitoringError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -57,6 +60,7 @@ pub struct Server {
     http: JoinHandle<Result<(), ServeError>>,
     grpc: JoinHandle<Result<(), ServeError>>,
     watcher: JoinHandle<()>,
+    monitoring: Option<Arc<Monitoring>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -84,7 +88,15 @@ impl Server {
                 addr: config.metrics_addr,
                 source,
             })?;
-        let repository = Repository::load(config.repository_settings(), metrics.clone())
+        let monitoring =
+            Monitoring::start(&config, metrics.registry()).map_err(StartError::Monitoring)?;
+        let hooks = Hooks {
+            log: monitoring.as_ref().map(|m| m.log().clone()),
+            observer: monitoring
+                .clone()
+                .map(|m| m as Arc<dyn crate::repository::VersionObserver>),
+        };
+        let repository = Repository::load(config.repository_settings(), metrics.clone(), hooks)
             .await
             .map_err(|source| StartError::Repository {
                 path: config.model_repository.display().to_string(),
@@ -108,6 +120,7 @@ impl Server {
             admin: admin.clone(),
             max_body_bytes: config.max_body_bytes,
             ready: ready.clone(),
+            monitoring: monitoring.clone(),
         });
         let http_stopped = until_stopped(stopped.clone());
         let http = tokio::spawn(async move {
@@ -162,6 +175,7 @@ impl Server {
             http,
             grpc,
             watcher,
+            monitoring,
         })
     }
 
@@ -187,6 +201,9 @@ impl Server {
         let _ = self.stop.send(true);
         let http = self.http.await.map_err(ServeError::Task)?;
         self.watcher.await.map_err(ServeError::Task)?;
+        if let Some(monitoring) = &self.monitoring {
+            monitoring.shutdown().await;
+        }
         let grpc = self.grpc.await.map_err(ServeError::Task)?;
         let metrics = tokio::task::spawn_blocking(move || self.metrics_thread.join())
             .await

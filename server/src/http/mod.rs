@@ -20,6 +20,7 @@ use crate::admin::AdminAuth;
 use crate::error::{Error, Result};
 use crate::infer::Infer;
 use crate::metrics::Protocol;
+use crate::monitoring::{self, Monitoring};
 
 /// Bodies above this size are decoded on the blocking pool so a large JSON parse cannot stall the
 /// runtime's workers.
@@ -32,6 +33,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// Cleared when shutdown starts, so readiness probes steer traffic away while requests drain.
     pub ready: Arc<AtomicBool>,
+    /// Feedback and drift reports; `None` with monitoring off.
+    pub monitoring: Option<Arc<Monitoring>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -62,6 +65,11 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
+        )
+        .route("/v2/models/{model}/feedback", post(feedback))
+        .route(
+            "/v2/models/{model}/versions/{version}/drift",
+            get(drift_report),
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
@@ -251,4 +259,41 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(Error::invalid(format!("cannot read the request body: {e}"))),
     }
+}
+
+fn monitoring(state: &HttpState) -> Result<&Arc<Monitoring>> {
+    state.monitoring.as_ref().ok_or_else(|| {
+        Error::NotFound("monitoring is off: start keel serve without --monitor off".into())
+    })
+}
+
+/// Ground truth for logged predictions; joined with them by request id and row.
+async fn feedback(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let monitoring = monitoring(&state)?;
+    state.infer.repository().model(&model)?;
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let items = monitoring::feedback::parse(&model, &body, monitoring::now_ms())?;
+    Ok(Json(monitoring.feedback(items)).into_response())
+}
+
+/// The embedded monitor's current window for one version: PSI, CSI, feedback metrics, alert states.
+async fn drift_report(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+    let (model, version) = model_and_version(&path);
+    let version = crate::infer::parse_version(version.unwrap_or_default())?;
+    let monitor = monitoring(&state)?.monitor().ok_or_else(|| {
+        Error::NotFound(
+            "drift is measured by the monitor sidecar; ask it (GET /v1/drift/...)".into(),
+        )
+    })?;
+    let report = monitor.report(model, version).ok_or_else(|| {
+        Error::NotFound(format!(
+            "model '{model}' version {version} is not monitored"
+        ))
+    })?;
+    Ok(Json(report).into_response())
 }

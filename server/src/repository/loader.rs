@@ -13,6 +13,7 @@ use super::{MODEL_FILE, ServedVersion};
 use crate::backend::BackendKind;
 use crate::instance::{self, InstanceSpec};
 use crate::metrics::Metrics;
+use crate::monitoring::PredictionLog;
 use crate::scheduler::{BatchPolicy, Scheduler};
 use crate::signature::{Signature, TensorSpec};
 use crate::stats::Stats;
@@ -32,6 +33,7 @@ pub struct VersionFiles {
 
 pub async fn load_version(
     metrics: &Arc<Metrics>,
+    log: Option<&PredictionLog>,
     name: &str,
     version: u64,
     files: VersionFiles,
@@ -74,7 +76,7 @@ pub async fn load_version(
         metrics: version_metrics.clone(),
     };
     instance::start(Arc::new(spec), config.instance_count(), queue).await?;
-    let served = ServedVersion {
+    let mut served = ServedVersion {
         model: name.to_string(),
         version,
         signature,
@@ -86,8 +88,12 @@ pub async fn load_version(
         dir: files.dir,
         fingerprint: files.fingerprint,
         config_fingerprint: files.config_fingerprint,
+        log: None,
     };
     warm_up(&served).await?;
+    // Logging starts after warm-up: its zero rows are not traffic.
+    let sample_rate = config.monitor.as_ref().map_or(1.0, |m| m.sample_rate);
+    served.log = log.map(|l| l.for_version(name, sample_rate));
     Ok(served)
 }
 

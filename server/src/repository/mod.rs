@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, VersionMetrics};
+use crate::monitoring::{PredictionLog, VersionLog};
 use crate::scheduler::Scheduler;
 use crate::signature::Signature;
 use crate::stats::Stats;
@@ -45,6 +46,21 @@ pub struct ServedVersion {
     pub fingerprint: Fingerprint,
     /// The model.toml it was loaded with; a change reloads it.
     pub config_fingerprint: Fingerprint,
+    /// Where its served rows are logged, when monitoring is on.
+    pub(crate) log: Option<VersionLog>,
+}
+
+/// Told when versions start and stop serving (the drift monitor switches baselines on it).
+pub trait VersionObserver: Send + Sync {
+    fn serving(&self, version: &ServedVersion);
+    fn retired(&self, model: &str, version: u64);
+}
+
+/// What the repository hands every version it loads, and whom it tells.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub log: Option<PredictionLog>,
+    pub observer: Option<Arc<dyn VersionObserver>>,
 }
 
 impl Drop for ServedVersion {
@@ -136,6 +152,7 @@ pub struct Repository {
     parked: std::sync::Mutex<BTreeSet<String>>,
     /// When each model's source is next due a look, and how many looks in a row failed.
     schedule: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
+    hooks: Hooks,
 }
 
 /// One row of the repository index (Triton's RepositoryIndex).
@@ -155,6 +172,7 @@ impl Repository {
     pub async fn load(
         settings: RepositorySettings,
         metrics: Arc<Metrics>,
+        hooks: Hooks,
     ) -> std::io::Result<Self> {
         let names = model_dirs(&settings.root)?;
         let repository = Repository {
@@ -165,6 +183,7 @@ impl Repository {
             scanner: Scanner::default(),
             parked: Default::default(),
             schedule: Default::default(),
+            hooks,
         };
         for name in names {
             let _ = repository.reconcile(&name, reconcile::Mode::Startup).await;

@@ -32,6 +32,8 @@ pub struct ModelToml {
     pub source: Option<SourceConfig>,
     #[serde(default)]
     pub reload: ReloadSettings,
+    /// Prediction logging and drift monitoring (sampling, feedback task, retraining rules).
+    pub monitor: Option<keel_monitor::MonitorSettings>,
 }
 
 /// How a new version replaces the serving one.

@@ -192,6 +192,7 @@ impl Repository {
             let started = Instant::now();
             let result = load_version(
                 &self.metrics,
+                self.hooks.log.as_ref(),
                 name,
                 v,
                 files,
@@ -317,6 +318,27 @@ impl Repository {
         if !before.is_empty() && before != after {
             reload.swaps.with_label_values(&[&name]).inc();
             tracing::info!(model = %name, from = ?old.ready_versions().map(|v| v.version).collect::<Vec<_>>(), to = ?entry.ready_versions().map(|v| v.version).collect::<Vec<_>>(), "serving versions swapped");
+        }
+        if let Some(observer) = &self.hooks.observer {
+            // A reload of identical files and configuration is the same version to the monitor: its
+            // window goes on.
+            let known = |served: &ServedVersion| {
+                old.ready_versions().any(|o| {
+                    o.version == served.version
+                        && o.fingerprint == served.fingerprint
+                        && o.config_fingerprint == served.config_fingerprint
+                })
+            };
+            for served in entry.ready_versions() {
+                if !known(served) {
+                    observer.serving(served);
+                }
+            }
+            for gone in old.ready_versions() {
+                if !entry.versions.contains_key(&gone.version) {
+                    observer.retired(&name, gone.version);
+                }
+            }
         }
         let entry = Arc::new(entry);
         self.models.rcu(|models| {

@@ -1,0 +1,228 @@
+//! Maps a served value to its baseline bin. One [`ColumnBins`] per monitored column, compiled once
+//! per model version so the ingest path only does a binary search or a hash lookup.
+
+use std::collections::HashMap;
+
+use crate::baseline::{BaselineColumn, Distribution};
+use crate::record::FeatureValue;
+
+/// A column's bins in a fixed order: numeric `0..=edges.len()` then NaN; categorical the
+/// categories (sorted by name), then "other", then NaN.
+pub(crate) struct ColumnBins {
+    pub name: String,
+    binner: Binner,
+    /// Baseline proportion of each bin.
+    pub expected: Vec<f64>,
+    /// Prometheus `bin` label of each bin.
+    pub labels: Vec<String>,
+}
+
+enum Binner {
+    Numeric {
+        edges: Vec<f64>,
+    },
+    Categorical {
+        by_name: HashMap<String, usize>,
+        /// Categories whose name is a number, so a numeric label 1.0 finds category "1".
+        by_number: Vec<(f64, usize)>,
+        other: usize,
+    },
+}
+
+impl ColumnBins {
+    pub fn new(column: &BaselineColumn) -> ColumnBins {
+        let (binner, mut expected, mut labels) = match &column.distribution {
+            Distribution::Numeric {
+                edges, proportions, ..
+            } => (
+                Binner::Numeric {
+                    edges: edges.clone(),
+                },
+                proportions.clone(),
+                (0..proportions.len()).map(|i| i.to_string()).collect(),
+            ),
+            Distribution::Categorical {
+                categories, other, ..
+            } => {
+                let by_name: HashMap<String, usize> = categories
+                    .keys()
+                    .enumerate()
+                    .map(|(i, name)| (name.clone(), i))
+                    .collect();
+                let mut by_number: Vec<(f64, usize)> = categories
+                    .keys()
+                    .enumerate()
+                    .filter_map(|(i, name)| {
+                        let x = name.trim().parse::<f64>().ok()?;
+                        x.is_finite().then_some((x + 0.0, i))
+                    })
+                    .collect();
+                by_number.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let mut expected: Vec<f64> = categories.values().copied().collect();
+                expected.push(*other);
+                let mut labels: Vec<String> =
+                    categories.keys().map(|k| category_label(k)).collect();
+                labels.push("other".into());
+                (
+                    Binner::Categorical {
+                        by_name,
+                        by_number,
+                        other: categories.len(),
+                    },
+                    expected,
+                    labels,
+                )
+            }
+        };
+        let nan = match &column.distribution {
+            Distribution::Numeric { nan_proportion, .. }
+            | Distribution::Categorical { nan_proportion, .. } => *nan_proportion,
+        };
+        expected.push(nan);
+        labels.push("nan".into());
+        ColumnBins {
+            name: column.name.clone(),
+            binner,
+            expected,
+            labels,
+        }
+    }
+
+    /// Number of bins, NaN (and "other") included.
+    pub fn len(&self) -> usize {
+        self.expected.len()
+    }
+
+    /// The bin of a value; `None` for a string in a numeric column that is not a number.
+    #[inline]
+    pub fn bin(&self, value: &FeatureValue) -> Option<usize> {
+        let nan = self.expected.len() - 1;
+        match (&self.binner, value) {
+            (Binner::Numeric { edges }, FeatureValue::Number(x)) => Some(if x.is_nan() {
+                nan
+            } else {
+                numeric_bin(edges, *x)
+            }),
+            (Binner::Numeric { edges }, FeatureValue::Category(s)) => {
+                let x = s.trim().parse::<f64>().ok()?;
+                Some(if x.is_nan() {
+                    nan
+                } else {
+                    numeric_bin(edges, x)
+                })
+            }
+            (Binner::Categorical { .. }, FeatureValue::Number(x)) if x.is_nan() => Some(nan),
+            (
+                Binner::Categorical {
+                    by_number, other, ..
+                },
+                FeatureValue::Number(x),
+            ) => Some(number_category(by_number, *x).unwrap_or(*other)),
+            (
+                Binner::Categorical {
+                    by_name,
+                    by_number,
+                    other,
+                },
+                FeatureValue::Category(s),
+            ) => Some(match by_name.get(s.as_str()) {
+                Some(&i) => i,
+                None => s
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|x| number_category(by_number, x))
+                    .unwrap_or(*other),
+            }),
+        }
+    }
+}
+
+/// Bin `i` is `(edges[i-1], edges[i]]`: the number of edges strictly below `x`.
+#[inline]
+fn numeric_bin(edges: &[f64], x: f64) -> usize {
+    edges.partition_point(|&e| e < x)
+}
+
+fn number_category(by_number: &[(f64, usize)], x: f64) -> Option<usize> {
+    if !x.is_finite() {
+        return None;
+    }
+    let x = x + 0.0; // -0.0 and 0.0 are the same label
+    by_number
+        .binary_search_by(|(k, _)| k.total_cmp(&x))
+        .ok()
+        .map(|i| by_number[i].1)
+}
+
+/// Keeps a category literally named "other" or "nan" apart from those bins in metric labels.
+fn category_label(name: &str) -> String {
+    match name {
+        "other" | "nan" => format!("\"{name}\""),
+        _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn numeric() -> ColumnBins {
+        ColumnBins::new(&BaselineColumn {
+            name: "x".into(),
+            tensor: "input".into(),
+            index: 0,
+            distribution: Distribution::Numeric {
+                edges: vec![1.0, 2.0, 3.0],
+                proportions: vec![0.25; 4],
+                nan_proportion: 0.0,
+            },
+        })
+    }
+
+    #[test]
+    fn numeric_bins_are_left_open_right_closed() {
+        let c = numeric();
+        let bin = |x: f64| c.bin(&FeatureValue::Number(x)).unwrap();
+        assert_eq!(bin(-1e300), 0);
+        assert_eq!(bin(1.0), 0);
+        assert_eq!(bin(1.5), 1);
+        assert_eq!(bin(2.0), 1);
+        assert_eq!(bin(3.0), 2);
+        assert_eq!(bin(3.1), 3);
+        assert_eq!(bin(f64::INFINITY), 3);
+        assert_eq!(bin(f64::NAN), 4);
+        assert_eq!(c.bin(&FeatureValue::Category("2.5".into())), Some(2));
+        assert_eq!(c.bin(&FeatureValue::Category("abc".into())), None);
+        assert_eq!(c.labels, ["0", "1", "2", "3", "nan"]);
+    }
+
+    #[test]
+    fn categories_match_by_name_or_number() {
+        let c = ColumnBins::new(&BaselineColumn {
+            name: "label".into(),
+            tensor: "label".into(),
+            index: 0,
+            distribution: Distribution::Categorical {
+                categories: BTreeMap::from([
+                    ("0".into(), 0.4),
+                    ("1".into(), 0.4),
+                    ("other".into(), 0.2),
+                ]),
+                other: 0.0,
+                nan_proportion: 0.0,
+            },
+        });
+        let bin = |v: FeatureValue| c.bin(&v).unwrap();
+        assert_eq!(bin(FeatureValue::Number(1.0)), 1);
+        assert_eq!(bin(FeatureValue::Number(-0.0)), 0);
+        assert_eq!(bin(FeatureValue::Category("1".into())), 1);
+        assert_eq!(bin(FeatureValue::Category("1.0".into())), 1);
+        assert_eq!(bin(FeatureValue::Number(7.0)), 3);
+        assert_eq!(bin(FeatureValue::Category("zebra".into())), 3);
+        assert_eq!(bin(FeatureValue::Number(f64::NAN)), 4);
+        assert_eq!(c.labels, ["0", "1", "\"other\"", "other", "nan"]);
+    }
+}

@@ -1,0 +1,256 @@
+//! The drift monitor: routes prediction records and feedback to the state of their model version,
+//! evaluates rules on a timer and hands transitions to the alert sink.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::Registry;
+
+use crate::error::MonitorError;
+use crate::event::AlertSink;
+use crate::feedback::{Evictions, FeedbackStore, Joined};
+use crate::metrics::Metrics;
+use crate::performance::Skip;
+use crate::record::{FeedbackRecord, PredictionRecord};
+use crate::report::{DriftReport, FeedbackSummary};
+use crate::settings::{ModelSpec, MonitorConfig};
+use crate::version::VersionState;
+
+/// Tracks every serving model version. One lock guards all state: records arrive from a single
+/// drain thread and evaluation takes milliseconds, so finer locking would buy nothing.
+pub struct Monitor {
+    config: MonitorConfig,
+    metrics: Metrics,
+    alerts: Option<AlertSink>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    models: HashMap<String, BTreeMap<u64, VersionState>>,
+    store: FeedbackStore,
+    evictions: HashMap<String, Arc<Evictions>>,
+}
+
+impl Monitor {
+    /// Registers the monitor's metrics in `registry` (once per registry); `alerts` receives rule
+    /// transitions.
+    pub fn new(
+        config: MonitorConfig,
+        registry: &Registry,
+        alerts: Option<AlertSink>,
+    ) -> Result<Arc<Monitor>, MonitorError> {
+        config.validate()?;
+        let metrics = Metrics::new(registry)?;
+        let ttl_ms = u64::try_from(config.feedback_ttl.as_millis()).unwrap_or(u64::MAX);
+        let store = FeedbackStore::new(config.feedback_capacity, ttl_ms);
+        Ok(Arc::new(Monitor {
+            config,
+            metrics,
+            alerts,
+            inner: Mutex::new(Inner {
+                models: HashMap::new(),
+                store,
+                evictions: HashMap::new(),
+            }),
+        }))
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    /// Starts monitoring a version with a fresh window, replacing any earlier spec for the same
+    /// (model, version). Fails, changing nothing, on invalid settings or baseline.
+    pub fn set_version(&self, spec: ModelSpec) -> Result<(), MonitorError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let prepared = VersionState::prepare(&spec, &inner.store)?;
+        let evictions = inner
+            .evictions
+            .entry(spec.model.clone())
+            .or_insert_with(|| {
+                let m = &self.metrics.feedback_evicted;
+                Arc::new(Evictions {
+                    ttl: m.with_label_values(&[spec.model.as_str(), "ttl"]),
+                    capacity: m.with_label_values(&[spec.model.as_str(), "capacity"]),
+                })
+            })
+            .clone();
+        let versions = inner.models.entry(spec.model.clone()).or_default();
+        // The old state's series go first: the new one re-creates series with the same labels.
+        if let Some(old) = versions.remove(&spec.version) {
+            old.remove_metrics(&self.metrics);
+        }
+        let state = VersionState::new(&spec, prepared, &self.config, &self.metrics, evictions);
+        versions.insert(spec.version, state);
+        Ok(())
+    }
+
+    /// Stops tracking a version and removes its metric series.
+    pub fn retire_version(&self, model: &str, version: u64) {
+        let mut inner = self.lock();
+        let Some(versions) = inner.models.get_mut(model) else {
+            return;
+        };
+        if let Some(state) = versions.remove(&version) {
+            state.remove_metrics(&self.metrics);
+        }
+        if versions.is_empty() {
+            inner.models.remove(model);
+        }
+    }
+
+    /// Counts records into their version's window, looking the version up once per run of
+    /// records with the same (model, version). Records of unknown versions, older than the window
+    /// or more than a day ahead of the latest time seen are counted as ignored (reasons
+    /// `unknown_version`, `late`, `future`).
+    pub fn ingest(&self, records: &[PredictionRecord]) {
+        let mut guard = self.lock();
+        let Inner { models, store, .. } = &mut *guard;
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|r| r.version != first.version || r.model != first.model)
+                .unwrap_or(rest.len());
+            let (batch, tail) = rest.split_at(run);
+            rest = tail;
+            let state = models
+                .get_mut(first.model.as_str())
+                .and_then(|v| v.get_mut(&first.version));
+            let ignored = match state {
+                Some(state) => {
+                    let (late, future) = state.ingest(batch, store);
+                    [("late", late), ("future", future)]
+                }
+                None => [("unknown_version", batch.len() as u64), ("future", 0)],
+            };
+            for (reason, count) in ignored {
+                if count > 0 {
+                    self.metrics
+                        .records_ignored
+                        .with_label_values(&[first.model.as_str(), reason])
+                        .inc_by(count);
+                }
+            }
+        }
+    }
+
+    /// Joins feedback with logged predictions and counts it into the predicting version's
+    /// feedback window.
+    pub fn feedback(&self, items: &[FeedbackRecord]) -> FeedbackSummary {
+        let mut guard = self.lock();
+        let Inner {
+            models,
+            store,
+            evictions,
+        } = &mut *guard;
+        let mut total = FeedbackSummary::default();
+        let mut rest = items;
+        while let Some(first) = rest.first() {
+            let model = first.model.as_str();
+            let run = rest
+                .iter()
+                .position(|f| f.model != model)
+                .unwrap_or(rest.len());
+            let (batch, tail) = rest.split_at(run);
+            rest = tail;
+            let mut summary = FeedbackSummary::default();
+            for item in batch {
+                let Joined::Found { version, predicted } =
+                    store.take(model, &item.request_id, item.row, item.timestamp_ms)
+                else {
+                    summary.unmatched += 1;
+                    continue;
+                };
+                let Some(state) = models.get_mut(model).and_then(|v| v.get_mut(&version)) else {
+                    summary.unmatched += 1;
+                    continue;
+                };
+                let truth = store.value(&item.truth);
+                match state.feedback(item.timestamp_ms, predicted, truth) {
+                    Ok(()) => summary.matched += 1,
+                    Err(Skip::Invalid | Skip::Late) => summary.invalid += 1,
+                }
+            }
+            // Model names in feedback come from clients: only models ever monitored get series.
+            let known = evictions.contains_key(model);
+            for (outcome, n) in [
+                ("matched", summary.matched),
+                ("unmatched", summary.unmatched),
+                ("invalid", summary.invalid),
+            ] {
+                if known && n > 0 {
+                    self.metrics
+                        .feedback_total
+                        .with_label_values(&[model, outcome])
+                        .inc_by(n);
+                }
+            }
+            total.matched += summary.matched;
+            total.unmatched += summary.unmatched;
+            total.invalid += summary.invalid;
+        }
+        total
+    }
+
+    /// Advances every window to `now_ms` (unix milliseconds), expires old predictions, updates
+    /// gauges, runs the rules and sends their transitions to the alert sink (outside the lock).
+    pub fn evaluate(&self, now_ms: u64) {
+        let mut events = Vec::new();
+        {
+            let mut guard = self.lock();
+            let Inner { models, store, .. } = &mut *guard;
+            store.expire(now_ms);
+            for state in models.values_mut().flat_map(BTreeMap::values_mut) {
+                state.evaluate(now_ms, &self.metrics, &mut events);
+            }
+        }
+        if let Some(sink) = &self.alerts {
+            for event in events {
+                sink(event);
+            }
+        }
+    }
+
+    /// The current window of a version, without advancing time.
+    pub fn report(&self, model: &str, version: u64) -> Option<DriftReport> {
+        let inner = self.lock();
+        Some(inner.models.get(model)?.get(&version)?.report())
+    }
+
+    /// The (model, version) pairs being monitored.
+    pub fn versions(&self) -> Vec<(String, u64)> {
+        let inner = self.lock();
+        let mut all: Vec<(String, u64)> = inner
+            .models
+            .iter()
+            .flat_map(|(m, vs)| vs.keys().map(|v| (m.clone(), *v)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Calls [`Monitor::evaluate`] with wall-clock time every `evaluate_every`, forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.evaluate_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.evaluate(now_ms());
+        }
+    }
+
+    /// A panic elsewhere while holding the lock leaves counts that are still consistent enough
+    /// to keep monitoring, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

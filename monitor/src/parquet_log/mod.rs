@@ -1,0 +1,424 @@
+//! The prediction log: served rows ([`PredictionRecord`]) and their ground truth
+//! ([`FeedbackRecord`]) in rotating Parquet files that `pandas.read_parquet` reads, so a retraining
+//! job can take the inputs of a time range and join labels to them by `(request_id, row)`.
+//!
+//! Layout: `<dir>/<model>/predictions-<first_ts_ms>-<last_ts_ms>-<seq>.parquet` and
+//! `<dir>/<model>/feedback-...parquet` (see [`files_covering`]). Prediction columns: `model`
+//! (string), `version` (int64), `request_id` (string), `row` (uint32), `timestamp_ms` (int64), then
+//! one nullable column per monitored tensor element, `<tensor>` or `<tensor>_<i>`, DOUBLE for
+//! numbers and UTF8 for categories (the kind most of its first values have, then fixed for the
+//! model; see `layout`); a value of the other kind, or a missing one, is null and counted. Feedback columns: `model`, `request_id`, `row`,
+//! `timestamp_ms`, `truth_value` (double, null for labels), `truth_label` (string, null for numbers).
+//!
+//! Files are finished at `max_file_bytes`, after `max_file_age`, when a record brings a tensor the
+//! file has no column for, and on [`ParquetSink::flush`] and drop. Rows are buffered up to a row
+//! group. The sink is synchronous and meant for one drain thread; one sink per log dir.
+
+mod column;
+mod file;
+mod layout;
+mod naming;
+mod stream;
+mod table;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use naming::{LogKind, files_covering, model_dir};
+
+use crate::record::{FeedbackRecord, PredictionRecord};
+use layout::Layout;
+use stream::{Limits, Stream};
+use table::Table;
+
+/// Where and how the log is written.
+#[derive(Clone, Debug)]
+pub struct ParquetConfig {
+    pub dir: PathBuf,
+    /// A file is finished once its row groups reach this size (default 64 MiB).
+    pub max_file_bytes: u64,
+    /// A file is finished this long after its first row (default 5 minutes).
+    pub max_file_age: Duration,
+    /// Rows buffered in memory before they are written as a row group (default 10,000).
+    pub row_group_rows: usize,
+}
+
+impl ParquetConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_file_bytes: 64 << 20,
+            max_file_age: Duration::from_secs(300),
+            row_group_rows: 10_000,
+        }
+    }
+}
+
+/// Why the log could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetError {
+    #[error("prediction log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("prediction log {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// Counts since the sink was made, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParquetStats {
+    /// Prediction rows in finished files.
+    pub prediction_rows_written: u64,
+    /// Feedback rows in finished files.
+    pub feedback_rows_written: u64,
+    /// Prediction rows accepted with at least one null value column.
+    pub rows_with_nulls: u64,
+    /// Values stored as null because their kind differed from their column's.
+    pub mismatched_values: u64,
+    /// Finished files.
+    pub files_written: u64,
+    /// Failed writes; each lost the rows of the file it was writing.
+    pub write_errors: u64,
+    /// Rows lost to write errors.
+    pub rows_dropped: u64,
+}
+
+/// Writes prediction and feedback records to rotating Parquet files.
+pub struct ParquetSink {
+    dir: PathBuf,
+    limits: Limits,
+    predictions: HashMap<String, Stream>,
+    feedback: HashMap<String, Stream>,
+    /// Each model's latest prediction layout, kept after its file is finished so the next file
+    /// gives the same columns the same kinds.
+    known: HashMap<String, Layout>,
+    stats: ParquetStats,
+}
+
+impl std::fmt::Debug for ParquetSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetSink")
+            .field("dir", &self.dir)
+            .field("limits", &self.limits)
+            .field(
+                "open_files",
+                &(self.predictions.len() + self.feedback.len()),
+            )
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl ParquetSink {
+    /// Creates `config.dir` and removes temporary files a crashed writer left in its model
+    /// folders (they have no footer, so nothing can read them).
+    pub fn new(config: ParquetConfig) -> Result<Self, ParquetError> {
+        let dir = config.dir;
+        std::fs::create_dir_all(&dir).map_err(|source| ParquetError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        remove_partial_files(&dir);
+        let limits = Limits {
+            row_group_rows: config.row_group_rows.max(1),
+            max_file_bytes: config.max_file_bytes.max(1),
+            max_file_age: config.max_file_age,
+        };
+        Ok(Self {
+            dir,
+            limits,
+            predictions: HashMap::new(),
+            feedback: HashMap::new(),
+            known: HashMap::new(),
+            stats: ParquetStats::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> ParquetStats {
+        self.stats
+    }
+
+    /// Buffers and writes prediction rows. A write error loses (and counts) the rows of the file
+    /// it hit; later rows go to a new file, and the first error is returned.
+    pub fn write_records(&mut self, records: &[PredictionRecord]) -> Result<(), ParquetError> {
+        let now = Instant::now();
+        let mut first_error = None;
+        for (model, group) in by_model(records, |r| &r.model) {
+            self.write_model_predictions(model, &group, now, &mut first_error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn write_model_predictions(
+        &mut self,
+        model: &str,
+        records: &[&PredictionRecord],
+        now: Instant,
+        first_error: &mut Option<ParquetError>,
+    ) {
+        keep_first(
+            first_error,
+            self.finish_if_due(LogKind::Predictions, model, now),
+        );
+        for (at, record) in records.iter().enumerate() {
+            match self
+                .predictions
+                .get(model)
+                .map(|stream| stream.layout.fits(record))
+            {
+                Some(true) => {}
+                Some(false) => {
+                    // A tensor this file has no column for: the next file gets the union of both.
+                    let old = self
+                        .predictions
+                        .get(model)
+                        .map(|stream| stream.layout.clone());
+                    keep_first(first_error, self.finish(LogKind::Predictions, model));
+                    let layout =
+                        Layout::covering(old.as_ref(), true, records[at..].iter().copied());
+                    self.open_predictions(model, layout, now);
+                }
+                None => {
+                    let layout = Layout::covering(
+                        self.known.get(model),
+                        false,
+                        records[at..].iter().copied(),
+                    );
+                    self.open_predictions(model, layout, now);
+                }
+            }
+            let Some(stream) = self.predictions.get_mut(model) else {
+                continue;
+            };
+            let nulls = stream.table.push_prediction(&stream.layout, record);
+            self.stats.rows_with_nulls += u64::from(nulls.any_null);
+            self.stats.mismatched_values += nulls.mismatched;
+            keep_first(
+                first_error,
+                self.row_pushed(LogKind::Predictions, model, record.timestamp_ms),
+            );
+        }
+    }
+
+    fn open_predictions(&mut self, model: &str, layout: Layout, now: Instant) {
+        let table = Table::predictions(&layout);
+        self.known.insert(model.to_owned(), layout.clone());
+        let folder = model_dir(&self.dir, model);
+        let stream = Stream::new(LogKind::Predictions, folder, layout, table, now);
+        self.predictions.insert(model.to_owned(), stream);
+    }
+
+    /// Buffers and writes feedback rows, like [`Self::write_records`].
+    pub fn write_feedback(&mut self, records: &[FeedbackRecord]) -> Result<(), ParquetError> {
+        let now = Instant::now();
+        let mut first_error = None;
+        for (model, group) in by_model(records, |r| &r.model) {
+            keep_first(
+                &mut first_error,
+                self.finish_if_due(LogKind::Feedback, model, now),
+            );
+            for record in group {
+                let folder = model_dir(&self.dir, model);
+                let stream = self.feedback.entry(model.to_owned()).or_insert_with(|| {
+                    Stream::new(
+                        LogKind::Feedback,
+                        folder,
+                        Layout::default(),
+                        Table::feedback(),
+                        now,
+                    )
+                });
+                stream.table.push_feedback(record);
+                keep_first(
+                    &mut first_error,
+                    self.row_pushed(LogKind::Feedback, model, record.timestamp_ms),
+                );
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Finishes every file open for `max_file_age` as of `now`; call it periodically so quiet
+    /// models' rows reach disk. Every file is attempted; the first error is returned.
+    pub fn rotate_due(&mut self, now: Instant) -> Result<(), ParquetError> {
+        let limits = self.limits;
+        let due = |streams: &HashMap<String, Stream>| -> Vec<String> {
+            streams
+                .iter()
+                .filter(|(_, s)| s.is_due(now, &limits))
+                .map(|(m, _)| m.clone())
+                .collect()
+        };
+        let due = [
+            (LogKind::Predictions, due(&self.predictions)),
+            (LogKind::Feedback, due(&self.feedback)),
+        ];
+        self.finish_all(due)
+    }
+
+    /// Finishes every open file, writing all buffered rows.
+    pub fn flush(&mut self) -> Result<(), ParquetError> {
+        let all = [
+            (
+                LogKind::Predictions,
+                self.predictions.keys().cloned().collect(),
+            ),
+            (LogKind::Feedback, self.feedback.keys().cloned().collect()),
+        ];
+        self.finish_all(all)
+    }
+
+    fn finish_all(&mut self, files: [(LogKind, Vec<String>); 2]) -> Result<(), ParquetError> {
+        let mut first_error = None;
+        for (kind, models) in files {
+            for model in models {
+                if let Err(error) = self.finish(kind, &model) {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn streams(&mut self, kind: LogKind) -> &mut HashMap<String, Stream> {
+        match kind {
+            LogKind::Predictions => &mut self.predictions,
+            LogKind::Feedback => &mut self.feedback,
+        }
+    }
+
+    fn finish_if_due(
+        &mut self,
+        kind: LogKind,
+        model: &str,
+        now: Instant,
+    ) -> Result<(), ParquetError> {
+        let limits = self.limits;
+        if self
+            .streams(kind)
+            .get(model)
+            .is_some_and(|s| s.is_due(now, &limits))
+        {
+            self.finish(kind, model)?;
+        }
+        Ok(())
+    }
+
+    /// Accounts a pushed row, finishing the file when it is full. On a write error the stream is
+    /// dropped and its rows counted lost.
+    fn row_pushed(
+        &mut self,
+        kind: LogKind,
+        model: &str,
+        timestamp_ms: u64,
+    ) -> Result<(), ParquetError> {
+        let limits = self.limits;
+        let Some(stream) = self.streams(kind).get_mut(model) else {
+            return Ok(());
+        };
+        match stream.row_pushed(timestamp_ms, &limits) {
+            Ok(true) => self.finish(kind, model),
+            Ok(false) => Ok(()),
+            Err(error) => {
+                if let Some(stream) = self.streams(kind).remove(model) {
+                    self.stats.write_errors += 1;
+                    self.stats.rows_dropped += stream.rows();
+                    stream.discard();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Finishes the open file of `model` and `kind`, if any.
+    fn finish(&mut self, kind: LogKind, model: &str) -> Result<(), ParquetError> {
+        let Some(stream) = self.streams(kind).remove(model) else {
+            return Ok(());
+        };
+        let rows = stream.rows();
+        match stream.finish() {
+            Ok(file) => {
+                self.stats.files_written += u64::from(file.is_some());
+                match kind {
+                    LogKind::Predictions => self.stats.prediction_rows_written += rows,
+                    LogKind::Feedback => self.stats.feedback_rows_written += rows,
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.stats.write_errors += 1;
+                self.stats.rows_dropped += rows;
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for ParquetSink {
+    /// Buffered rows reach disk on shutdown; errors are already counted in the stats.
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::warn!(%error, "prediction log: rows lost on close");
+        }
+    }
+}
+
+fn keep_first(slot: &mut Option<ParquetError>, result: Result<(), ParquetError>) {
+    if let Err(error) = result {
+        slot.get_or_insert(error);
+    }
+}
+
+/// `records` grouped by model, models in order of first appearance, records in order.
+fn by_model<T>(records: &[T], model: impl Fn(&T) -> &str) -> Vec<(&str, Vec<&T>)> {
+    let mut groups: Vec<(&str, Vec<&T>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for record in records {
+        let name = model(record);
+        let at = *index.entry(name).or_insert_with(|| {
+            groups.push((name, Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(record);
+    }
+    groups
+}
+
+/// Removes `.tmp-*.parquet.partial` files in the model folders under `dir`.
+fn remove_partial_files(dir: &Path) {
+    let Ok(models) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for folder in models
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| p.is_dir())
+    {
+        let Ok(files) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for file in files.filter_map(Result::ok) {
+            if file.file_name().to_str().is_some_and(naming::is_temp_name) {
+                let path = file.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), "prediction log: removed an unfinished file")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "prediction log: cannot remove an unfinished file")
+                    }
+                }
+            }
+        }
+    }
+}

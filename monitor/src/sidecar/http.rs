@@ -1,0 +1,66 @@
+//! The sidecar's HTTP side: Prometheus metrics, a health check for probes, and each monitored
+//! version's current drift report as JSON.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::monitor::Monitor;
+
+#[derive(Clone)]
+struct HttpState {
+    monitor: Arc<Monitor>,
+    registry: Registry,
+}
+
+/// `GET /metrics` (the registry in Prometheus text format), `GET /healthz` (200 "ok") and
+/// `GET /v1/drift/{model}/{version}` ([`DriftReport`](crate::DriftReport) JSON, 404 for a version
+/// not monitored). `keel serve` can mount the same routes on its own listener.
+pub fn router(monitor: Arc<Monitor>, registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/drift/{model}/{version}", get(drift))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "see /metrics, /healthz or /v1/drift/{model}/{version}\n",
+            )
+        })
+        .with_state(HttpState { monitor, registry })
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut body = Vec::new();
+    if let Err(error) = TextEncoder::new().encode(&state.registry.gather(), &mut body) {
+        tracing::error!(%error, "encoding metrics failed");
+        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    }
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn drift(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    let report = version
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| state.monitor.report(&model, v));
+    match report {
+        Some(report) => axum::Json(report).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": format!("model {model:?} version {version:?} is not monitored")
+            })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,495 @@
+//! Everything tracked for one serving model version: its compiled baseline bins, drift window,
+//! feedback window, rules and metric handles.
+
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+
+use crate::bins::ColumnBins;
+use crate::error::MonitorError;
+use crate::event::{self, AlertEvent};
+use crate::feedback::{Evictions, FeedbackStore, Value};
+use crate::metrics::{Metrics, set_or_remove};
+use crate::performance::{FeedbackWindow, Skip};
+use crate::psi::psi_of_counts;
+use crate::record::{FeatureValue, PredictionRecord};
+use crate::report::{AlertState, ColumnDrift, DriftReport, FeedbackMetrics};
+use crate::rules::{Metric, Rule, Transition};
+use crate::settings::{DEFAULT_MIN_FEEDBACK, ModelSpec, MonitorConfig};
+use crate::window::{DriftWindow, Refused};
+
+/// Features and outputs named in alert events.
+const TOP_FEATURES: usize = 5;
+
+struct Tracked {
+    bins: ColumnBins,
+    /// First bin of this column in the window's bin layout.
+    offset: usize,
+}
+
+/// Columns read from one tensor, so a record's tensor is looked up once per tensor, not per
+/// column.
+struct Group {
+    tensor: String,
+    /// (element index in the tensor's row, column).
+    members: Vec<(usize, usize)>,
+}
+
+pub(crate) struct VersionState {
+    model: String,
+    version: u64,
+    version_label: String,
+    /// Input features first, then outputs.
+    columns: Vec<Tracked>,
+    n_features: usize,
+    input_groups: Vec<Group>,
+    output_groups: Vec<Group>,
+    window: DriftWindow,
+    /// Bin counts not yet added to the Prometheus counters (flushed by `evaluate`, keeping
+    /// atomics off the per-record path).
+    pending: Vec<u64>,
+    bin_counters: Vec<IntCounter>,
+    records_total: IntCounter,
+    values_skipped: IntCounter,
+    feedback: Option<FeedbackWindow>,
+    prediction_output: Option<String>,
+    evictions: Arc<Evictions>,
+    rules: Vec<Rule>,
+    min_samples: u64,
+    min_feedback: u64,
+}
+
+/// A column's drift at one moment.
+struct Drift {
+    features: Vec<ColumnDrift>,
+    outputs: Vec<ColumnDrift>,
+}
+
+/// The fallible part of setting up a version, done before anything is replaced.
+pub(crate) struct Prepared {
+    rules: Vec<Rule>,
+    positive: Value,
+}
+
+impl VersionState {
+    /// Compiles the rules and checks them against the baseline.
+    pub fn prepare(spec: &ModelSpec, store: &FeedbackStore) -> Result<Prepared, MonitorError> {
+        let settings = &spec.settings;
+        settings.validate()?;
+        if let Some(b) = &spec.baseline {
+            b.validate()?;
+        }
+        let rules = settings
+            .effective_rules()
+            .iter()
+            .map(Rule::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        for rule in &rules {
+            if let Metric::CsiFeature(name) = &rule.metric
+                && !spec
+                    .baseline
+                    .iter()
+                    .flat_map(|b| &b.features)
+                    .any(|f| &f.name == name)
+            {
+                return Err(MonitorError::Settings(format!(
+                    "rule {:?}: the baseline has no input feature {name:?}",
+                    rule.name
+                )));
+            }
+        }
+        let positive = store
+            .value(&settings.positive_label)
+            .ok_or_else(|| MonitorError::Settings("positive_label must not be NaN".into()))?;
+        Ok(Prepared { rules, positive })
+    }
+
+    /// Creates the version's state and its metric series.
+    pub fn new(
+        spec: &ModelSpec,
+        prepared: Prepared,
+        config: &MonitorConfig,
+        metrics: &Metrics,
+        evictions: Arc<Evictions>,
+    ) -> VersionState {
+        let settings = &spec.settings;
+        let Prepared { rules, positive } = prepared;
+        let (features, outputs) = match &spec.baseline {
+            Some(b) => (b.features.as_slice(), b.outputs.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        let mut offset = 0;
+        let mut columns = Vec::with_capacity(features.len() + outputs.len());
+        for c in features.iter().chain(outputs) {
+            let bins = ColumnBins::new(c);
+            let len = bins.len();
+            columns.push(Tracked { bins, offset });
+            offset += len;
+        }
+        let version_label = spec.version.to_string();
+        let mv = [spec.model.as_str(), version_label.as_str()];
+        let mut bin_counters = Vec::with_capacity(offset);
+        for t in &columns {
+            for (label, expected) in t.bins.labels.iter().zip(&t.bins.expected) {
+                let labels = [mv[0], mv[1], t.bins.name.as_str(), label.as_str()];
+                bin_counters.push(metrics.bin_rows.with_label_values(&labels));
+                metrics
+                    .baseline_proportion
+                    .with_label_values(&labels)
+                    .set(*expected);
+            }
+        }
+        for rule in &rules {
+            metrics
+                .alert
+                .with_label_values(&[mv[0], mv[1], rule.name.as_str()])
+                .set(0);
+        }
+        metrics.window_rows.with_label_values(&mv).set(0);
+        let task = settings.effective_task();
+        if task.is_some() {
+            metrics.feedback_window_rows.with_label_values(&mv).set(0);
+        }
+        VersionState {
+            model: spec.model.clone(),
+            version: spec.version,
+            columns,
+            n_features: features.len(),
+            input_groups: groups(features, 0),
+            output_groups: groups(outputs, features.len()),
+            window: DriftWindow::new(config.window, config.buckets, offset),
+            pending: vec![0; offset],
+            bin_counters,
+            records_total: metrics.records_total.with_label_values(&mv),
+            values_skipped: metrics.values_skipped.with_label_values(&mv),
+            feedback: task.map(|t| FeedbackWindow::new(config.window, config.buckets, t, positive)),
+            prediction_output: settings.prediction_output.clone(),
+            evictions,
+            rules,
+            min_samples: settings.min_samples.unwrap_or(config.min_samples),
+            min_feedback: settings.min_feedback.unwrap_or(DEFAULT_MIN_FEEDBACK),
+            version_label,
+        }
+    }
+
+    /// Counts a run of records of this version; returns how many were refused as older than the
+    /// window and as too far in the future.
+    pub fn ingest(
+        &mut self,
+        records: &[PredictionRecord],
+        store: &mut FeedbackStore,
+    ) -> (u64, u64) {
+        let Self {
+            version,
+            columns,
+            input_groups,
+            output_groups,
+            window,
+            pending,
+            feedback,
+            prediction_output,
+            evictions,
+            ..
+        } = self;
+        let (mut late, mut future) = (0, 0);
+        let mut skipped = 0;
+        for record in records {
+            let slot = match window.add_row(record.timestamp_ms) {
+                Ok(slot) => slot,
+                Err(Refused::Late) => {
+                    late += 1;
+                    continue;
+                }
+                Err(Refused::Future) => {
+                    future += 1;
+                    continue;
+                }
+            };
+            for (groups, tensors) in [
+                (&*input_groups, &record.inputs),
+                (&*output_groups, &record.outputs),
+            ] {
+                for group in groups {
+                    let values = find(tensors, &group.tensor);
+                    for &(index, column) in &group.members {
+                        let t = &columns[column];
+                        match values.get(index).and_then(|v| t.bins.bin(v)) {
+                            Some(bin) => {
+                                window.add(slot, t.offset + bin);
+                                pending[t.offset + bin] += 1;
+                            }
+                            None => skipped += 1,
+                        }
+                    }
+                }
+            }
+            if feedback.is_some() {
+                let predicted = match prediction_output {
+                    Some(name) => find(&record.outputs, name),
+                    None => record.outputs.first().map_or(&[][..], |(_, v)| v),
+                };
+                if let Some(value) = predicted.first().and_then(|v| store.value(v)) {
+                    let key = store.key(&record.model, &record.request_id, record.row);
+                    store.insert(key, *version, value, record.timestamp_ms, evictions);
+                }
+            }
+        }
+        self.records_total.inc_by(records.len() as u64);
+        if skipped > 0 {
+            self.values_skipped.inc_by(skipped);
+        }
+        (late, future)
+    }
+
+    /// Counts one joined feedback item.
+    pub fn feedback(
+        &mut self,
+        time_ms: u64,
+        predicted: Value,
+        truth: Option<Value>,
+    ) -> Result<(), Skip> {
+        match (&mut self.feedback, truth) {
+            (Some(window), Some(truth)) => window.add(time_ms, predicted, truth),
+            _ => Err(Skip::Invalid),
+        }
+    }
+
+    /// Advances the windows to `now_ms`, updates gauges and counters, runs the rules and appends
+    /// their transitions to `events`.
+    pub fn evaluate(&mut self, now_ms: u64, metrics: &Metrics, events: &mut Vec<AlertEvent>) {
+        self.window.advance(now_ms);
+        if let Some(f) = &mut self.feedback {
+            f.advance(now_ms);
+        }
+        for (counter, pending) in self.bin_counters.iter().zip(&mut self.pending) {
+            if *pending > 0 {
+                counter.inc_by(*pending);
+                *pending = 0;
+            }
+        }
+        let drift = self.drift();
+        let performance = self.feedback.as_ref().map(FeedbackWindow::metrics);
+        self.run_rules(now_ms, &drift, performance.as_ref(), events);
+        let mv = [self.model.as_str(), self.version_label.as_str()];
+        metrics
+            .window_rows
+            .with_label_values(&mv)
+            .set(i64::try_from(self.window.rows()).unwrap_or(i64::MAX));
+        for (gauge, columns) in [
+            (&metrics.psi, &drift.outputs),
+            (&metrics.csi, &drift.features),
+        ] {
+            for c in columns {
+                set_or_remove(gauge, &[mv[0], mv[1], c.name.as_str()], c.value);
+            }
+        }
+        if let Some(p) = &performance {
+            metrics
+                .feedback_window_rows
+                .with_label_values(&mv)
+                .set(i64::try_from(p.rows).unwrap_or(i64::MAX));
+            let values = [
+                p.accuracy,
+                p.precision,
+                p.recall,
+                p.false_positive_rate,
+                p.mae,
+                p.rmse,
+            ];
+            for (gauge, value) in metrics.version_gauges().into_iter().zip(values) {
+                set_or_remove(gauge, &mv, value);
+            }
+        }
+        for rule in &self.rules {
+            metrics
+                .alert
+                .with_label_values(&[mv[0], mv[1], rule.name.as_str()])
+                .set(i64::from(rule.firing));
+        }
+    }
+
+    fn run_rules(
+        &mut self,
+        now_ms: u64,
+        drift: &Drift,
+        performance: Option<&FeedbackMetrics>,
+        events: &mut Vec<AlertEvent>,
+    ) {
+        let max = |cs: &[ColumnDrift]| cs.iter().filter_map(|c| c.value).reduce(f64::max);
+        let usable = performance.filter(|p| p.rows >= self.min_feedback);
+        let mut top: Vec<(String, f64)> = drift
+            .features
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.value?)))
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top.truncate(TOP_FEATURES);
+        for rule in &mut self.rules {
+            let value = match &rule.metric {
+                Metric::Psi => max(&drift.outputs),
+                Metric::Csi => max(&drift.features),
+                Metric::CsiFeature(name) => drift
+                    .features
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .and_then(|c| c.value),
+                Metric::Accuracy => usable.and_then(|p| p.accuracy),
+                Metric::Precision => usable.and_then(|p| p.precision),
+                Metric::Recall => usable.and_then(|p| p.recall),
+                Metric::FalsePositiveRate => usable.and_then(|p| p.false_positive_rate),
+                Metric::Mae => usable.and_then(|p| p.mae),
+                Metric::Rmse => usable.and_then(|p| p.rmse),
+            };
+            let Some(value) = value else { continue };
+            let Some(transition) = rule.observe(value, now_ms) else {
+                continue;
+            };
+            let drift_metric = rule.metric.is_drift();
+            let kind = match (drift_metric, transition) {
+                (true, Transition::Fired) => event::DRIFT_DETECTED,
+                (true, Transition::Cleared) => event::DRIFT_RESOLVED,
+                (false, Transition::Fired) => event::PERFORMANCE_DEGRADED,
+                (false, Transition::Cleared) => event::PERFORMANCE_RECOVERED,
+            };
+            let ((window_start_ms, window_end_ms), rows) = match &self.feedback {
+                Some(f) if !drift_metric => (f.bounds(), usable.map_or(0, |p| p.rows)),
+                _ => (self.window.bounds(), self.window.rows()),
+            };
+            events.push(AlertEvent {
+                kind: kind.to_owned(),
+                model: self.model.clone(),
+                version: self.version,
+                rule: rule.name.clone(),
+                metric: rule.metric.to_string(),
+                value,
+                threshold: match transition {
+                    Transition::Fired => rule.fire,
+                    Transition::Cleared => rule.clear,
+                },
+                window_start_ms,
+                window_end_ms,
+                rows,
+                top_features: top.clone(),
+                files: Vec::new(),
+                time_ms: now_ms,
+            });
+        }
+    }
+
+    fn drift(&self) -> Drift {
+        let totals = self.window.totals();
+        let column = |t: &Tracked| {
+            let counts = &totals[t.offset..t.offset + t.bins.len()];
+            let rows: u64 = counts.iter().sum();
+            ColumnDrift {
+                name: t.bins.name.clone(),
+                rows,
+                value: if rows >= self.min_samples {
+                    psi_of_counts(counts, &t.bins.expected)
+                } else {
+                    None
+                },
+            }
+        };
+        let (features, outputs) = self.columns.split_at(self.n_features);
+        Drift {
+            features: features.iter().map(column).collect(),
+            outputs: outputs.iter().map(column).collect(),
+        }
+    }
+
+    pub fn report(&self) -> DriftReport {
+        let drift = self.drift();
+        let (window_start_ms, window_end_ms) = self.window.bounds();
+        DriftReport {
+            model: self.model.clone(),
+            version: self.version,
+            window_start_ms,
+            window_end_ms,
+            rows: self.window.rows(),
+            min_samples: self.min_samples,
+            psi: drift
+                .outputs
+                .iter()
+                .filter_map(|c| c.value)
+                .reduce(f64::max),
+            outputs: drift.outputs,
+            features: drift.features,
+            feedback: self
+                .feedback
+                .as_ref()
+                .map(FeedbackWindow::metrics)
+                .unwrap_or_default(),
+            alerts: self
+                .rules
+                .iter()
+                .map(|r| AlertState {
+                    rule: r.name.clone(),
+                    metric: r.metric.to_string(),
+                    firing: r.firing,
+                    fire: r.fire,
+                    clear: r.clear,
+                    value: r.last_value,
+                    over: r.over,
+                    last_fired_ms: r.last_fired_ms,
+                })
+                .collect(),
+        }
+    }
+
+    /// Removes every series this version created.
+    pub fn remove_metrics(&self, metrics: &Metrics) {
+        let mv = [self.model.as_str(), self.version_label.as_str()];
+        // Errors only mean a series was never created (e.g. a gauge not yet set).
+        let _ = metrics.window_rows.remove_label_values(&mv);
+        let _ = metrics.feedback_window_rows.remove_label_values(&mv);
+        let _ = metrics.records_total.remove_label_values(&mv);
+        let _ = metrics.values_skipped.remove_label_values(&mv);
+        for gauge in metrics.version_gauges() {
+            let _ = gauge.remove_label_values(&mv);
+        }
+        for (i, t) in self.columns.iter().enumerate() {
+            let gauge = if i < self.n_features {
+                &metrics.csi
+            } else {
+                &metrics.psi
+            };
+            let _ = gauge.remove_label_values(&[mv[0], mv[1], t.bins.name.as_str()]);
+            for label in &t.bins.labels {
+                let labels = [mv[0], mv[1], t.bins.name.as_str(), label.as_str()];
+                let _ = metrics.bin_rows.remove_label_values(&labels);
+                let _ = metrics.baseline_proportion.remove_label_values(&labels);
+            }
+        }
+        for rule in &self.rules {
+            let _ = metrics
+                .alert
+                .remove_label_values(&[mv[0], mv[1], rule.name.as_str()]);
+        }
+    }
+}
+
+/// Groups columns by tensor; `first` is the index of the first of these columns overall.
+fn groups(columns: &[crate::baseline::BaselineColumn], first: usize) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        let member = (c.index, first + i);
+        match groups.iter_mut().find(|g| g.tensor == c.tensor) {
+            Some(g) => g.members.push(member),
+            None => groups.push(Group {
+                tensor: c.tensor.clone(),
+                members: vec![member],
+            }),
+        }
+    }
+    groups
+}
+
+/// The values of the named tensor in a record; empty when absent (its columns count as skipped).
+#[inline]
+fn find<'a>(tensors: &'a [(String, Vec<FeatureValue>)], name: &str) -> &'a [FeatureValue] {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(&[][..], |(_, v)| v)
+}

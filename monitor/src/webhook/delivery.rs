@@ -1,0 +1,147 @@
+//! One delivery attempt: a signed POST, and what its answer means for the event.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::{Client, StatusCode, Url};
+
+use super::Secret;
+use super::signing::signature;
+use super::store::StoredEvent;
+
+/// What an attempt means for its event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: done.
+    Delivered,
+    /// 410: the receiver wants no more of these; stop.
+    Gone,
+    /// Another 4xx (not 408/429): retrying the same request cannot help.
+    Failed(StatusCode),
+    /// 5xx, 408, 429, 3xx (redirects are not followed), a connection error or a timeout.
+    /// `after` is the receiver's `Retry-After`, in its seconds form.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+}
+
+/// POSTs `event` to `url`, signed for this attempt's timestamp. The per-attempt timeout is the
+/// client's.
+pub async fn attempt(client: &Client, url: &Url, secret: &Secret, event: &StoredEvent) -> Outcome {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = signature(secret, &event.id, timestamp, event.body.as_bytes());
+    let request = client
+        .post(url.clone())
+        .header(CONTENT_TYPE, "application/cloudevents+json")
+        .header("webhook-id", &event.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(event.body.clone());
+    match request.send().await {
+        Ok(response) => classify(response.status(), response.headers()),
+        Err(error) => Outcome::Retry {
+            after: None,
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// The outcome of an answer with `status` and `headers`.
+pub fn classify(status: StatusCode, headers: &HeaderMap) -> Outcome {
+    if status.is_success() {
+        Outcome::Delivered
+    } else if status == StatusCode::GONE {
+        Outcome::Gone
+    } else if status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS
+    {
+        Outcome::Failed(status)
+    } else {
+        let after = headers
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Outcome::Retry {
+            after,
+            reason: format!("HTTP {status}"),
+        }
+    }
+}
+
+/// The wait before retry number `attempts` (1 after the first failure): `initial` doubling up
+/// to `max`, times a random factor in [0.75, 1.25) so that many senders do not retry in step.
+pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(31);
+    let base = initial.saturating_mul(1 << doublings).min(max);
+    base.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn with_retry_after(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let none = HeaderMap::new();
+        let code = |c: u16| StatusCode::from_u16(c).unwrap();
+        assert_eq!(classify(code(200), &none), Outcome::Delivered);
+        assert_eq!(classify(code(204), &none), Outcome::Delivered);
+        assert_eq!(classify(code(410), &none), Outcome::Gone);
+        assert_eq!(classify(code(400), &none), Outcome::Failed(code(400)));
+        assert_eq!(classify(code(404), &none), Outcome::Failed(code(404)));
+        for retried in [408, 429, 500, 502, 503, 301] {
+            assert!(
+                matches!(
+                    classify(code(retried), &none),
+                    Outcome::Retry { after: None, .. }
+                ),
+                "{retried}"
+            );
+        }
+        let after = |h: &HeaderMap| match classify(code(503), h) {
+            Outcome::Retry { after, .. } => after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(&with_retry_after("7")), Some(Duration::from_secs(7)));
+        assert_eq!(after(&with_retry_after(" 0 ")), Some(Duration::ZERO));
+        assert_eq!(
+            after(&with_retry_after("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(after(&with_retry_after("-1")), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let (initial, max) = (Duration::from_secs(5), Duration::from_secs(3600));
+        for _ in 0..100 {
+            let first = backoff(1, initial, max);
+            assert!(
+                first >= Duration::from_millis(3750) && first < Duration::from_millis(6250),
+                "{first:?}"
+            );
+            let third = backoff(3, initial, max);
+            assert!(
+                third >= Duration::from_secs(15) && third < Duration::from_secs(25),
+                "{third:?}"
+            );
+            let late = backoff(u32::MAX, initial, max);
+            assert!(
+                late >= Duration::from_secs(2700) && late < Duration::from_secs(4500),
+                "{late:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Time-based rolling windows made of sub-window buckets in a ring. Memory depends on the number
+//! of buckets and bins, never on traffic; moving time forward empties the buckets that leave the
+//! window (and subtracts them from the running totals).
+
+use std::time::Duration;
+
+/// A timestamp this far past the latest time seen is refused rather than trusted: one record
+/// from a broken clock would otherwise move the window into the future and empty it for good.
+pub(crate) const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// Why a timestamp has no slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Older than the window.
+    Late,
+    /// More than [`MAX_AHEAD_MS`] past the latest time seen.
+    Future,
+}
+
+/// Which ring slot a timestamp falls in, and which slots leave the window as time advances.
+#[derive(Clone, Debug)]
+pub(crate) struct Clock {
+    width_ms: u64,
+    len: u64,
+    /// Absolute index (`time / width`) of the newest bucket.
+    head: u64,
+    /// Latest time seen, records or evaluations.
+    now_ms: u64,
+}
+
+impl Clock {
+    /// `buckets` must be at least 1 and `window` at least `buckets` milliseconds (checked by
+    /// `MonitorConfig::validate`); smaller values are clamped rather than divided by zero.
+    pub fn new(window: Duration, buckets: u32) -> Clock {
+        let len = u64::from(buckets.max(1));
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        Clock {
+            width_ms: (window_ms / len).max(1),
+            len,
+            head: 0,
+            now_ms: 0,
+        }
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Moves the window forward to `time_ms` (never backwards), calling `evict` with each slot
+    /// whose bucket leaves the window, before it is reused.
+    pub fn advance(&mut self, time_ms: u64, mut evict: impl FnMut(usize)) {
+        self.now_ms = self.now_ms.max(time_ms);
+        let bucket = time_ms / self.width_ms;
+        if bucket <= self.head {
+            return;
+        }
+        // Only the last `len` new buckets matter: a longer gap empties the whole ring once.
+        let first = (self.head + 1).max(bucket.saturating_add(1).saturating_sub(self.len));
+        for b in first..=bucket {
+            evict((b % self.len) as usize);
+        }
+        self.head = bucket;
+    }
+
+    /// The slot of `time_ms` after advancing to it.
+    #[inline]
+    pub fn place(&mut self, time_ms: u64, evict: impl FnMut(usize)) -> Result<usize, Refused> {
+        if self.now_ms > 0 && time_ms > self.now_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(Refused::Future);
+        }
+        self.advance(time_ms, evict);
+        let bucket = time_ms / self.width_ms;
+        if bucket.saturating_add(self.len) > self.head {
+            Ok((bucket % self.len) as usize)
+        } else {
+            Err(Refused::Late)
+        }
+    }
+
+    /// `(start, end)` in unix milliseconds: start of the oldest bucket, latest time seen.
+    pub fn bounds(&self) -> (u64, u64) {
+        let start = (self.head + 1).saturating_sub(self.len) * self.width_ms;
+        (start, self.now_ms.max(start))
+    }
+}
+
+/// Integer bin counts of every monitored column of one model version, per bucket.
+pub(crate) struct DriftWindow {
+    clock: Clock,
+    /// Bins per bucket (all columns, laid out one after the other).
+    stride: usize,
+    counts: Vec<u64>,
+    rows: Vec<u64>,
+    totals: Vec<u64>,
+    total_rows: u64,
+}
+
+impl DriftWindow {
+    pub fn new(window: Duration, buckets: u32, stride: usize) -> DriftWindow {
+        let clock = Clock::new(window, buckets);
+        let n = clock.buckets();
+        DriftWindow {
+            clock,
+            stride,
+            counts: vec![0; n * stride],
+            rows: vec![0; n],
+            totals: vec![0; stride],
+            total_rows: 0,
+        }
+    }
+
+    pub fn advance(&mut self, now_ms: u64) {
+        let Self {
+            clock,
+            stride,
+            counts,
+            rows,
+            totals,
+            total_rows,
+        } = self;
+        clock.advance(now_ms, |slot| {
+            evict(slot, *stride, counts, rows, totals, total_rows)
+        });
+    }
+
+    /// Counts a row at `time_ms`; returns its slot for [`DriftWindow::add`].
+    #[inline]
+    pub fn add_row(&mut self, time_ms: u64) -> Result<usize, Refused> {
+        let Self {
+            clock,
+            stride,
+            counts,
+            rows,
+            totals,
+            total_rows,
+        } = self;
+        let slot = clock.place(time_ms, |slot| {
+            evict(slot, *stride, counts, rows, totals, total_rows)
+        })?;
+        rows[slot] += 1;
+        *total_rows += 1;
+        Ok(slot)
+    }
+
+    /// Counts one value of the row placed in `slot` into bin `bin` (an index below `stride`).
+    #[inline]
+    pub fn add(&mut self, slot: usize, bin: usize) {
+        self.counts[slot * self.stride + bin] += 1;
+        self.totals[bin] += 1;
+    }
+
+    /// Counts of every bin over the whole window.
+    pub fn totals(&self) -> &[u64] {
+        &self.totals
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.total_rows
+    }
+
+    pub fn bounds(&self) -> (u64, u64) {
+        self.clock.bounds()
+    }
+}
+
+fn evict(
+    slot: usize,
+    stride: usize,
+    counts: &mut [u64],
+    rows: &mut [u64],
+    totals: &mut [u64],
+    total_rows: &mut u64,
+) {
+    let bucket = &mut counts[slot * stride..(slot + 1) * stride];
+    for (total, count) in totals.iter_mut().zip(bucket.iter_mut()) {
+        *total -= *count;
+        *count = 0;
+    }
+    *total_rows -= rows[slot];
+    rows[slot] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60_000;
+
+    fn window() -> DriftWindow {
+        DriftWindow::new(Duration::from_secs(600), 10, 2)
+    }
+
+    #[test]
+    fn sliding_evicts_old_buckets() {
+        let mut w = window();
+        let t0 = 1_700_000_000_000 / MINUTE * MINUTE;
+        for i in 0..10 {
+            let slot = w.add_row(t0 + i * MINUTE).unwrap();
+            w.add(slot, (i % 2) as usize);
+        }
+        assert_eq!(w.rows(), 10);
+        assert_eq!(w.totals(), [5, 5]);
+        // One minute later the first bucket (bin 0) leaves.
+        w.advance(t0 + 10 * MINUTE);
+        assert_eq!(w.rows(), 9);
+        assert_eq!(w.totals(), [4, 5]);
+        assert_eq!(w.bounds().0, t0 + MINUTE);
+        // A long gap empties everything.
+        w.advance(t0 + 1000 * MINUTE);
+        assert_eq!(w.rows(), 0);
+        assert_eq!(w.totals(), [0, 0]);
+    }
+
+    #[test]
+    fn old_rows_are_refused_and_late_rows_in_window_accepted() {
+        let mut w = window();
+        let t0 = 100 * MINUTE;
+        w.advance(t0);
+        assert_eq!(w.add_row(t0 - 10 * MINUTE), Err(Refused::Late));
+        let slot = w.add_row(t0 - 9 * MINUTE).unwrap();
+        w.add(slot, 1);
+        assert_eq!(w.totals(), [0, 1]);
+        w.advance(t0 + MINUTE);
+        assert_eq!(w.totals(), [0, 0]);
+    }
+
+    #[test]
+    fn far_future_rows_are_refused() {
+        let mut w = window();
+        w.advance(100 * MINUTE);
+        assert_eq!(
+            w.add_row(100 * MINUTE + MAX_AHEAD_MS + 1),
+            Err(Refused::Future)
+        );
+        assert!(w.add_row(100 * MINUTE + MAX_AHEAD_MS).is_ok());
+        assert_eq!(w.add_row(u64::MAX), Err(Refused::Future));
+    }
+
+    #[test]
+    fn time_never_goes_backwards() {
+        let mut w = window();
+        let slot = w.add_row(50 * MINUTE).unwrap();
+        w.add(slot, 0);
+        w.advance(10 * MINUTE);
+        assert_eq!(w.rows(), 1);
+        assert_eq!(w.bounds(), (41 * MINUTE, 50 * MINUTE));
+    }
+}

@@ -1,0 +1,463 @@
+//! The prediction log written to real files and read back with the parquet crate's reader
+//! (pandas/pyarrow read them in tests/test_parquet_log.py).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use keel_monitor::parquet_log::{
+    ParquetConfig, ParquetSink, ParquetStats, files_covering, model_dir,
+};
+use keel_monitor::{FeatureValue, FeedbackRecord, PredictionRecord};
+use parquet::basic::{Repetition, Type as PhysicalType};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+
+use FeatureValue::{Category as C, Number as N};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-parquet-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn record(
+    model: &str,
+    request: &str,
+    row: u32,
+    ts: u64,
+    inputs: Vec<(&str, Vec<FeatureValue>)>,
+) -> PredictionRecord {
+    PredictionRecord {
+        model: model.into(),
+        version: 2,
+        request_id: request.into(),
+        row,
+        timestamp_ms: ts,
+        inputs: inputs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+        outputs: vec![("label".into(), vec![C(format!("c{row}"))])],
+    }
+}
+
+/// Every file of `kind` under the model's folder, sorted by name.
+fn files(dir: &Path, model: &str, kind: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(model_dir(dir, model))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.file_name().unwrap().to_str().unwrap().starts_with(kind));
+    found.sort();
+    found
+}
+
+struct Table {
+    row_groups: usize,
+    columns: Vec<(String, PhysicalType, Repetition)>,
+    rows: Vec<Vec<Field>>,
+}
+
+fn read(path: &Path) -> Table {
+    let reader = SerializedFileReader::new(fs::File::open(path).unwrap()).unwrap();
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let columns = schema
+        .columns()
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_owned(),
+                c.physical_type(),
+                c.self_type().get_basic_info().repetition(),
+            )
+        })
+        .collect();
+    let rows = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            row.unwrap()
+                .get_column_iter()
+                .map(|(_, f)| f.clone())
+                .collect()
+        })
+        .collect();
+    Table {
+        row_groups: reader.metadata().num_row_groups(),
+        columns,
+        rows,
+    }
+}
+
+fn names(table: &Table) -> Vec<&str> {
+    table.columns.iter().map(|(n, _, _)| n.as_str()).collect()
+}
+
+fn no_partial_files(dir: &Path, model: &str) {
+    for entry in fs::read_dir(model_dir(dir, model)).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(!name.ends_with(".partial"), "{name}");
+    }
+}
+
+#[test]
+fn predictions_round_trip_with_nulls_categories_and_row_groups() {
+    let dir = scratch("roundtrip");
+    let mut config = ParquetConfig::new(&dir);
+    config.row_group_rows = 3;
+    let mut sink = ParquetSink::new(config).unwrap();
+    let records: Vec<PredictionRecord> = (0..7u32)
+        .map(|i| {
+            let x = match i {
+                // The wrong kind for a number column: null, counted.
+                3 => vec![C("oops".into()), N(30.5)],
+                // Too few elements: the missing one is null.
+                4 => vec![N(4.0)],
+                _ => vec![N(f64::from(i)), N(f64::from(i) + 0.5)],
+            };
+            let mut inputs = vec![("x", x)];
+            // A tensor missing from one row: null.
+            if i != 5 {
+                inputs.push(("city", vec![C(format!("city{}", i % 2))]));
+            }
+            record(
+                "fraud",
+                &format!("req{}", i / 2),
+                i % 2,
+                1_000 + u64::from(i),
+                inputs,
+            )
+        })
+        .collect();
+    sink.write_records(&records[..4]).unwrap();
+    sink.write_records(&records[4..]).unwrap();
+    assert!(
+        files(&dir, "fraud", "predictions").is_empty(),
+        "nothing finished before the flush"
+    );
+    sink.flush().unwrap();
+
+    let written = files(&dir, "fraud", "predictions");
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        written[0].file_name().unwrap(),
+        "predictions-0000000001000-0000000001006-0.parquet"
+    );
+    no_partial_files(&dir, "fraud");
+    let table = read(&written[0]);
+    assert_eq!(table.row_groups, 3);
+    assert_eq!(
+        names(&table),
+        [
+            "model",
+            "version",
+            "request_id",
+            "row",
+            "timestamp_ms",
+            "x_0",
+            "x_1",
+            "city",
+            "label"
+        ]
+    );
+    let types: Vec<(PhysicalType, Repetition)> =
+        table.columns.iter().map(|(_, t, r)| (*t, *r)).collect();
+    use PhysicalType::{BYTE_ARRAY, DOUBLE, INT32, INT64};
+    const OPTIONAL: Repetition = Repetition::OPTIONAL;
+    const REQUIRED: Repetition = Repetition::REQUIRED;
+    assert_eq!(
+        types,
+        [
+            (BYTE_ARRAY, REQUIRED),
+            (INT64, REQUIRED),
+            (BYTE_ARRAY, REQUIRED),
+            (INT32, REQUIRED),
+            (INT64, REQUIRED),
+            (DOUBLE, OPTIONAL),
+            (DOUBLE, OPTIONAL),
+            (BYTE_ARRAY, OPTIONAL),
+            (BYTE_ARRAY, OPTIONAL),
+        ]
+    );
+    assert_eq!(table.rows.len(), 7);
+    let first = &table.rows[0];
+    assert_eq!(first[0], Field::Str("fraud".into()));
+    assert_eq!(first[1], Field::Long(2));
+    assert_eq!(first[2], Field::Str("req0".into()));
+    assert_eq!(first[3], Field::UInt(0));
+    assert_eq!(first[4], Field::Long(1000));
+    assert_eq!(first[5], Field::Double(0.0));
+    assert_eq!(first[6], Field::Double(0.5));
+    assert_eq!(first[7], Field::Str("city0".into()));
+    assert_eq!(first[8], Field::Str("c0".into()));
+    assert_eq!(table.rows[3][5], Field::Null);
+    assert_eq!(table.rows[3][6], Field::Double(30.5));
+    assert_eq!(table.rows[4][5], Field::Double(4.0));
+    assert_eq!(table.rows[4][6], Field::Null);
+    assert_eq!(table.rows[5][7], Field::Null);
+    assert_eq!(table.rows[6][3], Field::UInt(0));
+    assert_eq!(table.rows[6][5], Field::Double(6.0));
+
+    let stats = sink.stats();
+    assert_eq!(
+        stats,
+        ParquetStats {
+            prediction_rows_written: 7,
+            rows_with_nulls: 3,
+            mismatched_values: 1,
+            files_written: 1,
+            ..ParquetStats::default()
+        }
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+fn names_of(paths: Vec<PathBuf>) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn files_rotate_by_size_and_age_and_are_found_by_time_range() {
+    let dir = scratch("rotate");
+    let mut config = ParquetConfig::new(&dir);
+    config.row_group_rows = 10;
+    config.max_file_bytes = 4096;
+    let mut sink = ParquetSink::new(config).unwrap();
+    let records: Vec<PredictionRecord> = (0..300u32)
+        .map(|i| {
+            record(
+                "m",
+                &format!("request-{i}"),
+                i,
+                u64::from(i),
+                vec![("x", vec![N(f64::from(i))])],
+            )
+        })
+        .collect();
+    sink.write_records(&records).unwrap();
+    sink.flush().unwrap();
+    let written = files(&dir, "m", "predictions");
+    assert!(written.len() >= 3, "{written:?}");
+    let mut next_ts = 0;
+    for path in &written {
+        let table = read(path);
+        let first = next_ts;
+        let last = first + table.rows.len() as u64 - 1;
+        assert_eq!(
+            path.file_name().unwrap().to_string_lossy(),
+            format!("predictions-{first:013}-{last:013}-0.parquet")
+        );
+        assert_eq!(table.rows[0][4], Field::Long(first as i64));
+        next_ts = last + 1;
+    }
+    assert_eq!(next_ts, 300);
+    // Every file but the last reached the limit. The limit counts row groups as written; the
+    // footer (row-group metadata, page indexes) comes on top, a few KiB here.
+    for path in &written[..written.len() - 1] {
+        let size = fs::metadata(path).unwrap().len();
+        assert!((4096..4 * 4096).contains(&size), "{path:?}: {size}");
+    }
+    let middle = files_covering(&dir, "m", 150, 150);
+    assert_eq!(middle.len(), 1);
+    assert!(
+        read(&middle[0])
+            .rows
+            .iter()
+            .any(|row| row[4] == Field::Long(150))
+    );
+    assert_eq!(files_covering(&dir, "m", 0, 299), written);
+    assert!(files_covering(&dir, "m", 300, 1000).is_empty());
+    assert!(files_covering(&dir, "other", 0, 1000).is_empty());
+
+    // One row over a one-byte limit: a file per row.
+    let mut config = ParquetConfig::new(&dir);
+    config.max_file_bytes = 1;
+    let mut sink = ParquetSink::new(config).unwrap();
+    let tiny: Vec<PredictionRecord> = (0..3u32)
+        .map(|i| {
+            record(
+                "tiny",
+                "r",
+                i,
+                100 * u64::from(i),
+                vec![("x", vec![N(1.0)])],
+            )
+        })
+        .collect();
+    sink.write_records(&tiny).unwrap();
+    assert_eq!(
+        names_of(files(&dir, "tiny", "predictions")),
+        [
+            "predictions-0000000000000-0000000000000-0.parquet",
+            "predictions-0000000000100-0000000000100-0.parquet",
+            "predictions-0000000000200-0000000000200-0.parquet"
+        ]
+    );
+    assert_eq!(
+        names_of(files_covering(&dir, "tiny", 50, 150)),
+        ["predictions-0000000000100-0000000000100-0.parquet"]
+    );
+
+    // Age: a file open for max_file_age is finished by rotate_due, not before.
+    let mut config = ParquetConfig::new(&dir);
+    config.max_file_age = Duration::from_secs(60);
+    let mut sink = ParquetSink::new(config).unwrap();
+    sink.write_records(&[record("aged", "r", 0, 5, vec![("x", vec![N(1.0)])])])
+        .unwrap();
+    sink.rotate_due(Instant::now()).unwrap();
+    assert!(files(&dir, "aged", "predictions").is_empty());
+    sink.rotate_due(Instant::now() + Duration::from_secs(61))
+        .unwrap();
+    assert_eq!(
+        names_of(files(&dir, "aged", "predictions")),
+        ["predictions-0000000000005-0000000000005-0.parquet"]
+    );
+    // Same time range again: the sequence number tells the files apart.
+    sink.write_records(&[record("aged", "r", 1, 5, vec![("x", vec![N(2.0)])])])
+        .unwrap();
+    sink.flush().unwrap();
+    assert_eq!(
+        names_of(files(&dir, "aged", "predictions")),
+        [
+            "predictions-0000000000005-0000000000005-0.parquet",
+            "predictions-0000000000005-0000000000005-1.parquet"
+        ]
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_new_tensor_rotates_the_file_and_the_next_one_has_both() {
+    let dir = scratch("schema");
+    let mut sink = ParquetSink::new(ParquetConfig::new(&dir)).unwrap();
+    sink.write_records(&[record("m", "a", 0, 1, vec![("x", vec![N(1.0)])])])
+        .unwrap();
+    sink.write_records(&[record(
+        "m",
+        "b",
+        0,
+        2,
+        vec![("x", vec![N(2.0)]), ("y", vec![N(3.0)])],
+    )])
+    .unwrap();
+    sink.write_records(&[record("m", "c", 0, 3, vec![("x", vec![N(4.0)])])])
+        .unwrap();
+    sink.flush().unwrap();
+    let written = files(&dir, "m", "predictions");
+    assert_eq!(written.len(), 2);
+    let old = read(&written[0]);
+    assert_eq!(names(&old)[5..], ["x", "label"]);
+    let new = read(&written[1]);
+    assert_eq!(names(&new)[5..], ["x", "label", "y"]);
+    assert_eq!(new.rows.len(), 2);
+    assert_eq!(new.rows[0][7], Field::Double(3.0));
+    assert_eq!(new.rows[1][7], Field::Null);
+    // Two models in one batch go to their own folders.
+    sink.write_records(&[
+        record("a/b", "r", 0, 1, vec![("x", vec![N(1.0)])]),
+        record("m", "r", 0, 9, vec![("x", vec![N(1.0)])]),
+    ])
+    .unwrap();
+    drop(sink);
+    assert_eq!(files(&dir, "a/b", "predictions").len(), 1);
+    assert_eq!(files(&dir, "m", "predictions").len(), 3, "drop flushes");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn feedback_goes_to_its_own_files_and_joins_by_request_and_row() {
+    let dir = scratch("feedback");
+    let mut sink = ParquetSink::new(ParquetConfig::new(&dir)).unwrap();
+    let feedback = |request: &str, row: u32, truth: FeatureValue, ts: u64| FeedbackRecord {
+        model: "m".into(),
+        request_id: request.into(),
+        row,
+        truth,
+        timestamp_ms: ts,
+    };
+    sink.write_feedback(&[
+        feedback("r1", 0, N(1.5), 50),
+        feedback("r1", 1, C("spam".into()), 60),
+    ])
+    .unwrap();
+    sink.flush().unwrap();
+    let written = files(&dir, "m", "feedback");
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        written[0].file_name().unwrap(),
+        "feedback-0000000000050-0000000000060-0.parquet"
+    );
+    let table = read(&written[0]);
+    assert_eq!(
+        names(&table),
+        [
+            "model",
+            "request_id",
+            "row",
+            "timestamp_ms",
+            "truth_value",
+            "truth_label"
+        ]
+    );
+    assert_eq!(
+        table.rows[0],
+        [
+            Field::Str("m".into()),
+            Field::Str("r1".into()),
+            Field::UInt(0),
+            Field::Long(50),
+            Field::Double(1.5),
+            Field::Null
+        ]
+    );
+    assert_eq!(table.rows[1][4], Field::Null);
+    assert_eq!(table.rows[1][5], Field::Str("spam".into()));
+    assert_eq!(files_covering(&dir, "m", 0, 100), written);
+    assert_eq!(sink.stats().feedback_rows_written, 2);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn write_errors_are_counted_and_other_models_still_written() {
+    let dir = scratch("errors");
+    fs::create_dir_all(&dir).unwrap();
+    // A file where the model's folder should be: creating the folder fails, even for root.
+    fs::write(model_dir(&dir, "blocked"), b"").unwrap();
+    let mut config = ParquetConfig::new(&dir);
+    config.row_group_rows = 1;
+    let mut sink = ParquetSink::new(config).unwrap();
+    let result = sink.write_records(&[
+        record("blocked", "r", 0, 1, vec![("x", vec![N(1.0)])]),
+        record("fine", "r", 0, 1, vec![("x", vec![N(1.0)])]),
+        record("blocked", "r", 1, 2, vec![("x", vec![N(1.0)])]),
+    ]);
+    assert!(result.unwrap_err().to_string().contains("blocked"));
+    sink.flush().unwrap();
+    assert_eq!(files(&dir, "fine", "predictions").len(), 1);
+    let stats = sink.stats();
+    assert_eq!(
+        (
+            stats.write_errors,
+            stats.rows_dropped,
+            stats.prediction_rows_written
+        ),
+        (2, 2, 1)
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unfinished_files_of_a_crash_are_removed_on_start() {
+    let dir = scratch("crash");
+    let folder = model_dir(&dir, "m");
+    fs::create_dir_all(&folder).unwrap();
+    fs::write(folder.join(".tmp-predictions-1-0.parquet.partial"), b"PAR1").unwrap();
+    fs::write(folder.join("notes.txt"), b"kept").unwrap();
+    let _sink = ParquetSink::new(ParquetConfig::new(&dir)).unwrap();
+    let left: Vec<_> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,446 @@
+//! The `keel monitor` sidecar end to end, in-process: a generated client streams versions, rows and
+//! feedback; metrics, drift reports and alerts come out.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_monitor::sidecar::pb::monitor_service_client::MonitorServiceClient;
+use keel_monitor::sidecar::pb::{self, MonitorMessage};
+use keel_monitor::sidecar::{
+    MAX_MESSAGE_BYTES, Sidecar, SidecarConfig, feedback_message, records_message, retire_message,
+    spec_message,
+};
+use keel_monitor::{
+    DriftReport, FeatureValue, FeedbackRecord, Metric, ModelSpec, MonitorSettings, RuleSettings,
+    Task,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Evaluates often and reports from 100 rows, so tests see drift within milliseconds.
+fn config() -> SidecarConfig {
+    let mut config = SidecarConfig::local();
+    config.monitor.evaluate_every = 0.05;
+    config.monitor.min_samples = 100;
+    config
+}
+
+fn spec(model: &str, version: u64, settings: MonitorSettings) -> ModelSpec {
+    ModelSpec {
+        model: model.into(),
+        version,
+        baseline: Some(common::baseline(model, version)),
+        settings,
+    }
+}
+
+async fn client(sidecar: &Sidecar) -> MonitorServiceClient<Channel> {
+    MonitorServiceClient::connect(format!("http://{}", sidecar.grpc_addr()))
+        .await
+        .unwrap()
+}
+
+async fn send_all(
+    client: &mut MonitorServiceClient<Channel>,
+    messages: Vec<MonitorMessage>,
+) -> Result<pb::StreamSummary, tonic::Status> {
+    Ok(client
+        .stream(tokio_stream::iter(messages))
+        .await?
+        .into_inner())
+}
+
+async fn get(sidecar: &Sidecar, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", sidecar.metrics_addr());
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Polls the drift report until `done` holds (the evaluation loop runs every 50 ms).
+async fn wait_for_report(
+    sidecar: &Sidecar,
+    path: &str,
+    done: impl Fn(&DriftReport) -> bool,
+) -> DriftReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(sidecar, path).await;
+        if status == 200 {
+            let report: DriftReport = serde_json::from_str(&body).unwrap();
+            if done(&report) {
+                return report;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls /metrics until `name` has a series.
+async fn wait_for_metrics(sidecar: &Sidecar, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = get(sidecar, "/metrics").await;
+        assert_eq!(status, 200);
+        if !metric_lines(&text, name).is_empty() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {name}: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn metric_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_records_show_up_as_drift_metrics_and_reports() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    let now = now_ms();
+    let records = common::in_distribution("m", 1, now, 0, 2000);
+    let summary = send_all(
+        &mut client,
+        vec![
+            spec_message(&spec("m", 1, MonitorSettings::default())).unwrap(),
+            records_message(&records[..1000]),
+            records_message(&records[1000..]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.records, summary.feedback), (2000, 0));
+
+    let report = wait_for_report(&sidecar, "/v1/drift/m/1", |r| r.psi.is_some()).await;
+    assert_eq!(report.rows, 2000);
+    // Records distributed exactly like the baseline: no drift.
+    assert!(report.psi.unwrap() < 0.01, "{report:?}");
+    assert!(report.features[0].value.unwrap() < 0.01, "{report:?}");
+
+    // The gauges follow at the next evaluation.
+    let metrics = wait_for_metrics(&sidecar, "keel_drift_psi").await;
+    let psi = metric_lines(&metrics, "keel_drift_psi");
+    assert!(
+        psi.iter()
+            .any(|l| l.contains("model=\"m\"") && l.contains("output=\"score\"")),
+        "{metrics}"
+    );
+    let csi = metric_lines(&metrics, "keel_drift_csi");
+    assert!(csi.iter().any(|l| l.contains("feature=\"x\"")), "{metrics}");
+    assert!(
+        metric_lines(&metrics, "keel_sidecar_messages_total")
+            .iter()
+            .any(|l| l.contains("kind=\"records\"") && l.ends_with(" 2")),
+        "{metrics}"
+    );
+
+    assert_eq!(get(&sidecar, "/healthz").await, (200, "ok".to_string()));
+    assert_eq!(get(&sidecar, "/v1/drift/m/2").await.0, 404);
+    assert_eq!(get(&sidecar, "/v1/drift/m/one").await.0, 404);
+    assert_eq!(get(&sidecar, "/v1/drift/other/1").await.0, 404);
+    assert_eq!(get(&sidecar, "/nowhere").await.0, 404);
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_counted_and_the_stream_goes_on() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    let now = now_ms();
+    let bad_settings = MonitorSettings {
+        sample_rate: 2.0,
+        ..MonitorSettings::default()
+    };
+    let mut mixed = pb::Record::from(&common::in_distribution("m", 1, now, 0, 1)[0]);
+    mixed.inputs[0].categories.push("oops".into());
+    let no_model = pb::Record::default();
+    let mut batch = records_message(&common::in_distribution("m", 1, now, 0, 10));
+    if let Some(pb::monitor_message::Kind::Records(b)) = &mut batch.kind {
+        b.records.push(mixed);
+        b.records.push(no_model);
+    }
+    let no_truth = MonitorMessage {
+        kind: Some(pb::monitor_message::Kind::Feedback(pb::FeedbackBatch {
+            items: vec![pb::Feedback {
+                model: "m".into(),
+                ..pb::Feedback::default()
+            }],
+        })),
+    };
+    let invalid_json = MonitorMessage {
+        kind: Some(pb::monitor_message::Kind::Version(pb::VersionSpec {
+            spec_json: "{not json".into(),
+        })),
+    };
+    let feedback = FeedbackRecord {
+        model: "m".into(),
+        request_id: "req-0".into(),
+        row: 0,
+        truth: FeatureValue::Number(0.0),
+        timestamp_ms: now,
+    };
+    let summary = send_all(
+        &mut client,
+        vec![
+            invalid_json,
+            spec_message(&spec("m", 1, bad_settings)).unwrap(),
+            MonitorMessage { kind: None },
+            spec_message(&spec(
+                "m",
+                1,
+                MonitorSettings {
+                    task: Some(Task::Classifier),
+                    ..MonitorSettings::default()
+                },
+            ))
+            .unwrap(),
+            batch,
+            no_truth,
+            feedback_message(&[feedback]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.records, summary.feedback), (10, 1));
+    assert_eq!(
+        sidecar.monitor().versions(),
+        vec![("m".to_string(), 1)],
+        "the valid spec after the bad ones was applied"
+    );
+    let report = sidecar.monitor().report("m", 1).unwrap();
+    assert_eq!(report.rows, 10);
+    assert_eq!(report.feedback.rows, 1);
+
+    let (_, metrics) = get(&sidecar, "/metrics").await;
+    let rejected = metric_lines(&metrics, "keel_sidecar_rejected_total");
+    for expected in [
+        "reason=\"invalid_spec\"} 2",
+        "reason=\"empty_message\"} 1",
+        "reason=\"invalid_record\"} 2",
+        "reason=\"invalid_feedback\"} 1",
+    ] {
+        assert!(
+            rejected.iter().any(|l| l.ends_with(expected)),
+            "{expected}: {rejected:?}"
+        );
+    }
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_after_the_first_ends_picks_up_the_same_state() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let now = now_ms();
+    let mut first = client(&sidecar).await;
+    send_all(
+        &mut first,
+        vec![
+            spec_message(&spec("m", 1, MonitorSettings::default())).unwrap(),
+            spec_message(&spec("m", 2, MonitorSettings::default())).unwrap(),
+            records_message(&common::in_distribution("m", 1, now, 0, 300)),
+        ],
+    )
+    .await
+    .unwrap();
+    drop(first);
+
+    // The monitor's state outlives the stream that built it.
+    let mut second = client(&sidecar).await;
+    let summary = send_all(
+        &mut second,
+        vec![
+            records_message(&common::in_distribution("m", 1, now, 300, 200)),
+            retire_message("m", 2),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.records, 200);
+    assert_eq!(sidecar.monitor().report("m", 1).unwrap().rows, 500);
+    assert_eq!(sidecar.monitor().versions(), vec![("m".to_string(), 1)]);
+
+    // A third stream on the same connection works too.
+    let summary = send_all(
+        &mut second,
+        vec![records_message(&common::in_distribution(
+            "m", 1, now, 500, 1,
+        ))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.records, 1);
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_only_its_stream() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    let mut huge = common::in_distribution("m", 1, now_ms(), 0, 1).remove(0);
+    huge.inputs = vec![(
+        "wide".into(),
+        vec![FeatureValue::Number(1.0); MAX_MESSAGE_BYTES / 8 + 1],
+    )];
+    let error = send_all(&mut client, vec![records_message(&[huge])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{error:?}"
+    );
+    let summary = send_all(
+        &mut client,
+        vec![spec_message(&spec("m", 1, MonitorSettings::default())).unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.records, 0);
+    assert_eq!(sidecar.monitor().versions().len(), 1);
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_with_their_summary() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(spec_message(&spec("m", 1, MonitorSettings::default())).unwrap())
+        .await
+        .unwrap();
+    tx.send(records_message(&common::in_distribution(
+        "m",
+        1,
+        now_ms(),
+        0,
+        5,
+    )))
+    .await
+    .unwrap();
+    let call = tokio::spawn(async move { client.stream(ReceiverStream::new(rx)).await });
+    // The stream stays open (tx is alive); wait until the sidecar has applied what was sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sidecar.monitor().report("m", 1).is_none_or(|r| r.rows < 5) {
+        assert!(Instant::now() < deadline, "records never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), sidecar.shutdown())
+        .await
+        .expect("shutdown waits for no client")
+        .unwrap();
+    let summary = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(summary.records, 5);
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_alerts_reach_the_webhook() {
+    use axum::routing::post;
+
+    let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let receiver_task = tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let dir = std::env::temp_dir().join(format!("keel-sidecar-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "whsec_dGVzdC1zZWNyZXQ=\n").unwrap();
+    let mut config = config();
+    config.webhook.webhook_url = Some(format!("http://{hook_addr}/hook"));
+    config.webhook.webhook_secret_file = Some(secret);
+    config.webhook.webhook_source = "keel-test".into();
+    config.webhook.state_dir = dir.join("state");
+    let sidecar = Sidecar::start(config).await.unwrap();
+
+    let settings = MonitorSettings {
+        rules: Some(vec![RuleSettings {
+            consecutive: 1,
+            ..RuleSettings::new(Metric::Psi)
+        }]),
+        ..MonitorSettings::default()
+    };
+    let mut client = client(&sidecar).await;
+    send_all(
+        &mut client,
+        vec![
+            spec_message(&spec("m", 1, settings)).unwrap(),
+            records_message(&common::drifted("m", 1, now_ms(), 0, 500)),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        if let Some(event) = received.lock().unwrap().first().cloned() {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "no alert delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["type"], "dev.keel.drift.detected", "{event}");
+    assert_eq!(event["source"], "keel-test", "{event}");
+    let (_, metrics) = get(&sidecar, "/metrics").await;
+    assert!(
+        metrics.contains("keel_webhook_deliveries_total"),
+        "{metrics}"
+    );
+    sidecar.shutdown().await.unwrap();
+    receiver_task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_on_shutdown_and_refuses_bad_config() {
+    keel_monitor::sidecar::run(config(), async {})
+        .await
+        .unwrap();
+
+    let mut bad = config();
+    bad.monitor.evaluate_every = 0.0;
+    let error = keel_monitor::sidecar::run(bad, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("evaluate_every"), "{error}");
+
+    let mut no_secret = config();
+    no_secret.webhook.webhook_url = Some("http://127.0.0.1:9/hook".into());
+    no_secret.webhook.webhook_secret_file = Some(std::env::temp_dir().join("keel-no-such-secret"));
+    assert!(
+        keel_monitor::sidecar::run(no_secret, std::future::pending())
+            .await
+            .is_err()
+    );
+}
