@@ -66,6 +66,10 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_PREDICTION_LOG_DIR")]
     pub prediction_log_dir: Option<PathBuf>,
 
+    /// Seconds after which a prediction-log file is closed and a new one started (also rotated at 64 MiB).
+    #[arg(long, env = "KEEL_PREDICTION_LOG_ROTATE", default_value_t = 300.0, value_parser = parse_seconds)]
+    pub prediction_log_rotate: f64,
+
     /// Rows the prediction log queues before it drops (and counts) new ones.
     #[arg(long, env = "KEEL_PREDICTION_LOG_CAPACITY", default_value_t = 65_536)]
     pub prediction_log_capacity: usize,

@@ -102,7 +102,12 @@ impl Monitoring {
             None
         };
         let parquet = match &config.prediction_log_dir {
-            Some(dir) => Some(ParquetSink::new(ParquetConfig::new(dir))?),
+            Some(dir) => Some(ParquetSink::new(ParquetConfig {
+                max_file_age: std::time::Duration::from_secs_f64(
+                    config.prediction_log_rotate.max(0.1),
+                ),
+                ..ParquetConfig::new(dir)
+            })?),
             None => None,
         };
         let sidecar = config
