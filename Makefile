@@ -12,11 +12,12 @@ MODEL_REPOSITORY ?= models
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
-.PHONY: help serve test test-rust test-python lint models bench system-deps
+.PHONY: help serve demo test test-rust test-python lint models bench system-deps
 
 help:
 	@echo "make serve   build Keel (release) and serve ./models on :8000"
 	@echo "make test    install everything the tests need, then run the Rust and Python test suites"
+	@echo "make demo    the closed MLOps loop: MLflow -> Keel -> drift -> signed webhook -> retrain -> new version served"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 	@echo "make models  regenerate the example models (deterministic)"
 	@echo "make bench   criterion benchmarks"
@@ -60,6 +61,12 @@ serve: $(VENV)/.ort
 	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer/infer -d @tests/data/example_request.json"
 	@echo
 	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
+
+# The closed loop end to end on real MLflow, Keel and the retraining hook (models/demo.py); the same loop
+# is tests/test_closed_loop.py.
+demo: $(VENV)/.test
+	cargo build --release --bin keel
+	KEEL_BIN=$(abspath target/release/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) models/demo.py
 
 test: system-deps $(VENV)/.test $(PERF_ANALYZER)
 	$(MAKE) --no-print-directory test-rust test-python

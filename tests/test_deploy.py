@@ -32,8 +32,8 @@ K8S_VERSIONS = ["1.30", "1.37"]
 
 # The metric contract: every series the dashboards and rules may read, with its type. Histograms also
 # provide _bucket, _sum and _count.
-CONTRACT = {
-    # keel serve: serving
+# keel serve: serving (tests/test_metrics.py checks a live server exports each with this type).
+SERVING_FAMILIES = {
     "keel_inference_requests_total": "counter",
     "keel_inference_rows_total": "counter",
     "keel_request_duration_seconds": "histogram",
@@ -47,6 +47,9 @@ CONTRACT = {
     "process_cpu_seconds_total": "counter",
     "process_open_fds": "gauge",
     "process_start_time_seconds": "gauge",
+}
+CONTRACT = {
+    **SERVING_FAMILIES,
     # keel serve: hot reload
     "keel_model_version_info": "gauge",
     "keel_model_loads_total": "counter",

@@ -9,21 +9,9 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-FAMILIES = {
-    "keel_inference_requests_total": "counter",
-    "keel_inference_rows_total": "counter",
-    "keel_request_duration_seconds": "histogram",
-    "keel_queue_duration_seconds": "histogram",
-    "keel_compute_duration_seconds": "histogram",
-    "keel_batch_rows": "histogram",
-    "keel_queue_depth": "gauge",
-    "keel_inflight_requests": "gauge",
-    "keel_model_info": "gauge",
-    "process_resident_memory_bytes": "gauge",
-    "process_cpu_seconds_total": "counter",
-    "process_open_fds": "gauge",
-    "process_start_time_seconds": "gauge",
-}
+from test_deploy import SERVING_FAMILIES
+
+FAMILIES = SERVING_FAMILIES
 
 
 def scrape(keel) -> str:
