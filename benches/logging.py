@@ -30,23 +30,28 @@ def main():
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--no-files", action="store_true", help="skip the Parquet file sink runs")
     args = parser.parse_args()
-    results = {"off": [], "on": [], "on+files": []}
+    configs = [("off", ["--monitor", "off"], False), ("on", [], False), ("on+files", [], True)]
+    if args.no_files:
+        configs = configs[:2]
+    results = {name: [] for name, _, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            for name, extra, log_dir in [("off", ["--monitor", "off"], None), ("on", [], None),
-                                         ("on+files", [], Path(tmp))]:
-                proc, addrs = serve(extra, log_dir)
+            for name, extra, files in configs:
+                proc, addrs = serve(extra, Path(tmp) if files else None)
                 try:
                     r = load(addrs["http_addr"], "http", concurrency=args.concurrency, duration=args.duration)
                 finally:
                     stop(proc)
                 results[name].append(r["throughput_rps"])
     off = statistics.median(results["off"])
+    pairs = [on / off for on, off in zip(results["on"], results["off"])]
     print(f"breast-cancer, 1 row, HTTP binary, concurrency {args.concurrency}, {args.rounds} x {args.duration:.0f} s")
     for name, values in results.items():
         med = statistics.median(values)
         print(f"  logging {name:9s} {med:9.0f} req/s  ({med / off:.3f}x of off)   runs: {[round(v) for v in values]}")
+    print(f"  on / off, run by run: {[round(p, 3) for p in pairs]}, median {statistics.median(pairs):.3f}")
 
 
 if __name__ == "__main__":

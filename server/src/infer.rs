@@ -131,7 +131,7 @@ impl ServedVersion {
             .submit(inputs, rows as usize, request.timeout)
             .await?;
         if let (Some(log), Some(captured)) = (&self.log, captured) {
-            log.push(captured.finish(&self.model, self.version, &executed.outputs));
+            log.push(captured, self.version, &executed.outputs);
         }
         self.stats.record_phases(executed.queue, executed.phases);
         self.metrics

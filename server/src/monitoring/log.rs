@@ -9,7 +9,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use keel_monitor::FeedbackRecord;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::rows::{Captured, LoggedRequest};
+use super::rows::{Captured, LogNames, LoggedRequest};
+use crate::signature::Signature;
 use crate::tensor::Tensor;
 
 /// What the drain thread receives.
@@ -78,8 +79,9 @@ impl PredictionLog {
     }
 
     /// The handle one model version uses.
-    pub fn for_version(&self, model: &str, sample_rate: f64) -> VersionLog {
+    pub fn for_version(&self, model: &str, signature: &Signature, sample_rate: f64) -> VersionLog {
         VersionLog {
+            names: LogNames::new(model, signature),
             log: self.clone(),
             sample_rate: sample_rate.clamp(0.0, 1.0),
             records: self.records.with_label_values(&[model]),
@@ -115,6 +117,7 @@ impl PredictionLog {
 
 /// One model version's logging: its sampling rate and counters.
 pub struct VersionLog {
+    names: Arc<LogNames>,
     log: PredictionLog,
     sample_rate: f64,
     records: IntCounter,
@@ -146,7 +149,9 @@ impl VersionLog {
         (!captured.is_empty()).then_some(captured)
     }
 
-    pub fn push(&self, request: LoggedRequest) {
+    /// Queues a captured request with the outputs that answered it.
+    pub fn push(&self, captured: Captured, version: u64, outputs: &[Tensor]) {
+        let request = captured.finish(&self.names, version, outputs);
         let n = request.rows();
         if self
             .log
@@ -168,6 +173,18 @@ mod tests {
     use super::*;
     use crate::tensor::TensorData;
 
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![crate::signature::TensorSpec {
+                name: "x".into(),
+                datatype: crate::tensor::DataType::Fp32,
+                shape: vec![-1, 1],
+            }],
+            outputs: Vec::new(),
+            max_batch_size: 8,
+        }
+    }
+
     fn request(rows: usize) -> Vec<Tensor> {
         vec![Tensor {
             name: "x".into(),
@@ -180,10 +197,10 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_blocking() {
         let registry = Registry::new();
         let (log, rx, queued) = PredictionLog::new(10, &registry).unwrap();
-        let version = log.for_version("m", 1.0);
+        let version = log.for_version("m", &signature(), 1.0);
         for _ in 0..2 {
             let captured = version.capture(None, &request(8), 8).unwrap();
-            version.push(captured.finish("m", 1, &[]));
+            version.push(captured, 1, &[]);
         }
         assert_eq!(version.records.get(), 8);
         assert_eq!(version.dropped.get(), 8, "the second request did not fit");
@@ -199,7 +216,11 @@ mod tests {
         );
         assert_ne!(records[0].request_id, {
             let c = version.capture(None, &request(1), 1).unwrap();
-            c.finish("m", 1, &[]).records().next().unwrap().request_id
+            c.finish(&version.names, 1, &[])
+                .records()
+                .next()
+                .unwrap()
+                .request_id
         });
     }
 
@@ -208,12 +229,12 @@ mod tests {
         let registry = Registry::new();
         let (log, _rx, _) = PredictionLog::new(100_000, &registry).unwrap();
         assert!(
-            log.for_version("m", 0.0)
+            log.for_version("m", &signature(), 0.0)
                 .capture(Some("r"), &request(100), 100)
                 .is_none()
         );
         let kept = log
-            .for_version("m", 0.25)
+            .for_version("m", &signature(), 0.25)
             .capture(Some("r"), &request(10_000), 10_000)
             .map_or(0, |c| c.len());
         assert!((2_000..3_000).contains(&kept), "{kept}");

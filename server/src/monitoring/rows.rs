@@ -2,9 +2,32 @@
 //! rows were sampled. Turning them into per-row records happens on the drain thread, so a large request
 //! is not held up by the log.
 
+use std::sync::Arc;
+
 use keel_monitor::{FeatureValue, PredictionRecord};
 
+use crate::signature::Signature;
 use crate::tensor::{Tensor, TensorData};
+
+/// A version's model and tensor names, shared by all its logged requests so the request path copies
+/// only tensor data.
+pub struct LogNames {
+    model: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl LogNames {
+    pub fn new(model: &str, signature: &Signature) -> Arc<Self> {
+        let names =
+            |specs: &[crate::signature::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect();
+        Arc::new(LogNames {
+            model: model.to_string(),
+            inputs: names(&signature.inputs),
+            outputs: names(&signature.outputs),
+        })
+    }
+}
 
 /// One row's values per tensor, as a record carries them.
 type RowValues = Vec<(String, Vec<FeatureValue>)>;
@@ -15,15 +38,17 @@ pub struct Captured {
     timestamp_ms: u64,
     rows: usize,
     sampled: Vec<u32>,
-    inputs: Vec<Tensor>,
+    /// In signature order, as validated requests are.
+    inputs: Vec<TensorData>,
 }
 
 /// A served request as the log keeps it until the drain thread expands it.
 pub struct LoggedRequest {
-    model: String,
+    names: Arc<LogNames>,
     version: u64,
     captured: Captured,
-    outputs: Vec<Tensor>,
+    /// In signature order, as every backend returns them.
+    outputs: Vec<TensorData>,
 }
 
 impl Captured {
@@ -40,7 +65,7 @@ impl Captured {
             timestamp_ms,
             rows,
             sampled: sampled.map(|r| r as u32).collect(),
-            inputs: inputs.to_vec(),
+            inputs: inputs.iter().map(|t| t.data.clone()).collect(),
         }
     }
 
@@ -53,12 +78,12 @@ impl Captured {
     }
 
     /// Completes the capture with the outputs that answered the request.
-    pub fn finish(self, model: &str, version: u64, outputs: &[Tensor]) -> LoggedRequest {
+    pub fn finish(self, names: &Arc<LogNames>, version: u64, outputs: &[Tensor]) -> LoggedRequest {
         LoggedRequest {
-            model: model.to_string(),
+            names: names.clone(),
             version,
             captured: self,
-            outputs: outputs.to_vec(),
+            outputs: outputs.iter().map(|t| t.data.clone()).collect(),
         }
     }
 }
@@ -70,27 +95,28 @@ impl LoggedRequest {
 
     /// One record per sampled row.
     pub fn records(&self) -> impl Iterator<Item = PredictionRecord> + '_ {
-        let c = &self.captured;
+        let (c, names) = (&self.captured, &self.names);
         c.sampled.iter().map(move |&row| PredictionRecord {
-            model: self.model.clone(),
+            model: names.model.clone(),
             version: self.version,
             request_id: c.request_id.clone(),
             row,
             timestamp_ms: c.timestamp_ms,
-            inputs: row_values(&c.inputs, c.rows, row as usize),
-            outputs: row_values(&self.outputs, c.rows, row as usize),
+            inputs: row_values(&names.inputs, &c.inputs, c.rows, row as usize),
+            outputs: row_values(&names.outputs, &self.outputs, c.rows, row as usize),
         })
     }
 }
 
 /// Row `row` of every tensor (each tensor's elements split evenly into `rows` rows).
-fn row_values(tensors: &[Tensor], rows: usize, row: usize) -> RowValues {
-    tensors
+fn row_values(names: &[String], tensors: &[TensorData], rows: usize, row: usize) -> RowValues {
+    names
         .iter()
-        .map(|t| {
-            let per_row = t.data.len() / rows.max(1);
+        .zip(tensors)
+        .map(|(name, data)| {
+            let per_row = data.len() / rows.max(1);
             let range = row * per_row..(row + 1) * per_row;
-            (t.name.clone(), values(&t.data, range))
+            (name.clone(), values(data, range))
         })
         .collect()
 }
@@ -145,8 +171,13 @@ mod tests {
             shape: vec![2],
             data: TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec()]),
         };
+        let names = Arc::new(LogNames {
+            model: "m".into(),
+            inputs: vec!["x".into()],
+            outputs: vec!["label".into()],
+        });
         let captured = Captured::new("r".into(), 7, &[input], 2, [1].into_iter());
-        let logged = captured.finish("m", 3, &[label]);
+        let logged = captured.finish(&names, 3, &[label]);
         let records: Vec<_> = logged.records().collect();
         assert_eq!(records.len(), 1);
         let r = &records[0];

@@ -93,7 +93,7 @@ pub async fn load_version(
     warm_up(&served).await?;
     // Logging starts after warm-up: its zero rows are not traffic.
     let sample_rate = config.monitor.as_ref().map_or(1.0, |m| m.sample_rate);
-    served.log = log.map(|l| l.for_version(name, sample_rate));
+    served.log = log.map(|l| l.for_version(name, &served.signature, sample_rate));
     Ok(served)
 }
 
