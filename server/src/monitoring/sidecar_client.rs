@@ -82,15 +82,15 @@ async fn stream_forever(
     specs: Specs,
     dropped: IntCounterVec,
 ) {
-    let mut backoff = Duration::from_millis(250);
-    let mut connected_once = false;
+    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let mut client = match MonitorServiceClient::connect(endpoint.clone()).await {
             Ok(client) => client,
             Err(e) => {
-                if connected_once || backoff == Duration::from_millis(250) {
+                // Once per outage, not once per attempt.
+                if backoff == FIRST_BACKOFF {
                     tracing::warn!(%endpoint, error = %e, "monitor sidecar unreachable; dropping logged rows until it is back");
-                    connected_once = false;
                 }
                 // Whatever waits now would be stale by the time the sidecar returns.
                 if !discard(&mut rx, &dropped, backoff).await {
@@ -101,8 +101,7 @@ async fn stream_forever(
             }
         };
         tracing::info!(%endpoint, "streaming to the monitor sidecar");
-        connected_once = true;
-        backoff = Duration::from_millis(250);
+        backoff = FIRST_BACKOFF;
         let (stream_tx, stream_rx) = mpsc::channel(64);
         let resend: Vec<MonitorMessage> = specs
             .lock()

@@ -96,6 +96,7 @@ pub struct Failure {
     retry_at: Instant,
 }
 
+#[derive(Clone)]
 pub struct ModelEntry {
     pub name: String,
     pub versions: BTreeMap<u64, VersionState>,

@@ -283,8 +283,8 @@ impl Repository {
         } else {
             tracing::error!(model = name, cause = %why, attempt = failures, "model not loaded");
         }
-        let old = current.map_or_else(|| ModelEntry::empty(name), clone_entry);
-        let mut entry = clone_entry(&old);
+        let old = current.map_or_else(|| ModelEntry::empty(name), ModelEntry::clone);
+        let mut entry = old.clone();
         entry.error = Some(why.clone());
         self.publish(&old, entry);
         why
@@ -357,16 +357,6 @@ impl Repository {
             models.remove(&old.name);
             models
         });
-    }
-}
-
-fn clone_entry(entry: &ModelEntry) -> ModelEntry {
-    ModelEntry {
-        name: entry.name.clone(),
-        versions: entry.versions.clone(),
-        error: entry.error.clone(),
-        failures: entry.failures.clone(),
-        poll_every: entry.poll_every,
     }
 }
 
