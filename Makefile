@@ -26,6 +26,7 @@ help:
 system-deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	{ command -v promtool && command -v prometheus; } >/dev/null || missing="$$missing prometheus"; \
 	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \

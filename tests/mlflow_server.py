@@ -23,10 +23,13 @@ def free_port() -> int:
 class MlflowServer:
     """Start, stop and restart on the same port and store, as an outage would."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None):
+        """`tls`: (certificate, key, CA) to serve https; the caller sets MLFLOW_TRACKING_SERVER_CERT_PATH."""
         self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.uri = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc = None
         self.start()
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -38,7 +41,7 @@ class MlflowServer:
             [MLFLOW_BIN, "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.workdir}/mlflow.db",
              "--artifacts-destination", str(self.workdir / "artifacts"),
-             "--serve-artifacts", "--workers", "1"],
+             "--serve-artifacts", "--workers", "1", *self._tls_args()],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -46,17 +49,28 @@ class MlflowServer:
             if self.proc.poll() is not None:
                 raise RuntimeError("mlflow server exited:\n" + (self.workdir / "mlflow.log").read_text()[-3000:])
             try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
+                if requests.get(f"{self.uri}/health", timeout=1, verify=str(self.tls[2]) if self.tls else True).ok:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.3)
         raise RuntimeError("mlflow server did not become healthy")
 
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        cert, key, _ = self.tls
+        return ["--uvicorn-opts", f"--ssl-certfile {cert} --ssl-keyfile {key}"]
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                # uvicorn serving TLS can sit on open keep-alive connections past SIGTERM.
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=15)
 
     def register(self, name: str, files: dict[str, bytes]) -> int:
         """Logs `files` as a run's `model/` artifacts and registers them as the next version of `name`."""

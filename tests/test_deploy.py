@@ -230,26 +230,61 @@ def test_yamllint_strict():
 
 # ------------------------------------------------------------------------------------------- Kubernetes
 
+K8S_TLS = DEPLOY / "kubernetes/overlays/tls"
+TLS_COMPONENT = DEPLOY / "kubernetes/components/tls"
 
-def kustomize(directory: Path) -> list[dict]:
-    """The few kustomize features the bases use (resources, images, namespace), rendered in Python."""
+
+def kustomize(directory: Path, accumulated: list[dict] | None = None) -> list[dict]:
+    """The few kustomize features the manifests use, rendered in Python: resources (files and directories),
+    components, inline JSON 6902 patches, images and namespace. A Component is built on `accumulated`, the
+    resources of the kustomization that includes it."""
     k = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unsupported = set(k) - {"apiVersion", "kind", "resources", "images", "namespace"}
+    unsupported = set(k) - {"apiVersion", "kind", "resources", "components", "patches", "images", "namespace"}
     assert not unsupported, f"teach tests/test_deploy.py's kustomize() these fields: {unsupported}"
+    out = list(accumulated or [])
+    for resource in k.get("resources", []):
+        path = directory / resource
+        out.extend(kustomize(path) if path.is_dir() else yaml_docs(path))
+    for component in k.get("components", []):
+        out = kustomize(directory / component, out)
+    for patch in k.get("patches", []):
+        ops = yaml.safe_load(patch["patch"])
+        assert isinstance(ops, list), "teach kustomize() strategic-merge patches"
+        targets = [d for d in out if all(d["kind"] == value if key == "kind" else d["metadata"].get(key) == value
+                                         for key, value in patch["target"].items())]
+        assert targets, patch["target"]
+        for doc in targets:
+            for op in ops:
+                json_patch(doc, op)
     images = {i["name"]: i for i in k.get("images", [])}
-    out = []
-    for resource in k["resources"]:
-        for doc in yaml_docs(directory / resource):
-            if "namespace" in k:
-                doc["metadata"]["namespace"] = k["namespace"]
-            for containers in pod_container_lists(doc):
-                for c in containers:
-                    name, _, tag = c["image"].partition(":")
-                    if name in images:
-                        new = images[name]
-                        c["image"] = f"{new.get('newName', name)}:{new.get('newTag', tag or 'latest')}"
-            out.append(doc)
+    for doc in out:
+        if "namespace" in k:
+            doc["metadata"]["namespace"] = k["namespace"]
+        for containers in pod_container_lists(doc):
+            for c in containers:
+                name, _, tag = c["image"].partition(":")
+                if name in images:
+                    new = images[name]
+                    c["image"] = f"{new.get('newName', name)}:{new.get('newTag', tag or 'latest')}"
     return out
+
+
+def json_patch(doc: dict, op: dict) -> None:
+    """One RFC 6902 operation (add, remove, replace) on doc, in place."""
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+    node = doc
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if op["op"] == "remove":
+        del node[int(last) if isinstance(node, list) else last]
+    elif op["op"] == "add" and isinstance(node, list):
+        node.append(op["value"]) if last == "-" else node.insert(int(last), op["value"])
+    elif op["op"] in ("add", "replace"):
+        if op["op"] == "replace":
+            assert (int(last) < len(node)) if isinstance(node, list) else last in node, op
+        node[int(last) if isinstance(node, list) else last] = op["value"]
+    else:
+        raise AssertionError(f"teach json_patch() {op['op']}")
 
 
 def pod_container_lists(doc: dict) -> list[list[dict]]:
@@ -262,17 +297,18 @@ def pod_container_lists(doc: dict) -> list[list[dict]]:
     return [pod.get("initContainers", []), pod["containers"]]
 
 
-CORE_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
-CRD_KINDS = {"PodMonitor", "ServingRuntime", "InferenceService"}
+CORE_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+              "NetworkPolicy"}
+CRD_KINDS = {"PodMonitor", "ServingRuntime", "InferenceService", "Certificate"}
 
 
-@pytest.mark.parametrize("path", sorted(K8S_BASE.glob("*.yaml")) + sorted(KSERVE.glob("*.yaml")),
-                         ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize("path", sorted(K8S_BASE.glob("*.yaml")) + sorted(KSERVE.glob("*.yaml"))
+                         + sorted(TLS_COMPONENT.glob("*.yaml")), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_each_manifest_file_validates_on_its_own(path):
     import kubernetes_validate
 
     for doc in yaml_docs(path):
-        if doc["kind"] == "Kustomization":
+        if doc["kind"] in ("Kustomization", "Component"):
             continue
         assert doc["kind"] in CORE_KINDS | CRD_KINDS, doc["kind"]
         if doc["kind"] in CORE_KINDS:
@@ -286,7 +322,7 @@ def test_kustomize_base_renders_and_validates():
     docs = kustomize(K8S_BASE)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "Service",
-                            "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor"])
+                            "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"])
     for doc in docs:
         if doc["kind"] in CORE_KINDS:
             for version in K8S_VERSIONS:
@@ -297,13 +333,13 @@ def test_kustomize_base_renders_and_validates():
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed (the Python render is checked)")
 def test_python_render_matches_kubectl_kustomize():
-    for directory in (K8S_BASE, KSERVE):
+    for directory in (K8S_BASE, K8S_TLS, KSERVE):
         out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
         if out.returncode != 0 and "unknown command" in out.stderr:
             pytest.skip("this kubectl has no kustomize")
         assert out.returncode == 0, out.stderr
         key = lambda d: (d["kind"], d["metadata"]["name"])
-        assert sorted(yaml.safe_load_all(out.stdout), key=key) == sorted(kustomize(directory), key=key)
+        assert sorted(yaml.safe_load_all(out.stdout), key=key) == sorted(kustomize(directory), key=key), directory
 
 
 def by_kind(docs: list[dict]) -> dict[str, dict]:
@@ -358,7 +394,12 @@ def test_deployment_runs_serve_and_monitor_sidecar_hardened():
             assert v["configMap"]["name"] in configmaps
     mounts = {m["mountPath"] for m in keel["volumeMounts"]}
     assert {"/repository", "/var/lib/keel/predictions", "/var/cache/keel", "/tmp"} <= mounts
-    assert "--cache-dir=/var/cache/keel" in keel["args"]
+    # Keel creates its cache folder (0700) and refuses one owned by another user: an emptyDir's mount point
+    # belongs to root, so the cache is a folder inside it.
+    (cache,) = flag_values(keel, "--cache-dir")
+    assert cache.startswith("/var/cache/keel/") and cache.rstrip("/") != "/var/cache/keel"
+    (log,) = flag_values(keel, "--prediction-log-dir")
+    assert log.startswith("/var/lib/keel/predictions/") and log.rstrip("/") != "/var/lib/keel/predictions"
 
 
 def test_service_hpa_pdb_podmonitor_select_the_pods():
@@ -392,6 +433,251 @@ def test_podmonitor_structure():
     assert {ep["port"] for ep in pm["spec"]["podMetricsEndpoints"]} == {"metrics", "monitor-metrics"}
 
 
+# Security (issue 17): NetworkPolicy, credentials as read-only files, preStop, nothing of the sidecar exposed.
+
+# Flags naming a credential or key file; the same flag with `=VALUE` but without -file would carry the secret.
+CREDENTIAL_FILE_FLAGS = ("--api-token-file", "--admin-token-file", "--monitor-token-file", "--webhook-secret-file",
+                         "--tls-cert", "--tls-key", "--tls-client-ca")
+SECRET_VALUE_FLAGS = ("--api-token=", "--admin-token=", "--monitor-token=", "--webhook-secret=")
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY", re.I)
+
+
+def keel_pod(docs: list[dict]) -> dict:
+    return by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+
+
+def pod_specs() -> dict[str, dict]:
+    """Every pod spec the manifests produce (the KServe runtime's as a pod of its containers and volumes)."""
+    rt = by_kind(kustomize(KSERVE))["ServingRuntime"]["spec"]
+    return {"base": keel_pod(kustomize(K8S_BASE)), "tls": keel_pod(kustomize(K8S_TLS)),
+            "kserve": {"containers": rt["containers"], "volumes": rt.get("volumes", [])}}
+
+
+def named_port(pod: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for c in pod["containers"] for p in c.get("ports", []) if p["name"] == port]
+    return number
+
+
+def flag_values(container: dict, flag: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(flag + "=")]
+
+
+def test_networkpolicy_selects_the_pods_and_restricts_metrics():
+    docs = kustomize(K8S_BASE)
+    policy, pod = by_kind(docs)["NetworkPolicy"], keel_pod(docs)
+    labels = by_kind(docs)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector and all(labels.get(k) == v for k, v in selector.items())
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+    allowed: dict[int, list[list[dict]]] = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from") and rule.get("ports"), "an ingress rule without peers or ports admits everything"
+        for p in rule["ports"]:
+            allowed.setdefault(named_port(pod, p["port"]), []).append(rule["from"])
+    assert set(allowed) == {8000, 8001, 8002, 8012}, "only serving and metrics ports are reachable"
+    assert 8011 not in allowed
+    # Metrics (plain HTTP, no token): only Prometheus pods in the monitoring namespace.
+    for port in (8002, 8012):
+        for peers in allowed[port]:
+            for peer in peers:
+                assert "ipBlock" not in peer, port
+                assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+                assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # Serving ports: this namespace and labelled clients, never an ipBlock open to the world.
+    for port in (8000, 8001):
+        for peers in allowed[port]:
+            for peer in peers:
+                assert "ipBlock" not in peer, port
+                if "namespaceSelector" in peer:
+                    assert peer["podSelector"]["matchLabels"], "a bare namespaceSelector admits whole namespaces"
+
+    egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["spec"]["egress"]
+                    for p in rule.get("ports", [])}
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports
+    (dns,) = [r for r in policy["spec"]["egress"] if any(p["port"] == 53 for p in r["ports"])]
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert all(rule.get("ports") for rule in policy["spec"]["egress"]), "an egress rule without ports"
+
+
+def test_sidecar_is_not_exposed_by_the_service():
+    docs = kustomize(K8S_BASE)
+    pod, service = keel_pod(docs), by_kind(docs)["Service"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    keel_ports = {p["name"]: p["containerPort"] for p in containers["keel"]["ports"]}
+    monitor_ports = {p["name"]: p["containerPort"] for p in containers["monitor"].get("ports", [])}
+    for port in service["spec"]["ports"]:
+        target = port["targetPort"]
+        assert target in keel_ports or target in keel_ports.values(), port
+        assert target not in monitor_ports and target not in monitor_ports.values(), port
+        assert port["port"] not in (8011, 8012)
+    # The record stream is on the pod's loopback only; keel serve reaches it there with a token.
+    assert flag_values(containers["monitor"], "--listen") == ["127.0.0.1:8011"]
+    assert "8011" not in {str(p["containerPort"]) for c in pod["containers"] for p in c.get("ports", [])}
+    assert flag_values(containers["keel"], "--monitor-endpoint") == ["http://127.0.0.1:8011"]
+    assert flag_values(containers["keel"], "--monitor-token-file") and flag_values(containers["monitor"],
+                                                                                   "--api-token-file")
+
+
+@pytest.mark.parametrize("name", ["base", "tls", "kserve"])
+def test_no_credential_in_environment_or_args(name):
+    """Tokens, secrets and passwords reach the containers only as files: no env value, no secretKeyRef, no
+    envFrom of a Secret, no token on the command line, no ConfigMap entry."""
+    pod = pod_specs()[name]
+    for c in pod["containers"] + pod.get("initContainers", []):
+        for e in c.get("env", []):
+            assert "secretKeyRef" not in e.get("valueFrom", {}), (c["name"], e["name"])
+            if SECRET_NAME.search(e["name"]):
+                assert e["name"].endswith("_FILE") and e.get("value", "").startswith("/"), (c["name"], e)
+        for e in c.get("envFrom", []):
+            assert "secretRef" not in e, (c["name"], e)
+        for arg in c.get("args", []) + c.get("command", []):
+            assert not arg.startswith(SECRET_VALUE_FLAGS), (c["name"], arg)
+    docs = {"base": kustomize(K8S_BASE), "tls": kustomize(K8S_TLS), "kserve": kustomize(KSERVE)}[name]
+    for cm in (d for d in docs if d["kind"] == "ConfigMap"):
+        for key in cm.get("data", {}):
+            assert not SECRET_NAME.search(key) or key.endswith("_FILE"), (cm["metadata"]["name"], key)
+    # Nothing checked in can be a live credential: the Secrets are created out of band.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert "secretGenerator" not in (K8S_BASE / "kustomization.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", ["base", "tls", "kserve"])
+def test_credential_files_come_from_read_only_secret_mounts(name):
+    pod = pod_specs()[name]
+    secret_volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secret_volumes
+    for c in pod["containers"] + pod.get("initContainers", []):
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] in secret_volumes]
+        for m in mounts:
+            assert m.get("readOnly") is True, (c["name"], m)
+            # A subPath mount is never updated by the kubelet: rotation would need a restart.
+            assert "subPath" not in m and "subPathExpr" not in m, (c["name"], m)
+        for flag in CREDENTIAL_FILE_FLAGS:
+            for path in flag_values(c, flag):
+                directory, _, file = path.rpartition("/")
+                (mount,) = [m for m in mounts if m["mountPath"] == directory] or [None]
+                assert mount, f"{c['name']} {flag}={path} is not in a Secret volume"
+                items = secret_volumes[mount["name"]].get("items")
+                assert items is None or file in {i["path"] for i in items}, (flag, path)
+                assert not secret_volumes[mount["name"]].get("optional"), "a missing Secret must stop the pod"
+
+
+def test_tokens_wired_and_least_privilege():
+    pod = keel_pod(kustomize(K8S_BASE))
+    containers = {c["name"]: c for c in pod["containers"]}
+    keel, monitor = containers["keel"], containers["monitor"]
+    for flag in ("--api-token-file", "--admin-token-file", "--monitor-token-file"):
+        assert len(flag_values(keel, flag)) == 1, flag
+    secret_volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+
+    def keys(container):
+        out = set()
+        for m in container.get("volumeMounts", []):
+            if m["name"] in secret_volumes:
+                s = secret_volumes[m["name"]]
+                assert s.get("items"), f"{m['name']}: list the keys the container needs"
+                out |= {(s["secretName"], i["key"]) for i in s["items"]}
+        return out
+
+    assert keys(keel) == {("keel-tokens", "api-tokens"), ("keel-tokens", "admin-tokens"),
+                          ("keel-tokens", "monitor-token")}
+    # The sidecar sees the token it checks and the webhook secret, not the API or admin tokens.
+    assert keys(monitor) == {("keel-tokens", "monitor-token"), ("keel-webhook", "secret")}
+    assert all("volumeMounts" not in c or not keys(c) for c in pod["initContainers"])
+    assert flag_values(monitor, "--webhook-secret-file")
+    # Both sides read the same key: keel serve presents its first line, the monitor accepts every line.
+    key_of = lambda c, path: next(
+        (secret_volumes[m["name"]]["secretName"], path.rpartition("/")[2]) for m in c["volumeMounts"]
+        if m["name"] in secret_volumes and path.rpartition("/")[0] == m["mountPath"])
+    assert key_of(keel, flag_values(keel, "--monitor-token-file")[0]) == \
+        key_of(monitor, flag_values(monitor, "--api-token-file")[0]) == ("keel-tokens", "monitor-token")
+
+
+def prestop_seconds(container: dict) -> int:
+    pre = container["lifecycle"]["preStop"]
+    if "sleep" in pre:
+        return pre["sleep"]["seconds"]
+    command = pre["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
+
+
+def test_prestop_delay_and_grace_period():
+    pod = keel_pod(kustomize(K8S_BASE))
+    grace = pod["terminationGracePeriodSeconds"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    delays = {name: prestop_seconds(c) for name, c in containers.items()}
+    assert all(d >= 3 for d in delays.values()), delays
+    # Room after the longest preStop for Keel's own drain of in-flight requests.
+    assert grace >= max(delays.values()) + 15, (grace, delays)
+    # The sidecar outlives keel serve's drain, so the rows it flushes at shutdown still arrive.
+    assert delays["monitor"] > delays["keel"]
+    # Probes: readiness (traffic) on ready, liveness (restarts) on live, the startup probe on live too so a
+    # slow model load never restarts the pod.
+    keel = containers["keel"]
+    assert keel["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert keel["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert keel["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+    isvc = by_kind(kustomize(KSERVE))["InferenceService"]["spec"]["predictor"]
+    assert isvc["terminationGracePeriodSeconds"] >= prestop_seconds(isvc["model"]) + 15
+
+
+def test_tls_overlay():
+    import kubernetes_validate
+
+    base, tls = kustomize(K8S_BASE), kustomize(K8S_TLS)
+    assert sorted(d["kind"] for d in tls) == sorted([d["kind"] for d in base] + ["Certificate"])
+    for doc in tls:
+        if doc["kind"] in CORE_KINDS:
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(doc, version, strict=True)
+    base_keel = {c["name"]: c for c in keel_pod(base)["containers"]}["keel"]
+    assert not [a for a in base_keel["args"] if a.startswith("--tls-")], "the base runs without TLS"
+
+    pod = keel_pod(tls)
+    containers = {c["name"]: c for c in pod["containers"]}
+    keel, monitor = containers["keel"], containers["monitor"]
+    cert = by_kind(tls)["Certificate"]
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["issuerRef"]["name"] and cert["spec"]["dnsNames"]
+    volume_of = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in keel["volumeMounts"]
+                if volume_of[m["name"]].get("secret", {}).get("secretName") == cert["spec"]["secretName"]]
+    assert mount["readOnly"] is True
+    assert flag_values(keel, "--tls-cert") == [f"{mount['mountPath']}/tls.crt"]
+    assert flag_values(keel, "--tls-key") == [f"{mount['mountPath']}/tls.key"]
+    # Plain text is refused with TLS on: every probe of 8000 speaks HTTPS; the monitor's stay HTTP.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert keel[probe]["httpGet"]["scheme"] == "HTTPS", probe
+        assert keel[probe]["httpGet"] == dict(base_keel[probe]["httpGet"], scheme="HTTPS"), probe
+    assert "scheme" not in monitor["readinessProbe"]["httpGet"]
+    # No other change to the pod: the same args and mounts otherwise.
+    assert [a for a in keel["args"] if not a.startswith("--tls-")] == base_keel["args"]
+    grpc = {p["name"]: p for p in by_kind(tls)["Service"]["spec"]["ports"]}["grpc"]
+    assert grpc.get("appProtocol") != "kubernetes.io/h2c"
+
+
+
+def test_security_doc_covers_the_manifests():
+    """docs/security.md names every credential and TLS flag the manifests use, and the files it points to exist."""
+    doc = (ROOT / "docs/security.md").read_text()
+    compose = yaml.safe_load((CONTAINER / "compose.yaml").read_text())["services"]
+    args = [a for pod in pod_specs().values() for c in pod["containers"] for a in c.get("args", [])]
+    args += [str(a) for s in compose.values() for a in s.get("command", [])]
+    flags = {a.split("=", 1)[0] for a in args if a.startswith(CREDENTIAL_FILE_FLAGS)}
+    assert {"--api-token-file", "--admin-token-file", "--monitor-token-file", "--webhook-secret-file",
+            "--tls-cert", "--tls-key"} <= flags
+    for flag in flags | {"--tls-client-ca", "--tls-reload-interval", "--ca-bundle"}:
+        assert f"`{flag}" in doc, flag
+    paths = re.findall(r"`(deploy/[^`\s]+)`", doc)
+    assert paths
+    for path in paths:
+        assert (ROOT / path).exists(), path
+
 def test_kserve_runtime_and_inference_service():
     import kubernetes_validate
 
@@ -410,8 +696,17 @@ def test_kserve_runtime_and_inference_service():
     args = " ".join(container["args"])
     assert container["args"][0] == "serve" and "--model-repository=/mnt/models" in args
     assert "--http-addr=0.0.0.0:8080" in args and container["ports"][0]["containerPort"] == 8080
+    # Inference needs the API token (a file from the keel-tokens Secret); no admin token: repository control
+    # stays disabled, KServe provides the models. Probes use the open health endpoints.
+    assert flag_values(container, "--api-token-file") == ["/var/run/secrets/keel/api-tokens"]
+    assert not flag_values(container, "--admin-token-file") and not flag_values(container, "--admin-token")
+    (tokens,) = rt["spec"]["volumes"]
+    assert tokens["secret"]["secretName"] == "keel-tokens"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     # The container is a core Container: validate it inside a Pod.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"}, "spec": {"containers": [container]}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"},
+           "spec": {"containers": [container], "volumes": rt["spec"]["volumes"]}}
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(pod, version, strict=True)
 
@@ -538,6 +833,14 @@ def volume(spec: str) -> tuple[str, str]:
     return source, target
 
 
+def port(spec: str) -> tuple[str | None, str, str]:
+    """(host ip, published, target) of a compose short-syntax port "[ip:]published:target"."""
+    parts = str(spec).split(":")
+    assert len(parts) in (2, 3), f"{spec}: give the published port explicitly"
+    ip = parts[0] if len(parts) == 3 else None
+    return ip, parts[-2], parts[-1]
+
+
 def test_compose_structure():
     compose = yaml.safe_load((CONTAINER / "compose.yaml").read_text())
     services = compose["services"]
@@ -552,7 +855,7 @@ def test_compose_structure():
                 assert source in compose.get("volumes", {}), f"{name}: undeclared volume {source}"
         for secret in s.get("secrets", []):
             assert secret in compose["secrets"]
-    published = lambda s: {p.split(":")[0] for p in services[s].get("ports", [])}
+    published = lambda s: {port(p)[1] for p in services[s].get("ports", [])}
     assert published("keel") == {"8000", "8001", "8002"}
     assert "9090" in published("prometheus") and "3000" in published("grafana") and "5000" in published("mlflow")
 
@@ -584,6 +887,49 @@ def test_compose_structure():
     assert "webhook_receiver.py" in " ".join(services["webhook"]["command"])
 
 
+def test_compose_binds_loopback_and_has_no_default_credentials():
+    text = (CONTAINER / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    # Published ports are reachable from this machine only.
+    for name, s in services.items():
+        for spec in s.get("ports", []):
+            assert isinstance(spec, str) and port(spec)[0] == "127.0.0.1", f"{name}: {spec}"
+    # No credential has a default: not in ${VAR:-default} / ${VAR-default} form, not as a literal value.
+    for m in re.finditer(r"\$\{(\w+)(:?[-?])([^}]*)\}", text):
+        if SECRET_NAME.search(m.group(1)):
+            assert "?" in m.group(2) and m.group(3).strip(), f"{m.group(0)} has a default"
+    for name, s in services.items():
+        env = s.get("environment", {})
+        assert isinstance(env, dict), f"{name}: use the mapping form of environment"
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), f"{name}: {key}"
+                assert value.rpartition("/")[2] in s.get("secrets", []), f"{name}: {key} names no secret it mounts"
+        for arg in s.get("command", []):
+            assert not str(arg).startswith(SECRET_VALUE_FLAGS), f"{name}: {arg}"
+    # Every credential is a compose secret taken from a variable of the caller's environment (compose refuses
+    # to create a container whose variable is unset), mounted as a file.
+    assert {"api_token", "admin_token", "monitor_token", "webhook_secret", "grafana_admin_password",
+            "mlflow_db_password"} <= set(compose["secrets"])
+    for name, secret in compose["secrets"].items():
+        assert set(secret) == {"environment"}, name
+    args = lambda s, flag: [a.split("=", 1)[1] for a in services[s]["command"] if a.startswith(flag + "=")]
+    mounted = lambda s, path: path.startswith("/run/secrets/") and \
+        path.removeprefix("/run/secrets/") in services[s]["secrets"]
+    for flag in ("--api-token-file", "--admin-token-file", "--monitor-token-file"):
+        (path,) = args("keel", flag)
+        assert mounted("keel", path), flag
+    # keel serve presents the token the sidecar checks.
+    assert args("monitor", "--api-token-file") == args("keel", "--monitor-token-file")
+    assert mounted("monitor", args("monitor", "--webhook-secret-file")[0])
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == \
+        "/run/secrets/grafana_admin_password"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/mlflow_db_password"
+    assert "/run/secrets/mlflow_db_password" in " ".join(services["mlflow"]["command"])
+    assert "mlflow_db_password" in services["mlflow"]["secrets"]
+
+
 def test_containerfile_structure():
     text = (CONTAINER / "Containerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
@@ -603,6 +949,10 @@ def test_containerfile_structure():
     assert re.search(r"^EXPOSE 8000 8001 8002$", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n?.*/v2/health/ready", text, re.M)
     assert "COPY --chown=keel:keel models/ /models/" in text
+    # rustls verifies https peers (MLflow, webhook receivers) against the system's roots.
+    runtime = text[text.rindex("\nFROM "):]
+    install = re.search(r"apt-get install[^\n]*", runtime).group(0)
+    assert re.search(r"\bca-certificates\b", install)
     # The ignore file keeps everything the Rust build needs.
     ignore = (CONTAINER / "Containerfile.dockerignore").read_text().split()
     for member in tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]:

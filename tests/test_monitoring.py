@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,10 +44,11 @@ consecutive = 2
 
 
 class Receiver:
-    """A webhook receiver that verifies Standard Webhooks signatures on its own."""
+    """A webhook receiver that verifies Standard Webhooks signatures on its own; https with `tls`
+    (certificate, key)."""
 
-    def __init__(self):
-        self.events, self.bad = [], []
+    def __init__(self, tls: tuple[Path, Path] | None = None):
+        self.events, self.bad, self.handshake_failures = [], [], 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,9 +68,26 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                receiver.handshake_failures += 1
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake runs in the handler's thread, so a client that refuses the certificate
+            # cannot stall the accept loop.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Sidecar:

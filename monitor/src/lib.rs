@@ -2,13 +2,16 @@
 //! monitor (rolling PSI/CSI against a baseline) consumes them. The monitor never depends on the server.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod baseline;
 mod bins;
 pub mod error;
 pub mod event;
 mod feedback;
+pub mod local_state;
 mod metrics;
 pub mod monitor;
+pub mod outbound;
 pub mod parquet_log;
 mod performance;
 pub mod psi;

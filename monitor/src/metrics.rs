@@ -99,7 +99,7 @@ impl Metrics {
             )?,
             feedback_total: counter(
                 "keel_feedback_total",
-                "Feedback items by join outcome (matched, unmatched, invalid)",
+                "Feedback items by join outcome (matched, unmatched, invalid); model \"_unknown\" for models never monitored",
                 &["model", "outcome"],
             )?,
             feedback_evicted: counter(
@@ -114,7 +114,7 @@ impl Metrics {
             )?,
             records_ignored: counter(
                 "keel_monitor_records_ignored_total",
-                "Prediction records not counted, by reason",
+                "Prediction records not counted, by reason; model \"_unknown\" (reason unknown_model) for models never monitored",
                 &["model", "reason"],
             )?,
             values_skipped: counter(

@@ -17,6 +17,10 @@ use crate::report::{DriftReport, FeedbackSummary};
 use crate::settings::{ModelSpec, MonitorConfig};
 use crate::version::VersionState;
 
+/// The `model` label of records and feedback for a model never monitored here: their names come
+/// from clients, so they share one series instead of each getting its own.
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
 /// Tracks every serving model version. One lock guards all state: records arrive from a single
 /// drain thread and evaluation takes milliseconds, so finer locking would buy nothing.
 pub struct Monitor {
@@ -104,10 +108,15 @@ impl Monitor {
     /// Counts records into their version's window, looking the version up once per run of
     /// records with the same (model, version). Records of unknown versions, older than the window
     /// or more than a day ahead of the latest time seen are counted as ignored (reasons
-    /// `unknown_version`, `late`, `future`).
+    /// `unknown_version`, `late`, `future`); those of a model never monitored here under the one
+    /// label `model="_unknown"`, reason `unknown_model`.
     pub fn ingest(&self, records: &[PredictionRecord]) {
         let mut guard = self.lock();
-        let Inner { models, store, .. } = &mut *guard;
+        let Inner {
+            models,
+            store,
+            evictions,
+        } = &mut *guard;
         let mut rest = records;
         while let Some(first) = rest.first() {
             let run = rest
@@ -119,18 +128,26 @@ impl Monitor {
             let state = models
                 .get_mut(first.model.as_str())
                 .and_then(|v| v.get_mut(&first.version));
+            let mut label = first.model.as_str();
             let ignored = match state {
                 Some(state) => {
                     let (late, future) = state.ingest(batch, store);
                     [("late", late), ("future", future)]
                 }
-                None => [("unknown_version", batch.len() as u64), ("future", 0)],
+                // A model ever monitored here has a bounded name: it came with a version spec.
+                None if evictions.contains_key(label) => {
+                    [("unknown_version", batch.len() as u64), ("future", 0)]
+                }
+                None => {
+                    label = UNKNOWN_MODEL;
+                    [("unknown_model", batch.len() as u64), ("future", 0)]
+                }
             };
             for (reason, count) in ignored {
                 if count > 0 {
                     self.metrics
                         .records_ignored
-                        .with_label_values(&[first.model.as_str(), reason])
+                        .with_label_values(&[label, reason])
                         .inc_by(count);
                 }
             }
@@ -174,17 +191,22 @@ impl Monitor {
                     Err(Skip::Invalid | Skip::Late) => summary.invalid += 1,
                 }
             }
-            // Model names in feedback come from clients: only models ever monitored get series.
-            let known = evictions.contains_key(model);
+            // Model names in feedback come from clients: only models ever monitored get series of
+            // their own; the others share one.
+            let label = if evictions.contains_key(model) {
+                model
+            } else {
+                UNKNOWN_MODEL
+            };
             for (outcome, n) in [
                 ("matched", summary.matched),
                 ("unmatched", summary.unmatched),
                 ("invalid", summary.invalid),
             ] {
-                if known && n > 0 {
+                if n > 0 {
                     self.metrics
                         .feedback_total
-                        .with_label_values(&[model, outcome])
+                        .with_label_values(&[label, outcome])
                         .inc_by(n);
                 }
             }

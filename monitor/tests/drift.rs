@@ -120,6 +120,33 @@ fn version_switch_starts_a_fresh_window() {
         metric(&registry, "keel_monitor_records_ignored_total", &ignored),
         Some(7.0)
     );
+    // Records of models never monitored here carry client-chosen names: one series for them all.
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        monitor.ingest(&in_distribution(name, 1, T0, 0, i + 1));
+        assert_eq!(
+            series(
+                &registry,
+                "keel_monitor_records_ignored_total",
+                "model",
+                name
+            ),
+            0
+        );
+    }
+    let unknown = [("model", "_unknown"), ("reason", "unknown_model")];
+    assert_eq!(
+        metric(&registry, "keel_monitor_records_ignored_total", &unknown),
+        Some(6.0)
+    );
+    assert_eq!(
+        series(
+            &registry,
+            "keel_monitor_records_ignored_total",
+            "model",
+            "_unknown"
+        ),
+        1
+    );
 
     // Setting the same version again replaces it with an empty window.
     monitor.set_version(spec("m", 1, no_rules())).unwrap();

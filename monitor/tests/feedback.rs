@@ -74,13 +74,24 @@ fn thirty_percent_wrong_labels_give_accuracy_0_7() {
     );
     // Each prediction joins once.
     assert_eq!(monitor.feedback(&items[..1]).unmatched, 1);
-    // Unknown models are answered but get no series (their names come from clients).
-    let mut stranger = items[1].clone();
-    stranger.model = "nope".into();
-    assert_eq!(monitor.feedback(&[stranger]).unmatched, 1);
+    // Unknown models are answered but get no series of their own (their names come from
+    // clients): they all count under model="_unknown".
+    for name in ["nope", "other"] {
+        let mut stranger = items[1].clone();
+        stranger.model = name.into();
+        assert_eq!(monitor.feedback(&[stranger]).unmatched, 1);
+        assert_eq!(
+            common::series(&registry, "keel_feedback_total", "model", name),
+            0
+        );
+    }
     assert_eq!(
-        common::series(&registry, "keel_feedback_total", "model", "nope"),
-        0
+        metric(
+            &registry,
+            "keel_feedback_total",
+            &[("model", "_unknown"), ("outcome", "unmatched")]
+        ),
+        Some(2.0)
     );
 
     monitor.evaluate(T0 + 2000);
@@ -100,7 +111,13 @@ fn thirty_percent_wrong_labels_give_accuracy_0_7() {
         Some(1000.0)
     );
     assert_eq!(metric(&registry, "keel_model_mae", &mv), None);
-    let outcome = |o: &str| metric(&registry, "keel_feedback_total", &[("outcome", o)]);
+    let outcome = |o: &str| {
+        metric(
+            &registry,
+            "keel_feedback_total",
+            &[("model", "m"), ("outcome", o)],
+        )
+    };
     assert_eq!(outcome("matched"), Some(1000.0));
     assert_eq!(outcome("unmatched"), Some(6.0));
 

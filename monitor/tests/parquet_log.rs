@@ -461,3 +461,24 @@ fn unfinished_files_of_a_crash_are_removed_on_start() {
     assert_eq!(left, ["notes.txt"]);
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_log_folder_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("private");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _sink = ParquetSink::new(ParquetConfig::new(&dir)).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    if keel_monitor::local_state::effective_uid().unwrap() == 0 {
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let error = ParquetSink::new(ParquetConfig::new(&dir)).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("--prediction-log-dir") && message.contains("uid 65534"),
+            "{message}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

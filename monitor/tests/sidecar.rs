@@ -444,3 +444,205 @@ async fn run_stops_on_shutdown_and_refuses_bad_config() {
             .is_err()
     );
 }
+
+/// A client presenting `authorization` as given (None: no metadata at all).
+async fn client_with(
+    sidecar: &Sidecar,
+    authorization: Option<&str>,
+) -> MonitorServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + use<>,
+    >,
+> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.grpc_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let value = authorization.map(|a| a.parse::<tonic::metadata::AsciiMetadataValue>().unwrap());
+    MonitorServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        if let Some(value) = &value {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    })
+}
+
+async fn get_with(
+    sidecar: &Sidecar,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let url = format!("http://{}{path}", sidecar.metrics_addr());
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.unwrap();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (
+        response.status().as_u16(),
+        challenge,
+        response.text().await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_the_stream_and_drift_reports_but_not_metrics_or_health() {
+    const TOKEN: &str = "sidecar-s3cret";
+    let dir = std::env::temp_dir().join(format!("keel-sidecar-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    // Two accepted tokens (a rotation in progress), trimmed like the client's.
+    std::fs::write(&file, format!("old-token\n {TOKEN} \n")).unwrap();
+    let mut config = config();
+    config.api_token.api_token_file = Some(file);
+    let sidecar = Sidecar::start(config).await.unwrap();
+    let messages = || {
+        vec![
+            spec_message(&spec("m", 1, MonitorSettings::default())).unwrap(),
+            records_message(&common::in_distribution("m", 1, now_ms(), 0, 10)),
+        ]
+    };
+
+    // No token, a wrong one, another scheme: UNAUTHENTICATED, nothing applied.
+    for presented in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic c2lkZWNhcg=="),
+        Some(TOKEN),
+    ] {
+        let mut client = client_with(&sidecar, presented).await;
+        let status = client
+            .stream(tokio_stream::iter(messages()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{presented:?}: {status:?}"
+        );
+        assert!(!status.message().contains(TOKEN), "{status:?}");
+        assert!(!status.message().contains('/'), "no path in {status:?}");
+    }
+    assert!(sidecar.monitor().versions().is_empty());
+    // The plain client of the other tests has no token either.
+    let mut plain = client(&sidecar).await;
+    assert_eq!(
+        send_all(&mut plain, messages()).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+
+    // The right token, any case of the scheme: applied.
+    for presented in [format!("Bearer {TOKEN}"), "bearer old-token".to_string()] {
+        let mut client = client_with(&sidecar, Some(&presented)).await;
+        let summary = client
+            .stream(tokio_stream::iter(messages()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.records, 10);
+    }
+    assert_eq!(sidecar.monitor().versions(), vec![("m".to_string(), 1)]);
+
+    // HTTP: drift reports need the token; 401 with a JSON error that says what to send.
+    for presented in [None, Some("Bearer wrong")] {
+        let (status, challenge, body) = get_with(&sidecar, "/v1/drift/m/1", presented).await;
+        assert_eq!((status, challenge.as_str()), (401, "Bearer"), "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].as_str().unwrap().contains("token"), "{body}");
+        assert!(!body.contains(TOKEN), "{body}");
+    }
+    // Even for a model that does not exist: unauthenticated clients learn nothing about models.
+    assert_eq!(get_with(&sidecar, "/v1/drift/nope/1", None).await.0, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _, body) = get_with(&sidecar, "/v1/drift/m/1", Some(&bearer)).await;
+    assert_eq!(status, 200, "{body}");
+    // The second stream sent the spec again: a fresh window with its 10 rows.
+    assert_eq!(serde_json::from_str::<DriftReport>(&body).unwrap().rows, 10);
+    assert_eq!(
+        get_with(&sidecar, "/v1/drift/nope/1", Some(&bearer))
+            .await
+            .0,
+        404
+    );
+
+    // Probes and scrapes stay open.
+    assert_eq!(get(&sidecar, "/healthz").await, (200, "ok".to_string()));
+    let (status, metrics) = get(&sidecar, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metric_lines(&metrics, "keel_sidecar_rejected_total")
+            .iter()
+            .any(|l| l.contains("reason=\"unauthenticated\"") && l.ends_with(" 5")),
+        "{metrics}"
+    );
+    sidecar.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_file_is_a_start_error() {
+    let dir = std::env::temp_dir().join(format!("keel-sidecar-empty-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, "\n  \n").unwrap();
+    let mut config = config();
+    config.api_token.api_token_file = Some(file);
+    let error = match Sidecar::start(config).await {
+        Ok(_) => panic!("started with an empty token file"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("holds no token"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_unknown_models_share_one_series() {
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    let mut messages = vec![spec_message(&spec("m", 1, MonitorSettings::default())).unwrap()];
+    for i in 0..50 {
+        let name = format!("client-chosen-{i}");
+        messages.push(records_message(&common::in_distribution(
+            &name,
+            1,
+            now_ms(),
+            0,
+            2,
+        )));
+    }
+    messages.push(records_message(&common::in_distribution(
+        "m",
+        7,
+        now_ms(),
+        0,
+        3,
+    )));
+    send_all(&mut client, messages).await.unwrap();
+    let (_, metrics) = get(&sidecar, "/metrics").await;
+    let ignored = metric_lines(&metrics, "keel_monitor_records_ignored_total");
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
+    assert!(
+        ignored.iter().any(|l| l.contains("model=\"_unknown\"")
+            && l.contains("reason=\"unknown_model\"")
+            && l.ends_with(" 100")),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored.iter().any(|l| l.contains("model=\"m\"")
+            && l.contains("reason=\"unknown_version\"")
+            && l.ends_with(" 3")),
+        "{ignored:?}"
+    );
+    assert!(!metrics.contains("client-chosen"), "{metrics}");
+    sidecar.shutdown().await.unwrap();
+}

@@ -451,7 +451,7 @@ fn start_error(config: WebhookConfig, registry: &Registry) -> WebhookError {
 }
 
 #[test]
-fn start_needs_a_runtime_an_http_url_and_fresh_metrics() {
+fn start_needs_a_runtime_an_http_or_https_url_and_fresh_metrics() {
     let dir = state_dir("start");
     let registry = Registry::new();
     let error = start_error(config("http://127.0.0.1:9/hook", &dir), &registry);
@@ -461,11 +461,7 @@ fn start_needs_a_runtime_an_http_url_and_fresh_metrics() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        for url in [
-            "https://example.invalid/hook",
-            "ftp://127.0.0.1/",
-            "not a url",
-        ] {
+        for url in ["ftp://127.0.0.1/", "not a url", "https://"] {
             let error = start_error(config(url, &dir), &registry);
             assert!(matches!(error, WebhookError::Url { .. }), "{error}");
         }
@@ -478,4 +474,92 @@ fn start_needs_a_runtime_an_http_url_and_fresh_metrics() {
     let secret = format!("{:?}", config("http://127.0.0.1:9/hook", &dir));
     assert!(!secret.contains("MfKQ9r8"), "{secret}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn https_urls_start_and_a_bad_ca_bundle_is_a_start_error_naming_the_flag() {
+    let dir = state_dir("tls");
+    let registry = Registry::new();
+    // https starts (the client has TLS); nothing is sent until there is an event.
+    let (webhook, _sink) =
+        Webhook::start(config("https://example.invalid/hook", &dir), &registry).unwrap();
+    webhook.shutdown().await;
+
+    let pem = dir.join("ca.pem");
+    for (contents, expected) in [
+        (None, "cannot read --ca-bundle"),
+        (Some("not a certificate"), "--ca-bundle"),
+    ] {
+        if let Some(contents) = contents {
+            std::fs::write(&pem, contents).unwrap();
+        }
+        let mut bad = config("https://127.0.0.1:9/hook", &dir);
+        bad.tls.ca_bundle = Some(if contents.is_some() {
+            pem.clone()
+        } else {
+            dir.join("missing.pem")
+        });
+        let error = start_error(bad, &Registry::new());
+        assert!(matches!(error, WebhookError::Tls(_)), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(expected), "{message}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn https_to_a_plain_http_receiver_fails_and_is_retried_not_delivered() {
+    let (url, inbox) = receiver(Vec::new(), 204).await;
+    let url = url.replacen("http://", "https://", 1);
+    let dir = state_dir("tls-mismatch");
+    let registry = Registry::new();
+    let mut config = config(&url, &dir);
+    config.initial_backoff = Duration::from_secs(30);
+    config.max_backoff = Duration::from_secs(60);
+    let (webhook, sink) = Webhook::start(config, &registry).unwrap();
+    sink(event("m", "r"));
+    wait_for("a failed attempt", Duration::from_secs(10), || {
+        outcome(&registry, "retry") >= 1.0
+    })
+    .await;
+    assert_eq!(outcome(&registry, "delivered"), 0.0);
+    assert!(log(&inbox).is_empty());
+    // Still pending, on disk, for a later attempt.
+    assert_eq!(pending_files(&dir), 1);
+    webhook.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_state_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+
+    let root = state_dir("private");
+    let dir = root.join("nested/state");
+    let (webhook, _sink) =
+        Webhook::start(config("http://127.0.0.1:9/hook", &dir), &Registry::new()).unwrap();
+    webhook.shutdown().await;
+    assert_eq!(mode(&dir), 0o700);
+
+    // An existing folder of ours that others could write to is tightened.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (webhook, _sink) =
+        Webhook::start(config("http://127.0.0.1:9/hook", &dir), &Registry::new()).unwrap();
+    webhook.shutdown().await;
+    assert_eq!(mode(&dir), 0o700);
+
+    // Another user's folder is refused (only root can make one here).
+    if keel_monitor::local_state::effective_uid().unwrap() == 0 {
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let error = start_error(config("http://127.0.0.1:9/hook", &dir), &Registry::new());
+        let message = error.to_string();
+        assert!(matches!(error, WebhookError::LocalState(_)), "{message}");
+        assert!(
+            message.contains("--state-dir") && message.contains("uid 65534"),
+            "{message}"
+        );
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+    }
+    std::fs::remove_dir_all(root).unwrap();
 }

@@ -39,6 +39,32 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// File of admin tokens, one a line, re-read when it changes (a mounted Secret).
+    #[arg(long, env = "KEEL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub api_token: keel_monitor::auth::ApiTokenArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub outbound_tls: keel_monitor::outbound::OutboundTlsArgs,
+
+    /// Ready means every model Keel is set to serve has a READY version (as Triton's
+    /// --strict-readiness); `false`: ready as soon as the server is up.
+    #[arg(long, env = "KEEL_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_readiness: bool,
+
+    /// Bearer token presented to the `keel monitor` sidecar (its --api-token).
+    #[arg(long, env = "KEEL_MONITOR_TOKEN", hide_env_values = true)]
+    pub monitor_token: Option<String>,
+
+    /// File whose first line is the token presented to the sidecar; read at each (re)connection.
+    #[arg(long, env = "KEEL_MONITOR_TOKEN_FILE")]
+    pub monitor_token_file: Option<PathBuf>,
+
     /// ONNX Runtime shared library (libonnxruntime.so). Without it: ORT_DYLIB_PATH, then the
     /// onnxruntime wheel in ./.venv; if none loads, models with backend "auto" run on tract.
     #[arg(long, env = "KEEL_ORT_LIBRARY")]
@@ -94,6 +120,27 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
 }
 
+/// TLS on the HTTP and gRPC listeners (the metrics listener stays plain).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct TlsArgs {
+    /// PEM certificate chain; with --tls-key turns TLS on for HTTP and gRPC (plain text is refused).
+    #[arg(long, env = "KEEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates for mutual TLS: clients must present a certificate signed by one.
+    #[arg(long, env = "KEEL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds between looks at the certificate, key and CA files; a change is loaded without a
+    /// restart (cert-manager rotation). 0: read once.
+    #[arg(long, env = "KEEL_TLS_RELOAD_INTERVAL", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub tls_reload_interval: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MonitorMode {
     Embedded,
@@ -120,14 +167,23 @@ impl ServeConfig {
         }
     }
 
-    /// How the repository is found and watched.
-    pub fn repository_settings(&self) -> RepositorySettings {
-        RepositorySettings {
+    /// How the repository is found and watched. Builds the registry's HTTP client (reads --ca-bundle).
+    pub fn repository_settings(
+        &self,
+    ) -> Result<RepositorySettings, keel_monitor::outbound::OutboundError> {
+        let registry_http = self
+            .outbound_tls
+            .client_builder()?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .build()?;
+        Ok(RepositorySettings {
             root: self.model_repository.clone(),
             poll: (self.repository_poll > 0.0)
                 .then(|| Duration::from_secs_f64(self.repository_poll)),
             cache_dir: self.cache_dir.clone(),
-        }
+            registry_http,
+        })
     }
 
     /// Defaults for `repository`, listening on an ephemeral 127.0.0.1 port: for tests and embedding.

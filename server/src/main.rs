@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a model repository over KServe V2 / Triton HTTP and gRPC.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Run the drift monitor as a sidecar that `keel serve --monitor-endpoint` streams to.
     Monitor(SidecarConfig),
     /// Compute a model version's baseline.json from its training data.
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             .build()
     };
     match Cli::parse().command {
-        Command::Serve(config) => runtime()?.block_on(serve(config)),
+        Command::Serve(config) => runtime()?.block_on(serve(*config)),
         Command::Monitor(config) => runtime()?
             .block_on(keel_monitor::sidecar::run(config, shutdown_signal()))
             .context("keel monitor"),

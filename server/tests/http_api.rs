@@ -356,3 +356,45 @@ async fn every_datatype_round_trips_on_both_backends() {
     }
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_json_errors() {
+    let s = TestServer::start(&example_models()).await;
+    let (status, body) = s.get("/v2/no/such/thing").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = s.post_json("/v2/health/live", &json!({})).await;
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = s.get("/v2/models/breast-cancer/infer").await;
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string(), "{body}");
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_ids_are_random_unless_the_client_sends_one() {
+    let s = TestServer::start(&example_models()).await;
+    let path = "/v2/models/breast-cancer/infer";
+    let body = serde_json::to_vec(&infer_body(1)).unwrap();
+    let (status, headers, reply) = s.post_raw(path, body.clone(), &[]).await;
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    let id = reply["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(headers["x-request-id"], id.as_str());
+    let (_, headers, reply) = s
+        .post_raw(path, body.clone(), &[("x-request-id", "abc".into())])
+        .await;
+    assert_eq!(headers["x-request-id"], "abc");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply).unwrap()["id"],
+        "abc"
+    );
+    let (status, _, _) = s
+        .post_raw(path, body, &[("x-request-id", "x".repeat(300))])
+        .await;
+    assert_eq!(status, 400, "an id too long to log is refused");
+    s.server.shutdown().await.unwrap();
+}

@@ -68,6 +68,8 @@ pub enum ParquetError {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
+    #[error("prediction log folder (--prediction-log-dir): {0}")]
+    Folder(#[from] crate::local_state::LocalStateError),
 }
 
 /// Counts since the sink was made, for metrics.
@@ -116,14 +118,13 @@ impl std::fmt::Debug for ParquetSink {
 }
 
 impl ParquetSink {
-    /// Creates `config.dir` and removes temporary files a crashed writer left in its model
-    /// folders (they have no footer, so nothing can read them).
+    /// Creates `config.dir` (0700; an existing folder of another user is refused, see
+    /// [`crate::local_state::private_dir`]) and removes temporary files a crashed writer left in
+    /// its model folders (they have no footer, so nothing can read them).
     pub fn new(config: ParquetConfig) -> Result<Self, ParquetError> {
         let dir = config.dir;
-        std::fs::create_dir_all(&dir).map_err(|source| ParquetError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        // Private to Keel's user: another user must not read served rows or plant files.
+        crate::local_state::private_dir(&dir)?;
         remove_partial_files(&dir);
         let limits = Limits {
             row_group_rows: config.row_group_rows.max(1),

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Args;
 use prometheus::Registry;
 
+use crate::auth::ApiTokenArgs;
 use crate::event::AlertSink;
+use crate::outbound::{OutboundTlsArgs, redact_url};
 use crate::settings::MonitorConfig;
 use crate::webhook::{Secret, Webhook, WebhookConfig, WebhookError};
 
@@ -77,8 +79,9 @@ impl MonitorArgs {
 /// Where drift alerts go.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct WebhookArgs {
-    /// Receiver of drift and performance alerts (CloudEvents, signed per Standard Webhooks);
-    /// `http://` only. Unset: alerts are only visible as metrics.
+    /// Receiver of drift and performance alerts (CloudEvents, signed per Standard Webhooks),
+    /// `https://` (system roots plus --ca-bundle) or `http://`. Unset: alerts are only visible as
+    /// metrics.
     #[arg(long, env = "KEEL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
@@ -91,7 +94,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "KEEL_WEBHOOK_SOURCE", default_value = "keel")]
     pub webhook_source: String,
 
-    /// Folder of alerts not yet delivered, kept across restarts.
+    /// Folder of alerts not yet delivered, kept across restarts. Created 0700; refused when another
+    /// user owns it.
     #[arg(long, env = "KEEL_STATE_DIR", default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,
 }
@@ -153,17 +157,19 @@ impl WebhookArgs {
 }
 
 /// Starts the webhook sender when a URL is configured; the sink goes to
-/// [`Monitor::new`](crate::Monitor::new). Shared by `keel monitor` and `keel serve`'s in-process
-/// monitor. Must run inside a tokio runtime.
+/// [`Monitor::new`](crate::Monitor::new). `tls` is `--ca-bundle`. Shared by `keel monitor` and
+/// `keel serve`'s in-process monitor. Must run inside a tokio runtime.
 pub fn start_alerts(
     webhook: &WebhookArgs,
+    tls: &OutboundTlsArgs,
     log_dir: Option<&Path>,
     registry: &Registry,
 ) -> Result<Option<(Webhook, AlertSink)>, WebhookError> {
-    let Some(config) = webhook.webhook_config(log_dir)? else {
+    let Some(mut config) = webhook.webhook_config(log_dir)? else {
         return Ok(None);
     };
-    let url = config.url.clone();
+    config.tls = tls.clone();
+    let url = redact_url(&config.url);
     let started = Webhook::start(config, registry)?;
     tracing::info!(%url, "alerts are sent to the webhook");
     Ok(Some(started))
@@ -172,17 +178,27 @@ pub fn start_alerts(
 /// `keel monitor`: the drift monitor as a sidecar fed by `keel serve` over gRPC.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct SidecarConfig {
-    /// Address of the gRPC endpoint servers stream to (keel.monitor.v1.MonitorService).
-    #[arg(long, env = "KEEL_MONITOR_LISTEN", default_value = "0.0.0.0:8011")]
+    /// Address of the gRPC endpoint servers stream to (keel.monitor.v1.MonitorService). Loopback
+    /// by default; to take streams from other hosts listen on 0.0.0.0 and set --api-token(-file).
+    #[arg(long, env = "KEEL_MONITOR_LISTEN", default_value = "127.0.0.1:8011")]
     pub listen: SocketAddr,
 
     /// Address of GET /metrics (Prometheus), GET /healthz and GET /v1/drift/{model}/{version}.
+    /// Loopback by default; metrics and health stay open when a token is set, drift reports do not.
     #[arg(
         long,
         env = "KEEL_MONITOR_METRICS_ADDR",
-        default_value = "0.0.0.0:8012"
+        default_value = "127.0.0.1:8012"
     )]
     pub metrics_addr: SocketAddr,
+
+    // Servers streaming to the sidecar and readers of drift reports present this token (`keel serve
+    // --monitor-token(-file)`); /metrics and /healthz stay open for scrapes and probes.
+    #[command(flatten)]
+    pub api_token: ApiTokenArgs,
+
+    #[command(flatten)]
+    pub outbound_tls: OutboundTlsArgs,
 
     #[command(flatten)]
     pub monitor: MonitorArgs,
@@ -204,6 +220,8 @@ impl SidecarConfig {
         SidecarConfig {
             listen: local,
             metrics_addr: local,
+            api_token: ApiTokenArgs::default(),
+            outbound_tls: OutboundTlsArgs::default(),
             monitor: MonitorArgs::default(),
             webhook: WebhookArgs::default(),
             prediction_log_dir: None,
@@ -253,12 +271,37 @@ mod tests {
     #[test]
     fn defaults_match_the_monitor() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8011".parse().unwrap());
-        assert_eq!(c.metrics_addr, "0.0.0.0:8012".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:8011".parse().unwrap());
+        assert_eq!(c.metrics_addr, "127.0.0.1:8012".parse().unwrap());
+        assert_eq!(c.api_token, ApiTokenArgs::default());
+        assert_eq!(c.outbound_tls, OutboundTlsArgs::default());
         assert_eq!(c.monitor_config(), MonitorConfig::default());
         assert_eq!(c.monitor, MonitorArgs::default());
         assert_eq!(c.webhook, WebhookArgs::default());
         assert_eq!(c.webhook.webhook_config(None).unwrap().map(|w| w.url), None);
+    }
+
+    #[test]
+    fn token_bundle_and_addresses() {
+        let c = parse(&[
+            "--api-token-file",
+            "/run/secrets/monitor-token",
+            "--ca-bundle",
+            "/etc/keel/ca.pem",
+            "--listen",
+            "0.0.0.0:8011",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.api_token.api_token_file.as_deref(),
+            Some(Path::new("/run/secrets/monitor-token"))
+        );
+        assert_eq!(
+            c.outbound_tls.ca_bundle.as_deref(),
+            Some(Path::new("/etc/keel/ca.pem"))
+        );
+        assert_eq!(c.listen, "0.0.0.0:8011".parse().unwrap());
+        assert_eq!(c.metrics_addr, "127.0.0.1:8012".parse().unwrap());
     }
 
     #[test]

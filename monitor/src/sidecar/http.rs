@@ -5,23 +5,26 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::auth::BearerTokens;
 use crate::monitor::Monitor;
 
 #[derive(Clone)]
 struct HttpState {
     monitor: Arc<Monitor>,
     registry: Registry,
+    tokens: Option<BearerTokens>,
 }
 
 /// `GET /metrics` (the registry in Prometheus text format), `GET /healthz` (200 "ok") and
 /// `GET /v1/drift/{model}/{version}` ([`DriftReport`](crate::DriftReport) JSON, 404 for a version
-/// not monitored). `keel serve` can mount the same routes on its own listener.
-pub fn router(monitor: Arc<Monitor>, registry: Registry) -> Router {
+/// not monitored). With `tokens`, drift reports need `Authorization: Bearer <token>` (401 with a
+/// JSON error otherwise); metrics and health stay open for scrapes and probes.
+pub fn router(monitor: Arc<Monitor>, registry: Registry, tokens: Option<BearerTokens>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -32,7 +35,11 @@ pub fn router(monitor: Arc<Monitor>, registry: Registry) -> Router {
                 "see /metrics, /healthz or /v1/drift/{model}/{version}\n",
             )
         })
-        .with_state(HttpState { monitor, registry })
+        .with_state(HttpState {
+            monitor,
+            registry,
+            tokens,
+        })
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
@@ -47,8 +54,22 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 
 async fn drift(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
+    if let Some(tokens) = &state.tokens {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(failure) = tokens.check(presented) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                axum::Json(serde_json::json!({ "error": failure.message("monitor token") })),
+            )
+                .into_response();
+        }
+    }
     let report = version
         .parse::<u64>()
         .ok()

@@ -4,6 +4,10 @@
 //!
 //! Running the monitor apart keeps drift evaluation and alert delivery off the serving hosts and
 //! gives one view over all replicas of a server.
+//!
+//! Both listeners bind loopback by default. With `--api-token(-file)`, every gRPC call needs
+//! `authorization: Bearer <token>` (else UNAUTHENTICATED) and so do drift reports (else 401);
+//! `/metrics` and `/healthz` stay open for scrapes and probes.
 
 pub mod config;
 pub mod convert;
@@ -21,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::AuthError;
 use crate::error::MonitorError;
 use crate::monitor::Monitor;
 use crate::webhook::{Webhook, WebhookError};
@@ -42,6 +47,8 @@ pub enum SidecarError {
     Monitor(#[from] MonitorError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error("--api-token: {0}")]
+    Auth(#[from] AuthError),
     #[error("registering sidecar metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -86,11 +93,22 @@ impl Sidecar {
     pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         // First, so a bad flag fails before listeners are bound or the webhook starts.
         config.monitor_config().validate()?;
+        let tokens = config.api_token.tokens()?;
+        if tokens.is_none()
+            && !(config.listen.ip().is_loopback() && config.metrics_addr.ip().is_loopback())
+        {
+            tracing::warn!(
+                listen = %config.listen,
+                metrics_addr = %config.metrics_addr,
+                "keel monitor listens beyond loopback without --api-token: anyone who reaches it can feed it rows and read drift reports"
+            );
+        }
         let (grpc_listener, grpc_addr) = bind(config.listen).await?;
         let (http_listener, metrics_addr) = bind(config.metrics_addr).await?;
         let registry = Registry::new();
         let alerts = start_alerts(
             &config.webhook,
+            &config.outbound_tls,
             config.prediction_log_dir.as_deref(),
             &registry,
         )?;
@@ -104,10 +122,11 @@ impl Sidecar {
             let _ = rx.wait_for(|s| *s).await;
         };
         let grpc_fail = fail.clone();
+        let grpc_tokens = tokens.clone();
         let grpc_stopped = until_stopped(stopped.clone());
         let grpc = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
-                .add_service(service.into_server())
+                .add_service(service.into_server(grpc_tokens))
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                     grpc_stopped,
@@ -117,7 +136,7 @@ impl Sidecar {
                 let _ = grpc_fail.send(SidecarError::Grpc(error)).await;
             }
         });
-        let router = router(monitor.clone(), registry.clone());
+        let router = router(monitor.clone(), registry.clone(), tokens);
         let http_stopped = until_stopped(stopped);
         let http = tokio::spawn(async move {
             // Small responses must leave at once, not wait on Nagle's algorithm.

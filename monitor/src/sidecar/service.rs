@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::BearerTokens;
 use crate::monitor::Monitor;
 use crate::record::{FeedbackRecord, PredictionRecord};
 use crate::settings::ModelSpec;
@@ -94,11 +96,20 @@ impl StreamService {
         })
     }
 
-    /// The tonic service: gzip accepted, messages bounded by [`MAX_MESSAGE_BYTES`].
-    pub(super) fn into_server(self) -> MonitorServiceServer<StreamService> {
-        MonitorServiceServer::new(self)
+    /// The tonic service: gzip accepted, messages bounded by [`MAX_MESSAGE_BYTES`], and with
+    /// `tokens` every call checked before its stream is read.
+    pub(super) fn into_server(
+        self,
+        tokens: Option<BearerTokens>,
+    ) -> InterceptedService<MonitorServiceServer<StreamService>, TokenCheck> {
+        let refused = self
+            .metrics
+            .rejected
+            .with_label_values(&["unauthenticated"]);
+        let server = MonitorServiceServer::new(self)
             .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, TokenCheck { tokens, refused })
     }
 
     /// Applies one message. Runs on a blocking thread: the monitor's lock and a large batch can
@@ -184,6 +195,36 @@ where
         tracing::warn!(%error, failed, "monitor: skipped invalid {what}s of a batch");
     }
     out
+}
+
+/// Answers UNAUTHENTICATED, before any message is read, to a call without one of the accepted
+/// tokens in its `authorization` metadata (counted as `keel_sidecar_rejected_total{reason=
+/// "unauthenticated"}`; logged at debug only, so refused clients cannot flood the log); lets every
+/// call through without tokens.
+#[derive(Clone)]
+pub(super) struct TokenCheck {
+    tokens: Option<BearerTokens>,
+    refused: IntCounter,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match tokens.check(presented) {
+            Ok(()) => Ok(request),
+            Err(failure) => {
+                self.refused.inc();
+                tracing::debug!(peer = ?request.remote_addr(), ?failure, "monitor: stream refused without a valid token");
+                Err(Status::unauthenticated(failure.message("monitor token")))
+            }
+        }
+    }
 }
 
 /// Keeps `keel_sidecar_streams` right however the stream ends.

@@ -44,9 +44,26 @@ pub async fn attempt(client: &Client, url: &Url, secret: &Secret, event: &Stored
         Ok(response) => classify(response.status(), response.headers()),
         Err(error) => Outcome::Retry {
             after: None,
-            reason: error.to_string(),
+            reason: describe(error),
         },
     }
+}
+
+/// The error and its causes (a TLS failure is a cause: "invalid peer certificate: UnknownIssuer"),
+/// without the URL: the worker knows it, and logs never carry it.
+pub fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The outcome of an answer with `status` and `headers`.

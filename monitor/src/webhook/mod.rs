@@ -9,6 +9,9 @@
 //! Retries back off exponentially with jitter, or wait the receiver's `Retry-After` seconds.
 //! Outcomes are counted in `keel_webhook_deliveries_total{outcome}`; the backlog is
 //! `keel_webhook_pending_events`.
+//!
+//! `https://` receivers are verified against the system's roots plus `--ca-bundle`; `state_dir` is
+//! private to Keel's user (see [`crate::local_state`]), so nobody else can plant an event to be signed.
 
 mod cloudevent;
 mod delivery;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
-use reqwest::{Client, Url};
+use reqwest::Url;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -33,6 +36,8 @@ pub use secret::{Secret, SecretSource};
 pub use signing::signature;
 
 use crate::event::{AlertEvent, AlertSink};
+use crate::local_state::{LocalStateError, private_dir};
+use crate::outbound::{OutboundError, OutboundTlsArgs, redact_url, warn_if_credentials_exposed};
 use crate::parquet_log::files_covering;
 use metrics::Metrics;
 use store::{Store, StoredEvent};
@@ -41,8 +46,11 @@ use worker::{Worker, WorkerParts, now_ms};
 /// Where and how alerts are delivered.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
-    /// The receiver, `http://...` (this build has no TLS).
+    /// The receiver, `https://...` or `http://...`. A `user:password@` in it is sent as HTTP Basic
+    /// authentication and never logged.
     pub url: String,
+    /// Extra roots for an `https://` receiver (`--ca-bundle`), besides the system's.
+    pub tls: OutboundTlsArgs,
     pub secret: Secret,
     /// CloudEvents `source` (default "keel").
     pub source: String,
@@ -70,6 +78,7 @@ impl WebhookConfig {
     pub fn new(url: impl Into<String>, secret: Secret, state_dir: impl Into<PathBuf>) -> Self {
         Self {
             url: url.into(),
+            tls: OutboundTlsArgs::default(),
             secret,
             source: "keel".into(),
             timeout: Duration::from_secs(15),
@@ -89,6 +98,7 @@ impl WebhookConfig {
 pub enum WebhookError {
     #[error("webhook secret: {0}")]
     Secret(String),
+    /// `url` is redacted: it never holds a password.
     #[error("webhook URL {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("webhook state dir {path}: {source}")]
@@ -96,6 +106,10 @@ pub enum WebhookError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("webhook state dir (--state-dir): {0}")]
+    LocalState(#[from] LocalStateError),
+    #[error("webhook: {0}")]
+    Tls(#[from] OutboundError),
     #[error("webhook metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("webhook HTTP client: {0}")]
@@ -121,7 +135,15 @@ impl Webhook {
     ) -> Result<(Webhook, AlertSink), WebhookError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
         let url = parse_url(&config.url)?;
-        let client = Client::builder()
+        if !url.username().is_empty() || url.password().is_some() {
+            warn_if_credentials_exposed(
+                &config.url,
+                "webhook credentials (user:password in the URL)",
+            );
+        }
+        let client = config
+            .tls
+            .client_builder()?
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keel-webhook/", env!("CARGO_PKG_VERSION")))
@@ -130,6 +152,7 @@ impl Webhook {
             path: config.state_dir.clone(),
             source,
         };
+        private_dir(&config.state_dir)?;
         let store = Store::open(&config.state_dir).map_err(state_error)?;
         let (loaded, corrupt) = store.load_all().map_err(state_error)?;
         // Last fallible step, so a failed start leaves nothing registered.
@@ -192,16 +215,16 @@ impl Drop for Webhook {
 
 fn parse_url(text: &str) -> Result<Url, WebhookError> {
     let error = |reason: String| WebhookError::Url {
-        url: text.to_owned(),
+        url: redact_url(text),
         reason,
     };
     let url = Url::parse(text).map_err(|e| error(e.to_string()))?;
     match url.scheme() {
-        "http" => Ok(url),
-        "https" => Err(error(
-            "https needs TLS, which this build does not include".into(),
-        )),
-        other => Err(error(format!("unsupported scheme {other:?}"))),
+        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "http" | "https" => Err(error("no host".into())),
+        other => Err(error(format!(
+            "unsupported scheme {other:?}: use https:// or http://"
+        ))),
     }
 }
 
@@ -262,5 +285,31 @@ impl Enqueue {
                 self.metrics.dropped.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_https_and_http_only_and_errors_redacted() {
+        assert_eq!(
+            parse_url("https://hooks.example/keel").unwrap().scheme(),
+            "https"
+        );
+        assert!(parse_url("http://127.0.0.1:9/hook").is_ok());
+        for bad in [
+            "ftp://user:hunter2@hooks.example/x",
+            "hooks.example/x",
+            "https://",
+        ] {
+            let message = parse_url(bad).unwrap_err().to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        let message = parse_url("ftp://user:hunter2@hooks.example/x")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("ftp://hooks.example/x"), "{message}");
     }
 }

@@ -207,7 +207,13 @@ impl Worker {
                     return self.give_up(entry, GiveUp::Expired, &reason).await;
                 }
                 self.metrics.retry.inc();
-                tracing::debug!(id = %entry.event.id, attempts = entry.event.attempts, ?wait, %reason, "webhook: will retry");
+                // An event's first failure is worth a warning (a receiver down, a certificate not
+                // trusted); its later retries are not.
+                if entry.event.attempts == 1 {
+                    tracing::warn!(id = %entry.event.id, ?wait, %reason, "webhook: delivery failed; will retry");
+                } else {
+                    tracing::debug!(id = %entry.event.id, attempts = entry.event.attempts, ?wait, %reason, "webhook: will retry");
+                }
                 if let Err(error) =
                     blocking_save(&self.store, entry.path.clone(), entry.event.clone()).await
                 {

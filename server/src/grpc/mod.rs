@@ -1,11 +1,11 @@
 //! The gRPC front end: `inference.GRPCInferenceService` (KServe V2 with Triton's extensions), served from
 //! the same process and the same core as HTTP.
 
+pub mod auth;
 pub mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::http::metadata::EXTENSIONS;
 use crate::infer::Infer;
 use crate::metrics::Protocol;
+use crate::readiness::Readiness;
+use crate::request_id;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -33,7 +35,7 @@ const STREAM_CONCURRENCY: usize = 64;
 pub struct GrpcState {
     pub infer: Infer,
     pub admin: AdminAuth,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Readiness,
 }
 
 /// The tonic service with gzip both ways and the configured message size limit.
@@ -72,14 +74,17 @@ impl GrpcState {
         Ok(self.admin.check(header)?)
     }
 
+    /// `header_id`: the call's `x-request-id` metadata, used when the request has no `id`.
     async fn infer_one(
         &self,
         request: pb::ModelInferRequest,
+        header_id: Option<&str>,
     ) -> Result<pb::ModelInferResponse, Error> {
         let served = self
             .infer
             .version(&request.model_name, version_arg(&request.model_version))?;
-        let decoded = convert::infer_request(request)?;
+        let mut decoded = convert::infer_request(request)?;
+        decoded.id = Some(request_id::resolve(decoded.id.take(), header_id)?);
         Ok(convert::infer_response(
             served.infer(decoded, Protocol::Grpc).await?,
         ))
@@ -103,7 +108,7 @@ impl GrpcInferenceService for GrpcState {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.ready.load(Ordering::Relaxed),
+            ready: self.ready.ready(),
         }))
     }
 
@@ -146,7 +151,19 @@ impl GrpcInferenceService for GrpcState {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        Ok(Response::new(self.infer_one(request.into_inner()).await?))
+        let header_id = request
+            .metadata()
+            .get(request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let reply = self
+            .infer_one(request.into_inner(), header_id.as_deref())
+            .await?;
+        let mut response = Response::new(reply);
+        if let Ok(id) = response.get_ref().id.parse() {
+            response.metadata_mut().insert(request_id::HEADER, id);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -180,7 +197,7 @@ impl GrpcInferenceService for GrpcState {
                 };
                 let (state, tx) = (state.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let reply = match state.infer_one(request).await {
+                    let reply = match state.infer_one(request, None).await {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -6,21 +6,23 @@ pub mod metadata;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::admin::AdminAuth;
+use crate::admin::{AdminAuth, ApiAuth};
 use crate::error::{Error, Result};
 use crate::infer::Infer;
 use crate::metrics::Protocol;
 use crate::monitoring::{self, Monitoring};
+use crate::readiness::Readiness;
+use crate::request_id;
 
 /// Bodies above this size are decoded on the blocking pool so a large JSON parse cannot stall the
 /// runtime's workers.
@@ -31,24 +33,36 @@ pub struct HttpState {
     pub infer: Infer,
     pub admin: AdminAuth,
     pub max_body_bytes: usize,
-    /// Cleared when shutdown starts, so readiness probes steer traffic away while requests drain.
-    pub ready: Arc<AtomicBool>,
+    /// The API token; health endpoints do not ask for it.
+    pub api: ApiAuth,
+    /// False until the first load and when shutdown starts (so probes steer traffic away while requests
+    /// drain), and, with strict readiness, while a model has no ready version.
+    pub ready: Readiness,
     /// Feedback and drift reports; `None` with monitoring off.
     pub monitoring: Option<Arc<Monitoring>>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    // Health stays open for probes (Triton's "health" group); everything else needs the API token when
+    // one is configured, except repository control, which checks the admin token itself.
+    let open = Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
-        .route("/v2", get(|| async { Json(metadata::server()) }))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        );
+    let mut api = Router::new()
+        .route("/v2", get(|| async { Json(metadata::server()) }))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/config", get(model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
@@ -60,23 +74,51 @@ pub fn router(state: HttpState) -> Router {
             "/v2/models/{model}/versions/{version}/stats",
             get(statistics),
         )
-        .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{model}/load", post(repository_load))
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(repository_unload),
-        )
         .route("/v2/models/{model}/feedback", post(feedback))
         .route(
             "/v2/models/{model}/versions/{version}/drift",
             get(drift_report),
         )
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer));
+    if state.api.enabled() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_api_token,
+        ));
+    }
+    open.merge(api)
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(serde_json::json!({ "error": "method not allowed on this endpoint" })),
+            )
+        })
         // The infer handler enforces its own, configurable limit with a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+async fn require_api_token(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.api.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
 }
 
 impl IntoResponse for Error {
@@ -107,7 +149,7 @@ fn model_and_version(path: &HashMap<String, String>) -> (&str, Option<&str>) {
 }
 
 async fn server_ready(State(state): State<HttpState>) -> StatusCode {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -154,8 +196,21 @@ async fn infer(
     } else {
         codec::decode_request(&body, json_len)?
     };
-    let response = served.infer(decoded.request, Protocol::Http).await?;
-    Ok(codec::encode_response(&response, &decoded.binary)?.into_response())
+    let mut request = decoded.request;
+    let header_id = headers
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok());
+    request.id = Some(request_id::resolve(request.id.take(), header_id)?);
+    let response = served.infer(request, Protocol::Http).await?;
+    let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
+    if let Some(id) = response
+        .id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        reply.headers_mut().insert(request_id::HEADER, id);
+    }
+    Ok(reply)
 }
 
 /// JSON, or JSON followed by binary outputs with Triton's header saying where the JSON ends.

@@ -2,7 +2,7 @@
 //! rows into. Pushing never blocks; a full queue drops the rows and counts them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -27,9 +27,6 @@ pub struct PredictionLog {
     capacity_rows: usize,
     records: IntCounterVec,
     dropped: IntCounterVec,
-    /// Request ids for requests that came without one: unique per process start.
-    next_id: Arc<AtomicU64>,
-    id_prefix: Arc<str>,
 }
 
 impl PredictionLog {
@@ -57,7 +54,6 @@ impl PredictionLog {
         // Items are at least one row each, so this never limits below the row bound.
         let (tx, rx) = crossbeam_channel::bounded(capacity_rows.clamp(1, 1 << 16));
         let queued_rows = Arc::new(AtomicUsize::new(0));
-        let start = now_ms();
         Ok((
             PredictionLog {
                 tx,
@@ -65,8 +61,6 @@ impl PredictionLog {
                 capacity_rows: capacity_rows.max(1),
                 records,
                 dropped,
-                next_id: Arc::new(AtomicU64::new(0)),
-                id_prefix: format!("keel-{start:x}-{:x}", std::process::id()).into(),
             },
             rx,
             queued_rows,
@@ -137,13 +131,10 @@ impl VersionLog {
         }
         let rate = self.sample_rate;
         let sampled = (0..rows).filter(|_| rate >= 1.0 || fastrand::f64() < rate);
+        // The front ends always pass one; a random one covers direct callers.
         let id = match request_id {
             Some(id) if !id.is_empty() => id.to_string(),
-            _ => format!(
-                "{}-{}",
-                self.log.id_prefix,
-                self.log.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
+            _ => crate::request_id::random(),
         };
         let captured = Captured::new(id, now_ms(), inputs, rows, sampled);
         (!captured.is_empty()).then_some(captured)
@@ -210,10 +201,7 @@ mod tests {
         };
         let records: Vec<_> = logged.records().collect();
         assert_eq!(records.len(), 8);
-        assert!(
-            records[0].request_id.starts_with("keel-"),
-            "an id is assigned"
-        );
+        assert!(records[0].request_id.len() == 32, "a random id is assigned");
         assert_ne!(records[0].request_id, {
             let c = version.capture(None, &request(1), 1).unwrap();
             c.finish(&version.names, 1, &[])

@@ -11,6 +11,7 @@ mod sidecar_client;
 
 use std::sync::{Arc, Mutex};
 
+use keel_monitor::auth::ClientToken;
 use keel_monitor::parquet_log::{ParquetConfig, ParquetSink};
 use keel_monitor::webhook::Webhook;
 use keel_monitor::{Baseline, FeedbackRecord, FeedbackSummary, ModelSpec, Monitor};
@@ -86,6 +87,7 @@ impl Monitoring {
         let embedded = if embedded_mode {
             let alerts = match keel_monitor::sidecar::start_alerts(
                 &config.webhook,
+                &config.outbound_tls,
                 config.prediction_log_dir.as_deref(),
                 registry,
             )? {
@@ -110,10 +112,14 @@ impl Monitoring {
             })?),
             None => None,
         };
+        let token = ClientToken {
+            token: config.monitor_token.clone(),
+            file: config.monitor_token_file.clone(),
+        };
         let sidecar = config
             .monitor_endpoint
             .clone()
-            .map(|endpoint| SidecarHandle::start(endpoint, log.dropped().clone()));
+            .map(|endpoint| SidecarHandle::start(endpoint, token, log.dropped().clone()));
         let (control, control_rx) = crossbeam_channel::unbounded();
         let sinks = Sinks {
             monitor: embedded.clone(),

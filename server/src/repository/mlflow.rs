@@ -3,8 +3,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use keel_monitor::outbound::{redact_url, warn_if_credentials_exposed};
 use serde::Deserialize;
 
 use super::model_toml::MlflowSource;
@@ -59,11 +59,12 @@ struct ListedFile {
 
 impl MlflowClient {
     /// A client for `source.tracking_uri`; credentials come from the standard MLflow variables.
-    pub fn new(source: &MlflowSource) -> Result<Self, String> {
+    pub fn new(source: &MlflowSource, http: &reqwest::Client) -> Result<Self, String> {
         let base = source.tracking_uri.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(format!(
-                "[source.mlflow] tracking_uri '{base}' must be an http:// URL of an MLflow tracking server"
+                "[source.mlflow] tracking_uri '{}' must be an http:// or https:// URL of an MLflow tracking server",
+                redact_url(&base)
             ));
         }
         let auth = match (
@@ -75,12 +76,17 @@ impl MlflowClient {
             (_, Ok(user), Ok(password)) => Auth::Basic(user, password),
             _ => Auth::None,
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(MlflowClient { http, base, auth })
+        let in_url = reqwest::Url::parse(&base)
+            .map(|u| !u.username().is_empty() || u.password().is_some())
+            .unwrap_or(false);
+        if !matches!(auth, Auth::None) || in_url {
+            warn_if_credentials_exposed(&base, "MLflow credentials");
+        }
+        Ok(MlflowClient {
+            http: http.clone(),
+            base,
+            auth,
+        })
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -97,12 +103,13 @@ impl MlflowClient {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, String> {
-        let response = self
-            .get(path)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| format!("MLflow at {} unreachable: {e}", self.base))?;
+        let response = self.get(path).query(query).send().await.map_err(|e| {
+            format!(
+                "MLflow at {} unreachable: {}",
+                redact_url(&self.base),
+                e.without_url()
+            )
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -196,7 +203,13 @@ impl MlflowClient {
             .get(&format!("/api/2.0/mlflow-artifacts/artifacts/{artifact}"))
             .send()
             .await
-            .map_err(|e| format!("MLflow at {} unreachable: {e}", self.base))?;
+            .map_err(|e| {
+                format!(
+                    "MLflow at {} unreachable: {}",
+                    redact_url(&self.base),
+                    e.without_url()
+                )
+            })?;
         if !response.status().is_success() {
             return Err(format!(
                 "downloading {artifact} from MLflow: HTTP {}",

@@ -140,6 +140,8 @@ pub struct RepositorySettings {
     pub poll: Option<Duration>,
     /// Where registry versions are downloaded.
     pub cache_dir: PathBuf,
+    /// The client for registries (MLflow): rustls, the system's roots and --ca-bundle.
+    pub registry_http: reqwest::Client,
 }
 
 pub struct Repository {
@@ -175,8 +177,19 @@ impl Repository {
         metrics: Arc<Metrics>,
         hooks: Hooks,
     ) -> std::io::Result<Self> {
-        let names = model_dirs(&settings.root)?;
-        let repository = Repository {
+        let repository = Self::new(settings, metrics, hooks)?;
+        repository.load_all().await;
+        Ok(repository)
+    }
+
+    /// An empty repository over `settings.root`, which must be readable; [`Repository::load_all`] loads it.
+    pub fn new(
+        settings: RepositorySettings,
+        metrics: Arc<Metrics>,
+        hooks: Hooks,
+    ) -> std::io::Result<Self> {
+        model_dirs(&settings.root)?;
+        Ok(Repository {
             settings,
             models: ArcSwap::from_pointee(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -185,11 +198,28 @@ impl Repository {
             parked: Default::default(),
             schedule: Default::default(),
             hooks,
-        };
-        for name in names {
-            let _ = repository.reconcile(&name, reconcile::Mode::Startup).await;
+        })
+    }
+
+    /// Loads every model found under the root now (start-up). A model that fails is logged and recorded.
+    pub async fn load_all(&self) {
+        for name in model_dirs(&self.settings.root).unwrap_or_default() {
+            let _ = self.reconcile(&name, reconcile::Mode::Startup).await;
         }
-        Ok(repository)
+    }
+
+    /// `Ok` when every model Keel is set to serve has a ready version; else the first model that has
+    /// none. Models unloaded through the API are not expected to serve.
+    pub fn all_ready(&self) -> std::result::Result<(), String> {
+        match self
+            .models
+            .load()
+            .values()
+            .find(|entry| entry.ready_versions().next().is_none())
+        {
+            None => Ok(()),
+            Some(entry) => Err(entry.name.clone()),
+        }
     }
 
     /// Every model in the repository directory and every loaded version, with its state.

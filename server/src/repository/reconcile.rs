@@ -104,8 +104,11 @@ impl Repository {
                 })
             }
             Some(SourceConfig::Mlflow(source)) => {
-                let client = MlflowClient::new(source)?;
+                let client = MlflowClient::new(source, &self.settings.registry_http)?;
                 let version = client.resolve_alias(&source.name, &source.alias).await?;
+                // 0700, and never a folder another user owns: on a shared /tmp they could plant a model.
+                keel_monitor::local_state::private_dir(&self.settings.cache_dir)
+                    .map_err(|e| format!("--cache-dir: {e}"))?;
                 let cache = self.settings.cache_dir.join(name);
                 let files = client.fetch_version(&source.name, version, &cache).await?;
                 // A model.toml registered with the version configures it; the source stays the repository's.

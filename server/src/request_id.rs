@@ -1,0 +1,67 @@
+//! Request ids: the client's (the request's `id`, else its `x-request-id` header or metadata), or a random
+//! 128-bit one. Returned in the response's `id` and an `x-request-id` header, so feedback can be joined to
+//! a prediction without client changes, and cannot be guessed by another client.
+
+/// The header (HTTP) and metadata key (gRPC) that carries the id both ways.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest id taken from a client; longer ones are refused rather than logged.
+pub const MAX_LEN: usize = 256;
+
+/// 32 hex digits from the operating system's CSPRNG.
+pub fn random() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS has no entropy to give (never seen on Linux): still unique, though not secret.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (nanos ^ u128::from(fastrand::u64(..))).to_le_bytes();
+    }
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The id a request is served under: the body's, else the header's, else a new one.
+pub fn resolve(body: Option<String>, header: Option<&str>) -> Result<String, crate::error::Error> {
+    let id = body
+        .filter(|id| !id.is_empty())
+        .or_else(|| {
+            header
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(random);
+    if id.len() > MAX_LEN {
+        return Err(crate::error::Error::invalid(format!(
+            "request id is longer than {MAX_LEN} bytes"
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let a = random();
+        let b = random();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(resolve(Some("mine".into()), Some("hdr")).unwrap(), "mine");
+        assert_eq!(resolve(Some(String::new()), Some(" hdr ")).unwrap(), "hdr");
+        assert_eq!(resolve(None, None).unwrap().len(), 32);
+        assert!(resolve(Some("x".repeat(MAX_LEN + 1)), None).is_err());
+    }
+}
