@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= models
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
-.PHONY: help serve demo test test-rust test-python lint models bench system-deps
+.PHONY: help serve demo test test-rust test-python lint models bench system-deps soak fuzz
 
 help:
 	@echo "make serve   build Keel (release) and serve ./models on :8000"
@@ -21,6 +21,8 @@ help:
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 	@echo "make models  regenerate the example models (deterministic)"
 	@echo "make bench   criterion benchmarks"
+	@echo "make fuzz    long fuzz run: a million cases per fuzz target (release), schemathesis at 1000 examples per operation"
+	@echo "make soak    30-minute soak and chaos bench (release build; figures in target/soak.json, see docs/soak.md)"
 
 # Debian packages the build and the tests need, installed only when missing.
 system-deps:
@@ -91,3 +93,27 @@ models: $(VENV)/.test
 
 bench:
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) cargo bench -p keel-benches
+
+# Soak and chaos bench (benches/soak.py, docs/soak.md): 30 min of mixed HTTP/gRPC traffic, a swap every 10 s,
+# sidecar, webhook, MLflow and keel itself failing once each. tests/test_soak.py is its one-minute variant.
+SOAK_DURATION ?= 1800
+SOAK_OUT ?= target/soak.json
+soak: $(VENV)/.test
+	cargo build --release --bin keel
+	KEEL_BIN=$(abspath target/release/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) \
+	  $(VPY) benches/soak.py --duration $(SOAK_DURATION) --swap-every 10 --out $(SOAK_OUT)
+
+# Fuzzing (docs/fuzzing.md): each property/fuzz target FUZZ_CASES cases in release from a fresh seed (printed,
+# KEEL_FUZZ_SEED replays it), then schemathesis against docs/openapi.yaml at FUZZ_EXAMPLES examples per
+# operation. `make test` runs the same targets at 256 cases and 25 examples. Runs everything, fails if any failed.
+FUZZ_CASES ?= 1000000
+FUZZ_EXAMPLES ?= 1000
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: $(VENV)/.test
+	@status=0; export KEEL_FUZZ_CASES=$(FUZZ_CASES) KEEL_FUZZ_SEED=$(FUZZ_SEED); \
+	cargo test --release -p keel-server --test fuzz -- --nocapture --test-threads 1 || status=1; \
+	cargo test --release -p keel-monitor --test fuzz_baseline -- --nocapture || status=1; \
+	cargo build --bin keel && \
+	KEEL_BIN=$(abspath target/debug/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) KEEL_SCHEMATHESIS_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(VPY) -m pytest -q tests/test_openapi.py || status=1; \
+	exit $$status

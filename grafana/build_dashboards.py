@@ -205,8 +205,11 @@ def serving() -> dict:
             description="Share of requests that ended in error, timeout or overloaded (the KeelHighErrorRate "
                         "alert fires above 5%). Invalid requests are the client's fault and are left out."),
         timeseries("Rows per second", [
-            target(f"sum by (model, version) (rate(keel_inference_rows_total{sel()}[{RATE}]))", MV)],
-            unit="short", description="Rows inferred successfully (a request may carry many rows)."),
+            target(f"sum by (model, version) (rate(keel_inference_rows_total{sel()}[{RATE}]))", MV),
+            target(f"sum by (model) (rate(keel_model_rows_total{sel(version=False)}[{RATE}]))",
+                   "{{model}} all versions")],
+            unit="short", description="Rows inferred successfully (a request may carry many rows); per version, "
+                                      "and per model across swaps (a retired version's series end with it)."),
         timeseries("Requests by protocol", [
             target(f"sum by (protocol) (rate({req}{sel()}[{RATE}]))", "{{protocol}}")],
             unit="reqps", stack=True),

@@ -36,6 +36,7 @@ K8S_VERSIONS = ["1.30", "1.37"]
 SERVING_FAMILIES = {
     "keel_inference_requests_total": "counter",
     "keel_inference_rows_total": "counter",
+    "keel_model_rows_total": "counter",
     "keel_request_duration_seconds": "histogram",
     "keel_queue_duration_seconds": "histogram",
     "keel_compute_duration_seconds": "histogram",

@@ -133,3 +133,23 @@ def test_errors_surface_as_exceptions_with_the_message(client, features):
         client.infer("breast-cancer", [bad])
     # Still serving afterwards.
     assert run(client, "breast-cancer", features[:1], True, True).as_numpy("label").shape == (1,)
+
+
+def test_parameters_are_scalars(client, features):
+    """Custom scalar parameters pass through tritonclient and Keel; an array or object is refused (the
+    protocol's parameters are bool, number or string) with the reason, and the server keeps serving."""
+    inp = httpclient.InferInput("input", [2, 30], "FP32")
+    inp.set_data_from_numpy(features[:2], binary_data=True)
+    result = client.infer("breast-cancer", [inp], parameters={"custom": "v", "n": 3, "on": True, "w": 0.5})
+    assert result.as_numpy("label").shape == (2,)
+    for value, what in [([1, 2], "an array"), ({"a": 1}, "an object")]:
+        with pytest.raises(InferenceServerException, match=f"parameter 'custom' must be a boolean, number or string, not {what}"):
+            client.infer("breast-cancer", [inp], parameters={"custom": value})
+    assert client.infer("breast-cancer", [inp]).as_numpy("label").shape == (2,)
+
+
+def test_bytes_declared_for_an_fp32_input_is_refused_from_the_header(client):
+    inp = httpclient.InferInput("input", [1, 30], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"x"] * 30], dtype=np.object_), binary_data=True)
+    with pytest.raises(InferenceServerException, match="has datatype BYTES, the model expects FP32"):
+        client.infer("breast-cancer", [inp])

@@ -169,3 +169,74 @@ def test_mlflow_outage_keeps_serving_and_recovers(keel, mlflow, registry, featur
     metrics = requests.get(f"http://{keel.metrics}/metrics", timeout=5).text
     assert f'keel_model_swaps_total{{model="{MODEL}"}}' in metrics
     assert json.dumps(serving(keel)) == json.dumps([str(target)])
+
+
+def drift_series(keel, version) -> bool:
+    metrics = requests.get(f"http://{keel.metrics}/metrics", timeout=5).text
+    labels = f'{{model="{MODEL}",version="{version}"}}'
+    return any(line.startswith("keel_drift_window_rows" + labels) for line in metrics.splitlines())
+
+
+def wait_until(what: str, check, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def control(keel, action: str) -> requests.Response:
+    return requests.post(f"http://{keel.http}/v2/repository/models/{MODEL}/{action}",
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+
+
+def test_an_unloaded_registry_model_stays_unloaded_and_leaves_the_monitor(keel, mlflow, registry):
+    """Unloading the MLflow-sourced model through the API: alias polls (every 0.2 s) never bring it back,
+    its drift series leave /metrics, and an explicit load serves the alias' version again."""
+    monitored = mlflow.register(REGISTERED, {"model.onnx": V1_FILE.read_bytes(),
+                                             "baseline.json": (V1_FILE.parent / "baseline.json").read_bytes()})
+    registry[monitored] = V1_FILE
+    mlflow.set_alias(REGISTERED, "champion", monitored)
+    wait_serving(keel, monitored)
+    wait_until("the version is monitored", lambda: drift_series(keel, monitored))
+
+    assert control(keel, "unload").status_code == 200
+    wait_until("the version leaves the monitor", lambda: not drift_series(keel, monitored))
+    # Moving the alias while unloaded changes nothing: 15 alias polls later it is still unloaded.
+    mlflow.set_alias(REGISTERED, "champion", min(registry))
+    time.sleep(3)
+    assert requests.get(f"http://{keel.http}/v2/models/{MODEL}/ready", timeout=5).status_code == 404
+    assert not drift_series(keel, monitored)
+    rows = [r for r in index(keel) if r["name"] == MODEL]
+    assert rows == [{"name": MODEL, "state": "UNAVAILABLE", "reason": "unloaded"}], rows
+
+    response = control(keel, "load")
+    assert response.status_code == 200, response.text
+    wait_serving(keel, min(registry))
+
+
+def test_a_restart_while_mlflow_is_down_serves_the_cached_version(mlflow, registry, tmp_path):
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    (repo / MODEL).mkdir(parents=True)
+    (repo / MODEL / "model.toml").write_text(
+        f'[source.mlflow]\ntracking_uri = "{mlflow.uri}"\nname = "{REGISTERED}"\nalias = "champion"\n'
+        "poll_interval = 0.2\n")
+    first = Keel(repo, "--cache-dir", str(cache))
+    try:
+        versions = serving(first)
+        assert versions, "".join(first.log[-10:])
+    finally:
+        assert first.stop() == 0
+    mlflow.stop()
+    try:
+        second = Keel(repo, "--cache-dir", str(cache))
+        try:
+            assert serving(second) == versions, "".join(second.log[-10:])
+            assert any("serving the cached version" in line for line in second.log)
+            ready = requests.get(f"http://{second.http}/v2/health/ready", timeout=5)
+            assert ready.status_code == 200
+        finally:
+            assert second.stop() == 0
+    finally:
+        mlflow.start()

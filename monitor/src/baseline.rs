@@ -41,6 +41,8 @@ pub const DEFAULT_BINS: usize = 10;
 /// Categorical columns keep at most this many categories (the most frequent); the rest are
 /// "other", which bounds the bins (and Prometheus series) of high-cardinality columns.
 pub const MAX_CATEGORIES: usize = 50;
+/// Most bin edges a numeric column may have: each bin is a window counter and a Prometheus series.
+pub const MAX_EDGES: usize = 256;
 /// How far proportions may sum from 1 (hand-written or rounded baselines stay loadable).
 const SUM_TOLERANCE: f64 = 1e-3;
 
@@ -216,6 +218,12 @@ impl Distribution {
                 proportions,
                 nan_proportion,
             } => {
+                if edges.len() > MAX_EDGES {
+                    return Err(format!(
+                        "{} bin edges, more than the {MAX_EDGES} a column may have",
+                        edges.len()
+                    ));
+                }
                 if let Some(e) = edges.iter().find(|e| !e.is_finite()) {
                     return Err(format!("edge {e} is not finite"));
                 }
@@ -238,6 +246,14 @@ impl Distribution {
                 other,
                 nan_proportion,
             } => {
+                // Each category is bins and series of its own: a loaded baseline is held to the bound
+                // `keel baseline` writes with (the rest goes to "other").
+                if categories.len() > MAX_CATEGORIES {
+                    return Err(format!(
+                        "{} categories, more than the {MAX_CATEGORIES} a column may have (fold the rarest into \"other\")",
+                        categories.len()
+                    ));
+                }
                 check_proportions(categories.values().copied().chain([*other]))?;
                 (categories.values().sum::<f64>() + other, *nan_proportion)
             }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use keel_monitor::sidecar::pb::monitor_service_client::MonitorServiceClient;
 use keel_monitor::sidecar::pb::{self, MonitorMessage};
 use keel_monitor::sidecar::{
-    MAX_MESSAGE_BYTES, Sidecar, SidecarConfig, feedback_message, records_message, retire_message,
+    CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENT_MESSAGE_BYTES, Sidecar, SidecarConfig,
+    feedback_message, feedback_messages, records_message, records_messages, retire_message,
     spec_message,
 };
 use keel_monitor::{
@@ -315,6 +316,58 @@ async fn an_oversized_message_ends_only_its_stream() {
     .unwrap();
     assert_eq!(summary.records, 0);
     assert_eq!(sidecar.monitor().versions().len(), 1);
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_limit_goes_in_chunks_and_a_row_too_large_alone_is_left_out() {
+    use prost::Message;
+    let sidecar = Sidecar::start(config()).await.unwrap();
+    let mut client = client(&sidecar).await;
+    // 1,200 rows of 2,000 numbers: about 19 MiB on the wire, over the 16 MiB limit as one message.
+    let mut records = common::in_distribution("m", 1, now_ms(), 0, 1200);
+    for r in &mut records {
+        r.inputs
+            .push(("wide".into(), vec![FeatureValue::Number(0.5); 2000]));
+    }
+    assert!(records_message(&records).encoded_len() > MAX_MESSAGE_BYTES);
+    // And one row that does not fit in any message.
+    let mut huge = records[0].clone();
+    huge.inputs = vec![(
+        "wide".into(),
+        vec![FeatureValue::Number(1.0); MAX_MESSAGE_BYTES / 8 + 1],
+    )];
+    records.insert(600, huge);
+    let chunked = records_messages(&records, CHUNK_BYTES, MAX_SENT_MESSAGE_BYTES);
+    assert_eq!(chunked.too_large.len(), 1);
+    assert!(chunked.chunks.len() >= 19, "{}", chunked.chunks.len());
+    assert!(chunked.chunks.iter().all(|c| c.bytes <= CHUNK_BYTES));
+    let messages: Vec<MonitorMessage> = chunked.chunks.into_iter().map(|c| c.message).collect();
+    let summary = send_all(&mut client, messages).await.unwrap();
+    assert_eq!(
+        summary.records, 1200,
+        "every row but the one too large arrived"
+    );
+
+    // Feedback is chunked the same way.
+    let feedback: Vec<FeedbackRecord> = (0..50_000)
+        .map(|i| FeedbackRecord {
+            model: "m".into(),
+            request_id: format!("request-{i}"),
+            row: 0,
+            truth: FeatureValue::Category("x".repeat(100)),
+            timestamp_ms: now_ms(),
+        })
+        .collect();
+    let chunked = feedback_messages(&feedback, CHUNK_BYTES, MAX_SENT_MESSAGE_BYTES);
+    assert!(chunked.too_large.is_empty() && chunked.chunks.len() > 4);
+    let summary = send_all(
+        &mut client,
+        chunked.chunks.into_iter().map(|c| c.message).collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.feedback, 50_000);
     sidecar.shutdown().await.unwrap();
 }
 

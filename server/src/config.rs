@@ -100,6 +100,14 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_PREDICTION_LOG_CAPACITY", default_value_t = 65_536)]
     pub prediction_log_capacity: usize,
 
+    /// Bytes of tensor data the prediction log queues before it drops (and counts) new rows.
+    #[arg(long, env = "KEEL_PREDICTION_LOG_CAPACITY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub prediction_log_capacity_bytes: usize,
+
+    /// Elements of one tensor a logged row keeps; wider tensors are logged truncated (and counted).
+    #[arg(long, env = "KEEL_PREDICTION_LOG_MAX_ELEMENTS", default_value_t = 1024)]
+    pub prediction_log_max_elements: usize,
+
     /// Length of the embedded monitor's rolling drift window, in seconds.
     #[arg(long, env = "KEEL_MONITOR_WINDOW", default_value_t = 600.0, value_parser = parse_seconds)]
     pub monitor_window: f64,
@@ -118,6 +126,58 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// What one client can hold of the server: memory, connections, time. Each has a default that keeps a
+/// 1 GiB pod serving under hostile input.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Request bytes (bodies and decoded tensors) all requests together may hold; beyond it requests
+    /// get 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KEEL_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
+
+    /// Elements of all BYTES tensors of one request together.
+    #[arg(long, env = "KEEL_MAX_BYTES_ELEMENTS", default_value_t = 1 << 20)]
+    pub max_bytes_elements: usize,
+
+    /// Seconds a client has to send a request's headers (also bounds the TLS handshake).
+    #[arg(long, env = "KEEL_HEADER_READ_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub header_read_timeout: f64,
+
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, env = "KEEL_BODY_READ_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub body_read_timeout: f64,
+
+    /// Seconds an HTTP/1.1 keep-alive connection may stay idle between requests.
+    #[arg(long, env = "KEEL_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub idle_timeout: f64,
+
+    /// Open connections per listener (HTTP, gRPC); more wait in the kernel's backlog.
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    #[arg(long, env = "KEEL_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub grpc_max_concurrent_streams: u32,
+
+    /// Seconds between HTTP/2 keepalive pings on an idle gRPC connection; a peer that does not answer
+    /// within the same time is closed.
+    #[arg(long, env = "KEEL_GRPC_KEEPALIVE", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub grpc_keepalive: f64,
+
+    /// Seconds one API request may take, its body's upload included (inference: reading, queueing and
+    /// compute; over gRPC from the call's start). Repository control is not limited.
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub request_timeout: f64,
+
+    /// Seconds from SIGTERM to exit: HTTP and gRPC drain together (idle connections close at once), then
+    /// the prediction log and monitor flush. Below Kubernetes' default 30 s grace period.
+    #[arg(long, env = "KEEL_SHUTDOWN_TIMEOUT", default_value_t = 20.0, value_parser = parse_seconds)]
+    pub shutdown_timeout: f64,
 }
 
 /// TLS on the HTTP and gRPC listeners (the metrics listener stays plain).
@@ -199,5 +259,67 @@ impl ServeConfig {
         ]);
         config.model_repository = repository.into();
         config
+    }
+
+    /// Checks every value the types allow but Keel cannot honour, so a bad one stops start-up with an
+    /// error naming its flag instead of a panic or a silent clamp later: intervals a `Duration` cannot
+    /// hold (NaN, infinite, negative, beyond a day), zero where at least one is needed. Flags parsed by
+    /// clap are range-checked already; this also covers a `ServeConfig` built in code.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::repository::model_toml::checked_seconds;
+        let limits = &self.limits;
+        // (flag, seconds, whether 0 is allowed: 0 turns polling, reloading or that timeout off)
+        let seconds = [
+            ("--repository-poll", self.repository_poll, true),
+            ("--tls-reload-interval", self.tls.tls_reload_interval, true),
+            ("--prediction-log-rotate", self.prediction_log_rotate, false),
+            ("--monitor-window", self.monitor_window, false),
+            (
+                "--monitor-evaluate-every",
+                self.monitor_evaluate_every,
+                false,
+            ),
+            ("--header-read-timeout", limits.header_read_timeout, true),
+            ("--body-read-timeout", limits.body_read_timeout, true),
+            ("--idle-timeout", limits.idle_timeout, true),
+            ("--grpc-keepalive", limits.grpc_keepalive, true),
+            ("--request-timeout", limits.request_timeout, true),
+            ("--shutdown-timeout", limits.shutdown_timeout, true),
+        ];
+        for (flag, value, zero_ok) in seconds {
+            checked_seconds(flag, value, zero_ok)?;
+        }
+        let at_least_one = [
+            (
+                "--grpc-max-message-bytes",
+                self.grpc_max_message_bytes as u64,
+            ),
+            ("--max-body-bytes", self.max_body_bytes as u64),
+            (
+                "--prediction-log-capacity",
+                self.prediction_log_capacity as u64,
+            ),
+            (
+                "--prediction-log-capacity-bytes",
+                self.prediction_log_capacity_bytes as u64,
+            ),
+            (
+                "--prediction-log-max-elements",
+                self.prediction_log_max_elements as u64,
+            ),
+            ("--monitor-min-samples", self.monitor_min_samples),
+            ("--max-inflight-bytes", limits.max_inflight_bytes as u64),
+            ("--max-connections", limits.max_connections as u64),
+            (
+                "--grpc-max-concurrent-streams",
+                u64::from(limits.grpc_max_concurrent_streams),
+            ),
+        ];
+        for (flag, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }

@@ -138,6 +138,7 @@ impl ServedVersion {
             .queue_duration
             .observe(executed.queue.as_secs_f64());
         self.metrics.rows.inc_by(rows);
+        self.metrics.model_rows.inc_by(rows);
         let mut all = executed.outputs;
         let outputs = match request.outputs {
             None => all,

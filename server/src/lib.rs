@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backend;
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -1,38 +1,203 @@
 //! Accepting connections for the HTTP and gRPC front ends: plain TCP, or TLS when a certificate is
-//! configured. Handshakes run on their own tasks with a deadline, so a slow or silent client never holds
-//! up the accept loop; a plain-text client of a TLS listener fails its handshake and is closed.
+//! configured. Each listener holds at most `max_connections` open connections (more wait in the
+//! kernel's backlog); handshakes run on their own tasks with a deadline, so a slow or silent client never
+//! holds up the accept loop, and a plain-text client of a TLS listener fails its handshake and is closed.
+//!
+//! Every connection carries read deadlines ([`Activity`]): a client must send a request's headers within
+//! the header timeout of connecting or of its first byte after an idle spell, and an HTTP/1.1 keep-alive
+//! connection may stay idle between requests for the idle timeout. The deadline is checked where the
+//! server waits for bytes, so an expired connection costs nothing until it is closed.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
 use crate::tls::{Protocol, Tls};
 
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepted connections waiting for the server to take them.
 const BACKLOG: usize = 128;
 
-/// One accepted connection.
-pub enum Conn {
+/// Limits on one listener's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// Time to send a request's headers (and to finish a TLS handshake); `None`: no limit.
+    pub header: Option<Duration>,
+    /// Time an HTTP/1.1 connection may sit idle between requests; `None`: no limit.
+    pub idle: Option<Duration>,
+    pub protocol: Protocol,
+}
+
+const HEAD: u8 = 0;
+const BUSY: u8 = 1;
+const IDLE: u8 = 2;
+
+/// Where a connection is in its request cycle, for its read deadline.
+///
+/// HTTP/1.1: waiting for headers (from connect, or from the first byte after idling), busy (a request
+/// in the handler or its response being written: no deadline, the handler's own limits apply), idle
+/// between requests. gRPC: waiting for its first bytes, then busy for good (HTTP/2 keepalive pings and
+/// stream limits take over).
+pub struct Activity {
+    state: AtomicU8,
+    /// Milliseconds since `origin` at the last change of state.
+    since: AtomicU64,
+    busy: AtomicU32,
+    origin: Instant,
+    limits: ConnLimits,
+    /// The reader waiting while the connection is busy: it must look again at the deadline when the
+    /// connection turns idle, since no byte may ever come to wake it.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Activity {
+    fn new(limits: ConnLimits) -> Self {
+        Activity {
+            state: AtomicU8::new(HEAD),
+            since: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+            origin: Instant::now(),
+            limits,
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set(&self, state: u8) {
+        self.since.store(self.now_ms(), Ordering::Relaxed);
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Bytes arrived.
+    fn on_bytes(&self) {
+        match (self.limits.protocol, self.state.load(Ordering::Acquire)) {
+            (Protocol::Http, IDLE) => self.set(HEAD),
+            (Protocol::Grpc, HEAD) => self.set(BUSY),
+            _ => {}
+        }
+    }
+
+    /// A request reached the handler; the returned guard marks its response as written when dropped.
+    pub fn begin(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.state.store(BUSY, Ordering::Release);
+        BusyGuard(self.clone())
+    }
+
+    /// When the connection expires if no byte arrives.
+    fn deadline(&self) -> Option<Instant> {
+        let limit = match self.state.load(Ordering::Acquire) {
+            HEAD => self.limits.header?,
+            IDLE => self.limits.idle?,
+            _ => return None,
+        };
+        Some(self.origin + Duration::from_millis(self.since.load(Ordering::Relaxed)) + limit)
+    }
+}
+
+pub struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.set(IDLE);
+            let waiting = self
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(reader) = waiting {
+                reader.wake();
+            }
+        }
+    }
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// One accepted connection: its stream, its read deadline, and its place among the listener's
+/// `max_connections`.
+pub struct Conn {
+    io: Io,
+    activity: Arc<Activity>,
+    timer: Option<Pin<Box<Sleep>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
 impl Conn {
+    fn new(io: Io, limits: ConnLimits, permit: OwnedSemaphorePermit) -> Self {
+        Conn {
+            io,
+            activity: Arc::new(Activity::new(limits)),
+            timer: None,
+            _permit: permit,
+        }
+    }
+
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(tcp) => tcp,
-            Conn::Tls(tls) => tls.get_ref().0,
+        match &self.io {
+            Io::Plain(tcp) => tcp,
+            Io::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Pending until the connection's deadline, if it has one; then an error that closes it.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(deadline) = self.activity.deadline() else {
+            let mut reader = self
+                .activity
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *reader = Some(cx.waker().clone());
+            }
+            drop(reader);
+            // It may have turned idle before the waker was stored.
+            if self.activity.deadline().is_none() {
+                return Poll::Pending;
+            }
+            return self.poll_deadline(cx);
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client sent nothing within its read deadline",
+            )),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -43,9 +208,24 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.activity.on_bytes();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.poll_deadline(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
@@ -56,9 +236,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -67,30 +247,30 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -114,17 +294,23 @@ impl Incoming {
     /// Starts accepting on `listener` until `stopped` turns true or the `Incoming` is dropped.
     pub fn spawn(
         listener: TcpListener,
-        tls: Option<(Arc<Tls>, Protocol)>,
+        tls: Option<Arc<Tls>>,
+        limits: ConnLimits,
         stopped: watch::Receiver<bool>,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(BACKLOG);
-        tokio::spawn(accept_loop(listener, tls, tx, stopped));
+        tokio::spawn(accept_loop(listener, tls, limits, tx, stopped));
         Ok(Incoming { rx, local })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The next connection; `None` once the listener has stopped.
+    pub async fn next(&mut self) -> Option<Conn> {
+        self.rx.recv().await.map(|(conn, _)| conn)
     }
 
     /// For tonic's `serve_with_incoming*`.
@@ -136,31 +322,23 @@ impl Incoming {
     }
 }
 
-impl axum::serve::Listener for Incoming {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        match self.rx.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop ended (shutdown): no more connections. axum stops calling accept once
-            // its shutdown signal fires, which happens at the same time.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<(Arc<Tls>, Protocol)>,
+    tls: Option<Arc<Tls>>,
+    limits: ConnLimits,
     tx: mpsc::Sender<(Conn, SocketAddr)>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        // At the limit, stop accepting: further clients wait in the kernel's backlog, not in memory.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stopped.wait_for(|stop| *stop) => return,
@@ -180,17 +358,23 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         match &tls {
             None => {
-                if tx.send((Conn::Plain(tcp), peer)).await.is_err() {
+                if tx
+                    .send((Conn::new(Io::Plain(tcp), limits, permit), peer))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
-            Some((tls, protocol)) => {
-                let acceptor = tls.acceptor(*protocol);
+            Some(tls) => {
+                let acceptor = tls.acceptor(limits.protocol);
                 let (tls, tx) = (tls.clone(), tx.clone());
+                let handshake = limits.header.unwrap_or(Duration::from_secs(3600));
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send((Conn::Tls(Box::new(stream)), peer)).await;
+                            let conn = Conn::new(Io::Tls(Box::new(stream)), limits, permit);
+                            let _ = tx.send((conn, peer)).await;
                         }
                         Ok(Err(e)) => {
                             tls.handshake_failed();
@@ -214,4 +398,60 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(protocol: Protocol) -> ConnLimits {
+        ConnLimits {
+            max_connections: 1,
+            header: Some(Duration::from_secs(10)),
+            idle: Some(Duration::from_secs(60)),
+            protocol,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_deadlines_follow_the_request_cycle() {
+        let a = Arc::new(Activity::new(limits(Protocol::Http)));
+        let start = Instant::now();
+        assert_eq!(
+            a.deadline(),
+            Some(start + Duration::from_secs(10)),
+            "headers due"
+        );
+        a.on_bytes();
+        assert_eq!(
+            a.deadline(),
+            Some(start + Duration::from_secs(10)),
+            "bytes do not extend it"
+        );
+        let guard = a.begin();
+        assert_eq!(a.deadline(), None, "busy: the handler's limits apply");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        drop(guard);
+        let idle_from = Instant::now();
+        assert_eq!(
+            a.deadline(),
+            Some(idle_from + Duration::from_secs(60)),
+            "idle"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.on_bytes();
+        assert_eq!(
+            a.deadline(),
+            Some(idle_from + Duration::from_secs(15)),
+            "the next request's headers are due from its first byte"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_needs_only_its_first_bytes_in_time() {
+        let a = Activity::new(limits(Protocol::Grpc));
+        assert!(a.deadline().is_some());
+        a.on_bytes();
+        assert_eq!(a.deadline(), None);
+    }
 }

@@ -84,6 +84,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     rows: IntCounterVec,
+    /// Rows per model, all versions together: survives swaps, unlike the per-version series.
+    model_rows: IntCounterVec,
     request_duration: HistogramVec,
     queue_duration: HistogramVec,
     compute_duration: HistogramVec,
@@ -91,6 +93,11 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     inflight: IntGaugeVec,
     model_info: IntGaugeVec,
+    /// Requests refused before they reached a model, by reason (`inflight_bytes`: the in-flight request
+    /// bytes budget was spent).
+    pub requests_refused: IntCounterVec,
+    /// Request bytes (bodies and decoded tensors) held by requests being served now.
+    pub inflight_request_bytes: IntGauge,
     /// Live [`VersionMetrics`] per label set: a reloaded version shares its labels with the one it
     /// replaces, whose drop must not clear them.
     live: Mutex<HashMap<(String, String, String), usize>>,
@@ -216,6 +223,17 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
+            model_rows: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keel_model_rows_total",
+                        "Rows inferred successfully by any version of the model (kept across swaps).",
+                    ),
+                    &["model"],
+                )
+                .expect("valid counter"),
+            ),
             request_duration: seconds(
                 "keel_request_duration_seconds",
                 "Time from a decoded request to its outputs, in seconds.",
@@ -270,6 +288,25 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            requests_refused: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keel_requests_refused_total",
+                        "Requests refused before they reached a model, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid counter"),
+            ),
+            inflight_request_bytes: register(
+                &r,
+                IntGauge::new(
+                    "keel_inflight_request_bytes",
+                    "Request bytes (bodies and decoded tensors) held by requests being served now.",
+                )
+                .expect("valid gauge"),
+            ),
             live: Mutex::new(HashMap::new()),
             reload: ReloadMetrics::new(&r),
             registry: r,
@@ -304,6 +341,7 @@ impl Metrics {
             labels: (model.to_string(), v.clone(), backend.to_string()),
             requests,
             rows: self.rows.with_label_values(&mv),
+            model_rows: self.model_rows.with_label_values(&[model]),
             request_duration,
             queue_duration: self.queue_duration.with_label_values(&mv),
             compute_duration: self.compute_duration.with_label_values(&mv),
@@ -337,6 +375,7 @@ pub struct VersionMetrics {
     labels: (String, String, String),
     requests: [[IntCounter; 6]; 2],
     pub rows: IntCounter,
+    pub model_rows: IntCounter,
     request_duration: [Histogram; 2],
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
@@ -372,11 +411,30 @@ impl Drop for VersionMetrics {
         }
         live.remove(&self.labels);
         let (model, version, backend) = &self.labels;
-        let _ = self
-            .registry
-            .model_info
-            .remove_label_values(&[model, version, backend]);
-        self.queue_depth.set(0);
-        self.inflight.set(0);
+        let r = &self.registry;
+        let _ = r.model_info.remove_label_values(&[model, version, backend]);
+        if live.keys().any(|(m, v, _)| m == model && v == version) {
+            // The same version on another backend still serves, on these same series.
+            return;
+        }
+        // A retired version's series go with it: with a swap every few seconds they would otherwise
+        // pile up without bound (Prometheus treats the disappearance as staleness).
+        let mv = [model.as_str(), version.as_str()];
+        for p in Protocol::ALL {
+            for o in Outcome::ALL {
+                let _ = r
+                    .requests
+                    .remove_label_values(&[model, version, p.label(), o.label()]);
+            }
+            let _ = r
+                .request_duration
+                .remove_label_values(&[model, version, p.label()]);
+        }
+        let _ = r.rows.remove_label_values(&mv);
+        let _ = r.queue_duration.remove_label_values(&mv);
+        let _ = r.compute_duration.remove_label_values(&mv);
+        let _ = r.batch_rows.remove_label_values(&mv);
+        let _ = r.queue_depth.remove_label_values(&mv);
+        let _ = r.inflight.remove_label_values(&mv);
     }
 }

@@ -12,10 +12,11 @@ use crate::admin::{AdminAuth, ApiAuth};
 use crate::backend::onnxruntime;
 use crate::config::ServeConfig;
 use crate::grpc::auth::ApiTokenLayer;
+use crate::grpc::deadline::DeadlineLayer;
 use crate::grpc::{self, GrpcState};
 use crate::http::{self, HttpState};
 use crate::infer::Infer;
-use crate::listener::Incoming;
+use crate::listener::{ConnLimits, Incoming};
 use crate::metrics::Metrics;
 use crate::metrics_server;
 use crate::monitoring::Monitoring;
@@ -33,6 +34,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Monitoring(crate::monitoring::MonitoringError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("{0}")]
     Auth(AuthError),
     #[error("{0}")]
@@ -65,10 +68,11 @@ pub struct Server {
     infer: Infer,
     ready: Readiness,
     stop: watch::Sender<bool>,
-    http: JoinHandle<Result<(), ServeError>>,
+    http: JoinHandle<()>,
     grpc: JoinHandle<Result<(), ServeError>>,
     watcher: JoinHandle<()>,
     monitoring: Option<Arc<Monitoring>>,
+    shutdown_timeout: Duration,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -85,6 +89,7 @@ impl Server {
     /// Binds every listener and serves at once (live answers, ready does not), then loads the
     /// repository; returns when the first load is done.
     pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
         match onnxruntime::init(config.ort_library.as_deref()) {
             Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime loaded"),
             Err(why) => {
@@ -132,9 +137,15 @@ impl Server {
 
         let (http_listener, _) = bind(config.http_addr).await?;
         let (grpc_listener, _) = bind(config.grpc_addr).await?;
-        let with_tls = |protocol| tls.clone().map(|tls| (tls, protocol));
+        let limits = &config.limits;
         let incoming = |listener, protocol, addr| {
-            Incoming::spawn(listener, with_tls(protocol), stopped.clone())
+            let conn_limits = ConnLimits {
+                max_connections: limits.max_connections,
+                header: seconds(limits.header_read_timeout),
+                idle: seconds(limits.idle_timeout),
+                protocol,
+            };
+            Incoming::spawn(listener, tls.clone(), conn_limits, stopped.clone())
                 .map_err(|source| StartError::Bind { addr, source })
         };
         let http_incoming = incoming(http_listener, TlsProtocol::Http, config.http_addr)?;
@@ -149,33 +160,46 @@ impl Server {
             );
         }
 
+        let budget = crate::budget::Budget::new(config.limits.max_inflight_bytes, &metrics);
         let router = http::router(HttpState {
             infer: infer.clone(),
             admin: admin.clone(),
             api: api.clone(),
             max_body_bytes: config.max_body_bytes,
+            budget: budget.clone(),
+            max_bytes_elements: config.limits.max_bytes_elements,
             ready: ready.clone(),
+            request_timeout: seconds(limits.request_timeout),
             monitoring: monitoring.clone(),
         });
-        let http_stopped = until_stopped(stopped.clone());
-        let http = tokio::spawn(async move {
-            axum::serve(http_incoming, router)
-                .with_graceful_shutdown(http_stopped)
-                .await
-                .map_err(ServeError::Http)
-        });
-        let grpc_service = grpc::service(
+        let body_timeout = seconds(limits.body_read_timeout);
+        let http = tokio::spawn(http::serve::serve(
+            http_incoming,
+            router,
+            body_timeout,
+            stopped.clone(),
+        ));
+        let grpc_service = grpc::convert::guard::service(
             GrpcState {
                 infer: infer.clone(),
                 admin,
                 ready: ready.clone(),
+                stopping: stopped.clone(),
+                budget,
+                max_bytes_elements: config.limits.max_bytes_elements,
             },
             config.grpc_max_message_bytes,
         );
         let api_layer = api.enabled().then(|| ApiTokenLayer::new(api));
         let grpc_stopped = until_stopped(stopped.clone());
+        let grpc_limits = config.limits.clone();
         let grpc = tokio::spawn(async move {
+            let deadline = seconds(grpc_limits.request_timeout).map(DeadlineLayer::new);
             tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(grpc_limits.grpc_max_concurrent_streams.max(1)))
+                .http2_keepalive_interval(seconds(grpc_limits.grpc_keepalive))
+                .http2_keepalive_timeout(seconds(grpc_limits.grpc_keepalive))
+                .layer(tower::util::option_layer(deadline))
                 .layer(tower::util::MapResponseLayer::new(
                     grpc::canonical_size_status,
                 ))
@@ -215,6 +239,8 @@ impl Server {
             grpc,
             watcher,
             monitoring,
+            shutdown_timeout: seconds(config.limits.shutdown_timeout)
+                .unwrap_or(Duration::from_secs(3600)),
         })
     }
 
@@ -234,16 +260,45 @@ impl Server {
         &self.infer
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, then returns.
-    pub async fn shutdown(self) -> Result<(), ServeError> {
+    /// Within the shutdown deadline (`--shutdown-timeout`): readiness turns false, both listeners stop
+    /// accepting, HTTP and gRPC drain together (idle connections close at once, requests in flight
+    /// finish), then the prediction log and monitor flush, so rows of the last requests are kept.
+    /// Whatever is still running at the deadline is cut off.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         self.ready.set_up(false);
         let _ = self.stop.send(true);
-        let http = self.http.await.map_err(ServeError::Task)?;
-        self.watcher.await.map_err(ServeError::Task)?;
+        let drained = tokio::time::timeout_at(deadline, async {
+            tokio::join!(&mut self.http, &mut self.grpc, &mut self.watcher)
+        })
+        .await;
+        let (http, grpc) = match drained {
+            Ok((http, grpc, watcher)) => {
+                watcher.map_err(ServeError::Task)?;
+                http.map_err(ServeError::Task)?;
+                (Ok(()), grpc.map_err(ServeError::Task)?)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = self.shutdown_timeout.as_secs_f64(),
+                    "requests still running at the shutdown deadline are cut off"
+                );
+                self.http.abort();
+                self.grpc.abort();
+                self.watcher.abort();
+                (Ok::<(), ServeError>(()), Ok(()))
+            }
+        };
         if let Some(monitoring) = &self.monitoring {
-            monitoring.shutdown().await;
+            // The log's flush gets what is left of the deadline, and at least a moment.
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(std::time::Duration::from_secs(1));
+            // It finishes the Parquet files by then, counting what it could not deliver.
+            monitoring
+                .shutdown_by(std::time::Instant::now() + left)
+                .await;
         }
-        let grpc = self.grpc.await.map_err(ServeError::Task)?;
         let metrics = tokio::task::spawn_blocking(move || self.metrics_thread.join())
             .await
             .map_err(ServeError::Task)?
@@ -251,4 +306,11 @@ impl Server {
             .map_err(ServeError::Http);
         http.and(grpc).and(metrics)
     }
+}
+
+/// Seconds from a flag as a duration; 0 means no limit.
+fn seconds(value: f64) -> Option<Duration> {
+    (value > 0.0)
+        .then(|| Duration::try_from_secs_f64(value).ok())
+        .flatten()
 }

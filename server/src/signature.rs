@@ -94,49 +94,105 @@ impl Signature {
         self.outputs.iter().find(|o| o.name == name)
     }
 
+    /// The spec of input `name`, or the error a request naming an unknown input gets.
+    pub fn input(&self, name: &str) -> Result<&TensorSpec> {
+        self.inputs.iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown input '{name}'; the model's inputs are {}",
+                names(&self.inputs)
+            ))
+        })
+    }
+
     /// Checks request inputs against the signature and returns them in signature order.
     pub fn check_inputs(&self, mut given: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        for (i, t) in given.iter().enumerate() {
-            if given[..i].iter().any(|prev| prev.name == t.name) {
-                return Err(Error::invalid(format!(
-                    "input '{}' is given more than once",
-                    t.name
-                )));
-            }
-            if !self.inputs.iter().any(|s| s.name == t.name) {
-                return Err(Error::invalid(format!(
-                    "unknown input '{}'; the model's inputs are {}",
-                    t.name,
-                    names(&self.inputs)
-                )));
-            }
+        let mut headers = InputHeaders::new(self);
+        for t in &given {
+            headers.check(&t.name, t.datatype(), &t.shape)?;
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
-        let mut batch = None;
         for spec in &self.inputs {
             let pos = given
                 .iter()
                 .position(|t| t.name == spec.name)
                 .ok_or_else(|| Error::invalid(format!("missing input '{}'", spec.name)))?;
-            let tensor = given.swap_remove(pos);
-            spec.check(&tensor)?;
-            if self.max_batch_size > 0 {
-                let rows = tensor.shape[0];
-                if rows as u64 > self.max_batch_size as u64 {
-                    return Err(Error::invalid(format!(
-                        "input '{}' has {rows} rows, more than the model's max_batch_size {}",
-                        spec.name, self.max_batch_size
-                    )));
-                }
-                if *batch.get_or_insert(rows) != rows {
-                    return Err(Error::invalid(
-                        "all inputs must have the same batch size (dimension 0)",
-                    ));
-                }
-            }
-            ordered.push(tensor);
+            ordered.push(given.swap_remove(pos));
         }
         Ok(ordered)
+    }
+}
+
+/// Counts a request that `served` refused before it reached the scheduler (a check against the signature
+/// while it was decoded, the in-flight budget), as [`ServedVersion::infer`] counts the requests it refuses:
+/// in `keel_inference_requests_total{outcome}` and the version's failure statistics.
+pub fn count_refused(
+    served: &crate::repository::ServedVersion,
+    protocol: crate::metrics::Protocol,
+    error: &Error,
+    since: std::time::Instant,
+) {
+    let elapsed = since.elapsed();
+    let outcome = crate::metrics::Outcome::of(&Err::<(), _>(error.clone()));
+    served.metrics.record_request(protocol, outcome, elapsed);
+    served.stats.record_request(false, elapsed);
+}
+
+/// Request inputs checked one header (name, datatype, shape) at a time, before any of their data is
+/// decoded: unknown and repeated names, datatypes and shapes the model does not take, and more rows than
+/// `max_batch_size` are refused from the header alone, so a lying request costs no allocation.
+pub struct InputHeaders<'s> {
+    signature: &'s Signature,
+    seen: Vec<&'s str>,
+    batch: Option<usize>,
+}
+
+impl<'s> InputHeaders<'s> {
+    pub fn new(signature: &'s Signature) -> Self {
+        InputHeaders {
+            signature,
+            seen: Vec::with_capacity(signature.inputs.len()),
+            batch: None,
+        }
+    }
+
+    /// Checks one input's header; returns the spec and how many elements its data must hold.
+    pub fn check(
+        &mut self,
+        name: &str,
+        datatype: DataType,
+        shape: &[usize],
+    ) -> Result<(&'s TensorSpec, usize)> {
+        let spec = self.signature.input(name)?;
+        if self.seen.contains(&spec.name.as_str()) {
+            return Err(Error::invalid(format!(
+                "input '{name}' is given more than once"
+            )));
+        }
+        self.seen.push(&spec.name);
+        spec.check_header(datatype, shape)?;
+        let max_batch = self.signature.max_batch_size;
+        if max_batch > 0 {
+            let rows = shape[0];
+            if rows as u64 > max_batch as u64 {
+                return Err(Error::invalid(format!(
+                    "input '{name}' has {rows} rows, more than the model's max_batch_size {max_batch}"
+                )));
+            }
+            if *self.batch.get_or_insert(rows) != rows {
+                return Err(Error::invalid(
+                    "all inputs must have the same batch size (dimension 0)",
+                ));
+            }
+        }
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "input '{name}': shape {shape:?} holds more elements than the request carries"
+                ))
+            })?;
+        Ok((spec, count))
     }
 }
 
@@ -153,24 +209,23 @@ impl TensorSpec {
         }
     }
 
-    fn check(&self, t: &Tensor) -> Result<()> {
-        if t.datatype() != self.datatype {
+    /// A request tensor's datatype and shape against this spec.
+    pub fn check_header(&self, datatype: DataType, shape: &[usize]) -> Result<()> {
+        if datatype != self.datatype {
             return Err(Error::invalid(format!(
                 "input '{}' has datatype {}, the model expects {}",
-                self.name,
-                t.datatype(),
-                self.datatype
+                self.name, datatype, self.datatype
             )));
         }
-        let fits = t.shape.len() == self.shape.len()
-            && t.shape
+        let fits = shape.len() == self.shape.len()
+            && shape
                 .iter()
                 .zip(&self.shape)
                 .all(|(&got, &want)| want < 0 || got as i64 == want);
         if !fits {
             return Err(Error::invalid(format!(
                 "input '{}' has shape {:?}, the model expects {:?} (-1 is any size)",
-                self.name, t.shape, self.shape
+                self.name, shape, self.shape
             )));
         }
         Ok(())

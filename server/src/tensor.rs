@@ -252,16 +252,7 @@ impl TensorData {
     /// Decodes the binary wire form of `count` elements. The caller has bounded `count` by the bytes it
     /// holds, so this never allocates more than the input justifies.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8], count: usize) -> Result<Self> {
-        if let Some(size) = datatype.size() {
-            let expected = count.checked_mul(size).filter(|n| *n == bytes.len());
-            if expected.is_none() {
-                return Err(Error::invalid(format!(
-                    "{datatype} tensor of {count} elements needs {} bytes, got {}",
-                    count.saturating_mul(size),
-                    bytes.len()
-                )));
-            }
-        }
+        check_wire_len(datatype, count, bytes.len())?;
         Ok(match datatype {
             DataType::Bool => TensorData::Bool(read_fixed(bytes)),
             DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
@@ -303,6 +294,16 @@ impl TensorData {
         }
     }
 
+    /// Bytes this tensor holds in memory: its elements, and for BYTES each element's `Vec` too.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            TensorData::Bytes(items) => {
+                items.len() * BYTES_ELEMENT_OVERHEAD + items.iter().map(Vec::len).sum::<usize>()
+            }
+            other => other.len() * other.datatype().size().unwrap_or(0),
+        }
+    }
+
     /// Size of the binary wire form.
     pub fn byte_len(&self) -> usize {
         match (self, self.datatype().size()) {
@@ -321,6 +322,11 @@ fn read_bytes_elements(mut bytes: &[u8], count: usize) -> Result<Vec<Vec<u8>>> {
             return Err(Error::invalid(
                 "BYTES tensor ends inside an element's 4-byte length",
             ));
+        }
+        if items.len() == count {
+            return Err(Error::invalid(format!(
+                "BYTES tensor has more elements than the shape's {count}"
+            )));
         }
         let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let rest = &bytes[4..];
@@ -355,6 +361,48 @@ impl Tensor {
     pub fn datatype(&self) -> DataType {
         self.data.datatype()
     }
+}
+
+/// Most dimensions a request tensor may have: far above any model's rank, and a bound on what a shape
+/// costs to read.
+pub const MAX_DIMS: usize = 64;
+
+/// Memory a decoded BYTES element takes besides its content (its `Vec`).
+pub const BYTES_ELEMENT_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
+
+/// Memory `count` decoded elements of `datatype` take; `payload` bounds the content of BYTES elements.
+pub fn decoded_bytes(datatype: DataType, count: usize, payload: usize) -> usize {
+    match datatype.size() {
+        Some(size) => count.saturating_mul(size),
+        None => count
+            .saturating_mul(BYTES_ELEMENT_OVERHEAD)
+            .saturating_add(payload),
+    }
+}
+
+/// Whether `len` bytes of binary wire form can hold `count` elements of `datatype`: exactly
+/// `count x size` for fixed-size types, at least a 4-byte length per element for BYTES. Checked before
+/// anything is decoded.
+pub fn check_wire_len(datatype: DataType, count: usize, len: usize) -> Result<()> {
+    match datatype.size() {
+        Some(size) => {
+            if count.checked_mul(size) != Some(len) {
+                return Err(Error::invalid(format!(
+                    "{datatype} tensor of {count} elements needs {} bytes, got {len}",
+                    count.saturating_mul(size)
+                )));
+            }
+        }
+        None => {
+            if count.checked_mul(4).is_none_or(|least| least > len) {
+                return Err(Error::invalid(format!(
+                    "BYTES tensor of {count} elements needs at least {} bytes (a 4-byte length each), got {len}",
+                    count.saturating_mul(4)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A shape as the protocols carry it (signed dimensions) checked into sizes.
@@ -419,6 +467,26 @@ mod tests {
         assert!(TensorData::from_le_bytes(DataType::Bytes, &[5, 0, 0, 0, 1], 1).is_err());
         assert!(TensorData::from_le_bytes(DataType::Bytes, &[0, 0], 1).is_err());
         assert!(TensorData::from_le_bytes(DataType::Bytes, &[0, 0, 0, 0], 2).is_err());
+    }
+
+    #[test]
+    fn wire_lengths_are_checked_against_counts() {
+        assert!(check_wire_len(DataType::Fp32, 30, 120).is_ok());
+        let err = check_wire_len(DataType::Fp32, 30, 118).unwrap_err();
+        assert!(
+            err.to_string().contains("needs 120 bytes, got 118"),
+            "{err}"
+        );
+        assert!(check_wire_len(DataType::Fp64, usize::MAX, 8).is_err());
+        assert!(check_wire_len(DataType::Bytes, 2, 8).is_ok());
+        assert!(check_wire_len(DataType::Bytes, 3, 8).is_err());
+        assert!(check_wire_len(DataType::Bytes, usize::MAX, 8).is_err());
+        assert_eq!(decoded_bytes(DataType::Fp32, 30, 0), 120);
+        assert_eq!(decoded_bytes(DataType::Bytes, 2, 10), 2 * 24 + 10);
+        assert_eq!(decoded_bytes(DataType::Fp64, usize::MAX, 0), usize::MAX);
+        let data = TensorData::Bytes(vec![b"ab".to_vec(), Vec::new()]);
+        assert_eq!(data.heap_bytes(), 2 * 24 + 2);
+        assert_eq!(TensorData::Fp32(vec![0.0; 3]).heap_bytes(), 12);
     }
 
     #[test]

@@ -17,6 +17,13 @@ fn input(shape: Value, datatype: &str, data: Value) -> Value {
     json!({ "inputs": [{ "name": "input", "shape": shape, "datatype": datatype, "data": data }] })
 }
 
+/// One row of the model's 30 features with the last one replaced by `v`.
+fn with_element(v: Value) -> Value {
+    let mut row = json!(breast_cancer_rows(1));
+    row[29] = v;
+    row
+}
+
 async fn assert_rejected(
     s: &TestServer,
     path: &str,
@@ -60,15 +67,17 @@ async fn malformed_requests_get_clear_400s() {
             { "name": "input", "shape": [1, 30], "datatype": "FP32", "data": thirty }] })).unwrap(), "more than once"),
         (serde_json::to_vec(&input(json!([1, 30]), "FP64", thirty.clone())).unwrap(), "expects FP32"),
         (serde_json::to_vec(&input(json!([1, 30]), "FP33", thirty.clone())).unwrap(), "unknown datatype"),
-        (serde_json::to_vec(&input(json!([1, 29]), "FP32", thirty.clone())).unwrap(), "more elements"),
-        (serde_json::to_vec(&input(json!([1, 31]), "FP32", thirty.clone())).unwrap(), "needs 31"),
+        (serde_json::to_vec(&input(json!([1, 30]), "FP32", json!(breast_cancer_rows(2)[..31]))).unwrap(), "more elements"),
+        (serde_json::to_vec(&input(json!([2, 30]), "FP32", thirty.clone())).unwrap(), "needs 60"),
+        (serde_json::to_vec(&input(json!([1, 31]), "FP32", thirty.clone())).unwrap(), "expects [-1, 30]"),
         (serde_json::to_vec(&input(json!([1, 29]), "FP32", json!(breast_cancer_rows(1)[..29]))).unwrap(), "expects [-1, 30]"),
         (serde_json::to_vec(&input(json!([-1, 30]), "FP32", thirty.clone())).unwrap(), "negative dimension"),
-        (serde_json::to_vec(&input(json!([4294967296u64, 30]), "FP32", thirty.clone())).unwrap(), "more elements than the request carries"),
+        (serde_json::to_vec(&input(json!([4294967296u64, 30]), "FP32", thirty.clone())).unwrap(), "more than the model's max_batch_size 1024"),
+        (serde_json::to_vec(&input(json!([1024, 30]), "FP32", thirty.clone())).unwrap(), "more elements than the request carries"),
         (serde_json::to_vec(&input(json!([u64::MAX, 2]), "FP32", thirty.clone())).unwrap(), "malformed"),
-        (serde_json::to_vec(&input(json!([2, 2]), "FP32", json!([[1, 2], [3]]))).unwrap(), "ragged"),
-        (serde_json::to_vec(&input(json!([1, 2]), "FP32", json!([1, "two"]))).unwrap(), "string \"two\""),
-        (serde_json::to_vec(&input(json!([1, 2]), "FP32", json!([1, null]))).unwrap(), "null"),
+        (serde_json::to_vec(&input(json!([2, 30]), "FP32", json!([vec![1; 30], vec![1; 29]]))).unwrap(), "ragged"),
+        (serde_json::to_vec(&input(json!([1, 30]), "FP32", with_element(json!("two")))).unwrap(), "string \"two\""),
+        (serde_json::to_vec(&input(json!([1, 30]), "FP32", with_element(Value::Null))).unwrap(), "null"),
         (serde_json::to_vec(&json!({ "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32" }] })).unwrap(), "has no data"),
         (serde_json::to_vec(&json!({ "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": thirty }],
             "outputs": [{ "name": "nope" }] })).unwrap(), "unknown output 'nope'"),
@@ -179,6 +188,17 @@ async fn broken_binary_extension_requests() {
     assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "both").await;
     let (body, n) = with(usize::MAX, "", &raw);
     assert_rejected(&s, INFER, body, &[(hl, n.to_string())], 400, "exceeds").await;
+    // binary_data_size is checked against shape x element size before anything is decoded.
+    let (body, n) = with(240, "", &[raw.as_slice(), &raw].concat());
+    assert_rejected(
+        &s,
+        INFER,
+        body,
+        &[(hl, n.to_string())],
+        400,
+        "needs 120 bytes, got 240",
+    )
+    .await;
     s.server.shutdown().await.unwrap();
 }
 
@@ -271,4 +291,391 @@ async fn oversized_bodies_get_413_without_reading_them() {
     let (status, _) = s.post_json(INFER, &infer_body(1)).await;
     assert_eq!(status, 200);
     s.server.shutdown().await.unwrap();
+}
+
+/// `"x": [0,0,...]` of `n` elements: megabytes on the wire, far more if it were built as JSON values.
+fn zeros(n: usize) -> String {
+    format!("[{}0]", "0,".repeat(n))
+}
+
+/// Issue 11's hostile kinds: each is refused from what comes before its bulk (an array or object where a
+/// scalar belongs is refused at its `[` or `{`; a tensor header the model does not take is refused before
+/// its data is read), with a JSON error, and the server keeps serving.
+#[tokio::test]
+async fn hostile_requests_are_refused_before_their_bulk_is_built() {
+    let s = TestServer::start(&example_models()).await;
+    let good = json!({ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": breast_cancer_rows(1) });
+    let big = zeros(2_000_000);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!(r#"{{"parameters": {{"x": {big}}}, "inputs": [{good}]}}"#),
+            INFER,
+            "parameter 'x' must be a boolean, number or string, not an array",
+        ),
+        (
+            format!(r#"{{"inputs": [{good}], "parameters": {{"x": {{"y": {big}}}}}}}"#),
+            INFER,
+            "not an object",
+        ),
+        (
+            format!(
+                r#"{{"inputs": [{{"name": "input", "shape": [1, 30], "datatype": "FP32", "parameters": {{"p": {big}}}, "data": [{}]}}]}}"#,
+                vec!["1"; 30].join(",")
+            ),
+            INFER,
+            "parameter 'p' must be a boolean, number or string",
+        ),
+        (
+            format!(
+                r#"{{"inputs": [{good}], "outputs": [{{"name": "label", "parameters": {{"binary_data": {big}}}}}]}}"#
+            ),
+            INFER,
+            "parameter 'binary_data' must be a boolean, number or string",
+        ),
+        (
+            format!(r#"{{"inputs": [{good}], "parameters": {{"x": null}}}}"#),
+            INFER,
+            "not null",
+        ),
+        (
+            format!(
+                r#"{{"inputs": [{good}], "parameters": {{{}}}}}"#,
+                (0..300)
+                    .map(|i| format!(r#""k{i}": 1"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            INFER,
+            "more than 256 parameters",
+        ),
+        // BYTES declared for the FP32 input: refused from the header, its million strings never decoded.
+        (
+            format!(
+                r#"{{"inputs": [{{"name": "input", "shape": [1, 1000000], "datatype": "BYTES", "data": [{}""]}}]}}"#,
+                r#""","#.repeat(999_999)
+            ),
+            INFER,
+            "has datatype BYTES, the model expects FP32",
+        ),
+        (
+            format!(
+                r#"{{"inputs": [{{"name": "input", "shape": [{}], "datatype": "FP32", "data": [1]}}]}}"#,
+                vec!["1"; 100_000].join(",")
+            ),
+            INFER,
+            "more than 64 dimensions",
+        ),
+        (
+            format!(r#"{{"feedback": [{{"id": "a", "label": {big}}}]}}"#),
+            "/v2/models/breast-cancer/feedback",
+            "\"label\" must be a number, string or boolean, not an array",
+        ),
+        (
+            format!(r#"{{"feedback": [{{"id": "a", "label": {{"k": {big}}}}}]}}"#),
+            "/v2/models/breast-cancer/feedback",
+            "not an object",
+        ),
+        (
+            format!(r#"{{"feedback": [{{"id": "a", "value": {big}}}]}}"#),
+            "/v2/models/breast-cancer/feedback",
+            "invalid type: sequence",
+        ),
+        (
+            format!(
+                r#"{{"feedback": [{}]}}"#,
+                vec![r#"{"id": "a", "label": 1}"#; 100_001].join(",")
+            ),
+            "/v2/models/breast-cancer/feedback",
+            "more than 100000 feedback items",
+        ),
+    ];
+    for (body, path, needle) in cases {
+        assert_rejected(&s, path, body.into_bytes(), &[], 400, needle).await;
+    }
+    // Scalars are still taken, including ones Keel does not use.
+    let mut ok = infer_body(1);
+    ok["parameters"] = json!({ "priority": 1, "sequence_id": "s", "flag": true, "w": 0.5 });
+    let (status, reply) = s.post_json(INFER, &ok).await;
+    assert_eq!(status, 200, "{reply}");
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_elements_per_request_are_capped() {
+    let model = workspace().join("tests/models/datatypes/1/model.onnx");
+    let repo = TempRepo::new("bytescap", &[("dt", &model, "")]);
+    let mut config = ServeConfig::local(&repo.root);
+    config.limits.max_bytes_elements = 5;
+    let s = TestServer::start_with(config).await;
+    let bytes = |rows: usize| {
+        json!({ "inputs": [{ "name": "in_bytes", "shape": [rows, 3], "datatype": "BYTES",
+                             "data": vec!["ab"; rows * 3] }] })
+    };
+    let (status, err) = s.post_json("/v2/models/dt/infer", &bytes(2)).await;
+    assert_eq!(status, 413, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-bytes-elements"),
+        "{err}"
+    );
+    // Within the cap the request goes on (and fails later for the inputs it lacks).
+    let (status, err) = s.post_json("/v2/models/dt/infer", &bytes(1)).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("missing input"),
+        "{err}"
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", s.server.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A small in-flight budget: a request that alone is larger gets 413, one that does not fit next to a
+/// request being read gets 429 with Retry-After, at once; once that request is gone the budget is whole
+/// again, and the refusals are counted.
+#[tokio::test]
+async fn inflight_budget_refuses_with_429_and_recovers() {
+    let mut config = ServeConfig::local(example_models());
+    config.limits.max_inflight_bytes = 64 * 1024;
+    let s = TestServer::start_with(config).await;
+    let (status, _) = s.post_json(INFER, &infer_body(1)).await;
+    assert_eq!(status, 200);
+
+    let whole = serde_json::to_vec(&infer_body(300)).unwrap();
+    assert!(whole.len() > 64 * 1024);
+    assert_rejected(&s, INFER, whole, &[], 413, "--max-inflight-bytes").await;
+
+    // 30 000 bytes: does not fit next to 40 000 held (64 KiB budget), fits alone with its tensors.
+    let mut body = serde_json::to_vec(&infer_body(50)).unwrap();
+    assert!(body.len() < 30_000);
+    body.resize(30_000, b' ');
+    let srv = &s;
+    let slow_client = move |sent: usize| async move {
+        let mut slow = TcpStream::connect(srv.server.http_addr()).await.unwrap();
+        let head = format!(
+            "POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{}",
+            " ".repeat(sent)
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow
+    };
+    let holding = move |bytes: f64| async move {
+        for _ in 0..100 {
+            if metric(srv, "keel_inflight_request_bytes").await == bytes {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the in-flight bytes never reached {bytes}");
+    };
+    // A client that declares 60 000 bytes and sends nothing holds nothing: it blocks no one.
+    let idle = slow_client(0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holding(0.0).await;
+    let (status, _, _) = s.post_raw(INFER, body.clone(), &[]).await;
+    assert_eq!(status, 200);
+    drop(idle);
+    // One that has sent 40 000 of them holds those while it sends the rest.
+    let slow = slow_client(40_000).await;
+    holding(40_000.0).await;
+    let started = std::time::Instant::now();
+    let (status, headers, reply) = s.post_raw(INFER, body.clone(), &[]).await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("retry later"),
+        "{reply}"
+    );
+    // Small requests still fit.
+    let (status, _) = s.post_json(INFER, &infer_body(1)).await;
+    assert_eq!(status, 200);
+    assert!(metric(&s, "keel_requests_refused_total{reason=\"inflight_bytes\"}").await >= 2.0);
+
+    drop(slow);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = s.post_raw(INFER, body.clone(), &[]).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "the budget is whole again once the slow client is gone"
+    );
+    for _ in 0..100 {
+        if metric(&s, "keel_inflight_request_bytes").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&s, "keel_inflight_request_bytes").await, 0.0);
+    s.server.shutdown().await.unwrap();
+}
+
+mod grpc {
+    use super::*;
+    use keel_server::grpc::pb;
+    use keel_server::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use pb::model_infer_request::InferInputTensor;
+    use tonic::transport::Channel;
+
+    async fn client(s: &TestServer) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::connect(format!("http://{}", s.server.grpc_addr()))
+            .await
+            .unwrap()
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20)
+    }
+
+    fn request(rows: usize) -> pb::ModelInferRequest {
+        let x: Vec<u8> = breast_cancer_rows(1)
+            .repeat(rows)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        pb::ModelInferRequest {
+            model_name: "breast-cancer".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![rows as i64, 30],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![x],
+            ..Default::default()
+        }
+    }
+
+    fn empty_bytes(datatype: &str, n: usize) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "breast-cancer".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: datatype.into(),
+                shape: vec![1, n as i64],
+                contents: Some(pb::InferTensorContents {
+                    bytes_contents: vec![Vec::new(); n],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn assert_status(
+        c: &mut GrpcInferenceServiceClient<Channel>,
+        req: pb::ModelInferRequest,
+        code: tonic::Code,
+        needle: &str,
+    ) {
+        let err = c.model_infer(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{needle}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
+        let ok = c.model_infer(request(1)).await.unwrap().into_inner();
+        assert_eq!(ok.raw_output_contents.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn hostile_messages_are_refused_before_decoding() {
+        let s = TestServer::start(&example_models()).await;
+        let mut c = client(&s).await;
+        let invalid = tonic::Code::InvalidArgument;
+        assert_status(
+            &mut c,
+            empty_bytes("BYTES", 3_000_000),
+            invalid,
+            "has datatype BYTES",
+        )
+        .await;
+        let mut wrong = empty_bytes("FP32", 3_000_000);
+        wrong.inputs[0].shape = vec![1, 30];
+        assert_status(&mut c, wrong, invalid, "not bytes_contents").await;
+        let mut inputs = request(1);
+        inputs.inputs = vec![InferInputTensor::default(); 100_000];
+        inputs.raw_input_contents.clear();
+        assert_status(&mut c, inputs, invalid, "at most 4096").await;
+        let mut raw = request(1);
+        raw.raw_input_contents.extend(vec![Vec::new(); 1_000_000]);
+        assert_status(
+            &mut c,
+            raw,
+            invalid,
+            "raw_input_contents has 1000001 entries",
+        )
+        .await;
+        let mut rows = request(1);
+        rows.inputs[0].shape = vec![2000, 30];
+        rows.raw_input_contents[0] = vec![0; 2000 * 30 * 4];
+        assert_status(&mut c, rows, invalid, "max_batch_size").await;
+        s.server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inflight_budget_over_grpc() {
+        let mut config = ServeConfig::local(example_models());
+        config.limits.max_inflight_bytes = 64 * 1024;
+        let s = TestServer::start_with(config).await;
+        let mut c = client(&s).await;
+        // 1024 rows: 120 KiB of raw input, more than the whole budget.
+        assert_status(
+            &mut c,
+            request(1024),
+            tonic::Code::ResourceExhausted,
+            "--max-inflight-bytes",
+        )
+        .await;
+        // In a stream, the refused request gets its error and the stream carries on.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut replies = c
+            .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(request(1024)).await.unwrap();
+        let first = replies.message().await.unwrap().unwrap();
+        assert!(
+            first.error_message.contains("--max-inflight-bytes"),
+            "{}",
+            first.error_message
+        );
+        tx.send(request(2)).await.unwrap();
+        let second = replies.message().await.unwrap().unwrap();
+        assert_eq!(second.error_message, "");
+        assert_eq!(second.infer_response.unwrap().outputs[1].shape, vec![2, 2]);
+        tx.send(empty_bytes("BYTES", 10)).await.unwrap();
+        let third = replies.message().await.unwrap().unwrap();
+        assert!(
+            third.error_message.contains("has datatype BYTES"),
+            "{}",
+            third.error_message
+        );
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+        s.server.shutdown().await.unwrap();
+    }
 }

@@ -164,3 +164,123 @@ async fn shutdown_finishes_in_flight_requests() {
         .unwrap()
         .unwrap();
 }
+
+/// Every configuration value out of range is refused, naming its flag, never a panic.
+#[test]
+fn every_bad_setting_is_an_error_naming_its_flag() {
+    use keel_server::ServeConfig;
+    type Edit = fn(&mut ServeConfig);
+    let cases: [(&str, Edit); 20] = [
+        ("--repository-poll", |c| c.repository_poll = 1e300),
+        ("--repository-poll", |c| c.repository_poll = f64::NAN),
+        ("--repository-poll", |c| c.repository_poll = -1.0),
+        ("--repository-poll", |c| c.repository_poll = f64::INFINITY),
+        ("--tls-reload-interval", |c| {
+            c.tls.tls_reload_interval = 1e20
+        }),
+        ("--monitor-window", |c| c.monitor_window = 0.0),
+        ("--monitor-evaluate-every", |c| {
+            c.monitor_evaluate_every = f64::NAN
+        }),
+        ("--prediction-log-rotate", |c| {
+            c.prediction_log_rotate = -5.0
+        }),
+        ("--header-read-timeout", |c| {
+            c.limits.header_read_timeout = 1e300
+        }),
+        ("--body-read-timeout", |c| {
+            c.limits.body_read_timeout = f64::NAN
+        }),
+        ("--idle-timeout", |c| c.limits.idle_timeout = -1.0),
+        ("--grpc-keepalive", |c| c.limits.grpc_keepalive = 86_401.0),
+        ("--request-timeout", |c| c.limits.request_timeout = f64::MAX),
+        ("--shutdown-timeout", |c| {
+            c.limits.shutdown_timeout = f64::NEG_INFINITY
+        }),
+        ("--max-connections", |c| c.limits.max_connections = 0),
+        ("--grpc-max-concurrent-streams", |c| {
+            c.limits.grpc_max_concurrent_streams = 0
+        }),
+        ("--max-inflight-bytes", |c| c.limits.max_inflight_bytes = 0),
+        ("--max-body-bytes", |c| c.max_body_bytes = 0),
+        ("--prediction-log-capacity", |c| {
+            c.prediction_log_capacity = 0
+        }),
+        ("--monitor-min-samples", |c| c.monitor_min_samples = 0),
+    ];
+    let fine = ServeConfig::local("models");
+    fine.validate().expect("the defaults are valid");
+    for (flag, edit) in cases {
+        let mut config = fine.clone();
+        edit(&mut config);
+        let err = config.validate().expect_err(flag);
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    // 0 turns polling and the timeouts off.
+    let mut off = fine.clone();
+    off.repository_poll = 0.0;
+    off.limits.header_read_timeout = 0.0;
+    off.validate().unwrap();
+}
+
+/// A number of seconds clap cannot take stops `keel serve` with the flag's name, not a panic.
+#[tokio::test]
+async fn keel_refuses_an_out_of_range_flag_by_name() {
+    for (flag, value) in [
+        ("--repository-poll", "1e300"),
+        ("--repository-poll", "NaN"),
+        ("--monitor-window", "-1"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["serve", &format!("{flag}={value}")])
+            .env("KEEL_MODEL_REPOSITORY", example_models())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A model.toml value that would panic or allocate without bound fails that model's load with the
+/// key's name; the server and its other models go on.
+#[tokio::test]
+async fn a_bad_model_toml_value_fails_only_its_model_naming_the_key() {
+    let repo = common::TempRepo::new(
+        "lifecycle-bad-toml",
+        &[
+            (
+                "poll",
+                &example_models().join("breast-cancer/1/model.onnx"),
+                "[source.mlflow]\ntracking_uri = \"http://127.0.0.1:9\"\nname = \"x\"\npoll_interval = 1e300\n",
+            ),
+            (
+                "queue",
+                &example_models().join("breast-cancer/1/model.onnx"),
+                "[dynamic_batching]\nmax_queue_size = 100000000000\n",
+            ),
+            (
+                "good",
+                &example_models().join("breast-cancer/1/model.onnx"),
+                "",
+            ),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    for (model, key) in [
+        ("poll", "[source.mlflow] poll_interval"),
+        ("queue", "[dynamic_batching] max_queue_size"),
+    ] {
+        let (status, body) = s
+            .post_json(&format!("/v2/models/{model}/infer"), &infer_body(1))
+            .await;
+        assert_eq!(status, 503, "{model}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(key), "{model}: {error}");
+    }
+    let (status, _) = s.post_json("/v2/models/good/infer", &infer_body(1)).await;
+    assert_eq!(status, 200);
+    s.server.shutdown().await.unwrap();
+}

@@ -248,3 +248,325 @@ async fn unloaded_models_stay_unloaded_until_loaded_again() {
     assert_eq!(served_version(&server).await, "2");
     server.server.shutdown().await.unwrap();
 }
+
+/// The control endpoint `action` ("load", "unload") of `model`, with the admin token.
+async fn control(server: &TestServer, model: &str, action: &str) -> u16 {
+    server
+        .client
+        .post(server.url(&format!("/v2/repository/models/{model}/{action}")))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_is_never_undone_by_a_poll() {
+    let repo = TempRepo::new("reload-unload-race", &[("m", &model_file(1), "")]);
+    let mut config = ServeConfig::local(&repo.root);
+    // Every model is due at every look: the poller (and the loop below) look as often as they can.
+    config.repository_poll = 0.001;
+    config.admin_token = Some("t".into());
+    let server = TestServer::start_with(config).await;
+    let repository = server.server.infer().repository();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let looks = std::sync::atomic::AtomicUsize::new(0);
+    // Looks back to back, beside the poller's own, racing every unload below.
+    let hammer = async {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            repository.poll_once().await;
+            looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    };
+    let cycles = async {
+        for cycle in 0..20 {
+            assert_eq!(control(&server, "m", "load").await, 200, "cycle {cycle}");
+            assert_eq!(control(&server, "m", "unload").await, 200, "cycle {cycle}");
+            let from = looks.load(std::sync::atomic::Ordering::Relaxed);
+            while looks.load(std::sync::atomic::Ordering::Relaxed) < from + 5 {
+                assert_eq!(
+                    server.get("/v2/models/m/ready").await.0,
+                    404,
+                    "cycle {cycle}: a look brought the unloaded model back"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // And it stays unloaded for many more looks (the poller's ticks included).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(server.get("/v2/models/m/ready").await.0, 404);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(hammer, cycles);
+    let rows = index(&server).await;
+    assert!(
+        rows.iter()
+            .any(|r| r["name"] == "m" && r["reason"] == "unloaded"),
+        "{rows:?}"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+/// Whether /metrics has a drift-window series of `model` version `version`.
+async fn has_drift_series(server: &TestServer, model: &str, version: u64) -> bool {
+    let labels = format!(r#"{{model="{model}",version="{version}"}}"#);
+    metrics(server)
+        .await
+        .lines()
+        .any(|l| l.starts_with("keel_drift_window_rows") && l.contains(&labels))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_that_stop_serving_leave_the_monitor() {
+    let repo = TempRepo::new("reload-retire", &[("m", &model_file(1), "")]);
+    let baseline = |v: u64| example_models().join(format!("breast-cancer/{v}/baseline.json"));
+    std::fs::copy(baseline(1), repo.root.join("m/1/baseline.json")).unwrap();
+    // The embedded monitor is on by default.
+    let server = start(&repo).await;
+    eventually("version 1 is monitored", async || {
+        has_drift_series(&server, "m", 1).await
+    })
+    .await;
+
+    // Unloaded through the API: its series go.
+    assert_eq!(control(&server, "m", "unload").await, 200);
+    eventually("version 1 leaves the monitor", async || {
+        !has_drift_series(&server, "m", 1).await
+    })
+    .await;
+    assert_eq!(control(&server, "m", "load").await, 200);
+    eventually("version 1 is monitored again", async || {
+        has_drift_series(&server, "m", 1).await
+    })
+    .await;
+
+    // Leaving the version policy (latest 1) when version 2 arrives.
+    let staging = repo.root.join(".staging-2");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::copy(model_file(2), staging.join("model.onnx")).unwrap();
+    std::fs::copy(baseline(2), staging.join("baseline.json")).unwrap();
+    std::fs::rename(&staging, repo.root.join("m/2")).unwrap();
+    eventually("version 2 replaces version 1 in the monitor", async || {
+        has_drift_series(&server, "m", 2).await && !has_drift_series(&server, "m", 1).await
+    })
+    .await;
+
+    // The model directory removed.
+    std::fs::rename(repo.root.join("m"), repo.root.join(".m-removed")).unwrap();
+    eventually("version 2 leaves the monitor", async || {
+        !has_drift_series(&server, "m", 2).await
+    })
+    .await;
+    assert_eq!(server.get("/v2/models/m").await.0, 404);
+    server.server.shutdown().await.unwrap();
+}
+
+/// A "tracking server" that accepts connections and never answers, until released; then it closes
+/// them (and every later one) at once.
+struct HungRegistry {
+    addr: std::net::SocketAddr,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HungRegistry {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, mut released) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { return };
+                        if !*released.borrow() {
+                            held.push(stream);
+                        }
+                    }
+                    changed = released.changed() => {
+                        held.clear();
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        HungRegistry { addr, release }
+    }
+
+    /// model.toml of a model served from this registry.
+    fn model_toml(&self, name: &str) -> String {
+        format!(
+            "[source.mlflow]\ntracking_uri = \"http://{}\"\nname = \"{name}\"\npoll_interval = 0.2\n",
+            self.addr
+        )
+    }
+
+    fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+/// `what` must finish within `seconds`.
+async fn within<T>(seconds: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than {seconds} s"))
+}
+
+async fn index_reason(server: &TestServer, model: &str) -> Option<String> {
+    index(server)
+        .await
+        .into_iter()
+        .find(|r| r["name"] == model)
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_registry_delays_only_its_own_model() {
+    let hung = HungRegistry::start().await;
+    let repo = TempRepo::new("reload-hung", &[("fs", &model_file(1), "")]);
+    std::fs::create_dir_all(repo.root.join("hung")).unwrap();
+    std::fs::write(repo.root.join("hung/model.toml"), hung.model_toml("hung")).unwrap();
+    let cache = repo.root.join(".cache");
+    // The HTTP port must be known before start-up returns: reserve one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = ServeConfig::local(&repo.root);
+    config.repository_poll = POLL;
+    config.admin_token = Some("t".into());
+    config.cache_dir = cache.clone();
+    config.http_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let starting = tokio::spawn(TestServer::start_with(config));
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    // Start-up: the filesystem model serves while the registry model's first look hangs.
+    within(5, "the filesystem model getting ready at start-up", async {
+        loop {
+            if let Ok(r) = client.get(url("/v2/models/fs/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for action in ["unload", "load"] {
+        let status = within(5, "the load/unload API during start-up", async {
+            client
+                .post(url(&format!("/v2/repository/models/fs/{action}")))
+                .bearer_auth("t")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+        .await;
+        assert_eq!(status, 200, "{action}");
+    }
+    assert!(!starting.is_finished(), "the hung model is still loading");
+    hung.release();
+    let server = within(60, "start-up once the registry answers", starting)
+        .await
+        .unwrap();
+    assert!(
+        index_reason(&server, "hung")
+            .await
+            .unwrap()
+            .contains("unreachable"),
+        "{:?}",
+        index(&server).await
+    );
+
+    // Polling: a second hung registry model appears; everything else goes on.
+    let hung2 = HungRegistry::start().await;
+    std::fs::create_dir_all(repo.root.join("hung2")).unwrap();
+    std::fs::write(
+        repo.root.join("hung2/model.toml"),
+        hung2.model_toml("hung2"),
+    )
+    .unwrap();
+    eventually("the poller is stuck on hung2", async || {
+        index_reason(&server, "hung2").await.as_deref() == Some("loading")
+    })
+    .await;
+    publish(&repo.root, "fs", 2, &std::fs::read(model_file(2)).unwrap());
+    within(5, "a new filesystem version while a look hangs", async {
+        loop {
+            let (status, body) = server
+                .post_json("/v2/models/fs/infer", &infer_body(1))
+                .await;
+            if status == 200 && body["model_version"] == "2" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for action in ["unload", "load"] {
+        let status = within(
+            5,
+            "the load/unload API while a look hangs",
+            control(&server, "fs", action),
+        )
+        .await;
+        assert_eq!(status, 200, "{action}");
+    }
+    assert_eq!(
+        index_reason(&server, "hung2").await.as_deref(),
+        Some("loading")
+    );
+    // Unloading the hung model does not wait for its look either, and its outcome is discarded.
+    let status = within(
+        5,
+        "unloading the hung model",
+        control(&server, "hung2", "unload"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    hung2.release();
+    tokio::time::sleep(Duration::from_secs_f64(POLL * 10.0)).await;
+    assert_eq!(
+        index_reason(&server, "hung2").await.as_deref(),
+        Some("unloaded")
+    );
+    assert_eq!(server.get("/v2/models/fs/ready").await.0, 200);
+    within(30, "shutdown", server.server.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_version_takes_its_serving_series_with_it() {
+    let repo = TempRepo::new("reload-series", &[("m", &model_file(1), "")]);
+    let server = start(&repo).await;
+    assert_eq!(served_version(&server).await, "1");
+    let v1 = |text: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("keel_") && l.contains("model=\"m\"") && l.contains("version=\"1\"")
+            })
+            .count()
+    };
+    assert!(v1(&metrics(&server).await) > 50, "version 1 has its series");
+    publish(&repo.root, "m", 2, &std::fs::read(model_file(2)).unwrap());
+    eventually("version 2 serves", async || {
+        served_version(&server).await == "2"
+    })
+    .await;
+    // The swap releases version 1 once its last request is done.
+    eventually("version 1's series are gone", async || {
+        v1(&metrics(&server).await) == 0
+    })
+    .await;
+    server.server.shutdown().await.unwrap();
+}

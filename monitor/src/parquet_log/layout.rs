@@ -1,6 +1,10 @@
 //! Which value column each monitored tensor element of a prediction goes to, and of which kind.
 //!
-//! A tensor with one element per row is column `<tensor>`; a wider one is `<tensor>_<i>`. A
+//! A tensor with one element per row is column `<tensor>`; a wider one is `<tensor>_<i>`, for its
+//! first `cap` elements only (`ParquetConfig::max_tensor_columns`): elements past the cap are not
+//! written (counted as truncated), so a file has at most `tensors x cap` value columns however wide
+//! a row is. Truncation rather than one list column keeps the flat `<tensor>_<i>` columns that
+//! pandas users and the drift baselines address element by element. A
 //! column's kind (number or category) is the one it had in the model's previous file, so files of
 //! one model agree; a new column takes the kind most of its values in the batch have (numbers on a
 //! tie), so one bad first value does not turn a numeric column into strings. Names that would
@@ -43,13 +47,26 @@ struct Slot {
 }
 
 /// The value columns of one prediction file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Layout {
     slots: Vec<Slot>,
     /// Slot of each tensor name, one map per [`Side`].
     index: [HashMap<String, usize>; 2],
     /// Column names and kinds, in file order.
     columns: Vec<(String, Kind)>,
+    /// Columns one tensor gets at most; its further elements are dropped.
+    cap: usize,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            index: Default::default(),
+            columns: Vec::new(),
+            cap: usize::MAX,
+        }
+    }
 }
 
 /// Names of the key columns every prediction file starts with.
@@ -61,14 +78,16 @@ fn tensors(record: &PredictionRecord) -> impl Iterator<Item = (Side, &String, &V
 }
 
 impl Layout {
-    /// A layout for `records`. With `keep_columns`, it starts from `previous`'s columns (a file
-    /// rotated for a new tensor keeps the old ones); either way `previous` fixes the kinds of the
-    /// elements it has.
+    /// A layout for `records`, at most `cap` columns per tensor. With `keep_columns`, it starts
+    /// from `previous`'s columns (a file rotated for a new tensor keeps the old ones); either way
+    /// `previous` fixes the kinds of the elements it has.
     pub fn covering<'a>(
         previous: Option<&Layout>,
         keep_columns: bool,
+        cap: usize,
         records: impl IntoIterator<Item = &'a PredictionRecord>,
     ) -> Self {
+        let cap = cap.max(1);
         // Per tensor, per element: votes for [number, category].
         let mut slots: Vec<(Side, String, Vec<[u32; 2]>)> = Vec::new();
         let mut index: HashMap<(Side, String), usize> = HashMap::new();
@@ -78,7 +97,7 @@ impl Layout {
                 slots.push((
                     slot.side,
                     slot.tensor.clone(),
-                    vec![[0; 2]; slot.kinds.len()],
+                    vec![[0; 2]; slot.kinds.len().min(cap)],
                 ));
             }
         }
@@ -89,8 +108,9 @@ impl Layout {
                     slots.len() - 1
                 });
                 let votes = &mut slots[at].2;
-                if votes.len() < values.len() {
-                    votes.resize(values.len(), [0; 2]);
+                let width = values.len().min(cap);
+                if votes.len() < width {
+                    votes.resize(width, [0; 2]);
                 }
                 for (vote, value) in votes.iter_mut().zip(values) {
                     vote[Kind::of(value) as usize] += 1;
@@ -117,14 +137,17 @@ impl Layout {
                 (side, tensor, kinds)
             })
             .collect();
-        Self::assign(decided)
+        Self::assign(decided, cap)
     }
 
     /// Gives every element a column, in tensor order, with collision-free names.
-    fn assign(slots: Vec<(Side, String, Vec<Kind>)>) -> Self {
+    fn assign(slots: Vec<(Side, String, Vec<Kind>)>, cap: usize) -> Self {
         let mut taken: HashSet<String> =
             KEY_COLUMNS.iter().map(|name| (*name).to_owned()).collect();
-        let mut layout = Self::default();
+        let mut layout = Self {
+            cap,
+            ..Self::default()
+        };
         for (side, tensor, kinds) in slots {
             let first = layout.columns.len();
             let single = kinds.len() == 1;
@@ -150,12 +173,20 @@ impl Layout {
         layout
     }
 
-    /// Whether every tensor element of `record` has a column (missing ones become nulls).
+    /// Whether every tensor element of `record` up to the cap has a column (missing ones become
+    /// nulls).
     pub fn fits(&self, record: &PredictionRecord) -> bool {
         tensors(record).all(|(side, tensor, values)| {
             self.slot(side, tensor)
-                .is_some_and(|slot| values.len() <= slot.kinds.len())
+                .is_some_and(|slot| values.len().min(self.cap) <= slot.kinds.len())
         })
+    }
+
+    /// Values of `record` past the per-tensor cap, which no column holds.
+    pub fn truncated(&self, record: &PredictionRecord) -> u64 {
+        tensors(record)
+            .map(|(_, _, values)| values.len().saturating_sub(self.cap) as u64)
+            .sum()
     }
 
     fn slot(&self, side: Side, tensor: &str) -> Option<&Slot> {
@@ -220,7 +251,7 @@ mod tests {
                 ("probabilities", vec![N(0.1), N(0.9)]),
             ],
         );
-        let layout = Layout::covering(None, false, [&r]);
+        let layout = Layout::covering(None, false, usize::MAX, [&r]);
         assert_eq!(
             names(&layout),
             [
@@ -246,7 +277,7 @@ mod tests {
             vec![("row", vec![N(1.0)]), ("y", vec![N(1.0)])],
             vec![("y", vec![N(2.0)])],
         );
-        let layout = Layout::covering(None, false, [&r]);
+        let layout = Layout::covering(None, false, usize::MAX, [&r]);
         assert_eq!(names(&layout), ["row_", "y", "y_"]);
         let cells = layout.cells(&r);
         assert_eq!(cells, [Some(&N(1.0)), Some(&N(1.0)), Some(&N(2.0))]);
@@ -255,14 +286,14 @@ mod tests {
     #[test]
     fn new_or_wider_tensors_do_not_fit_and_widening_keeps_known_kinds() {
         let a = record(vec![("x", vec![C("k".into())])], vec![]);
-        let layout = Layout::covering(None, false, [&a]);
+        let layout = Layout::covering(None, false, usize::MAX, [&a]);
         let wider = record(vec![("x", vec![N(1.0), N(2.0)])], vec![]);
         let other = record(vec![("z", vec![N(1.0)])], vec![]);
         let fewer = record(vec![], vec![]);
         assert!(!layout.fits(&wider));
         assert!(!layout.fits(&other));
         assert!(layout.fits(&fewer));
-        let union = Layout::covering(Some(&layout), true, [&wider, &other]);
+        let union = Layout::covering(Some(&layout), true, usize::MAX, [&wider, &other]);
         assert_eq!(names(&union), ["x_0", "x_1", "z"]);
         assert_eq!(union.columns()[0].1, Kind::Category);
         assert_eq!(union.columns()[1].1, Kind::Number);
@@ -274,24 +305,29 @@ mod tests {
     fn kinds_follow_the_majority_then_stick() {
         let bad = record(vec![("amount", vec![C("n/a".into())])], vec![]);
         let good = |x| record(vec![("amount", vec![N(x)])], vec![]);
-        let layout = Layout::covering(None, false, [&bad, &good(1.0), &good(2.0)]);
+        let layout = Layout::covering(None, false, usize::MAX, [&bad, &good(1.0), &good(2.0)]);
         assert_eq!(layout.columns()[0].1, Kind::Number);
         // A later file starting with the bad value keeps the model's number column.
-        let next = Layout::covering(Some(&layout), false, [&bad]);
+        let next = Layout::covering(Some(&layout), false, usize::MAX, [&bad]);
         assert_eq!(next.columns()[0].1, Kind::Number);
         // Without history a lone category wins; a tie goes to numbers.
         assert_eq!(
-            Layout::covering(None, false, [&bad]).columns()[0].1,
+            Layout::covering(None, false, usize::MAX, [&bad]).columns()[0].1,
             Kind::Category
         );
         assert_eq!(
-            Layout::covering(None, false, [&bad, &good(1.0)]).columns()[0].1,
+            Layout::covering(None, false, usize::MAX, [&bad, &good(1.0)]).columns()[0].1,
             Kind::Number
         );
         // Columns are not kept without `keep_columns`.
         let other = record(vec![("z", vec![N(1.0)])], vec![]);
         assert_eq!(
-            names(&Layout::covering(Some(&layout), false, [&other])),
+            names(&Layout::covering(
+                Some(&layout),
+                false,
+                usize::MAX,
+                [&other]
+            )),
             ["z"]
         );
     }

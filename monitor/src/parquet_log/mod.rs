@@ -7,17 +7,28 @@
 //! (string), `version` (int64), `request_id` (string), `row` (uint32), `timestamp_ms` (int64), then
 //! one nullable column per monitored tensor element, `<tensor>` or `<tensor>_<i>`, DOUBLE for
 //! numbers and UTF8 for categories (the kind most of its first values have, then fixed for the
-//! model; see `layout`); a value of the other kind, or a missing one, is null and counted. Feedback columns: `model`, `request_id`, `row`,
-//! `timestamp_ms`, `truth_value` (double, null for labels), `truth_label` (string, null for numbers).
+//! model; see `layout`); a value of the other kind, or a missing one, is null and counted. A
+//! tensor gets at most [`ParquetConfig::max_tensor_columns`] columns: its further elements are not
+//! written (counted in [`ParquetStats::truncated_values`]), so one wide row cannot make a file of
+//! millions of columns. Feedback columns: `model`, `request_id`, `row`, `timestamp_ms`,
+//! `truth_value` (double, null for labels), `truth_label` (string, null for numbers).
 //!
 //! Files are finished at `max_file_bytes`, after `max_file_age`, when a record brings a tensor the
-//! file has no column for, and on [`ParquetSink::flush`] and drop. Rows are buffered up to a row
-//! group. The sink is synchronous and meant for one drain thread; one sink per log dir.
+//! file has no column for, when its row groups x columns reach 50,000 (a bounded footer), and on
+//! [`ParquetSink::flush`] and drop. Rows are buffered up to a row group, and for at most
+//! [`ParquetConfig::flush_interval`]: then they are written as a row group, handed to the OS and
+//! listed in the file's row-group index, so a crash of the process loses at most the rows of the
+//! last `flush_interval` (plus the caller's own queue). On start, partial files a crash left are
+//! recovered up to their last complete row group, or kept under a `.unrecoverable` name: never
+//! removed (see `recover`). A write error loses only the rows not yet in a complete row group
+//! ([`ParquetSink::take_lost`] says whose). The sink is synchronous and meant for one drain
+//! thread; one sink per log dir.
 
 mod column;
 mod file;
 mod layout;
 mod naming;
+mod recover;
 mod stream;
 mod table;
 
@@ -29,7 +40,7 @@ pub use naming::{LogKind, files_covering, model_dir};
 
 use crate::record::{FeedbackRecord, PredictionRecord};
 use layout::Layout;
-use stream::{Limits, Stream};
+use stream::{Limits, Stream, StreamError};
 use table::Table;
 
 /// Where and how the log is written.
@@ -42,6 +53,10 @@ pub struct ParquetConfig {
     pub max_file_age: Duration,
     /// Rows buffered in memory before they are written as a row group (default 10,000).
     pub row_group_rows: usize,
+    /// Longest a row waits in memory for its row group (default 1 s): what a crash can lose.
+    pub flush_interval: Duration,
+    /// Columns one tensor gets at most (default 1,024); its further elements are not written.
+    pub max_tensor_columns: usize,
 }
 
 impl ParquetConfig {
@@ -51,6 +66,8 @@ impl ParquetConfig {
             max_file_bytes: 64 << 20,
             max_file_age: Duration::from_secs(300),
             row_group_rows: 10_000,
+            flush_interval: Duration::from_secs(1),
+            max_tensor_columns: 1024,
         }
     }
 }
@@ -85,10 +102,20 @@ pub struct ParquetStats {
     pub mismatched_values: u64,
     /// Finished files.
     pub files_written: u64,
-    /// Failed writes; each lost the rows of the file it was writing.
+    /// Failed writes; each lost the rows of the file it was writing that were not yet in a
+    /// complete row group.
     pub write_errors: u64,
     /// Rows lost to write errors.
     pub rows_dropped: u64,
+    /// Prediction rows with at least one tensor wider than `max_tensor_columns`.
+    pub truncated_rows: u64,
+    /// Values not written because their tensor was wider than `max_tensor_columns`.
+    pub truncated_values: u64,
+    /// Partial files of a crash recovered on start, and the rows they hold.
+    pub files_recovered: u64,
+    pub rows_recovered: u64,
+    /// Partial files of a crash that could not be recovered (kept as `*.unrecoverable`).
+    pub files_unrecoverable: u64,
 }
 
 /// Writes prediction and feedback records to rotating Parquet files.
@@ -100,7 +127,10 @@ pub struct ParquetSink {
     /// Each model's latest prediction layout, kept after its file is finished so the next file
     /// gives the same columns the same kinds.
     known: HashMap<String, Layout>,
+    max_tensor_columns: usize,
     stats: ParquetStats,
+    /// Rows lost to write errors since the last [`Self::take_lost`], by model.
+    lost: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -119,17 +149,20 @@ impl std::fmt::Debug for ParquetSink {
 
 impl ParquetSink {
     /// Creates `config.dir` (0700; an existing folder of another user is refused, see
-    /// [`crate::local_state::private_dir`]) and removes temporary files a crashed writer left in
-    /// its model folders (they have no footer, so nothing can read them).
+    /// [`crate::local_state::private_dir`]) and recovers the partial files a crashed writer left
+    /// in its model folders: each becomes a finished file of its complete row groups, or, when
+    /// none is usable, is kept as `*.unrecoverable` with a warning (see the module docs).
     pub fn new(config: ParquetConfig) -> Result<Self, ParquetError> {
         let dir = config.dir;
         // Private to Keel's user: another user must not read served rows or plant files.
         crate::local_state::private_dir(&dir)?;
-        remove_partial_files(&dir);
+        let mut stats = ParquetStats::default();
+        recover_partial_files(&dir, &mut stats);
         let limits = Limits {
             row_group_rows: config.row_group_rows.max(1),
             max_file_bytes: config.max_file_bytes.max(1),
             max_file_age: config.max_file_age,
+            flush_interval: config.flush_interval,
         };
         Ok(Self {
             dir,
@@ -137,8 +170,16 @@ impl ParquetSink {
             predictions: HashMap::new(),
             feedback: HashMap::new(),
             known: HashMap::new(),
-            stats: ParquetStats::default(),
+            max_tensor_columns: config.max_tensor_columns.max(1),
+            stats,
+            lost: HashMap::new(),
         })
+    }
+
+    /// Rows lost to write errors since the last call, by model: they were accepted by
+    /// [`Self::write_records`] or [`Self::write_feedback`] but are in no file.
+    pub fn take_lost(&mut self) -> Vec<(String, u64)> {
+        self.lost.drain().filter(|(_, n)| *n > 0).collect()
     }
 
     pub fn dir(&self) -> &Path {
@@ -171,6 +212,7 @@ impl ParquetSink {
             first_error,
             self.finish_if_due(LogKind::Predictions, model, now),
         );
+        let cap = self.max_tensor_columns;
         for (at, record) in records.iter().enumerate() {
             match self
                 .predictions
@@ -186,13 +228,14 @@ impl ParquetSink {
                         .map(|stream| stream.layout.clone());
                     keep_first(first_error, self.finish(LogKind::Predictions, model));
                     let layout =
-                        Layout::covering(old.as_ref(), true, records[at..].iter().copied());
+                        Layout::covering(old.as_ref(), true, cap, records[at..].iter().copied());
                     self.open_predictions(model, layout, now);
                 }
                 None => {
                     let layout = Layout::covering(
                         self.known.get(model),
                         false,
+                        cap,
                         records[at..].iter().copied(),
                     );
                     self.open_predictions(model, layout, now);
@@ -202,11 +245,14 @@ impl ParquetSink {
                 continue;
             };
             let nulls = stream.table.push_prediction(&stream.layout, record);
+            let truncated = stream.layout.truncated(record);
             self.stats.rows_with_nulls += u64::from(nulls.any_null);
             self.stats.mismatched_values += nulls.mismatched;
+            self.stats.truncated_rows += u64::from(truncated > 0);
+            self.stats.truncated_values += truncated;
             keep_first(
                 first_error,
-                self.row_pushed(LogKind::Predictions, model, record.timestamp_ms),
+                self.row_pushed(LogKind::Predictions, model, record.timestamp_ms, now),
             );
         }
     }
@@ -242,15 +288,16 @@ impl ParquetSink {
                 stream.table.push_feedback(record);
                 keep_first(
                     &mut first_error,
-                    self.row_pushed(LogKind::Feedback, model, record.timestamp_ms),
+                    self.row_pushed(LogKind::Feedback, model, record.timestamp_ms, now),
                 );
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Finishes every file open for `max_file_age` as of `now`; call it periodically so quiet
-    /// models' rows reach disk. Every file is attempted; the first error is returned.
+    /// Finishes every file open for `max_file_age` as of `now`, and writes the rows buffered for
+    /// `flush_interval` as row groups; call it periodically (a few times per `flush_interval`) so
+    /// quiet models' rows reach disk. Every file is attempted; the first error is returned.
     pub fn rotate_due(&mut self, now: Instant) -> Result<(), ParquetError> {
         let limits = self.limits;
         let due = |streams: &HashMap<String, Stream>| -> Vec<String> {
@@ -264,7 +311,23 @@ impl ParquetSink {
             (LogKind::Predictions, due(&self.predictions)),
             (LogKind::Feedback, due(&self.feedback)),
         ];
-        self.finish_all(due)
+        let mut first_error = self.finish_all(due).err();
+        for kind in [LogKind::Predictions, LogKind::Feedback] {
+            let flush: Vec<String> = self
+                .streams(kind)
+                .iter()
+                .filter(|(_, s)| s.flush_is_due(now, &limits))
+                .map(|(m, _)| m.clone())
+                .collect();
+            for model in flush {
+                let Some(stream) = self.streams(kind).get_mut(&model) else {
+                    continue;
+                };
+                let result = stream.flush_if_due(now, &limits);
+                keep_first(&mut first_error, self.after_write(kind, &model, result));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Finishes every open file, writing all buffered rows.
@@ -315,30 +378,54 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Accounts a pushed row, finishing the file when it is full. On a write error the stream is
-    /// dropped and its rows counted lost.
+    /// Accounts a pushed row, finishing the file when it is full.
     fn row_pushed(
         &mut self,
         kind: LogKind,
         model: &str,
         timestamp_ms: u64,
+        now: Instant,
     ) -> Result<(), ParquetError> {
         let limits = self.limits;
         let Some(stream) = self.streams(kind).get_mut(model) else {
             return Ok(());
         };
-        match stream.row_pushed(timestamp_ms, &limits) {
+        let result = stream.row_pushed(timestamp_ms, now, &limits);
+        self.after_write(kind, model, result)
+    }
+
+    /// Finishes the file when a write filled it. On a write error the stream is abandoned: its
+    /// complete row groups are kept, the rest of its rows counted lost.
+    fn after_write(
+        &mut self,
+        kind: LogKind,
+        model: &str,
+        result: Result<bool, ParquetError>,
+    ) -> Result<(), ParquetError> {
+        match result {
             Ok(true) => self.finish(kind, model),
             Ok(false) => Ok(()),
             Err(error) => {
                 if let Some(stream) = self.streams(kind).remove(model) {
-                    self.stats.write_errors += 1;
-                    self.stats.rows_dropped += stream.rows();
-                    stream.discard();
+                    let rows = stream.rows();
+                    let lost = stream.abandon();
+                    self.count_error(kind, model, rows, lost);
                 }
                 Err(error)
             }
         }
+    }
+
+    /// Accounts a stream of `rows` rows ended by an error that lost `lost` of them.
+    fn count_error(&mut self, kind: LogKind, model: &str, rows: u64, lost: u64) {
+        self.stats.write_errors += 1;
+        self.stats.rows_dropped += lost;
+        let kept = rows.saturating_sub(lost);
+        match kind {
+            LogKind::Predictions => self.stats.prediction_rows_written += kept,
+            LogKind::Feedback => self.stats.feedback_rows_written += kept,
+        }
+        *self.lost.entry(model.to_owned()).or_default() += lost;
     }
 
     /// Finishes the open file of `model` and `kind`, if any.
@@ -356,9 +443,8 @@ impl ParquetSink {
                 }
                 Ok(())
             }
-            Err(error) => {
-                self.stats.write_errors += 1;
-                self.stats.rows_dropped += rows;
+            Err(StreamError { error, rows_lost }) => {
+                self.count_error(kind, model, rows, rows_lost);
                 Err(error)
             }
         }
@@ -395,8 +481,10 @@ fn by_model<T>(records: &[T], model: impl Fn(&T) -> &str) -> Vec<(&str, Vec<&T>)
     groups
 }
 
-/// Removes `.tmp-*.parquet.partial` files in the model folders under `dir`.
-fn remove_partial_files(dir: &Path) {
+/// Recovers (see `recover`) the partial files a crash left in the model folders under `dir`, and
+/// removes row-group indexes whose file is gone (a crash between a file's rename and its index's
+/// removal: the index holds no rows).
+fn recover_partial_files(dir: &Path, stats: &mut ParquetStats) {
     let Ok(models) = std::fs::read_dir(dir) else {
         return;
     };
@@ -408,18 +496,39 @@ fn remove_partial_files(dir: &Path) {
         let Ok(files) = std::fs::read_dir(&folder) else {
             continue;
         };
-        for file in files.filter_map(Result::ok) {
-            if file.file_name().to_str().is_some_and(naming::is_temp_name) {
-                let path = file.path();
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        tracing::warn!(path = %path.display(), "prediction log: removed an unfinished file")
-                    }
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "prediction log: cannot remove an unfinished file")
-                    }
-                }
+        let names: Vec<String> = files
+            .filter_map(Result::ok)
+            .filter_map(|f| f.file_name().into_string().ok())
+            .collect();
+        for name in &names {
+            if let Some(kind) = naming::temp_kind(name) {
+                recover_one(&folder, &folder.join(name), kind, stats);
             }
+        }
+        for name in &names {
+            if let Some(temp) = naming::indexed_temp_name(name)
+                && !folder.join(temp).exists()
+            {
+                let _ = std::fs::remove_file(folder.join(name));
+            }
+        }
+    }
+}
+
+fn recover_one(folder: &Path, temp: &Path, kind: LogKind, stats: &mut ParquetStats) {
+    match recover::recover(folder, temp, kind) {
+        recover::Outcome::Recovered { path, recovered } => {
+            stats.files_recovered += 1;
+            stats.rows_recovered += recovered.rows;
+            if recovered.row_groups_dropped > 0 {
+                tracing::warn!(path = %path.display(), rows = recovered.rows, row_groups = recovered.row_groups, row_groups_dropped = recovered.row_groups_dropped, "prediction log: recovered an unfinished file; some indexed row groups were unreadable");
+            } else {
+                tracing::warn!(path = %path.display(), rows = recovered.rows, row_groups = recovered.row_groups, "prediction log: recovered an unfinished file up to its last complete row group");
+            }
+        }
+        recover::Outcome::Kept { path, reason } => {
+            stats.files_unrecoverable += 1;
+            tracing::warn!(path = %path.display(), %reason, "prediction log: an unfinished file could not be recovered; kept, not removed");
         }
     }
 }

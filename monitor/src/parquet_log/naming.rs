@@ -1,8 +1,11 @@
 //! File names of the prediction log, so that a reader finds the files of a time range without
 //! opening any: `<dir>/<model>/<kind>-<first_ts_ms>-<last_ts_ms>-<seq>.parquet`, where the
 //! timestamps are the smallest and largest `timestamp_ms` in the file, zero-padded to 13 digits so
-//! that names sort by time, and `seq` only tells apart files with the same range. Files being written are `.tmp-*.parquet.partial` in the same folder:
-//! hidden from readers (pyarrow skips names starting with `.`) and never matched here.
+//! that names sort by time, and `seq` only tells apart files with the same range. Files being
+//! written are `.tmp-*.parquet.partial` in the same folder, each with its row-group index
+//! `.tmp-*.parquet.partial.idx` (see `recover`): hidden from readers (pyarrow skips names starting
+//! with `.`) and never matched here. A partial file that cannot be recovered after a crash is kept
+//! as `.tmp-*.parquet.partial.unrecoverable`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,10 @@ impl LogKind {
 
 const TEMP_PREFIX: &str = ".tmp-";
 const TEMP_SUFFIX: &str = ".parquet.partial";
+/// Appended to a partial file's name for its row-group index.
+pub(super) const INDEX_SUFFIX: &str = ".idx";
+/// Appended to the name of a partial file (and its index) that could not be recovered.
+pub(super) const UNRECOVERABLE_SUFFIX: &str = ".unrecoverable";
 
 /// A model's folder name: model names come from clients and registries, so anything but
 /// `[A-Za-z0-9._-]` becomes `_`, and `.`/`..`/empty get a leading `_`. Models whose names differ
@@ -60,6 +67,37 @@ pub(super) fn temp_name(kind: LogKind) -> String {
 
 pub(super) fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+}
+
+/// The kind of the partial file named `name`, `None` for any other name.
+pub(super) fn temp_kind(name: &str) -> Option<LogKind> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    if !name.ends_with(TEMP_SUFFIX) {
+        return None;
+    }
+    [LogKind::Predictions, LogKind::Feedback]
+        .into_iter()
+        .find(|kind| rest.starts_with(&format!("{}-", kind.prefix())))
+}
+
+/// The row-group index of the partial file `temp`.
+pub(super) fn index_path(temp: &Path) -> PathBuf {
+    let mut name = temp.as_os_str().to_owned();
+    name.push(INDEX_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The partial file whose index is named `name`, if it is an index name.
+pub(super) fn indexed_temp_name(name: &str) -> Option<&str> {
+    name.strip_suffix(INDEX_SUFFIX)
+        .filter(|temp| is_temp_name(temp))
+}
+
+/// Where an unrecoverable partial file (or index) is kept.
+pub(super) fn unrecoverable_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(UNRECOVERABLE_SUFFIX);
+    PathBuf::from(name)
 }
 
 pub(super) fn final_name(kind: LogKind, first_ms: u64, last_ms: u64, seq: u32) -> String {
@@ -129,6 +167,20 @@ mod tests {
         }
         let temp = temp_name(LogKind::Predictions);
         assert!(is_temp_name(&temp) && parse_name(&temp).is_none());
+        assert_eq!(temp_kind(&temp), Some(LogKind::Predictions));
+        assert_eq!(
+            temp_kind(&temp_name(LogKind::Feedback)),
+            Some(LogKind::Feedback)
+        );
+        assert_eq!(temp_kind(".tmp-labels-1-0.parquet.partial"), None);
+        let index = index_path(Path::new(&temp));
+        let index = index.to_str().unwrap();
+        assert!(!is_temp_name(index) && parse_name(index).is_none());
+        assert_eq!(indexed_temp_name(index), Some(temp.as_str()));
+        assert_eq!(indexed_temp_name("x.idx"), None);
+        let kept = unrecoverable_path(Path::new(&temp));
+        let kept = kept.to_str().unwrap();
+        assert!(!is_temp_name(kept) && indexed_temp_name(kept).is_none() && kept.starts_with('.'));
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl Table {
         self.bytes
     }
 
+    pub fn column_count(&self) -> usize {
+        self.columns.len()
+    }
+
     /// Appends one prediction row; `layout` must be the one this table was made from.
     pub fn push_prediction(&mut self, layout: &Layout, record: &PredictionRecord) -> RowNulls {
         let [model, version, request_id, row, timestamp, values @ ..] = self.columns.as_mut_slice()

@@ -177,6 +177,108 @@ pub fn records_message(records: &[PredictionRecord]) -> pb::MonitorMessage {
     }))
 }
 
+/// Messages a server sends aim at this size: large enough to amortise framing, small enough that
+/// the client's queue (bounded in bytes) holds many and one message never stalls the stream long.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest record message a server sends: the sidecar's limit ([`super::MAX_MESSAGE_BYTES`], on
+/// the encoded message) less room for gRPC framing.
+pub const MAX_SENT_MESSAGE_BYTES: usize = super::MAX_MESSAGE_BYTES - 1024;
+
+/// One message of a chunked batch and its encoded size.
+#[derive(Debug)]
+pub struct Chunk {
+    pub message: pb::MonitorMessage,
+    pub bytes: usize,
+}
+
+/// Batches split into messages below the sidecar's size limit, and the items that do not fit in
+/// any message, even alone.
+#[derive(Debug)]
+pub struct Chunked<'a, T> {
+    pub chunks: Vec<Chunk>,
+    pub too_large: Vec<&'a T>,
+}
+
+/// Bytes a length-delimited field of `len` bytes takes in its parent (field numbers below 16).
+fn field_bytes(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Splits `items` (in order) into messages of about `chunk_bytes` encoded bytes: an item is added
+/// to the current message while it stays within `chunk_bytes`; an item larger than that goes alone
+/// in its own message if that is at most `max_bytes`, and into `too_large` otherwise.
+fn chunk<'a, T, W: prost::Message>(
+    items: &'a [T],
+    chunk_bytes: usize,
+    max_bytes: usize,
+    to_wire: impl Fn(&T) -> W,
+    wrap: impl Fn(Vec<W>) -> Kind,
+) -> Chunked<'a, T> {
+    let mut chunked = Chunked {
+        chunks: Vec::new(),
+        too_large: Vec::new(),
+    };
+    let mut current: Vec<W> = Vec::new();
+    // Encoded size of the batch (the oneof member's content) so far.
+    let mut batch = 0usize;
+    let close = |current: &mut Vec<W>, batch: &mut usize, chunks: &mut Vec<Chunk>| {
+        if !current.is_empty() {
+            chunks.push(Chunk {
+                message: message(wrap(std::mem::take(current))),
+                bytes: field_bytes(*batch),
+            });
+            *batch = 0;
+        }
+    };
+    for item in items {
+        let wire = to_wire(item);
+        let size = field_bytes(wire.encoded_len());
+        if field_bytes(size) > max_bytes {
+            chunked.too_large.push(item);
+            continue;
+        }
+        if !current.is_empty() && field_bytes(batch + size) > chunk_bytes {
+            close(&mut current, &mut batch, &mut chunked.chunks);
+        }
+        current.push(wire);
+        batch += size;
+    }
+    close(&mut current, &mut batch, &mut chunked.chunks);
+    chunked
+}
+
+/// Served rows as messages of about `chunk_bytes` (see [`CHUNK_BYTES`]), none above `max_bytes`
+/// (see [`MAX_SENT_MESSAGE_BYTES`]); a record that alone exceeds `max_bytes` is in `too_large`.
+pub fn records_messages(
+    records: &[PredictionRecord],
+    chunk_bytes: usize,
+    max_bytes: usize,
+) -> Chunked<'_, PredictionRecord> {
+    chunk(
+        records,
+        chunk_bytes,
+        max_bytes,
+        |r| pb::Record::from(r),
+        |records| Kind::Records(pb::RecordBatch { records }),
+    )
+}
+
+/// Ground truth as messages, like [`records_messages`].
+pub fn feedback_messages(
+    items: &[FeedbackRecord],
+    chunk_bytes: usize,
+    max_bytes: usize,
+) -> Chunked<'_, FeedbackRecord> {
+    chunk(
+        items,
+        chunk_bytes,
+        max_bytes,
+        |f| pb::Feedback::from(f),
+        |items| Kind::Feedback(pb::FeedbackBatch { items }),
+    )
+}
+
 /// A batch of ground truth.
 pub fn feedback_message(items: &[FeedbackRecord]) -> pb::MonitorMessage {
     message(Kind::Feedback(pb::FeedbackBatch {
@@ -307,6 +409,39 @@ mod tests {
             FeedbackRecord::try_from(no_truth),
             Err(ConvertError::NoTruth { .. })
         ));
+    }
+
+    #[test]
+    fn chunks_stay_below_the_limit_and_keep_every_record_in_order() {
+        use prost::Message;
+        let mut records: Vec<PredictionRecord> = (0..100)
+            .map(|i| {
+                let mut r = record();
+                r.row = i;
+                r.inputs = vec![("x".into(), vec![FeatureValue::Number(1.0); 100])];
+                r
+            })
+            .collect();
+        // One record too large for any message, one larger than a chunk but below the limit.
+        records[10].inputs[0].1 = vec![FeatureValue::Number(2.0); 2000];
+        records[20].inputs[0].1 = vec![FeatureValue::Number(3.0); 500];
+        let chunked = records_messages(&records, 2000, 10_000);
+        assert_eq!(chunked.too_large.len(), 1);
+        assert_eq!(chunked.too_large[0].row, 10);
+        let mut rows = Vec::new();
+        for chunk in &chunked.chunks {
+            assert_eq!(chunk.bytes, chunk.message.encoded_len());
+            assert!(chunk.bytes <= 10_000);
+            let Some(Kind::Records(batch)) = &chunk.message.kind else {
+                panic!("not records");
+            };
+            if batch.records.len() > 1 {
+                assert!(chunk.bytes <= 2000, "{}", chunk.bytes);
+            }
+            rows.extend(batch.records.iter().map(|r| r.row));
+        }
+        assert_eq!(rows, (0..100).filter(|r| *r != 10).collect::<Vec<_>>());
+        assert!(records_messages(&[], 2000, 10_000).chunks.is_empty());
     }
 
     #[test]

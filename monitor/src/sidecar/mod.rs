@@ -31,7 +31,10 @@ use crate::monitor::Monitor;
 use crate::webhook::{Webhook, WebhookError};
 
 pub use config::{MonitorArgs, SidecarConfig, WEBHOOK_SECRET_ENV, WebhookArgs, start_alerts};
-pub use convert::{ConvertError, feedback_message, records_message, retire_message, spec_message};
+pub use convert::{
+    CHUNK_BYTES, Chunk, Chunked, ConvertError, MAX_SENT_MESSAGE_BYTES, feedback_message,
+    feedback_messages, records_message, records_messages, retire_message, spec_message,
+};
 pub use http::router;
 pub use service::MAX_MESSAGE_BYTES;
 

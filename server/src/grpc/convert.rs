@@ -1,4 +1,9 @@
-//! Conversions between the gRPC messages and the serving core's types.
+//! Conversions between the gRPC messages and the serving core's types. [`wire`] checks a request on its
+//! wire bytes before prost decodes it; [`guard`] serves ModelInfer and ModelStreamInfer with that check and
+//! the in-flight budget.
+
+pub mod guard;
+pub mod wire;
 
 use super::pb;
 use crate::error::{Error, Result};
@@ -132,46 +137,17 @@ fn typed_contents(
             })
             .collect()
     }
-    let filled = [
-        ("bool_contents", c.bool_contents.len()),
-        ("int_contents", c.int_contents.len()),
-        ("int64_contents", c.int64_contents.len()),
-        ("uint_contents", c.uint_contents.len()),
-        ("uint64_contents", c.uint64_contents.len()),
-        ("fp32_contents", c.fp32_contents.len()),
-        ("fp64_contents", c.fp64_contents.len()),
-        ("bytes_contents", c.bytes_contents.len()),
+    let counts = [
+        c.bool_contents.len(),
+        c.int_contents.len(),
+        c.int64_contents.len(),
+        c.uint_contents.len(),
+        c.uint64_contents.len(),
+        c.fp32_contents.len(),
+        c.fp64_contents.len(),
+        c.bytes_contents.len(),
     ];
-    let field = match datatype {
-        DataType::Bool => "bool_contents",
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
-        DataType::Int64 => "int64_contents",
-        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => "uint_contents",
-        DataType::Uint64 => "uint64_contents",
-        DataType::Fp32 => "fp32_contents",
-        DataType::Fp64 => "fp64_contents",
-        DataType::Bytes => "bytes_contents",
-        DataType::Fp16 => {
-            return Err(Error::invalid(
-                "FP16 data must be sent in raw_input_contents",
-            ));
-        }
-    };
-    if let Some((other, _)) = filled.iter().find(|(name, len)| *name != field && *len > 0) {
-        return Err(Error::invalid(format!(
-            "{datatype} data belongs in {field}, not {other}"
-        )));
-    }
-    let len = filled
-        .iter()
-        .find(|(name, _)| *name == field)
-        .map_or(0, |(_, len)| *len);
-    let count = element_count(shape, len)?;
-    if count != len {
-        return Err(Error::invalid(format!(
-            "{field} has {len} elements, the shape needs {count}"
-        )));
-    }
+    check_typed_counts(datatype, shape, None, &counts)?;
     Ok(match datatype {
         DataType::Bool => TensorData::Bool(c.bool_contents),
         DataType::Int8 => TensorData::Int8(narrow(c.int_contents, datatype)?),
@@ -187,6 +163,62 @@ fn typed_contents(
         DataType::Bytes => TensorData::Bytes(c.bytes_contents),
         DataType::Fp16 => unreachable!("refused above"),
     })
+}
+
+/// The typed contents fields, in field order.
+const CONTENTS_FIELDS: [&str; 8] = [
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+];
+
+/// Checks typed contents by their element counts (in [`CONTENTS_FIELDS`] order): only the datatype's field
+/// is filled, with exactly the elements the shape needs (`declared` when a signature already counted them).
+/// Returns that count.
+pub(crate) fn check_typed_counts(
+    datatype: DataType,
+    shape: &[usize],
+    declared: Option<usize>,
+    counts: &[usize; 8],
+) -> Result<usize> {
+    let field = match datatype {
+        DataType::Bool => 0,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => 1,
+        DataType::Int64 => 2,
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => 3,
+        DataType::Uint64 => 4,
+        DataType::Fp32 => 5,
+        DataType::Fp64 => 6,
+        DataType::Bytes => 7,
+        DataType::Fp16 => {
+            return Err(Error::invalid(
+                "FP16 data must be sent in raw_input_contents",
+            ));
+        }
+    };
+    if let Some(other) = (0..8).find(|&i| i != field && counts[i] > 0) {
+        return Err(Error::invalid(format!(
+            "{datatype} data belongs in {}, not {}",
+            CONTENTS_FIELDS[field], CONTENTS_FIELDS[other]
+        )));
+    }
+    let len = counts[field];
+    let count = match declared {
+        Some(count) => count,
+        None => element_count(shape, len)?,
+    };
+    if count != len {
+        return Err(Error::invalid(format!(
+            "{} has {len} elements, the shape needs {count}",
+            CONTENTS_FIELDS[field]
+        )));
+    }
+    Ok(count)
 }
 
 /// Outputs always travel in `raw_output_contents`, which is what tritonclient's `as_numpy` reads.

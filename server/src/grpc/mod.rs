@@ -3,12 +3,10 @@
 
 pub mod auth;
 pub mod convert;
+pub mod deadline;
 
 use std::pin::Pin;
-use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,6 +34,13 @@ pub struct GrpcState {
     pub infer: Infer,
     pub admin: AdminAuth,
     pub ready: Readiness,
+    /// Turns true when shutdown starts: open ModelStreamInfer streams take no more requests and end
+    /// once their requests are answered, so an idle stream cannot hold shutdown up.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// In-flight request bytes (`--max-inflight-bytes`), shared with HTTP.
+    pub budget: crate::budget::Budget,
+    /// Elements of all BYTES inputs of one request together (`--max-bytes-elements`).
+    pub max_bytes_elements: usize,
 }
 
 /// The tonic service with gzip both ways and the configured message size limit.
@@ -74,20 +79,61 @@ impl GrpcState {
         Ok(self.admin.check(header)?)
     }
 
-    /// `header_id`: the call's `x-request-id` metadata, used when the request has no `id`.
+    /// `header_id`: the call's `x-request-id` metadata, used when the request has no `id`. The request
+    /// holds its bytes from the in-flight budget until it is answered.
     async fn infer_one(
         &self,
-        request: pb::ModelInferRequest,
+        request: convert::guard::Decoded,
         header_id: Option<&str>,
     ) -> Result<pb::ModelInferResponse, Error> {
-        let served = self
-            .infer
-            .version(&request.model_name, version_arg(&request.model_version))?;
+        use convert::guard::Decoded;
+        let (request, served, mut permit) = match request {
+            Decoded::Refused(e) => return Err(e),
+            Decoded::Admitted {
+                message,
+                served,
+                permit,
+            } => (message, served, permit),
+            Decoded::Plain(message) => {
+                // Decoded without the wire check: the same checks, after the fact.
+                use prost::Message;
+                let served = self
+                    .infer
+                    .version(&message.model_name, version_arg(&message.model_version))?;
+                let since = std::time::Instant::now();
+                let checked = self
+                    .budget
+                    .acquire(message.encoded_len())
+                    .and_then(|mut permit| {
+                        let estimate = convert::wire::check_decoded(
+                            &message,
+                            convert::wire::WireLimits {
+                                signature: Some(&served.signature),
+                                max_bytes_elements: self.max_bytes_elements,
+                            },
+                        )?;
+                        permit.grow(estimate.tensor_bytes)?;
+                        Ok(permit)
+                    });
+                let permit = checked.inspect_err(|e| {
+                    crate::signature::count_refused(&served, Protocol::Grpc, e, since)
+                })?;
+                (message, served, permit)
+            }
+        };
         let mut decoded = convert::infer_request(request)?;
+        // The message is gone; the tensors stay until the answer.
+        permit.shrink_to(
+            decoded
+                .inputs
+                .iter()
+                .map(|t| t.data.heap_bytes())
+                .sum::<usize>(),
+        );
         decoded.id = Some(request_id::resolve(decoded.id.take(), header_id)?);
-        Ok(convert::infer_response(
-            served.infer(decoded, Protocol::Grpc).await?,
-        ))
+        let response = served.infer(decoded, Protocol::Grpc).await?;
+        drop(permit);
+        Ok(convert::infer_response(response))
     }
 }
 
@@ -151,68 +197,24 @@ impl GrpcInferenceService for GrpcState {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let header_id = request
-            .metadata()
-            .get(request_id::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let reply = self
-            .infer_one(request.into_inner(), header_id.as_deref())
-            .await?;
-        let mut response = Response::new(reply);
-        if let Ok(id) = response.get_ref().id.parse() {
-            response.metadata_mut().insert(request_id::HEADER, id);
-        }
-        Ok(response)
+        convert::guard::model_infer(self, request.map(convert::guard::Decoded::Plain)).await
     }
 
     type ModelStreamInferStream = ResponseStream;
 
     /// Each request is answered on the stream in its own response; a bad request gets an `error_message`
-    /// and the stream carries on.
+    /// and the stream carries on (see [`convert::guard::stream_infer`]).
     async fn model_stream_infer(
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
-        let state = self.clone();
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(STREAM_CONCURRENCY));
-            while let Some(message) = incoming.next().await {
-                let request = match message {
-                    Ok(r) => r,
-                    // An unreadable or oversized message ends the stream with its status.
-                    Err(status) => {
-                        let status = match status.code() {
-                            tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
-                            _ => status,
-                        };
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let (state, tx) = (state.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let reply = match state.infer_one(request, None).await {
-                        Ok(response) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
-                        Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e.to_string(),
-                            infer_response: None,
-                        },
-                    };
-                    let _ = tx.send(Ok(reply)).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let incoming = request
+            .into_inner()
+            .map(|message| message.map(convert::guard::Decoded::Plain));
+        Ok(Response::new(convert::guard::stream_infer(
+            self.clone(),
+            incoming,
+        )))
     }
 
     async fn model_config(

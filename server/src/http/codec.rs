@@ -1,23 +1,51 @@
 //! KServe V2 REST inference bodies: JSON, and Triton's binary tensor extension in both directions.
+//!
+//! A request is checked before any tensor data is decoded: the JSON is parsed with every input's `data`
+//! left as raw text, each input's header (name, datatype, shape) is checked against the model's signature
+//! as soon as it is read, element counts against the declared shape and the bytes that carry them
+//! (`binary_data_size` against shape x element size), BYTES elements against the per-request cap, and the
+//! decoded size against the in-flight budget. `parameters` hold scalars only, refused at the first `[` or
+//! `{`, so a request cannot make the server build more than its own bytes.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
 
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use http_body_util::BodyExt;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::json_data;
+use crate::budget::{Budget, Permit};
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
-use crate::tensor::{DataType, Tensor, TensorData, element_count, shape_from_wire};
+use crate::signature::{InputHeaders, Signature};
+use crate::tensor::{
+    DataType, MAX_DIMS, Tensor, TensorData, check_wire_len, decoded_bytes, element_count,
+    shape_from_wire,
+};
 
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// Entries one `parameters` object may hold; the protocol's parameters are a handful.
+pub const MAX_PARAMETERS: usize = 256;
+
+/// Inputs (and requested outputs) a request may name when no model signature bounds them.
+pub const MAX_TENSORS: usize = 4096;
+
+/// Default of `--max-bytes-elements`.
+pub const DEFAULT_MAX_BYTES_ELEMENTS: usize = 1 << 20;
+
+/// `parameters` values: bool, number or string, as the protocol defines them.
 type Parameters = Map<String, Value>;
 
 /// The JSON length from `Inference-Header-Content-Length`, if the request carries binary tensors.
-pub fn json_length(headers: &axum::http::HeaderMap) -> Result<Option<usize>> {
+pub fn json_length(headers: &HeaderMap) -> Result<Option<usize>> {
     let Some(value) = headers.get(HEADER_LENGTH) else {
         return Ok(None);
     };
@@ -29,24 +57,135 @@ pub fn json_length(headers: &axum::http::HeaderMap) -> Result<Option<usize>> {
         .ok_or_else(|| Error::invalid(format!("{HEADER_LENGTH} must be a non-negative integer")))
 }
 
-#[derive(Deserialize)]
-struct RequestJson<'a> {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Parameters>,
-    #[serde(borrow)]
-    inputs: Vec<InputJson<'a>>,
-    #[serde(default)]
-    outputs: Option<Vec<OutputJson>>,
+/// Reads a whole request body, refusing anything over `limit` (413) and holding its bytes from `budget`
+/// (429 when spent): a declared Content-Length is checked against both before a byte is read; the bytes
+/// are held as they arrive (so a client that declares much and sends slowly holds only what it sent), and
+/// the body is cut off as soon as it passes either.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    budget: &Budget,
+) -> Result<(bytes::Bytes, Permit)> {
+    let too_large =
+        || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut permit = budget.empty();
+    let mut body = body;
+    if let Some(declared) = declared {
+        budget.check(declared as usize)?;
+        // One buffer of the declared size (memory only as it is written), each chunk copied in and let
+        // go as it arrives.
+        let mut buf = Vec::with_capacity(declared as usize);
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Error::invalid(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                permit.grow(data.len())?;
+                buf.extend_from_slice(&data);
+            }
+        }
+        return Ok((buf.into(), permit));
+    }
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Error::invalid(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(too_large());
+        }
+        permit.grow_to(total)?;
+        if !data.is_empty() {
+            chunks.push(data);
+        }
+    }
+    let body = match chunks.len() {
+        0 => bytes::Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            // One contiguous copy for the parser; the chunks go once it is made.
+            permit.grow(total)?;
+            let mut joined = Vec::with_capacity(total);
+            for chunk in chunks.drain(..) {
+                joined.extend_from_slice(&chunk);
+            }
+            drop(chunks);
+            permit.shrink_to(total);
+            joined.into()
+        }
+    };
+    permit.shrink_to(body.len());
+    Ok((body, permit))
+}
+
+/// Makes every error answer JSON `{"error": "..."}`: responses of 400 and above that are not JSON already
+/// (axum's own rejections, such as a path segment that is not UTF-8, are plain text) get their text, or
+/// the status's reason, wrapped. Bodies of errors are short; one longer than 64 KiB is cut. For
+/// `axum::middleware::map_response` on the router.
+pub async fn json_error_body(response: axum::response::Response) -> axum::response::Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let json = serde_json::to_vec(&serde_json::json!({ "error": text }))
+        .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, Body::from(json))
+}
+
+/// What a request is checked against while it is decoded.
+#[derive(Clone, Copy)]
+pub struct DecodeLimits<'s> {
+    /// The model version's signature: inputs are checked against it before their data is decoded.
+    /// Without one, only the request's own consistency bounds what is decoded.
+    pub signature: Option<&'s Signature>,
+    /// Elements of all BYTES inputs of one request together (`--max-bytes-elements`).
+    pub max_bytes_elements: usize,
+}
+
+impl Default for DecodeLimits<'_> {
+    fn default() -> Self {
+        DecodeLimits {
+            signature: None,
+            max_bytes_elements: DEFAULT_MAX_BYTES_ELEMENTS,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct InputJson<'a> {
     name: String,
+    #[serde(deserialize_with = "bounded_shape")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_parameters")]
     parameters: Option<Parameters>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
@@ -55,7 +194,7 @@ struct InputJson<'a> {
 #[derive(Deserialize)]
 struct OutputJson {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_parameters")]
     parameters: Option<Parameters>,
 }
 
@@ -63,6 +202,8 @@ struct OutputJson {
 pub struct DecodedRequest {
     pub request: InferRequest,
     pub binary: BinaryOutputs,
+    /// Memory the decoded input tensors hold (what the request keeps once its body is gone).
+    pub tensor_bytes: usize,
 }
 
 /// Which outputs go back as raw bytes after the JSON: Triton's `binary_data_output` sets the default,
@@ -113,10 +254,22 @@ fn reject_shared_memory(params: Option<&Parameters>, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Decodes a request body. `json_len` is the `Inference-Header-Content-Length` value when present:
-/// the first `json_len` bytes are JSON, the rest are the binary inputs in input order.
+/// Decodes a request body without a model's signature (each input bounded by the bytes that carry it).
+/// `json_len` is the `Inference-Header-Content-Length` value when present: the first `json_len` bytes are
+/// JSON, the rest are the binary inputs in input order.
 pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedRequest> {
-    let (json, mut binary) = match json_len {
+    decode_request_with(body, json_len, DecodeLimits::default(), None)
+}
+
+/// Decodes a request body, checking every input against `limits` before its data is decoded, and
+/// growing `permit` by the decoded tensors' size before they are built (429 when the budget is spent).
+pub fn decode_request_with(
+    body: &[u8],
+    json_len: Option<usize>,
+    limits: DecodeLimits,
+    permit: Option<&mut Permit>,
+) -> Result<DecodedRequest> {
+    let (json, binary) = match json_len {
         None => (body, &[][..]),
         Some(n) if n <= body.len() => body.split_at(n),
         Some(n) => {
@@ -133,90 +286,55 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
     };
     let json = std::str::from_utf8(json)
         .map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}{hint}")))?;
-    let parsed: RequestJson = serde_json::from_str(json)
-        .map_err(|e| Error::invalid(format!("malformed inference request: {e}{hint}")))?;
-    reject_shared_memory(parsed.parameters.as_ref(), "request")?;
 
-    let mut inputs = Vec::with_capacity(parsed.inputs.len());
-    for input in parsed.inputs {
-        let datatype = DataType::parse(&input.datatype)
-            .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))?;
-        let shape = shape_from_wire(&input.name, &input.shape)?;
-        reject_shared_memory(
-            input.parameters.as_ref(),
-            &format!("input '{}'", input.name),
-        )?;
-        let binary_size = match input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
-        {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "input '{}': binary_data_size must be a non-negative integer",
-                            input.name
-                        ))
-                    })?,
-            ),
-        };
-        let context = |e: Error| Error::invalid(format!("input '{}': {e}", input.name));
-        let data = match (binary_size, input.data) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(format!(
-                    "input '{}' has both JSON data and binary_data_size",
-                    input.name
-                )));
-            }
-            (None, None) => {
-                return Err(Error::invalid(format!(
-                    "input '{}' has no data",
-                    input.name
-                )));
-            }
-            (Some(size), None) => {
-                if size > binary.len() {
-                    return Err(Error::invalid(format!(
-                        "input '{}': binary_data_size {size} exceeds the {} binary bytes left in the body",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let (bytes, rest) = binary.split_at(size);
-                binary = rest;
-                let count = element_count(&shape, bytes.len()).map_err(context)?;
-                TensorData::from_le_bytes(datatype, bytes, count).map_err(context)?
-            }
-            (None, Some(raw)) => {
-                let count = element_count(&shape, raw.get().len()).map_err(context)?;
-                json_data::decode(raw, datatype, count).map_err(context)?
-            }
-        };
-        inputs.push(Tensor {
-            name: input.name,
-            shape,
-            data,
-        });
+    let mut checks = Checks {
+        limits,
+        headers: limits.signature.map(InputHeaders::new),
+        binary_len: binary.len(),
+        binary_used: 0,
+        bytes_elements: 0,
+        tensor_bytes: 0,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        refusal: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(json);
+    let parsed = RequestSeed {
+        checks: &mut checks,
     }
-    if !binary.is_empty() {
+    .deserialize(&mut de)
+    .and_then(|head| de.end().map(|()| head));
+    let head = match (parsed, checks.refusal.take()) {
+        (_, Some(refusal)) => return Err(refusal),
+        (Err(e), None) => {
+            // Bytes after the JSON: most likely binary data sent without the header.
+            let hint = if e.to_string().starts_with("trailing characters") {
+                hint
+            } else {
+                ""
+            };
+            return Err(Error::invalid(format!(
+                "malformed inference request: {e}{hint}"
+            )));
+        }
+        (Ok(head), None) => head,
+    };
+    if checks.binary_used != binary.len() {
         return Err(Error::invalid(format!(
             "{} bytes of binary data follow the inputs that no input claims",
-            binary.len()
+            binary.len() - checks.binary_used
         )));
     }
-
+    reject_shared_memory(head.parameters.as_ref(), "request")?;
     let mut binary_outputs = BinaryOutputs {
-        default: bool_param(parsed.parameters.as_ref(), "binary_data_output")?.unwrap_or(false),
+        default: bool_param(head.parameters.as_ref(), "binary_data_output")?.unwrap_or(false),
         overrides: HashMap::new(),
     };
-    let outputs = match parsed.outputs {
-        None => None,
-        Some(list) => {
-            let mut names = Vec::with_capacity(list.len());
-            for out in list {
+    let outputs = match head.outputs {
+        false => None,
+        true => {
+            let mut names = Vec::with_capacity(checks.outputs.len());
+            for out in std::mem::take(&mut checks.outputs) {
                 let params = out.parameters.as_ref();
                 reject_shared_memory(params, &format!("output '{}'", out.name))?;
                 if params.is_some_and(|p| p.contains_key("classification")) {
@@ -233,16 +351,477 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
             Some(names)
         }
     };
-    let timeout = timeout_param(parsed.parameters.as_ref())?;
+    let timeout = timeout_param(head.parameters.as_ref())?;
+
+    // Everything is checked: only now is memory taken for the tensors, and only then are they built.
+    if let Some(permit) = permit {
+        permit.grow(checks.tensor_bytes)?;
+    }
+    let mut inputs = Vec::with_capacity(checks.inputs.len());
+    for input in checks.inputs {
+        let context = |e: Error| Error::invalid(format!("input '{}': {e}", input.name));
+        let data = match input.source {
+            Source::Binary(range) => {
+                TensorData::from_le_bytes(input.datatype, &binary[range], input.count)
+                    .map_err(context)?
+            }
+            Source::Json(raw) => {
+                json_data::decode(raw, input.datatype, input.count).map_err(context)?
+            }
+        };
+        inputs.push(Tensor {
+            name: input.name,
+            shape: input.shape,
+            data,
+        });
+    }
     Ok(DecodedRequest {
         request: InferRequest {
-            id: parsed.id,
+            id: head.id,
             inputs,
             outputs,
             timeout,
         },
         binary: binary_outputs,
+        tensor_bytes: checks.tensor_bytes,
     })
+}
+
+/// An input whose header passed every check; its data is decoded last.
+struct PendingInput<'a> {
+    name: String,
+    datatype: DataType,
+    shape: Vec<usize>,
+    count: usize,
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    /// A range of the binary part of the body.
+    Binary(Range<usize>),
+    /// JSON `data`, not parsed yet.
+    Json(&'a RawValue),
+}
+
+/// The checks made while the JSON is parsed, and what they let through.
+struct Checks<'a, 's> {
+    limits: DecodeLimits<'s>,
+    headers: Option<InputHeaders<'s>>,
+    binary_len: usize,
+    binary_used: usize,
+    bytes_elements: usize,
+    tensor_bytes: usize,
+    inputs: Vec<PendingInput<'a>>,
+    outputs: Vec<OutputJson>,
+    /// Why the request is refused, when a check (not the JSON syntax) refused it.
+    refusal: Option<Error>,
+}
+
+impl<'a> Checks<'a, '_> {
+    fn input(&mut self, input: InputJson<'a>) -> Result<()> {
+        let name = input.name;
+        let context = |e: Error| Error::invalid(format!("input '{name}': {e}"));
+        let datatype = DataType::parse(&input.datatype).map_err(context)?;
+        let shape = shape_from_wire(&name, &input.shape)?;
+        reject_shared_memory(input.parameters.as_ref(), &format!("input '{name}'"))?;
+        let declared = match self.headers.as_mut() {
+            Some(headers) => Some(headers.check(&name, datatype, &shape)?.1),
+            None => {
+                if self.inputs.len() == MAX_TENSORS {
+                    return Err(Error::invalid(format!("more than {MAX_TENSORS} inputs")));
+                }
+                None
+            }
+        };
+        let binary_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "input '{name}': binary_data_size must be a non-negative integer"
+                        ))
+                    })?,
+            ),
+        };
+        let (source, count, payload) = match (binary_size, input.data) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "input '{name}' has both JSON data and binary_data_size"
+                )));
+            }
+            (None, None) => {
+                return Err(Error::invalid(format!("input '{name}' has no data")));
+            }
+            (Some(size), None) => {
+                let left = self.binary_len - self.binary_used;
+                if size > left {
+                    return Err(Error::invalid(format!(
+                        "input '{name}': binary_data_size {size} exceeds the {left} binary bytes left in the body"
+                    )));
+                }
+                let count = match declared {
+                    Some(count) => count,
+                    None => element_count(&shape, size).map_err(context)?,
+                };
+                check_wire_len(datatype, count, size).map_err(context)?;
+                let start = self.binary_used;
+                self.binary_used += size;
+                (Source::Binary(start..start + size), count, size)
+            }
+            (None, Some(raw)) => {
+                // Each element takes at least one character and a separator.
+                let most = raw.get().len() / 2 + 1;
+                let count = match declared {
+                    Some(count) if count > most => {
+                        return Err(context(Error::invalid(format!(
+                            "shape {shape:?} holds more elements than the request carries"
+                        ))));
+                    }
+                    Some(count) => count,
+                    None => element_count(&shape, most).map_err(context)?,
+                };
+                (Source::Json(raw), count, raw.get().len())
+            }
+        };
+        if datatype == DataType::Bytes {
+            self.bytes_elements = self.bytes_elements.saturating_add(count);
+            let cap = self.limits.max_bytes_elements;
+            if self.bytes_elements > cap {
+                return Err(Error::PayloadTooLarge(format!(
+                    "the request's BYTES inputs hold more than {cap} elements together (--max-bytes-elements)"
+                )));
+            }
+        }
+        self.tensor_bytes = self
+            .tensor_bytes
+            .saturating_add(decoded_bytes(datatype, count, payload));
+        self.inputs.push(PendingInput {
+            name,
+            datatype,
+            shape,
+            count,
+            source,
+        });
+        Ok(())
+    }
+
+    fn output(&mut self, output: OutputJson) -> Result<()> {
+        match self.limits.signature {
+            Some(signature) => {
+                if signature.output(&output.name).is_none() {
+                    return Err(Error::invalid(format!(
+                        "unknown output '{}' requested",
+                        output.name
+                    )));
+                }
+                if self.outputs.iter().any(|o| o.name == output.name) {
+                    return Err(Error::invalid(format!(
+                        "output '{}' is requested more than once",
+                        output.name
+                    )));
+                }
+            }
+            None if self.outputs.len() == MAX_TENSORS => {
+                return Err(Error::invalid(format!(
+                    "more than {MAX_TENSORS} outputs requested"
+                )));
+            }
+            None => {}
+        }
+        self.outputs.push(output);
+        Ok(())
+    }
+}
+
+/// The request's top level, read field by field so that each input is checked as soon as it is read.
+struct RequestSeed<'c, 'a, 's> {
+    checks: &'c mut Checks<'a, 's>,
+}
+
+/// What the top level holds besides the inputs and outputs (which go to [`Checks`]).
+struct RequestHead {
+    id: Option<String>,
+    parameters: Option<Parameters>,
+    /// Whether `outputs` was given (not null).
+    outputs: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Id,
+    Parameters,
+    Inputs,
+    Outputs,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for RequestSeed<'_, 'de, 's> {
+    type Value = RequestHead;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RequestHead, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for RequestSeed<'_, 'de, 's> {
+    type Value = RequestHead;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an inference request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestHead, A::Error> {
+        let mut id: Option<Option<String>> = None;
+        let mut parameters: Option<Option<Parameters>> = None;
+        let mut inputs = false;
+        let mut outputs: Option<bool> = None;
+        let duplicate = |name| de::Error::custom(format_args!("duplicate field `{name}`"));
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Id if id.is_some() => return Err(duplicate("id")),
+                Field::Id => id = Some(map.next_value()?),
+                Field::Parameters if parameters.is_some() => return Err(duplicate("parameters")),
+                Field::Parameters => {
+                    parameters = Some(map.next_value_seed(OptionalParameters)?);
+                }
+                Field::Inputs if inputs => return Err(duplicate("inputs")),
+                Field::Inputs => {
+                    map.next_value_seed(InputsSeed {
+                        checks: &mut *self.checks,
+                    })?;
+                    inputs = true;
+                }
+                Field::Outputs if outputs.is_some() => return Err(duplicate("outputs")),
+                Field::Outputs => {
+                    outputs = Some(map.next_value_seed(OutputsSeed {
+                        checks: &mut *self.checks,
+                    })?);
+                }
+                Field::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !inputs {
+            return Err(de::Error::missing_field("inputs"));
+        }
+        Ok(RequestHead {
+            id: id.flatten(),
+            parameters: parameters.flatten(),
+            outputs: outputs.unwrap_or(false),
+        })
+    }
+}
+
+/// Stops the parse with `refusal` as the request's answer.
+fn refuse<E: de::Error>(checks: &mut Checks, refusal: Error) -> E {
+    let shown = refusal.to_string();
+    checks.refusal = Some(refusal);
+    E::custom(shown)
+}
+
+struct InputsSeed<'c, 'a, 's> {
+    checks: &'c mut Checks<'a, 's>,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for InputsSeed<'_, 'de, 's> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for InputsSeed<'_, 'de, 's> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of input tensors")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(input) = seq.next_element::<InputJson<'de>>()? {
+            if let Err(e) = self.checks.input(input) {
+                return Err(refuse(self.checks, e));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct OutputsSeed<'c, 'a, 's> {
+    checks: &'c mut Checks<'a, 's>,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for OutputsSeed<'_, 'de, 's> {
+    /// False for `null`.
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for OutputsSeed<'_, 'de, 's> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of requested outputs")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while let Some(output) = seq.next_element::<OutputJson>()? {
+            if let Err(e) = self.checks.output(output) {
+                return Err(refuse(self.checks, e));
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A shape: at most [`MAX_DIMS`] integers, refused at the next one without growing further.
+fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    struct Shape;
+    impl<'de> Visitor<'de> for Shape {
+        type Value = Vec<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a shape: an array of at most {MAX_DIMS} integers")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<i64>, A::Error> {
+            let mut dims = Vec::new();
+            while let Some(d) = seq.next_element::<i64>()? {
+                if dims.len() == MAX_DIMS {
+                    return Err(de::Error::custom(format_args!(
+                        "shape has more than {MAX_DIMS} dimensions"
+                    )));
+                }
+                dims.push(d);
+            }
+            Ok(dims)
+        }
+    }
+    d.deserialize_seq(Shape)
+}
+
+/// `"parameters": {...}` or `null`, with scalar values only.
+struct OptionalParameters;
+
+impl<'de> DeserializeSeed<'de> for OptionalParameters {
+    type Value = Option<Parameters>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        scalar_parameters(d)
+    }
+}
+
+/// A `parameters` object: at most [`MAX_PARAMETERS`] entries, each a bool, number or string. An array or
+/// object value is refused at its first `[` or `{`, before anything of it is built.
+pub fn scalar_parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Parameters>, D::Error> {
+    struct Params;
+    impl<'de> Visitor<'de> for Params {
+        type Value = Option<Parameters>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a parameters object")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut params = Parameters::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if params.len() == MAX_PARAMETERS && !params.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!(
+                        "more than {MAX_PARAMETERS} parameters"
+                    )));
+                }
+                let value = map.next_value_seed(Scalar { key: &key })?;
+                params.insert(key, value);
+            }
+            Ok(Some(params))
+        }
+    }
+    d.deserialize_option(Params)
+}
+
+/// One parameter value: bool, number or string.
+pub struct Scalar<'k> {
+    /// The parameter's name, for the error.
+    pub key: &'k str,
+}
+
+impl Scalar<'_> {
+    fn refuse<E: de::Error>(&self, what: &str) -> E {
+        E::custom(format_args!(
+            "parameter '{}' must be a boolean, number or string, not {what}",
+            self.key
+        ))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Scalar<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scalar<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a boolean, number or string")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| self.refuse("a non-finite number"))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Err(self.refuse("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(self.refuse("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(self.refuse("an object"))
+    }
 }
 
 #[derive(Serialize)]
@@ -351,4 +930,226 @@ pub fn encode_response(
         body,
         json_len: Some(json_len),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::TensorSpec;
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![
+                TensorSpec {
+                    name: "x".into(),
+                    datatype: DataType::Fp32,
+                    shape: vec![-1, 2],
+                },
+                TensorSpec {
+                    name: "s".into(),
+                    datatype: DataType::Bytes,
+                    shape: vec![-1, -1],
+                },
+            ],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                datatype: DataType::Fp32,
+                shape: vec![-1],
+            }],
+            max_batch_size: 4,
+        }
+    }
+
+    fn decode(body: &str, permit: Option<&mut Permit>) -> Result<DecodedRequest> {
+        let sig = signature();
+        let limits = DecodeLimits {
+            signature: Some(&sig),
+            max_bytes_elements: 4,
+        };
+        decode_request_with(body.as_bytes(), None, limits, permit)
+    }
+
+    fn refused(body: &str) -> String {
+        match decode(body, None) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_good_request_takes_its_tensors_from_the_budget() {
+        let budget = Budget::unmetered(1000);
+        let mut permit = budget.empty();
+        let body = r#"{"id": "r", "parameters": {"timeout": 5, "p": "x", "q": 1.5, "b": false},
+            "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]},
+                       {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["ab"], [""]]}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": true}}], "extra": [1, {"a": 2}]}"#;
+        let decoded = decode(body, Some(&mut permit)).unwrap();
+        assert_eq!(decoded.request.inputs.len(), 2);
+        assert_eq!(decoded.request.outputs, Some(vec!["y".to_string()]));
+        assert_eq!(decoded.tensor_bytes, permit.bytes());
+        assert!(decoded.tensor_bytes >= 16 + 2 * 24);
+        let held: usize = decoded
+            .request
+            .inputs
+            .iter()
+            .map(|t| t.data.heap_bytes())
+            .sum();
+        assert!(held <= decoded.tensor_bytes);
+        // No room for the tensors: 429 before anything is built.
+        let budget = Budget::unmetered(10);
+        let mut permit = budget.empty();
+        assert!(matches!(
+            decode(body, Some(&mut permit)),
+            Err(Error::PayloadTooLarge(_))
+        ));
+        let mut permit = Budget::unmetered(100).acquire(90).unwrap();
+        assert!(matches!(
+            decode(body, Some(&mut permit)),
+            Err(Error::Overloaded(_))
+        ));
+    }
+
+    #[test]
+    fn headers_are_checked_before_data() {
+        // The data after a bad header is not data any datatype takes: it is never decoded.
+        let junk = r#""data": [[["a", {"b": null}]]]}"#;
+        for (body, needle) in [
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "x", "shape": [1, 2], "datatype": "BYTES", {junk}]}}"#
+                ),
+                "has datatype BYTES, the model expects FP32",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "z", "shape": [1, 2], "datatype": "FP32", {junk}]}}"#
+                ),
+                "unknown input 'z'",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "x", "shape": [1, 3], "datatype": "FP32", {junk}]}}"#
+                ),
+                "expects [-1, 2]",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "x", "shape": [5, 2], "datatype": "FP32", {junk}]}}"#
+                ),
+                "max_batch_size 4",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}},
+                                   {{"name": "x", "shape": [1, 2], "datatype": "FP32", {junk}]}}"#
+                ),
+                "given more than once",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{{"name": "s", "shape": [1, 5], "datatype": "BYTES", {junk}]}}"#
+                ),
+                "more than 4 elements",
+            ),
+            (
+                format!(
+                    r#"{{"outputs": [{{"name": "nope"}}], "inputs": [{{"name": "x", {junk}]}}"#
+                ),
+                "unknown output 'nope'",
+            ),
+        ] {
+            let err = refused(&body);
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_scalars() {
+        let good = r#"{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}"#;
+        for (params, needle) in [
+            (
+                r#"{"a": [1, 2]}"#,
+                "parameter 'a' must be a boolean, number or string, not an array",
+            ),
+            (r#"{"a": {"b": 1}}"#, "not an object"),
+            (r#"{"a": null}"#, "not null"),
+            (r#"[1]"#, "invalid type: sequence"),
+        ] {
+            let err = refused(&format!(
+                r#"{{"parameters": {params}, "inputs": [{good}]}}"#
+            ));
+            assert!(err.contains(needle), "{params}: {err}");
+        }
+        let many: Vec<String> = (0..=MAX_PARAMETERS)
+            .map(|i| format!(r#""k{i}": 1"#))
+            .collect();
+        let err = refused(&format!(
+            r#"{{"parameters": {{{}}}, "inputs": [{good}]}}"#,
+            many.join(",")
+        ));
+        assert!(err.contains("more than 256 parameters"), "{err}");
+        assert!(
+            decode(
+                &format!(r#"{{"parameters": null, "inputs": [{good}]}}"#),
+                None
+            )
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_json() {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let text = (
+            StatusCode::BAD_REQUEST,
+            "Invalid URL: Invalid UTF-8 in `model`",
+        )
+            .into_response();
+        let json = json_error_body(text).await;
+        assert_eq!(json.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(json.into_body(), 1024).await.unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"], "Invalid URL: Invalid UTF-8 in `model`");
+        let empty = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        let body = axum::body::to_bytes(json_error_body(empty).await.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"method not allowed"}"#);
+        // JSON errors and successes pass untouched.
+        let ok = (StatusCode::OK, "plain").into_response();
+        assert_eq!(
+            json_error_body(ok).await.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let err = Error::invalid("x").into_response();
+        let body = axum::body::to_bytes(json_error_body(err).await.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"x"}"#);
+    }
+
+    #[test]
+    fn without_a_signature_the_payload_bounds_the_count() {
+        let err = decode_request(
+            br#"{"inputs": [{"name": "x", "shape": [1000000], "datatype": "FP64", "data": [1, 2]}]}"#,
+            None,
+        )
+        .err().expect("refused")
+        .to_string();
+        assert!(
+            err.contains("more elements than the request carries"),
+            "{err}"
+        );
+        let dims = vec!["1"; MAX_DIMS + 1].join(",");
+        let body = format!(
+            r#"{{"inputs": [{{"name": "x", "shape": [{dims}], "datatype": "FP32", "data": [1]}}]}}"#
+        );
+        let err = decode_request(body.as_bytes(), None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("more than 64 dimensions"), "{err}");
+    }
 }

@@ -32,8 +32,12 @@ pub fn decode(raw: &RawValue, datatype: DataType, count: usize) -> Result<Tensor
 }
 
 fn flatten<T: JsonElement>(raw: &RawValue, count: usize) -> Result<Vec<T>> {
+    // The declared count is only a claim: reserve no more than the text can hold, at the fewest bytes an
+    // element takes ("0," for numbers, "\"\"," for strings), so a body that lies about its count costs
+    // what its own size bounds.
+    let fits = raw.get().len() / T::MIN_JSON_BYTES + 1;
     let mut state = State {
-        out: Vec::with_capacity(count),
+        out: Vec::with_capacity(count.min(fits)),
         dims: Vec::new(),
         leaf_depth: None,
         limit: count,
@@ -178,6 +182,8 @@ impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
 /// How one JSON scalar becomes an element; `None` rejects it.
 trait JsonElement: Sized {
     const KIND: &'static str;
+    /// The fewest bytes of JSON one element takes, its separator included.
+    const MIN_JSON_BYTES: usize = 2;
     fn from_bool(_: bool) -> Option<Self> {
         None
     }
@@ -241,6 +247,7 @@ macro_rules! float_element {
 float_element!(f16 => "FP16", f16::from_f64, f32 => "FP32", |v: f64| v as f32, f64 => "FP64", |v: f64| v);
 
 impl JsonElement for Vec<u8> {
+    const MIN_JSON_BYTES: usize = 3;
     const KIND: &'static str = "BYTES";
     fn from_str(v: &str) -> Option<Self> {
         Some(v.as_bytes().to_vec())

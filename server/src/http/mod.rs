@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod json_data;
 pub mod metadata;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,11 +34,17 @@ pub struct HttpState {
     pub infer: Infer,
     pub admin: AdminAuth,
     pub max_body_bytes: usize,
+    /// In-flight request bytes (`--max-inflight-bytes`), shared with gRPC: bodies and decoded tensors.
+    pub budget: crate::budget::Budget,
+    /// Elements of all BYTES inputs of one request together (`--max-bytes-elements`).
+    pub max_bytes_elements: usize,
     /// The API token; health endpoints do not ask for it.
     pub api: ApiAuth,
     /// False until the first load and when shutdown starts (so probes steer traffic away while requests
     /// drain), and, with strict readiness, while a model has no ready version.
     pub ready: Readiness,
+    /// The most an API request (inference, feedback, metadata) may take; `None`: no limit.
+    pub request_timeout: Option<std::time::Duration>,
     /// Feedback and drift reports; `None` with monitoring off.
     pub monitoring: Option<Arc<Monitoring>>,
 }
@@ -81,6 +88,12 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer));
+    if state.request_timeout.is_some() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ));
+    }
     if state.api.enabled() {
         api = api.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -95,9 +108,30 @@ pub fn router(state: HttpState) -> Router {
                 Json(serde_json::json!({ "error": "method not allowed on this endpoint" })),
             )
         })
+        // axum's own rejections (a path that is not UTF-8, say) are plain text: every error is JSON.
+        .layer(axum::middleware::map_response(codec::json_error_body))
         // The infer handler enforces its own, configurable limit with a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Repository control is left out: cancelling a load half-way helps nobody.
+async fn request_deadline(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limit) = state.request_timeout else {
+        return next.run(request).await;
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::Timeout(format!(
+            "the request took longer than {} s (--request-timeout)",
+            limit.as_secs_f64()
+        ))
+        .into_response(),
+    }
 }
 
 async fn require_api_token(
@@ -187,15 +221,42 @@ async fn infer(
 ) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
-    let json_len = codec::json_length(&headers)?;
-    let body = read_body(&headers, body, state.max_body_bytes).await?;
-    let decoded = if body.len() > INLINE_DECODE_BYTES {
-        tokio::task::spawn_blocking(move || codec::decode_request(&body, json_len))
-            .await
-            .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))??
-    } else {
-        codec::decode_request(&body, json_len)?
+    let since = std::time::Instant::now();
+    let refused = |e: Error, served: &crate::repository::ServedVersion| {
+        crate::signature::count_refused(served, Protocol::Http, &e, since);
+        e
     };
+    let json_len = codec::json_length(&headers).map_err(|e| refused(e, &served))?;
+    // The body's bytes are held from the in-flight budget while it is read (429 when spent), then the
+    // decoded tensors' bytes, checked against the signature before they are built.
+    let (body, mut permit) = codec::read_body(&headers, body, state.max_body_bytes, &state.budget)
+        .await
+        .map_err(|e| refused(e, &served))?;
+    let max_bytes_elements = state.max_bytes_elements;
+    let decode = move |body: bytes::Bytes, permit: &mut crate::budget::Permit| {
+        let limits = codec::DecodeLimits {
+            signature: Some(&served.signature),
+            max_bytes_elements,
+        };
+        let decoded = codec::decode_request_with(&body, json_len, limits, Some(&mut *permit));
+        drop(body);
+        (decoded, served)
+    };
+    let (decoded, served) = if body.len() > INLINE_DECODE_BYTES {
+        let (result, permit_back) = tokio::task::spawn_blocking(move || {
+            let result = decode(body, &mut permit);
+            (result, permit)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))?;
+        permit = permit_back;
+        result
+    } else {
+        decode(body, &mut permit)
+    };
+    let decoded = decoded.map_err(|e| refused(e, &served))?;
+    // The body is gone; the tensors stay until the answer.
+    permit.shrink_to(decoded.tensor_bytes);
     let mut request = decoded.request;
     let header_id = headers
         .get(request_id::HEADER)
@@ -210,6 +271,7 @@ async fn infer(
     {
         reply.headers_mut().insert(request_id::HEADER, id);
     }
+    drop(permit);
     Ok(reply)
 }
 
@@ -331,8 +393,17 @@ async fn feedback(
 ) -> Result<Response> {
     let monitoring = monitoring(&state)?;
     state.infer.repository().model(&model)?;
-    let body = read_body(&headers, body, state.max_body_bytes).await?;
-    let items = monitoring::feedback::parse(&model, &body, monitoring::now_ms())?;
+    let (body, _permit) =
+        codec::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
+    let now = monitoring::now_ms();
+    let items = if body.len() > INLINE_DECODE_BYTES {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || monitoring::feedback::parse(&model, &body, now))
+            .await
+            .map_err(|e| Error::Internal(format!("feedback parsing task failed: {e}")))??
+    } else {
+        monitoring::feedback::parse(&model, &body, now)?
+    };
     Ok(Json(monitoring.feedback(items)).into_response())
 }
 

@@ -1,9 +1,15 @@
 //! The drain thread: takes what the request path queued and hands it, in batches, to each sink (the
 //! embedded monitor, the sidecar stream, the Parquet files). It runs on its own OS thread so a slow sink
 //! never touches the request path; at worst the queue fills and rows are dropped and counted.
+//!
+//! Batches are bounded in items and in bytes of queued tensor data, so the records they expand to
+//! stay a bounded multiple of [`BATCH_BYTES`]. Every [`TICK`] the Parquet sink writes the rows it
+//! has buffered for its flush interval (1 s) as a row group: a `kill -9` loses at most the rows of
+//! about the last 1.5 s (queue, buffer and tick), plus what the queue held if the drain had fallen
+//! behind. On shutdown it delivers what is queued until its deadline, counts the rest as dropped
+//! (`reason="shutdown"`) and finishes every Parquet file.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,15 +18,17 @@ use keel_monitor::parquet_log::ParquetSink;
 use keel_monitor::{ModelSpec, Monitor, PredictionRecord};
 use prometheus::IntCounterVec;
 
-use super::log::LogItem;
+use super::log::{ItemKind, LogItem, PredictionLog, reason};
 use super::sidecar_client::SidecarHandle;
 
 /// Items (requests, feedback posts) handed to the sinks at once.
 const BATCH_ITEMS: usize = 4096;
+/// Bytes of queued tensor data handed to the sinks at once (a batch's first item always goes).
+pub const BATCH_BYTES: usize = 8 << 20;
 /// Pause between looks at an empty (or partly filled) queue: rows reach the monitor within this.
 const POLL: Duration = Duration::from_millis(20);
-/// How often files are rotated when nothing arrives.
-const TICK: Duration = Duration::from_millis(500);
+/// How often files are rotated and buffered rows written as row groups when nothing arrives.
+pub const TICK: Duration = Duration::from_millis(250);
 
 pub enum Control {
     Version(Box<ModelSpec>),
@@ -28,8 +36,11 @@ pub enum Control {
         model: String,
         version: u64,
     },
-    /// Drain what is queued, close the files, end the thread.
-    Shutdown,
+    /// Drain what is queued until `deadline` (the rest is counted as dropped), finish the files,
+    /// end the thread.
+    Shutdown {
+        deadline: Instant,
+    },
 }
 
 pub struct Sinks {
@@ -40,20 +51,41 @@ pub struct Sinks {
     pub dropped: IntCounterVec,
 }
 
+/// How long the drain keeps delivering when its control channel is gone without a shutdown.
+const ORPHAN_DEADLINE: Duration = Duration::from_secs(5);
+
 pub fn spawn(
     items: Receiver<LogItem>,
     control: Receiver<Control>,
-    queued_rows: Arc<AtomicUsize>,
+    log: PredictionLog,
     sinks: Sinks,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("keel-prediction-log".into())
-        .spawn(move || Drain { sinks, queued_rows }.run(&items, &control))
+        .spawn(move || Drain { sinks, log }.run(&items, &control))
 }
 
 struct Drain {
     sinks: Sinks,
-    queued_rows: Arc<AtomicUsize>,
+    /// Closed once the drain has taken its last item.
+    log: PredictionLog,
+}
+
+/// Takes up to [`BATCH_ITEMS`] items and [`BATCH_BYTES`] bytes from the queue; true when it
+/// stopped at one of these bounds (more is likely waiting).
+fn take_batch(items: &Receiver<LogItem>) -> (Vec<LogItem>, bool) {
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    while batch.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
+        match items.try_recv() {
+            Ok(item) => {
+                bytes += item.bytes();
+                batch.push(item);
+            }
+            Err(_) => return (batch, false),
+        }
+    }
+    (batch, true)
 }
 
 impl Drain {
@@ -69,20 +101,22 @@ impl Drain {
                         }
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return self.finish(items),
+                    Err(TryRecvError::Disconnected) => {
+                        return self.finish(items, Instant::now() + ORPHAN_DEADLINE);
+                    }
                 }
             }
-            let batch: Vec<LogItem> = items.try_iter().take(BATCH_ITEMS).collect();
-            let full = batch.len() == BATCH_ITEMS;
+            let (batch, full) = take_batch(items);
             if !batch.is_empty() {
                 self.deliver(batch);
             }
             if last_rotation.elapsed() >= TICK {
                 last_rotation = Instant::now();
-                if let Some(parquet) = &mut self.sinks.parquet
-                    && let Err(e) = parquet.rotate_due(Instant::now())
-                {
-                    tracing::warn!(error = %e, "rotating prediction-log files failed");
+                if let Some(parquet) = &mut self.sinks.parquet {
+                    if let Err(e) = parquet.rotate_due(Instant::now()) {
+                        tracing::warn!(error = %e, "rotating prediction-log files failed");
+                    }
+                    count_lost(&self.sinks.dropped, parquet);
                 }
             }
             // Polling, not blocking: a receiver parked on the queue would be woken (a futex call and
@@ -114,21 +148,41 @@ impl Drain {
                     monitor.retire_version(&model, version);
                 }
             }
-            Control::Shutdown => {
-                self.finish(items);
+            Control::Shutdown { deadline } => {
+                self.finish(items, deadline);
                 return false;
             }
         }
         true
     }
 
-    fn finish(&mut self, items: &Receiver<LogItem>) {
-        let rest: Vec<LogItem> = items.try_iter().collect();
-        self.deliver(rest);
-        if let Some(parquet) = &mut self.sinks.parquet
-            && let Err(e) = parquet.flush()
-        {
-            tracing::error!(error = %e, "closing prediction-log files failed");
+    /// Delivers what is queued until `deadline`, counts what is left as dropped, closes the log
+    /// (later pushes are counted, not queued) and finishes the files.
+    fn finish(&mut self, items: &Receiver<LogItem>, deadline: Instant) {
+        loop {
+            let (batch, _) = take_batch(items);
+            if batch.is_empty() {
+                break;
+            }
+            self.deliver(batch);
+            if Instant::now() >= deadline {
+                let left = items.len();
+                if left > 0 {
+                    tracing::warn!(
+                        requests = left,
+                        "prediction log: shutdown deadline reached; rows still queued are dropped (counted as reason=\"shutdown\")"
+                    );
+                }
+                break;
+            }
+        }
+        // Undelivered items count themselves as `shutdown` when dropped.
+        self.log.close();
+        if let Some(parquet) = &mut self.sinks.parquet {
+            if let Err(e) = parquet.flush() {
+                tracing::error!(error = %e, "closing prediction-log files failed");
+            }
+            count_lost(&self.sinks.dropped, parquet);
         }
     }
 
@@ -136,13 +190,11 @@ impl Drain {
         let mut records: Vec<PredictionRecord> = Vec::new();
         let mut feedback = Vec::new();
         for item in batch {
-            match item {
-                LogItem::Request(r) => records.extend(r.records()),
-                LogItem::Feedback(f) => feedback.extend(f),
+            match item.take() {
+                ItemKind::Request(r) => records.extend(r.records()),
+                ItemKind::Feedback(f) => feedback.extend(f),
             }
         }
-        self.queued_rows
-            .fetch_sub(records.len() + feedback.len(), Ordering::AcqRel);
         if !records.is_empty() {
             if let Some(monitor) = &self.sinks.monitor {
                 monitor.ingest(&records);
@@ -154,7 +206,6 @@ impl Drain {
                 && let Err(e) = parquet.write_records(&records)
             {
                 tracing::warn!(error = %e, "writing prediction-log rows failed");
-                count_by_model(&self.sinks.dropped, &records, "file_error", |r| &r.model);
             }
         }
         if !feedback.is_empty() {
@@ -165,9 +216,21 @@ impl Drain {
                 && let Err(e) = parquet.write_feedback(&feedback)
             {
                 tracing::warn!(error = %e, "writing feedback rows failed");
-                count_by_model(&self.sinks.dropped, &feedback, "file_error", |f| &f.model);
             }
         }
+        if let Some(parquet) = &mut self.sinks.parquet {
+            count_lost(&self.sinks.dropped, parquet);
+        }
+    }
+}
+
+/// Counts the rows the file sink lost to write errors (exactly those in no file: the complete row
+/// groups of a failed file are kept) as `file_error`.
+fn count_lost(dropped: &IntCounterVec, parquet: &mut ParquetSink) {
+    for (model, rows) in parquet.take_lost() {
+        dropped
+            .with_label_values(&[model.as_str(), reason::FILE_ERROR])
+            .inc_by(rows);
     }
 }
 

@@ -10,6 +10,7 @@ mod rows;
 mod sidecar_client;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use keel_monitor::auth::ClientToken;
 use keel_monitor::parquet_log::{ParquetConfig, ParquetSink};
@@ -19,7 +20,7 @@ use prometheus::Registry;
 
 use crate::config::{MonitorMode, ServeConfig};
 use crate::repository::{ServedVersion, VersionObserver};
-pub use log::{PredictionLog, VersionLog, now_ms};
+pub use log::{LogLimits, PredictionLog, VersionLog, now_ms};
 pub use rows::Captured;
 
 use drain::{Control, Sinks};
@@ -65,7 +66,11 @@ struct Background {
     drain: Option<std::thread::JoinHandle<()>>,
     evaluator: Option<tokio::task::JoinHandle<()>>,
     webhook: Option<Webhook>,
+    sidecar: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long [`Monitoring::shutdown`] may take when no deadline is given.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Monitoring {
     /// Starts the log, its drain thread and the configured sinks. `None` when monitoring is off and no
@@ -82,7 +87,12 @@ impl Monitoring {
         {
             return Ok(None);
         }
-        let (log, items, queued) = PredictionLog::new(config.prediction_log_capacity, registry)?;
+        let limits = LogLimits {
+            rows: config.prediction_log_capacity,
+            bytes: config.prediction_log_capacity_bytes,
+            max_elements: config.prediction_log_max_elements,
+        };
+        let (log, items, _budget) = PredictionLog::new(limits, registry)?;
         let mut background = Background::default();
         let embedded = if embedded_mode {
             let alerts = match keel_monitor::sidecar::start_alerts(
@@ -105,9 +115,8 @@ impl Monitoring {
         };
         let parquet = match &config.prediction_log_dir {
             Some(dir) => Some(ParquetSink::new(ParquetConfig {
-                max_file_age: std::time::Duration::from_secs_f64(
-                    config.prediction_log_rotate.max(0.1),
-                ),
+                max_file_age: Duration::from_secs_f64(config.prediction_log_rotate.max(0.1)),
+                max_tensor_columns: config.prediction_log_max_elements.max(1),
                 ..ParquetConfig::new(dir)
             })?),
             None => None,
@@ -116,10 +125,14 @@ impl Monitoring {
             token: config.monitor_token.clone(),
             file: config.monitor_token_file.clone(),
         };
-        let sidecar = config
-            .monitor_endpoint
-            .clone()
-            .map(|endpoint| SidecarHandle::start(endpoint, token, log.dropped().clone()));
+        let sidecar = match config.monitor_endpoint.clone() {
+            Some(endpoint) => {
+                let (handle, task) = SidecarHandle::start(endpoint, token, log.dropped().clone());
+                background.sidecar = Some(task);
+                Some(handle)
+            }
+            None => None,
+        };
         let (control, control_rx) = crossbeam_channel::unbounded();
         let sinks = Sinks {
             monitor: embedded.clone(),
@@ -127,8 +140,9 @@ impl Monitoring {
             sidecar,
             dropped: log.dropped().clone(),
         };
-        background.drain =
-            Some(drain::spawn(items, control_rx, queued, sinks).map_err(MonitoringError::Thread)?);
+        background.drain = Some(
+            drain::spawn(items, control_rx, log.clone(), sinks).map_err(MonitoringError::Thread)?,
+        );
         Ok(Some(Arc::new(Monitoring {
             log,
             control,
@@ -158,19 +172,54 @@ impl Monitoring {
         }
     }
 
-    /// Flushes what is queued, closes the files, stops the webhook.
+    /// [`Self::shutdown_by`] with a deadline [`DEFAULT_SHUTDOWN_TIMEOUT`] from now.
     pub async fn shutdown(&self) {
+        self.shutdown_by(Instant::now() + DEFAULT_SHUTDOWN_TIMEOUT)
+            .await;
+    }
+
+    /// Flushes what is queued, finishes the Parquet files (complete, readable files: never
+    /// removed), lets the sidecar stream send what it holds, stops the evaluator and the webhook;
+    /// returns by `deadline` at the latest. Rows still queued when delivery must stop (the drain
+    /// keeps a reserve of up to 1 s before `deadline` to finish the files) are counted as dropped
+    /// (`reason="shutdown"`), as are rows pushed afterwards (late requests): call it once the
+    /// listeners have drained, so that it sees every served row. Idempotent: a second call returns
+    /// at once.
+    pub async fn shutdown_by(&self, deadline: Instant) {
         let mut background =
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
-        let _ = self.control.send(Control::Shutdown);
+        let now = Instant::now();
+        // Keep a reserve to finish the files (encode the buffered rows, write the footers).
+        let reserve = (deadline.saturating_duration_since(now) / 4).min(Duration::from_secs(1));
+        let _ = self.control.send(Control::Shutdown {
+            deadline: deadline.checked_sub(reserve).unwrap_or(now),
+        });
+        let until = tokio::time::Instant::from_std(deadline);
         if let Some(drain) = background.drain.take() {
-            let _ = tokio::task::spawn_blocking(move || drain.join()).await;
+            let joined = tokio::task::spawn_blocking(move || drain.join());
+            if tokio::time::timeout_at(until, joined).await.is_err() {
+                tracing::warn!(
+                    "prediction log: the drain thread did not finish by the shutdown deadline; unfinished files are recovered on the next start"
+                );
+            }
         }
         if let Some(evaluator) = background.evaluator.take() {
             evaluator.abort();
         }
-        if let Some(webhook) = background.webhook.take() {
-            webhook.shutdown().await;
+        // The drain thread dropped the sidecar handle: the stream sends what is queued and ends.
+        if let Some(mut sidecar) = background.sidecar.take()
+            && tokio::time::timeout_at(until, &mut sidecar).await.is_err()
+        {
+            // Stopping it counts what it still held as dropped (reason "shutdown").
+            sidecar.abort();
+            let _ = sidecar.await;
+        }
+        if let Some(webhook) = background.webhook.take()
+            && tokio::time::timeout_at(until, webhook.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("monitor webhook: not stopped by the shutdown deadline");
         }
     }
 }
@@ -203,5 +252,95 @@ impl VersionObserver for Monitoring {
             model: model.to_string(),
             version,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::{Signature, TensorSpec};
+    use crate::tensor::{DataType, Tensor, TensorData};
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype: DataType::Fp32,
+                shape: vec![-1, 4],
+            }],
+            outputs: Vec::new(),
+            max_batch_size: 64,
+        }
+    }
+
+    fn counted(registry: &Registry, name: &str, reason: &str) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "reason" && l.value() == reason)
+                    || reason.is_empty()
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_finishes_the_file_by_its_deadline_and_counts_later_rows() {
+        let dir = std::env::temp_dir().join(format!("keel-shutdown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = ServeConfig::local("unused");
+        config.prediction_log_dir = Some(dir.clone());
+        config.monitor = MonitorMode::Off;
+        let registry = Registry::new();
+        let monitoring = Monitoring::start(&config, &registry).unwrap().unwrap();
+        let version = monitoring.log().for_version("m", &signature(), 1.0);
+        let inputs = [Tensor {
+            name: "x".into(),
+            shape: vec![10, 4],
+            data: TensorData::Fp32(vec![1.5; 40]),
+        }];
+        for i in 0..100 {
+            let captured = version
+                .capture(Some(&format!("r{i}")), &inputs, 10)
+                .unwrap();
+            version.push(captured, 1, &[]);
+        }
+        let started = Instant::now();
+        monitoring
+            .shutdown_by(started + Duration::from_secs(3))
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let folder = keel_monitor::parquet_log::model_dir(&dir, "m");
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(
+            names[0].starts_with("predictions-"),
+            "a finished file: {names:?}"
+        );
+        let bytes = std::fs::read(folder.join(&names[0])).unwrap();
+        assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+        assert_eq!(
+            counted(&registry, "keel_prediction_log_dropped_total", ""),
+            0
+        );
+        // A late request, after the log shut down: counted, not copied nor queued.
+        assert!(version.capture(Some("late"), &inputs, 10).is_none());
+        assert_eq!(
+            counted(&registry, "keel_prediction_log_dropped_total", "shutdown"),
+            10
+        );
+        // A second shutdown returns at once.
+        let again = Instant::now();
+        monitoring.shutdown().await;
+        assert!(again.elapsed() < Duration::from_millis(100));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

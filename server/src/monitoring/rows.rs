@@ -1,6 +1,7 @@
-//! What the request path hands the prediction log: a copy of the request's tensors (a memcpy) and which
-//! rows were sampled. Turning them into per-row records happens on the drain thread, so a large request
-//! is not held up by the log.
+//! What the request path hands the prediction log: a copy of the sampled rows of the request's
+//! tensors (each row cut to `--prediction-log-max-elements` elements per tensor; one memcpy when
+//! every row is sampled and none is cut) and which rows they were. Turning them into per-row
+//! records happens on the drain thread, so a large request is not held up by the log.
 
 use std::sync::Arc;
 
@@ -32,14 +33,86 @@ impl LogNames {
 /// One row's values per tensor, as a record carries them.
 type RowValues = Vec<(String, Vec<FeatureValue>)>;
 
-/// The sampled rows of one request, inputs captured before they go to the backend.
+/// Heap bytes a BYTES element costs besides its content (its `Vec`).
+const BYTES_ELEMENT_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
+
+/// The sampled rows of one tensor, each cut to at most `max_elements` elements: a copy of only
+/// what will be logged.
+struct Kept {
+    /// `width` elements per sampled row, rows in sampling order.
+    data: TensorData,
+    width: usize,
+    /// The tensor's rows were wider than `width`.
+    truncated: bool,
+}
+
+/// Elements per row of a tensor of `rows` rows, and how many of them are logged.
+fn widths(data: &TensorData, rows: usize, max_elements: usize) -> (usize, usize) {
+    let per_row = data.len() / rows.max(1);
+    (per_row, per_row.min(max_elements))
+}
+
+/// Bytes a copy of rows `sampled` of `data` (each cut to `max_elements`) takes.
+fn copy_bytes(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usize) -> usize {
+    let (per_row, width) = widths(data, rows, max_elements);
+    match (data, data.datatype().size()) {
+        (TensorData::Bytes(items), _) => sampled
+            .iter()
+            .flat_map(|&r| {
+                let start = r as usize * per_row;
+                items.get(start..start + width).unwrap_or_default()
+            })
+            .map(|item| item.len() + BYTES_ELEMENT_OVERHEAD)
+            .sum(),
+        (_, size) => sampled.len() * width * size.unwrap_or(8),
+    }
+}
+
+/// Copies rows `sampled` of `data` (a tensor of `rows` rows), each cut to `max_elements`.
+fn copy_rows(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usize) -> Kept {
+    let (per_row, width) = widths(data, rows, max_elements);
+    fn pick<T: Clone>(v: &[T], per_row: usize, width: usize, sampled: &[u32]) -> Vec<T> {
+        if width == per_row && sampled.len() * per_row == v.len() && !sampled.is_empty() {
+            // Every row sampled, none cut (sampling keeps row order): one copy of the whole.
+            return v.to_vec();
+        }
+        let mut out = Vec::with_capacity(sampled.len() * width);
+        for &r in sampled {
+            let start = r as usize * per_row;
+            out.extend_from_slice(v.get(start..start + width).unwrap_or_default());
+        }
+        out
+    }
+    macro_rules! copy {
+        ($($variant:ident),*) => {
+            match data {
+                $(TensorData::$variant(v) => TensorData::$variant(pick(v, per_row, width, sampled)),)*
+            }
+        };
+    }
+    let data = copy!(
+        Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+    );
+    Kept {
+        data,
+        width,
+        truncated: width < per_row,
+    }
+}
+
+/// The sampled rows of one request, inputs captured before they go to the backend: only the
+/// sampled rows' elements are copied, at most `max_elements` per tensor and row.
 pub struct Captured {
     request_id: String,
     timestamp_ms: u64,
+    /// Rows of the request (dimension 0 of every tensor; 1 for models without batching).
     rows: usize,
     sampled: Vec<u32>,
+    max_elements: usize,
     /// In signature order, as validated requests are.
-    inputs: Vec<TensorData>,
+    inputs: Vec<Kept>,
+    /// The share of the log's bound this capture holds, given back when it is dropped.
+    pub(super) held: super::log::Held,
 }
 
 /// A served request as the log keeps it until the drain thread expands it.
@@ -48,24 +121,50 @@ pub struct LoggedRequest {
     version: u64,
     captured: Captured,
     /// In signature order, as every backend returns them.
-    outputs: Vec<TensorData>,
+    outputs: Vec<Kept>,
 }
 
 impl Captured {
-    /// Captures `sampled` rows of `inputs` (a request of `rows` rows).
+    /// Bytes a capture of rows `sampled` of `inputs` takes: tensor data, row indexes and id.
+    pub fn input_bytes(
+        request_id: &str,
+        inputs: &[Tensor],
+        rows: usize,
+        sampled: &[u32],
+        max_elements: usize,
+    ) -> usize {
+        request_id.len()
+            + std::mem::size_of_val(sampled)
+            + inputs
+                .iter()
+                .map(|t| copy_bytes(&t.data, rows, sampled, max_elements))
+                .sum::<usize>()
+    }
+
+    /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
+    /// tensor's rows cut to `max_elements` elements.
     pub fn new(
         request_id: String,
         timestamp_ms: u64,
         inputs: &[Tensor],
         rows: usize,
-        sampled: impl Iterator<Item = usize>,
+        sampled: Vec<u32>,
+        max_elements: usize,
+        held: super::log::Held,
     ) -> Self {
+        let max_elements = max_elements.max(1);
+        let inputs = inputs
+            .iter()
+            .map(|t| copy_rows(&t.data, rows, &sampled, max_elements))
+            .collect();
         Captured {
             request_id,
             timestamp_ms,
             rows,
-            sampled: sampled.map(|r| r as u32).collect(),
-            inputs: inputs.iter().map(|t| t.data.clone()).collect(),
+            sampled,
+            max_elements,
+            inputs,
+            held,
         }
     }
 
@@ -77,13 +176,25 @@ impl Captured {
         self.sampled.is_empty()
     }
 
-    /// Completes the capture with the outputs that answered the request.
+    /// Bytes the sampled rows of `outputs` will take once copied by [`Self::finish`].
+    pub fn output_bytes(&self, outputs: &[Tensor]) -> usize {
+        outputs
+            .iter()
+            .map(|t| copy_bytes(&t.data, self.rows, &self.sampled, self.max_elements))
+            .sum()
+    }
+
+    /// Completes the capture with the sampled rows of the outputs that answered the request.
     pub fn finish(self, names: &Arc<LogNames>, version: u64, outputs: &[Tensor]) -> LoggedRequest {
+        let outputs = outputs
+            .iter()
+            .map(|t| copy_rows(&t.data, self.rows, &self.sampled, self.max_elements))
+            .collect();
         LoggedRequest {
             names: names.clone(),
             version,
             captured: self,
-            outputs: outputs.iter().map(|t| t.data.clone()).collect(),
+            outputs,
         }
     }
 }
@@ -93,30 +204,50 @@ impl LoggedRequest {
         self.captured.sampled.len()
     }
 
+    pub fn model(&self) -> &str {
+        &self.names.model
+    }
+
+    /// Bytes of the log's bound this request holds.
+    pub fn bytes(&self) -> usize {
+        self.captured.held.bytes()
+    }
+
+    /// Whether some tensor's rows were cut to `max_elements`.
+    pub fn truncated(&self) -> bool {
+        self.captured
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .any(|k| k.truncated)
+    }
+
     /// One record per sampled row.
     pub fn records(&self) -> impl Iterator<Item = PredictionRecord> + '_ {
         let (c, names) = (&self.captured, &self.names);
-        c.sampled.iter().map(move |&row| PredictionRecord {
-            model: names.model.clone(),
-            version: self.version,
-            request_id: c.request_id.clone(),
-            row,
-            timestamp_ms: c.timestamp_ms,
-            inputs: row_values(&names.inputs, &c.inputs, c.rows, row as usize),
-            outputs: row_values(&names.outputs, &self.outputs, c.rows, row as usize),
-        })
+        c.sampled
+            .iter()
+            .enumerate()
+            .map(move |(at, &row)| PredictionRecord {
+                model: names.model.clone(),
+                version: self.version,
+                request_id: c.request_id.clone(),
+                row,
+                timestamp_ms: c.timestamp_ms,
+                inputs: row_values(&names.inputs, &c.inputs, at),
+                outputs: row_values(&names.outputs, &self.outputs, at),
+            })
     }
 }
 
-/// Row `row` of every tensor (each tensor's elements split evenly into `rows` rows).
-fn row_values(names: &[String], tensors: &[TensorData], rows: usize, row: usize) -> RowValues {
+/// The `at`-th kept row of every tensor.
+fn row_values(names: &[String], tensors: &[Kept], at: usize) -> RowValues {
     names
         .iter()
         .zip(tensors)
-        .map(|(name, data)| {
-            let per_row = data.len() / rows.max(1);
-            let range = row * per_row..(row + 1) * per_row;
-            (name.clone(), values(data, range))
+        .map(|(name, kept)| {
+            let range = at * kept.width..(at + 1) * kept.width;
+            (name.clone(), values(&kept.data, range))
         })
         .collect()
 }
@@ -176,7 +307,8 @@ mod tests {
             inputs: vec!["x".into()],
             outputs: vec!["label".into()],
         });
-        let captured = Captured::new("r".into(), 7, &[input], 2, [1].into_iter());
+        let held = crate::monitoring::log::Held::unbounded();
+        let captured = Captured::new("r".into(), 7, &[input], 2, vec![1], 1024, held);
         let logged = captured.finish(&names, 3, &[label]);
         let records: Vec<_> = logged.records().collect();
         assert_eq!(records.len(), 1);
@@ -192,6 +324,37 @@ mod tests {
         assert_eq!(
             r.outputs,
             vec![("label".into(), vec![FeatureValue::Category("b".into())])]
+        );
+        assert!(!logged.truncated());
+    }
+
+    #[test]
+    fn copies_hold_only_sampled_rows_cut_to_the_cap() {
+        let bytes = TensorData::Bytes((0..12).map(|i| vec![b'a'; i]).collect());
+        // 3 rows of 4 strings; rows 0 and 2, 3 elements each.
+        assert_eq!(
+            copy_bytes(&bytes, 3, &[0, 2], 3),
+            (1 + 2 + 8 + 9 + 10) + 6 * BYTES_ELEMENT_OVERHEAD
+        );
+        let kept = copy_rows(&bytes, 3, &[0, 2], 3);
+        assert!(kept.truncated);
+        assert_eq!(kept.width, 3);
+        assert_eq!(kept.data.len(), 6);
+        let TensorData::Bytes(items) = &kept.data else {
+            panic!("bytes")
+        };
+        assert_eq!(items[3].len(), 8);
+        let floats = TensorData::Fp16(vec![half::f16::from_f32(1.0); 10]);
+        assert_eq!(copy_bytes(&floats, 5, &[1, 4], 100), 2 * 2 * 2);
+        let all = copy_rows(&floats, 5, &[0, 1, 2, 3, 4], 100);
+        assert!(!all.truncated);
+        assert_eq!(all.data, floats);
+        // A model without batching: the whole tensor is one row.
+        let wide = TensorData::Fp32(vec![0.5; 1_000_000]);
+        let kept = copy_rows(&wide, 1, &[0], 1024);
+        assert_eq!(
+            (kept.data.len(), kept.width, kept.truncated),
+            (1024, 1024, true)
         );
     }
 }

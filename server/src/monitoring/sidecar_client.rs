@@ -8,30 +8,46 @@
 //! (UNAUTHENTICATED) is an outage like an unreachable one: logged once, rows dropped and counted,
 //! retried with backoff. Rows are held back for a moment after each connection until the sidecar
 //! has had time to refuse it, so rows refused with the stream are counted, not lost silently.
+//!
+//! Batches go as messages of about 1 MiB ([`CHUNK_BYTES`]), none above the sidecar's 16 MiB limit;
+//! a row that alone exceeds it is dropped and counted (`reason="too_large"`). Messages waiting
+//! (for the stream, or in it for tonic to take) hold at most [`QUEUE_BYTES`]; beyond that the
+//! sidecar is too slow and rows are dropped and counted (`sidecar_unavailable`). Messages left when
+//! a stream breaks are counted as `sidecar_unavailable`, those left when the task is stopped at the
+//! shutdown deadline as `shutdown`. Only messages tonic already took onto a connection that then
+//! breaks (at most an HTTP/2 window) are lost uncounted: the stream has no acknowledgements.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keel_monitor::auth::ClientToken;
 use keel_monitor::outbound::{redact_url, warn_if_credentials_exposed};
 use keel_monitor::sidecar::convert::{
-    feedback_message, records_message, retire_message, spec_message,
+    CHUNK_BYTES, Chunked, MAX_SENT_MESSAGE_BYTES, feedback_messages, records_messages,
+    retire_message, spec_message,
 };
 use keel_monitor::sidecar::pb::monitor_service_client::MonitorServiceClient;
 use keel_monitor::sidecar::pb::{MonitorMessage, StreamSummary};
 use keel_monitor::{FeedbackRecord, ModelSpec, PredictionRecord};
 use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::drain::count_by_model;
+use super::log::reason;
 
-/// Messages (batches) waiting for the stream; beyond this the sidecar is too slow and rows are dropped.
+/// Messages waiting for the stream; beyond this the sidecar is too slow and rows are dropped.
 const QUEUE_MESSAGES: usize = 1024;
+/// Bytes of messages waiting for the stream or in it: the client's memory bound.
+pub const QUEUE_BYTES: usize = 32 << 20;
+/// Messages handed to a stream that tonic has not taken yet.
+const STREAM_MESSAGES: usize = 16;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a new stream must stay open before rows go on it: a sidecar refuses a token at once.
@@ -39,21 +55,141 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 type Specs = Arc<Mutex<BTreeMap<(String, u64), MonitorMessage>>>;
 
+/// A message on its way, holding its bytes of [`QUEUE_BYTES`] until tonic takes it (or it is
+/// dropped).
+struct Outgoing {
+    message: MonitorMessage,
+    queued: Option<Arc<AtomicUsize>>,
+    bytes: usize,
+}
+
+impl Outgoing {
+    /// `message`, if its `bytes` fit in what is left of [`QUEUE_BYTES`]; else it comes back.
+    fn new(
+        message: MonitorMessage,
+        bytes: usize,
+        queued: &Arc<AtomicUsize>,
+    ) -> Result<Self, MonitorMessage> {
+        let before = queued.fetch_add(bytes, Ordering::AcqRel);
+        if bytes > 0 && before.saturating_add(bytes) > QUEUE_BYTES {
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(message);
+        }
+        Ok(Outgoing {
+            message,
+            queued: Some(queued.clone()),
+            bytes,
+        })
+    }
+
+    /// Version and retire messages: small, outside the byte bound.
+    fn control(message: MonitorMessage) -> Self {
+        Outgoing {
+            message,
+            queued: None,
+            bytes: 0,
+        }
+    }
+
+    fn into_message(mut self) -> MonitorMessage {
+        std::mem::take(&mut self.message)
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if let Some(queued) = &self.queued {
+            queued.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The queue the streaming task reads; messages still in it when the task is stopped (the
+/// shutdown deadline) are counted as `shutdown`.
+struct Queue {
+    rx: mpsc::Receiver<Outgoing>,
+    dropped: IntCounterVec,
+}
+
+impl Queue {
+    async fn recv(&mut self) -> Option<Outgoing> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(left) = self.rx.try_recv() {
+            count_message(&left.message, &self.dropped, reason::SHUTDOWN);
+        }
+    }
+}
+
+/// The request stream tonic reads. Messages tonic has not taken when it drops the stream (it
+/// broke) are counted as `sidecar_unavailable`.
+struct Outbound {
+    rx: mpsc::Receiver<Outgoing>,
+    dropped: IntCounterVec,
+}
+
+impl tokio_stream::Stream for Outbound {
+    type Item = MonitorMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MonitorMessage>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(Outgoing::into_message))
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(left) = self.rx.try_recv() {
+            count_message(&left.message, &self.dropped, reason::SIDECAR_UNAVAILABLE);
+        }
+    }
+}
+
 pub struct SidecarHandle {
-    tx: mpsc::Sender<MonitorMessage>,
+    tx: mpsc::Sender<Outgoing>,
     specs: Specs,
+    queued: Arc<AtomicUsize>,
 }
 
 impl SidecarHandle {
-    /// Starts the streaming task on the current runtime.
-    pub fn start(endpoint: String, token: ClientToken, dropped: IntCounterVec) -> Self {
+    /// Starts the streaming task on the current runtime. The task ends once the handle is dropped
+    /// and what it queued is sent (or counted); await it, with a deadline, on shutdown.
+    pub fn start(
+        endpoint: String,
+        token: ClientToken,
+        dropped: IntCounterVec,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         if token.token.is_some() || token.file.is_some() {
             warn_if_credentials_exposed(&endpoint, "monitor tokens");
         }
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
         let specs = Specs::default();
-        tokio::spawn(stream_forever(endpoint, token, rx, specs.clone(), dropped));
-        SidecarHandle { tx, specs }
+        let queue = Queue {
+            rx,
+            dropped: dropped.clone(),
+        };
+        let task = tokio::spawn(stream_forever(
+            endpoint,
+            token,
+            queue,
+            specs.clone(),
+            dropped,
+        ));
+        (
+            SidecarHandle {
+                tx,
+                specs,
+                queued: Arc::default(),
+            },
+            task,
+        )
     }
 
     pub fn version(&self, spec: &ModelSpec) {
@@ -69,7 +205,7 @@ impl SidecarHandle {
             .unwrap_or_else(|e| e.into_inner())
             .insert((spec.model.clone(), spec.version), message.clone());
         // A spec lost here is resent on the next (re)connection.
-        let _ = self.tx.try_send(message);
+        let _ = self.tx.try_send(Outgoing::control(message));
     }
 
     pub fn retire(&self, model: &str, version: u64) {
@@ -77,19 +213,56 @@ impl SidecarHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(model.to_string(), version));
-        let _ = self.tx.try_send(retire_message(model, version));
+        let _ = self
+            .tx
+            .try_send(Outgoing::control(retire_message(model, version)));
     }
 
+    /// Queues `records` as messages below the sidecar's limit; rows that cannot go are counted.
     pub fn records(&self, records: &[PredictionRecord], dropped: &IntCounterVec) {
-        if self.tx.try_send(records_message(records)).is_err() {
-            count_by_model(dropped, records, "sidecar_unavailable", |r| &r.model);
+        let chunked = records_messages(records, CHUNK_BYTES, MAX_SENT_MESSAGE_BYTES);
+        self.send(chunked, dropped, |r| &r.model);
+    }
+
+    /// Queues feedback like [`Self::records`].
+    pub fn feedback(&self, items: &[FeedbackRecord], dropped: &IntCounterVec) {
+        let chunked = feedback_messages(items, CHUNK_BYTES, MAX_SENT_MESSAGE_BYTES);
+        self.send(chunked, dropped, |f| &f.model);
+    }
+
+    fn send<T>(
+        &self,
+        chunked: Chunked<'_, T>,
+        dropped: &IntCounterVec,
+        model: impl Fn(&T) -> &String,
+    ) {
+        for item in chunked.too_large {
+            dropped
+                .with_label_values(&[model(item).as_str(), reason::TOO_LARGE])
+                .inc();
+        }
+        for chunk in chunked.chunks {
+            let outgoing = match Outgoing::new(chunk.message, chunk.bytes, &self.queued) {
+                Ok(outgoing) => outgoing,
+                Err(message) => {
+                    // Over the byte bound: the sidecar is not keeping up.
+                    count_message(&message, dropped, reason::SIDECAR_UNAVAILABLE);
+                    continue;
+                }
+            };
+            if let Err(e) = self.tx.try_send(outgoing) {
+                let outgoing = match e {
+                    mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
+                };
+                count_message(&outgoing.message, dropped, reason::SIDECAR_UNAVAILABLE);
+            }
         }
     }
 
-    pub fn feedback(&self, items: &[FeedbackRecord], dropped: &IntCounterVec) {
-        if self.tx.try_send(feedback_message(items)).is_err() {
-            count_by_model(dropped, items, "sidecar_unavailable", |f| &f.model);
-        }
+    /// Bytes of messages waiting now.
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 }
 
@@ -119,7 +292,7 @@ fn authorization(token: &ClientToken) -> Result<Option<AsciiMetadataValue>, Stri
 async fn stream_forever(
     endpoint: String,
     token: ClientToken,
-    mut rx: mpsc::Receiver<MonitorMessage>,
+    mut rx: Queue,
     specs: Specs,
     dropped: IntCounterVec,
 ) {
@@ -131,19 +304,20 @@ async fn stream_forever(
         let failure = match connect(&endpoint, &token).await {
             Err(failure) => failure,
             Ok(mut client) => {
-                let (stream_tx, stream_rx) = mpsc::channel(64);
+                let (stream_tx, stream_rx) = mpsc::channel(STREAM_MESSAGES);
+                let outbound = Outbound {
+                    rx: stream_rx,
+                    dropped: dropped.clone(),
+                };
                 let resend: Vec<MonitorMessage> = specs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .values()
                     .cloned()
                     .collect();
-                let mut call =
-                    tokio::spawn(
-                        async move { client.stream(ReceiverStream::new(stream_rx)).await },
-                    );
+                let mut call = tokio::spawn(async move { client.stream(outbound).await });
                 for message in resend {
-                    if stream_tx.send(message).await.is_err() {
+                    if stream_tx.send(Outgoing::control(message)).await.is_err() {
                         break;
                     }
                 }
@@ -238,8 +412,8 @@ async fn connect(endpoint: &str, token: &ClientToken) -> Result<Client, (Outage,
 /// Forwards queued messages onto a settled stream until it ends (true: reconnect) or the handle
 /// is gone (false).
 async fn forward(
-    rx: &mut mpsc::Receiver<MonitorMessage>,
-    stream_tx: mpsc::Sender<MonitorMessage>,
+    rx: &mut Queue,
+    stream_tx: mpsc::Sender<Outgoing>,
     mut call: tokio::task::JoinHandle<Result<tonic::Response<StreamSummary>, tonic::Status>>,
     dropped: &IntCounterVec,
 ) -> bool {
@@ -253,7 +427,7 @@ async fn forward(
                 }
                 Some(message) => {
                     if let Err(failed) = stream_tx.send(message).await {
-                        count_message(&failed.0, dropped);
+                        count_message(&failed.0.message, dropped, reason::SIDECAR_UNAVAILABLE);
                         return true;
                     }
                 }
@@ -267,30 +441,120 @@ async fn forward(
 }
 
 /// Drops (and counts) what arrives for `wait`; false once the handle is gone.
-async fn discard(
-    rx: &mut mpsc::Receiver<MonitorMessage>,
-    dropped: &IntCounterVec,
-    wait: Duration,
-) -> bool {
+async fn discard(rx: &mut Queue, dropped: &IntCounterVec, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return true,
             Ok(None) => return false,
-            Ok(Some(message)) => count_message(&message, dropped),
+            Ok(Some(left)) => count_message(&left.message, dropped, reason::SIDECAR_UNAVAILABLE),
         }
     }
 }
 
-fn count_message(message: &MonitorMessage, dropped: &IntCounterVec) {
+/// Counts the rows of a records or feedback message under `why`.
+fn count_message(message: &MonitorMessage, dropped: &IntCounterVec, why: &str) {
     use keel_monitor::sidecar::pb::monitor_message::Kind;
     match &message.kind {
-        Some(Kind::Records(batch)) => {
-            count_by_model(dropped, &batch.records, "sidecar_unavailable", |r| &r.model)
-        }
-        Some(Kind::Feedback(batch)) => {
-            count_by_model(dropped, &batch.items, "sidecar_unavailable", |f| &f.model)
-        }
+        Some(Kind::Records(batch)) => count_by_model(dropped, &batch.records, why, |r| &r.model),
+        Some(Kind::Feedback(batch)) => count_by_model(dropped, &batch.items, why, |f| &f.model),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_monitor::FeatureValue;
+    use prometheus::Opts;
+
+    fn record(row: u32, width: usize) -> PredictionRecord {
+        PredictionRecord {
+            model: "m".into(),
+            version: 1,
+            request_id: "r".into(),
+            row,
+            timestamp_ms: 0,
+            inputs: vec![("x".into(), vec![FeatureValue::Number(1.0); width])],
+            outputs: Vec::new(),
+        }
+    }
+
+    fn dropped() -> IntCounterVec {
+        IntCounterVec::new(Opts::new("dropped", "rows"), &["model", "reason"]).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_row_is_sent_or_counted_and_the_queue_is_bounded_in_bytes() {
+        let dropped = dropped();
+        // Nothing listens there: the task backs off and counts what it discards.
+        let token = ClientToken {
+            token: None,
+            file: None,
+        };
+        let (handle, task) =
+            SidecarHandle::start("http://127.0.0.1:1".into(), token, dropped.clone());
+        // A row over the sidecar's 16 MiB limit even alone, and 3,000 rows of 20,000 numbers
+        // (about 480 MB encoded): far over the queue's byte bound.
+        let too_large = vec![record(0, MAX_SENT_MESSAGE_BYTES / 8 + 16)];
+        handle.records(&too_large, &dropped);
+        let mut rows = 0u64;
+        for _ in 0..30 {
+            let batch: Vec<PredictionRecord> = (0..100).map(|i| record(i, 20_000)).collect();
+            handle.records(&batch, &dropped);
+            rows += 100;
+            assert!(handle.queued_bytes() <= QUEUE_BYTES);
+        }
+        let count = |why: &str| dropped.with_label_values(&["m", why]).get();
+        assert_eq!(count(reason::TOO_LARGE), 1);
+        assert!(count(reason::SIDECAR_UNAVAILABLE) >= rows - (QUEUE_BYTES / 160_000) as u64);
+        drop(handle);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            count(reason::SIDECAR_UNAVAILABLE) + count(reason::SHUTDOWN),
+            rows
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_left_when_the_task_is_stopped_are_counted() {
+        let dropped = dropped();
+        let (tx, rx) = mpsc::channel(8);
+        let queue = Queue {
+            rx,
+            dropped: dropped.clone(),
+        };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let records = [record(0, 10), record(1, 10)];
+        let chunked = records_messages(&records, CHUNK_BYTES, usize::MAX);
+        for chunk in chunked.chunks {
+            let outgoing = Outgoing::new(chunk.message, chunk.bytes, &queued).unwrap();
+            tx.try_send(outgoing).unwrap();
+        }
+        assert!(queued.load(Ordering::Acquire) > 0);
+        drop(queue);
+        assert_eq!(dropped.with_label_values(&["m", reason::SHUTDOWN]).get(), 2);
+        assert_eq!(
+            queued.load(Ordering::Acquire),
+            0,
+            "their bytes are given back"
+        );
+        // And those tonic had not taken from a broken stream.
+        let (tx, rx) = mpsc::channel(8);
+        let outbound = Outbound {
+            rx,
+            dropped: dropped.clone(),
+        };
+        let message = records_messages(&[record(0, 10)], CHUNK_BYTES, usize::MAX)
+            .chunks
+            .remove(0);
+        tx.try_send(Outgoing::new(message.message, message.bytes, &queued).unwrap())
+            .unwrap();
+        drop(outbound);
+        let unavailable = dropped.with_label_values(&["m", reason::SIDECAR_UNAVAILABLE]);
+        assert_eq!(unavailable.get(), 1);
     }
 }

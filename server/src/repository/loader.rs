@@ -41,12 +41,16 @@ pub async fn load_version(
     serving: Option<&Signature>,
 ) -> Result<ServedVersion, String> {
     let file = files.dir.join(MODEL_FILE);
-    let path = file.clone();
-    let proto = tokio::task::spawn_blocking(move || tract_onnx::onnx().proto_model_for_path(path))
-        .await
-        .map_err(|e| format!("reading the model failed: {e}"))?
-        .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
-    let signature = Signature::from_onnx(&proto, config)?;
+    let (path, parse_config) = (file.clone(), config.clone());
+    // Reading and walking the graph is blocking work: on the blocking pool, not an async worker.
+    let signature = tokio::task::spawn_blocking(move || {
+        let proto = tract_onnx::onnx()
+            .proto_model_for_path(path)
+            .map_err(|e| format!("not a readable ONNX model: {e:#}"))?;
+        Signature::from_onnx(&proto, &parse_config)
+    })
+    .await
+    .map_err(|e| format!("reading the model failed: {e}"))??;
     if let Some(serving) = serving
         && !config.reload.allow_signature_change
     {

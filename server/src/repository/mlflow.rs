@@ -3,12 +3,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use keel_monitor::outbound::{redact_url, warn_if_credentials_exposed};
 use serde::Deserialize;
 
 use super::model_toml::MlflowSource;
-use super::{CONFIG_FILE, MODEL_FILE};
+use super::{CONFIG_FILE, MODEL_FILE, blocking};
 
 /// Artifacts copied next to the model when the registered version has them.
 const OPTIONAL_ARTIFACTS: [&str; 2] = ["baseline.json", CONFIG_FILE];
@@ -16,6 +17,11 @@ const OPTIONAL_ARTIFACTS: [&str; 2] = ["baseline.json", CONFIG_FILE];
 const COMPLETE_MARKER: &str = ".complete";
 /// Refuse artifacts beyond this size rather than fill the disk.
 const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+/// Longest wait for a registry answer other than a download (alias, download URI, listing): a hung
+/// tracking server delays only its own model, and not for the downloads' longer limit.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Downloaded chunks in flight between the network and the file writer.
+const WRITE_QUEUE: usize = 16;
 
 pub struct MlflowClient {
     http: reqwest::Client,
@@ -103,7 +109,8 @@ impl MlflowClient {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, String> {
-        let response = self.get(path).query(query).send().await.map_err(|e| {
+        let request = self.get(path).query(query).timeout(METADATA_TIMEOUT);
+        let response = request.send().await.map_err(|e| {
             format!(
                 "MLflow at {} unreachable: {}",
                 redact_url(&self.base),
@@ -139,7 +146,8 @@ impl MlflowClient {
             .map_err(|_| format!("MLflow returned a non-numeric version for {name}@{alias}"))
     }
 
-    /// Downloads version `version` into `<cache>/<version>/` unless a complete copy is there.
+    /// Downloads version `version` into `<cache>/<version>/` unless a complete copy is there. Files are
+    /// written on the blocking pool, never on the async workers.
     pub async fn fetch_version(
         &self,
         name: &str,
@@ -147,7 +155,8 @@ impl MlflowClient {
         cache: &Path,
     ) -> Result<PathBuf, String> {
         let target = cache.join(version.to_string());
-        if target.join(COMPLETE_MARKER).is_file() {
+        let marker = target.join(COMPLETE_MARKER);
+        if blocking(move || marker.is_file()).await? {
             return Ok(target);
         }
         let v = version.to_string();
@@ -174,31 +183,41 @@ impl MlflowClient {
             ));
         }
         // Download beside the target and rename into place, so a half-finished download is never served.
-        std::fs::create_dir_all(cache).map_err(|e| format!("cache {}: {e}", cache.display()))?;
         let staging = cache.join(format!(".download-{version}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        let (dir, fresh) = (cache.to_path_buf(), staging.clone());
+        blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cache {}: {e}", dir.display()))?;
+            let _ = std::fs::remove_dir_all(&fresh);
+            std::fs::create_dir_all(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))
+        })
+        .await??;
         let result = async {
             for file in std::iter::once(MODEL_FILE).chain(OPTIONAL_ARTIFACTS) {
                 if has(file) {
-                    self.download(&format!("{root}/{file}"), &staging.join(file))
+                    self.download(&format!("{root}/{file}"), staging.join(file))
                         .await?;
                 }
             }
-            std::fs::write(staging.join(COMPLETE_MARKER), &uri.artifact_uri)
-                .map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_dir_all(&target);
-            std::fs::rename(&staging, &target)
-                .map_err(|e| format!("moving the download into {}: {e}", target.display()))
+            let (staging, target, artifact_uri) =
+                (staging.clone(), target.clone(), uri.artifact_uri.clone());
+            blocking(move || {
+                std::fs::write(staging.join(COMPLETE_MARKER), artifact_uri)
+                    .map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&target);
+                std::fs::rename(&staging, &target)
+                    .map_err(|e| format!("moving the download into {}: {e}", target.display()))
+            })
+            .await?
         }
         .await;
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = blocking(move || std::fs::remove_dir_all(&staging)).await;
         }
         result.map(|()| target)
     }
 
-    async fn download(&self, artifact: &str, dest: &Path) -> Result<(), String> {
+    /// Streams one artifact into `dest`: the network on this task, the writes on the blocking pool.
+    async fn download(&self, artifact: &str, dest: PathBuf) -> Result<(), String> {
         let mut response = self
             .get(&format!("/api/2.0/mlflow-artifacts/artifacts/{artifact}"))
             .send()
@@ -216,25 +235,43 @@ impl MlflowClient {
                 response.status()
             ));
         }
-        let mut file =
-            std::fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        let mut written = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("downloading {artifact}: {e}"))?
-        {
-            written += chunk.len() as u64;
-            if written > MAX_ARTIFACT_BYTES {
-                return Err(format!(
-                    "{artifact} is larger than {MAX_ARTIFACT_BYTES} bytes"
-                ));
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut file =
+                std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            while let Some(chunk) = received.blocking_recv() {
+                file.write_all(&chunk)
+                    .map_err(|e| format!("{}: {e}", dest.display()))?;
             }
-            file.write_all(&chunk)
-                .map_err(|e| format!("{}: {e}", dest.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", dest.display()))
+        });
+        let mut written = 0u64;
+        let streamed = async {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| format!("downloading {artifact}: {e}"))?
+            {
+                written += chunk.len() as u64;
+                if written > MAX_ARTIFACT_BYTES {
+                    return Err(format!(
+                        "{artifact} is larger than {MAX_ARTIFACT_BYTES} bytes"
+                    ));
+                }
+                if chunks.send(chunk).await.is_err() {
+                    // The writer stopped on an error, which it reports below.
+                    break;
+                }
+            }
+            Ok(())
         }
-        file.sync_all()
-            .map_err(|e| format!("{}: {e}", dest.display()))
+        .await;
+        drop(chunks);
+        let wrote = writer
+            .await
+            .map_err(|e| format!("writing {artifact}: {e}"))?;
+        streamed.and(wrote)
     }
 }
 
@@ -259,6 +296,40 @@ fn artifact_path(uri: &str) -> Result<String, String> {
 
 fn leaf(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Where the version an alias last resolved to is remembered, beside the downloads: `None` for an alias
+/// that cannot be a file name (MLflow's own are letters, digits, `-` and `_`).
+fn alias_record(cache: &Path, alias: &str) -> Option<PathBuf> {
+    (!alias.is_empty()
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    .then(|| cache.join(format!(".alias-{alias}")))
+}
+
+/// Remembers that `alias` resolved to `version`, downloaded whole. Blocking.
+pub fn remember_alias(cache: &Path, alias: &str, version: u64) {
+    let Some(record) = alias_record(cache, alias) else {
+        return;
+    };
+    let staging = record.with_extension("tmp");
+    let written = std::fs::write(&staging, version.to_string())
+        .and_then(|()| std::fs::rename(&staging, &record));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot remember the alias's version");
+    }
+}
+
+/// The version `alias` last resolved to, when its download is complete in the cache. Blocking.
+pub fn cached_alias(cache: &Path, alias: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(alias_record(cache, alias)?).ok()?;
+    let version: u64 = text.trim().parse().ok()?;
+    cache
+        .join(version.to_string())
+        .join(COMPLETE_MARKER)
+        .is_file()
+        .then_some(version)
 }
 
 #[cfg(test)]

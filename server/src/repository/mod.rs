@@ -2,6 +2,12 @@
 //! or versions from an MLflow registry alias. Loaded versions live in a table published through
 //! `ArcSwap`, so request lookups never take a lock; [`reconcile`] is the one path that changes it, driven
 //! by start-up, the poller ([`watcher`]) and the load/unload API alike.
+//!
+//! Locking: each model has its own turn (an async mutex) that its looks and explicit loads take, held
+//! across registry I/O, downloads, loading and warm-up, so a slow or hung model delays only itself. The
+//! table's one lock (`Repository::table`) is held only for the final step of a change: check that the
+//! model was not unloaded meanwhile, tell the monitor, swap the table. An unload takes only that lock,
+//! so it never waits for a load in progress; the load's result is discarded instead.
 
 mod loader;
 mod mlflow;
@@ -12,7 +18,7 @@ pub mod watcher;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -147,15 +153,24 @@ pub struct RepositorySettings {
 pub struct Repository {
     settings: RepositorySettings,
     models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
-    /// Serializes every change of the table; lookups never wait on it.
-    admin: tokio::sync::Mutex<()>,
+    /// Held for every change of `models` and of the parked set, so a check of either and the swap that
+    /// depends on it are one step; never held across I/O or an await. Lookups never wait on it.
+    table: Mutex<Table>,
+    /// Each model's turn: its looks and explicit loads take it one at a time, across registry I/O,
+    /// downloads, loading and warm-up. Other models never wait on it.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Metrics>,
-    scanner: Scanner,
-    /// Models unloaded through the API: polling leaves them alone until they are loaded again.
-    parked: std::sync::Mutex<BTreeSet<String>>,
+    scanner: Arc<Scanner>,
     /// When each model's source is next due a look, and how many looks in a row failed.
-    schedule: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
+    schedule: Mutex<HashMap<String, (Instant, u32)>>,
     hooks: Hooks,
+}
+
+/// What the table lock guards besides the table itself.
+#[derive(Default)]
+struct Table {
+    /// Models unloaded through the API: polling leaves them alone until they are loaded again.
+    parked: BTreeSet<String>,
 }
 
 /// One row of the repository index (Triton's RepositoryIndex).
@@ -192,20 +207,32 @@ impl Repository {
         Ok(Repository {
             settings,
             models: ArcSwap::from_pointee(BTreeMap::new()),
-            admin: tokio::sync::Mutex::new(()),
+            table: Default::default(),
+            turns: Default::default(),
             metrics,
-            scanner: Scanner::default(),
-            parked: Default::default(),
+            scanner: Default::default(),
             schedule: Default::default(),
             hooks,
         })
     }
 
-    /// Loads every model found under the root now (start-up). A model that fails is logged and recorded.
+    /// Loads every model found under the root now (start-up), four at a time: a slow one (a large
+    /// graph, a hung registry) holds one of the four. A model that fails is logged and recorded.
     pub async fn load_all(&self) {
-        for name in model_dirs(&self.settings.root).unwrap_or_default() {
-            let _ = self.reconcile(&name, reconcile::Mode::Startup).await;
-        }
+        let root = self.settings.root.clone();
+        let names = blocking(move || model_dirs(&root).unwrap_or_default())
+            .await
+            .unwrap_or_default();
+        let queue = Mutex::new(names.into_iter());
+        let take = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let worker = async || {
+            while let Some(name) = take() {
+                let _ = self.reconcile(&name, reconcile::Mode::Startup).await;
+            }
+        };
+        // The workers share this task; the loading itself runs on the blocking pool and on instance
+        // threads.
+        tokio::join!(worker(), worker(), worker(), worker());
     }
 
     /// `Ok` when every model Keel is set to serve has a ready version; else the first model that has
@@ -235,7 +262,13 @@ impl Repository {
                 continue;
             }
             let Some(entry) = loaded.get(&name) else {
-                let reason = "unloaded".to_string();
+                // Unloaded through the API, never looked at yet, or its first look under way.
+                let parked = self.table().parked.contains(&name);
+                let reason = match !parked && self.loading(&name) {
+                    true => "loading",
+                    false => "unloaded",
+                };
+                let reason = reason.to_string();
                 rows.push(IndexEntry {
                     name,
                     version: String::new(),
@@ -280,38 +313,68 @@ impl Repository {
 
     /// (Re)loads one model from its source, every selected version afresh, and publishes it in one step.
     /// Requests already running on a replaced version finish on it. Resumes polling of a parked model.
+    /// Waits for this model's look in progress, if any; never for another model's.
     pub async fn load_model(&self, name: &str) -> Result<()> {
         check_model_name(name)?;
-        if !self.settings.root.join(name).is_dir() {
+        let dir = self.settings.root.join(name);
+        let exists = blocking(move || dir.is_dir())
+            .await
+            .map_err(Error::Internal)?;
+        if !exists {
             return Err(Error::NotFound(format!(
                 "no model '{name}' in the repository {}",
                 self.settings.root.display()
             )));
         }
-        self.parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.table().parked.remove(name);
         self.reconcile(name, reconcile::Mode::Explicit)
             .await
             .map_err(|why| Error::invalid(format!("failed to load model '{name}': {why}")))
     }
 
     /// Stops serving a model, and polling leaves it unloaded until [`Repository::load_model`]. In-flight
-    /// requests hold their version and finish; its instance threads end when the last of them does.
+    /// requests hold their version and finish; its instance threads end when the last of them does. A
+    /// load of the model in progress is not waited for: its result is discarded.
     pub async fn unload_model(&self, name: &str) -> Result<()> {
         check_model_name(name)?;
-        let _admin = self.admin.lock().await;
+        let mut table = self.table();
         let Some(old) = self.models.load().get(name).cloned() else {
+            // Its first load is still under way (a slow registry): unloading cancels its outcome.
+            if self.loading(name) {
+                table.parked.insert(name.to_string());
+                tracing::info!(
+                    model = name,
+                    "model unloaded while loading; the load is discarded"
+                );
+                return Ok(());
+            }
             return Err(Error::NotFound(format!("model '{name}' is not loaded")));
         };
-        self.parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string());
-        self.remove_entry(&old);
+        table.parked.insert(name.to_string());
+        self.remove_entry(&mut table, &old);
+        drop(table);
         tracing::info!(model = name, "model unloaded");
         Ok(())
+    }
+
+    /// The table lock (see the module's doc).
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `name`'s turn (see the module's doc).
+    fn turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Whether a look at (or a load of) `name` is under way.
+    fn loading(&self, name: &str) -> bool {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|turn| turn.try_lock().is_err())
     }
 
     pub fn root(&self) -> &Path {
@@ -377,6 +440,25 @@ fn check_model_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Runs blocking work (file reads, hashing, directory scans) on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("blocking work failed: {e}"))
+}
+
+/// Runs `work`, which blocks briefly but borrows, without stalling the other tasks of an async worker
+/// (`block_in_place` on the multi-threaded runtime; as is elsewhere).
+fn in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 fn model_dirs(root: &Path) -> std::io::Result<Vec<String>> {

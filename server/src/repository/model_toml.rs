@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -198,8 +199,149 @@ impl ModelToml {
         }
     }
 
+    /// Parses and validates: every value out of range is an error naming its key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        let config: Self =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that the serde types allow but Keel cannot honour (zero where at least one is
+    /// needed, sizes that would allocate without bound, intervals a `Duration` cannot hold), naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.version_policy {
+            VersionPolicy::Latest(0) => {
+                return Err("version_policy: latest must be at least 1".into());
+            }
+            VersionPolicy::Specific(versions) if versions.is_empty() => {
+                return Err("version_policy: specific needs at least one version".into());
+            }
+            VersionPolicy::Specific(versions) if versions.contains(&0) => {
+                return Err("version_policy: versions are positive integers (1, 2, ...)".into());
+            }
+            _ => {}
+        }
+        if let Some(n) = self.instances {
+            within("instances", n as u64, 1, MAX_INSTANCES as u64)?;
+        }
+        for (key, threads) in [
+            (
+                "[onnxruntime] intra_op_threads",
+                self.onnxruntime.intra_op_threads,
+            ),
+            (
+                "[onnxruntime] inter_op_threads",
+                self.onnxruntime.inter_op_threads,
+            ),
+        ] {
+            if let Some(n) = threads {
+                within(key, n as u64, 0, MAX_THREADS as u64)?;
+            }
+        }
+        let batching = &self.dynamic_batching;
+        within(
+            "[dynamic_batching] max_queue_delay_us",
+            batching.max_queue_delay_us,
+            0,
+            MAX_QUEUE_DELAY_US,
+        )?;
+        within(
+            "[dynamic_batching] default_timeout_us",
+            batching.default_timeout_us,
+            0,
+            MAX_TIMEOUT_US,
+        )?;
+        within(
+            "[dynamic_batching] max_queue_size",
+            batching.max_queue_size as u64,
+            1,
+            MAX_QUEUE_SIZE as u64,
+        )?;
+        for &size in &batching.preferred_batch_sizes {
+            let key = "[dynamic_batching] preferred_batch_sizes";
+            match self.max_batch_size {
+                Some(0) => {
+                    return Err(format!(
+                        "{key}: a model with max_batch_size = 0 has no batches"
+                    ));
+                }
+                Some(max) if size as u64 > u64::from(max) => {
+                    return Err(format!("{key}: {size} is more than max_batch_size = {max}"));
+                }
+                _ => within(key, size as u64, 1, MAX_PREFERRED_BATCH as u64)?,
+            }
+        }
+        within(
+            "[reload] warmup_runs",
+            u64::from(self.reload.warmup_runs),
+            0,
+            u64::from(MAX_WARMUP_RUNS),
+        )?;
+        for (kind, tensors) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            for (name, spec) in tensors {
+                if let Some(shape) = &spec.shape
+                    && let Some(bad) = shape.iter().find(|&&d| d < -1)
+                {
+                    return Err(format!(
+                        "[{kind}.{name}] shape: dimension {bad} is invalid (a size, or -1 for variable)"
+                    ));
+                }
+            }
+        }
+        if let Some(SourceConfig::Mlflow(source)) = &self.source {
+            for (key, value) in [("name", &source.name), ("alias", &source.alias)] {
+                if value.trim().is_empty() {
+                    return Err(format!("[source.mlflow] {key} is empty"));
+                }
+            }
+            if let Some(seconds) = source.poll_interval {
+                checked_seconds("[source.mlflow] poll_interval", seconds, false)?;
+            }
+        }
+        if let Some(monitor) = &self.monitor {
+            monitor.validate().map_err(|e| format!("[monitor] {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Most instances of one model version (each an OS thread with its own session).
+pub const MAX_INSTANCES: usize = 256;
+/// Most threads an ONNX Runtime setting may ask for (0: ONNX Runtime decides).
+pub const MAX_THREADS: usize = 1024;
+/// Longest batching delay: a minute (Triton's is microseconds to milliseconds).
+pub const MAX_QUEUE_DELAY_US: u64 = 60_000_000;
+/// Longest default queue timeout: a day.
+pub const MAX_TIMEOUT_US: u64 = 86_400_000_000;
+/// Largest queue: its slots are allocated up front.
+pub const MAX_QUEUE_SIZE: usize = 1 << 20;
+/// Largest preferred batch size (warm-up allocates a batch of it).
+pub const MAX_PREFERRED_BATCH: usize = 1 << 16;
+pub const MAX_WARMUP_RUNS: u32 = 1000;
+/// Longest interval in seconds any setting takes (a day), as the command-line flags.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value} is outside {min}..={max}"))
+    }
+}
+
+/// `seconds` as a `Duration`, or an error naming `key`: never a panic, whatever the value (NaN, negative,
+/// infinite, beyond [`MAX_SECONDS`]). Zero is accepted only with `zero_ok`.
+pub fn checked_seconds(key: &str, seconds: f64, zero_ok: bool) -> Result<Duration, String> {
+    let valid = seconds.is_finite()
+        && seconds <= MAX_SECONDS
+        && (seconds > 0.0 || (zero_ok && seconds == 0.0));
+    let range = if zero_ok { "from 0" } else { "above 0" };
+    match valid {
+        true => Duration::try_from_secs_f64(seconds).map_err(|e| format!("{key}: {e}")),
+        false => Err(format!(
+            "{key} = {seconds} is not a number of seconds {range} up to {MAX_SECONDS}"
+        )),
     }
 }
 
@@ -290,6 +432,115 @@ mod tests {
         assert!(
             err.contains("colour") && err.contains("model.toml"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_key() {
+        let mlflow = |poll: &str| {
+            format!(
+                "[source.mlflow]\ntracking_uri = \"http://h\"\nname = \"m\"\npoll_interval = {poll}"
+            )
+        };
+        let cases = [
+            (mlflow("1e300"), "poll_interval"),
+            (mlflow("1e20"), "poll_interval"),
+            (mlflow("86401"), "poll_interval"),
+            (mlflow("-1"), "poll_interval"),
+            (mlflow("0"), "poll_interval"),
+            (mlflow("nan"), "poll_interval"),
+            (mlflow("inf"), "poll_interval"),
+            (
+                "[source.mlflow]\ntracking_uri = \"http://h\"\nname = \"\"".into(),
+                "name",
+            ),
+            ("version_policy = { latest = 0 }".into(), "version_policy"),
+            (
+                "version_policy = { specific = [] }".into(),
+                "version_policy",
+            ),
+            (
+                "version_policy = { specific = [0] }".into(),
+                "version_policy",
+            ),
+            ("instances = 0".into(), "instances"),
+            ("instances = 100000".into(), "instances"),
+            (
+                "[onnxruntime]\nintra_op_threads = 99999".into(),
+                "intra_op_threads",
+            ),
+            (
+                "[dynamic_batching]\nmax_queue_delay_us = 18446744073709551615".into(),
+                "max_queue_delay_us",
+            ),
+            (
+                "[dynamic_batching]\ndefault_timeout_us = 18446744073709551615".into(),
+                "default_timeout_us",
+            ),
+            (
+                "[dynamic_batching]\nmax_queue_size = 0".into(),
+                "max_queue_size",
+            ),
+            (
+                "[dynamic_batching]\nmax_queue_size = 1000000000000".into(),
+                "max_queue_size",
+            ),
+            (
+                "max_batch_size = 8\n[dynamic_batching]\npreferred_batch_sizes = [16]".into(),
+                "preferred_batch_sizes",
+            ),
+            (
+                "max_batch_size = 0\n[dynamic_batching]\npreferred_batch_sizes = [1]".into(),
+                "preferred_batch_sizes",
+            ),
+            (
+                "[dynamic_batching]\npreferred_batch_sizes = [0]".into(),
+                "preferred_batch_sizes",
+            ),
+            (
+                "[dynamic_batching]\npreferred_batch_sizes = [1000000000000]".into(),
+                "preferred_batch_sizes",
+            ),
+            ("[reload]\nwarmup_runs = 4000000000".into(), "warmup_runs"),
+            ("[inputs.x]\nshape = [-1, -7]".into(), "[inputs.x] shape"),
+            ("[monitor]\nsample_rate = 2.0".into(), "sample_rate"),
+        ];
+        for (text, key) in cases {
+            let err = ModelToml::parse(&text).expect_err(&text);
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // The bounds themselves are accepted.
+        let ok = format!(
+            "instances = 256\n[dynamic_batching]\nmax_queue_delay_us = 60000000\nmax_queue_size = 1\n\
+             [reload]\nwarmup_runs = 0\n{}",
+            mlflow("86400")
+        );
+        ModelToml::parse(&ok).unwrap();
+    }
+
+    #[test]
+    fn seconds_never_panic() {
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            -f64::INFINITY,
+            -1.0,
+            1e300,
+            f64::MAX,
+            86_400.5,
+        ] {
+            let err = checked_seconds("--x", bad, true).unwrap_err();
+            assert!(err.contains("--x"), "{err}");
+        }
+        assert!(checked_seconds("--x", 0.0, false).is_err());
+        assert_eq!(checked_seconds("--x", 0.0, true), Ok(Duration::ZERO));
+        assert_eq!(
+            checked_seconds("--x", 1.5, false),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            checked_seconds("--x", 86_400.0, false),
+            Ok(Duration::from_secs(86_400))
         );
     }
 

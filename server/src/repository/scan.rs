@@ -72,25 +72,27 @@ struct Seen {
 impl Scanner {
     /// The given versions of `model_dir`. With `trust_first_look` (start-up, explicit loads), files seen
     /// for the first time count as complete: nobody is asked to wait for a second poll.
+    ///
+    /// Blocking (reads metadata, hashes model files against their checksum): call it off the async
+    /// workers. The memory of earlier looks is locked only to read and record, never while hashing.
     pub fn candidates(
         &self,
         model_dir: &Path,
         versions: &[u64],
         trust_first_look: bool,
     ) -> Vec<Candidate> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         versions
             .iter()
             .map(|&version| {
                 let dir = model_dir.join(version.to_string());
                 let fingerprint = Fingerprint::of_files(&dir);
-                let previous = seen.get(&dir).copied();
+                let previous = self.lock().get(&dir).copied();
                 let stable = previous.is_some_and(|p| p.fingerprint == fingerprint);
                 let checksum_ok = match previous {
                     Some(p) if stable && p.checksum_ok.is_some() => p.checksum_ok,
                     _ => checksum_matches(&dir),
                 };
-                seen.insert(
+                self.lock().insert(
                     dir.clone(),
                     Seen {
                         fingerprint,
@@ -114,6 +116,15 @@ impl Scanner {
                 }
             })
             .collect()
+    }
+
+    /// Forgets the version directories of `model_dir` (the model was removed).
+    pub fn forget(&self, model_dir: &Path) {
+        self.lock().retain(|dir, _| !dir.starts_with(model_dir));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Seen>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -1,0 +1,650 @@
+//! ModelInfer and ModelStreamInfer served with their requests checked before prost decodes them, and held
+//! in the in-flight request bytes budget.
+//!
+//! [`service`] wraps tonic's generated service and takes these two methods over; every other method goes
+//! to the generated one unchanged. For them:
+//!
+//! - the request body is metered: as each gRPC message's 5-byte header arrives, its length is taken from
+//!   the budget before tonic buffers a byte of it. When the budget is spent the message is refused: its
+//!   bytes are dropped as they arrive and an empty message takes its place, answered RESOURCE_EXHAUSTED
+//!   (unary) or with an `error_message` (the stream carries on).
+//! - the codec checks each message on its wire bytes (decompressed: tonic's `max_decoding_message_size`
+//!   bounds the size after gzip, so a gzip bomb stops at the limit) against the model's signature, see
+//!   [`super::wire`], takes what its decoded form and tensors will need from the budget, and only then
+//!   lets prost decode it.
+//! - the permit travels with the request until it is answered.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::HttpBody;
+use axum::http;
+use hyper::body::Frame;
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, Streaming};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+use super::super::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use super::super::{GrpcState, ResponseStream, STREAM_CONCURRENCY, pb, version_arg};
+use super::wire::{self, WireLimits};
+use crate::budget::{Budget, Permit};
+use crate::error::Error;
+use crate::metrics::Protocol;
+use crate::repository::ServedVersion;
+use crate::request_id;
+use crate::signature::count_refused;
+
+/// A ModelInferRequest as the handlers receive it.
+pub enum Decoded {
+    /// Checked on the wire against `served`'s signature before prost built it; `permit` holds what it
+    /// takes in memory.
+    Admitted {
+        message: pb::ModelInferRequest,
+        served: Arc<ServedVersion>,
+        permit: Permit,
+    },
+    /// Refused before it was decoded: this error is its answer.
+    Refused(Error),
+    /// Decoded by tonic's generated service, without the wire check: checked now, after the fact.
+    Plain(pb::ModelInferRequest),
+}
+
+/// tonic's generated service with ModelInfer and ModelStreamInfer guarded; what `keel serve` adds to its
+/// gRPC server.
+pub fn service(state: GrpcState, max_message_bytes: usize) -> GuardedService {
+    GuardedService {
+        inner: super::super::service(state.clone(), max_message_bytes),
+        state,
+        max_message_bytes,
+    }
+}
+
+#[derive(Clone)]
+pub struct GuardedService {
+    inner: GrpcInferenceServiceServer<GrpcState>,
+    state: GrpcState,
+    max_message_bytes: usize,
+}
+
+impl NamedService for GuardedService {
+    const NAME: &'static str = "inference.GRPCInferenceService";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send + 'static>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let (state, max) = (self.state.clone(), self.max_message_bytes);
+        match request.uri().path() {
+            "/inference.GRPCInferenceService/ModelInfer" => {
+                Box::pin(async move { Ok(unary(state, max, request).await) })
+            }
+            "/inference.GRPCInferenceService/ModelStreamInfer" => {
+                Box::pin(async move { Ok(streaming(state, max, request).await) })
+            }
+            _ => tower::Service::call(&mut self.inner, request),
+        }
+    }
+}
+
+/// Admissions of a call's messages, in order: made by the metered body as each header arrives, taken by
+/// the codec as each message is decoded.
+type Slot = Arc<Mutex<VecDeque<Admission>>>;
+
+enum Admission {
+    Admitted(Permit),
+    /// The budget was spent: the message's bytes were dropped and an empty message stands in for it.
+    Refused(Error),
+}
+
+fn grpc<E: Message + Send + 'static>(
+    state: &GrpcState,
+    slot: &Slot,
+    max: usize,
+) -> tonic::server::Grpc<InferCodec<E>> {
+    tonic::server::Grpc::new(InferCodec {
+        state: state.clone(),
+        slot: slot.clone(),
+        _encode: PhantomData,
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max)
+}
+
+async fn unary(
+    state: GrpcState,
+    max: usize,
+    request: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let slot = Slot::default();
+    let mut grpc = grpc::<pb::ModelInferResponse>(&state, &slot, max);
+    let request = metered(request, &state.budget, slot, max);
+    let service = tower::service_fn(move |request: Request<Decoded>| {
+        let state = state.clone();
+        async move { model_infer(&state, request).await }
+    });
+    grpc.unary(service, request).await
+}
+
+async fn streaming(
+    state: GrpcState,
+    max: usize,
+    request: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let slot = Slot::default();
+    let mut grpc = grpc::<pb::ModelStreamInferResponse>(&state, &slot, max);
+    let request = metered(request, &state.budget, slot, max);
+    let service = tower::service_fn(move |request: Request<Streaming<Decoded>>| {
+        let state = state.clone();
+        async move { Ok::<_, Status>(Response::new(stream_infer(state, request.into_inner()))) }
+    });
+    grpc.streaming(service, request).await
+}
+
+/// ModelInfer: one request, one answer; `x-request-id` in and out as metadata.
+pub(in crate::grpc) async fn model_infer(
+    state: &GrpcState,
+    request: Request<Decoded>,
+) -> Result<Response<pb::ModelInferResponse>, Status> {
+    let header_id = request
+        .metadata()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let reply = state
+        .infer_one(request.into_inner(), header_id.as_deref())
+        .await?;
+    let mut response = Response::new(reply);
+    if let Ok(id) = response.get_ref().id.parse() {
+        response.metadata_mut().insert(request_id::HEADER, id);
+    }
+    Ok(response)
+}
+
+/// ModelStreamInfer: each request is answered on the stream in its own response; a bad or refused request
+/// gets an `error_message` and the stream carries on. When shutdown starts the stream takes no more
+/// requests and ends once those it took are answered.
+pub(in crate::grpc) fn stream_infer<S>(state: GrpcState, mut incoming: S) -> ResponseStream
+where
+    S: Stream<Item = Result<Decoded, Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
+    let mut stopping = state.stopping.clone();
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(STREAM_CONCURRENCY));
+        loop {
+            let message = tokio::select! {
+                message = incoming.next() => message,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let Some(message) = message else { break };
+            let request = match message {
+                Ok(r) => r,
+                // An unreadable or oversized message ends the stream with its status.
+                Err(status) => {
+                    let status = match status.code() {
+                        tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
+                        _ => status,
+                    };
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let (state, tx) = (state.clone(), tx.clone());
+            tokio::spawn(async move {
+                let reply = match state.infer_one(request, None).await {
+                    Ok(response) => pb::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    Err(e) => pb::ModelStreamInferResponse {
+                        error_message: e.to_string(),
+                        infer_response: None,
+                    },
+                };
+                let _ = tx.send(Ok(reply)).await;
+                drop(permit);
+            });
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// The request with its body metered: see [`Meter`].
+fn metered(
+    request: http::Request<tonic::body::Body>,
+    budget: &Budget,
+    slot: Slot,
+    max: usize,
+) -> http::Request<MeteredBody> {
+    let meter = Meter {
+        budget: budget.clone(),
+        slot,
+        max_message: max,
+        header: [0; 5],
+        filled: 0,
+        remaining: 0,
+        current: Current::Unmetered,
+    };
+    request.map(|inner| MeteredBody { inner, meter })
+}
+
+/// A request body passed through a [`Meter`].
+struct MeteredBody {
+    inner: tonic::body::Body,
+    meter: Meter,
+}
+
+impl HttpBody for MeteredBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(this.meter.feed(data).map(Frame::data))),
+                Err(trailers) => Poll::Ready(Some(Ok(trailers))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// Follows the gRPC framing of a request body (a 5-byte header: compressed flag, big-endian length; then
+/// the message). When a header arrives the message must fit in the budget now, or it is refused: its
+/// bytes are dropped as they arrive and an empty message is passed on in its place. An admitted message
+/// holds its bytes as they arrive (a client that declares much and sends slowly holds only what it sent;
+/// if the budget runs out meanwhile, the call ends RESOURCE_EXHAUSTED), and a compressed one, once whole,
+/// what it may inflate to; then its permit goes to the codec.
+struct Meter {
+    budget: Budget,
+    slot: Slot,
+    /// Messages above this are left to tonic, which refuses them from their header.
+    max_message: usize,
+    header: [u8; 5],
+    /// Header bytes read so far.
+    filled: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    current: Current,
+}
+
+/// What happens to the bytes of the message being read.
+enum Current {
+    /// Passed on, not counted (a message over the size limit, which tonic refuses).
+    Unmetered,
+    /// Dropped: the message was refused at its header.
+    Swallow,
+    /// Passed on and held from the budget as they arrive.
+    Hold { permit: Permit, compressed: bool },
+}
+
+/// Most a deflate (gzip) stream inflates: 1032 output bytes per input byte.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
+/// A part of what the meter passes on: a range of the input chunk, or a header of its own.
+enum Piece {
+    Input(usize, usize),
+    Header([u8; 5]),
+}
+
+impl Meter {
+    fn feed(&mut self, data: Bytes) -> Result<Bytes, Status> {
+        fn keep(pieces: &mut Vec<Piece>, from: usize, to: usize) {
+            match pieces.last_mut() {
+                Some(Piece::Input(_, end)) if *end == from => *end = to,
+                _ => pieces.push(Piece::Input(from, to)),
+            }
+        }
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() - i);
+                match &mut self.current {
+                    Current::Swallow => {}
+                    Current::Unmetered => keep(&mut pieces, i, i + n),
+                    Current::Hold { permit, .. } => {
+                        permit.grow(n)?;
+                        keep(&mut pieces, i, i + n);
+                    }
+                }
+                self.remaining -= n;
+                i += n;
+                if self.remaining == 0 {
+                    self.finish()?;
+                }
+                continue;
+            }
+            let (start, whole) = (i, self.filled == 0);
+            let n = (5 - self.filled).min(data.len() - i);
+            self.header[self.filled..self.filled + n].copy_from_slice(&data[i..i + n]);
+            self.filled += n;
+            i += n;
+            if self.filled < 5 {
+                // The header's end comes with the next chunk; nothing of it is passed on yet.
+                break;
+            }
+            self.filled = 0;
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize;
+            self.remaining = len;
+            self.current = self.admit(self.header[0] != 0, len);
+            if matches!(self.current, Current::Swallow) {
+                pieces.push(Piece::Header([0; 5]));
+            } else if whole && n == 5 {
+                keep(&mut pieces, start, i);
+            } else {
+                pieces.push(Piece::Header(self.header));
+            }
+            if len == 0 {
+                self.finish()?;
+            }
+        }
+        Ok(match pieces.as_slice() {
+            [Piece::Input(0, end)] if *end == data.len() => data,
+            _ => {
+                let mut out = BytesMut::new();
+                for piece in &pieces {
+                    match piece {
+                        Piece::Input(from, to) => out.extend_from_slice(&data[*from..*to]),
+                        Piece::Header(h) => out.extend_from_slice(h),
+                    }
+                }
+                out.freeze()
+            }
+        })
+    }
+
+    /// What to do with a message of `len` bytes whose header just arrived.
+    fn admit(&mut self, compressed: bool, len: usize) -> Current {
+        if len > self.max_message {
+            return Current::Unmetered;
+        }
+        match self.budget.check(self.reserve(compressed, len)) {
+            Ok(()) => Current::Hold {
+                permit: self.budget.empty(),
+                compressed,
+            },
+            Err(e) => {
+                self.push(Admission::Refused(e));
+                Current::Swallow
+            }
+        }
+    }
+
+    /// What a message of `len` bytes may take once tonic holds it: a compressed one is held at what it
+    /// may inflate to (tonic stops at the message limit), so concurrent gzip bombs cannot inflate past the
+    /// budget before the codec sees them.
+    fn reserve(&self, compressed: bool, len: usize) -> usize {
+        if compressed {
+            len.saturating_mul(MAX_DEFLATE_RATIO).min(self.max_message)
+        } else {
+            len
+        }
+    }
+
+    /// The current message is whole: its permit goes to the codec.
+    fn finish(&mut self) -> Result<(), Status> {
+        if let Current::Hold {
+            mut permit,
+            compressed,
+        } = std::mem::replace(&mut self.current, Current::Unmetered)
+        {
+            permit.grow_to(self.reserve(compressed, permit.bytes()))?;
+            self.push(Admission::Admitted(permit));
+        }
+        Ok(())
+    }
+
+    fn push(&self, admission: Admission) {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(admission);
+    }
+}
+
+/// Protobuf both ways, with requests checked on their wire bytes before they are decoded.
+struct InferCodec<E> {
+    state: GrpcState,
+    slot: Slot,
+    _encode: PhantomData<fn() -> E>,
+}
+
+impl<E: Message + Send + 'static> Codec for InferCodec<E> {
+    type Encode = E;
+    type Decode = Decoded;
+    type Encoder = tonic_prost::ProstEncoder<E>;
+    type Decoder = InferDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        InferDecoder {
+            state: self.state.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+struct InferDecoder {
+    state: GrpcState,
+    slot: Slot,
+}
+
+impl Decoder for InferDecoder {
+    type Item = Decoded;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Decoded>, Status> {
+        let admission = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        let len = buf.remaining();
+        let decoded = match admission {
+            Some(Admission::Refused(e)) => Decoded::Refused(e),
+            admitted => {
+                let permit = match admitted {
+                    Some(Admission::Admitted(permit)) => permit,
+                    _ => self.state.budget.empty(),
+                };
+                // tonic hands over one contiguous message; copy it if it ever does not.
+                let owned;
+                let bytes = if buf.chunk().len() >= len {
+                    &buf.chunk()[..len]
+                } else {
+                    owned = buf.copy_to_bytes(len);
+                    &owned[..]
+                };
+                match self.admit(bytes, permit) {
+                    Ok(decoded) => decoded,
+                    Err(e) => Decoded::Refused(e),
+                }
+            }
+        };
+        buf.advance(buf.remaining());
+        Ok(Some(decoded))
+    }
+}
+
+impl InferDecoder {
+    fn admit(&self, bytes: &[u8], mut permit: Permit) -> Result<Decoded, Error> {
+        // The message as tonic holds it (decompressed, if it came compressed).
+        permit.grow_to(bytes.len())?;
+        let (model, version) = wire::model_of(bytes)?;
+        let served = self.state.infer.version(model, version_arg(version))?;
+        let since = std::time::Instant::now();
+        self.check(bytes, &mut permit, &served)
+            .inspect_err(|e| count_refused(&served, Protocol::Grpc, e, since))?;
+        let message = pb::ModelInferRequest::decode(bytes)
+            .map_err(|e| Error::invalid(format!("malformed ModelInferRequest: {e}")))?;
+        Ok(Decoded::Admitted {
+            message,
+            served,
+            permit,
+        })
+    }
+
+    /// The wire check against `served`'s signature, and the memory the message will take.
+    fn check(
+        &self,
+        bytes: &[u8],
+        permit: &mut Permit,
+        served: &ServedVersion,
+    ) -> Result<(), Error> {
+        let estimate = wire::check(
+            bytes,
+            WireLimits {
+                signature: Some(&served.signature),
+                max_bytes_elements: self.state.max_bytes_elements,
+            },
+        )?;
+        // The message's bytes, its decoded form and its tensors; a compressed message's reserve goes back.
+        permit.resize(bytes.len() + estimate.message_bytes + estimate.tensor_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter(budget: &Budget) -> (Meter, Slot) {
+        let slot = Slot::default();
+        let meter = Meter {
+            budget: budget.clone(),
+            slot: slot.clone(),
+            max_message: 1000,
+            header: [0; 5],
+            filled: 0,
+            remaining: 0,
+            current: Current::Unmetered,
+        };
+        (meter, slot)
+    }
+
+    fn frame(flag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Feeds `wire` in chunks of `size` bytes and returns what comes out.
+    fn feed(meter: &mut Meter, wire: &[u8], size: usize) -> Vec<u8> {
+        wire.chunks(size)
+            .flat_map(|c| meter.feed(Bytes::copy_from_slice(c)).unwrap().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn admitted_messages_pass_unchanged_in_any_chunking() {
+        let wire = [frame(0, b"hello"), frame(1, &[7; 300]), frame(0, b"")].concat();
+        for size in [1, 2, 4, 5, 6, 7, 64, 1000] {
+            let budget = Budget::unmetered(10_000);
+            let (mut m, slot) = meter(&budget);
+            assert_eq!(feed(&mut m, &wire, size), wire, "chunks of {size}");
+            let slot = slot.lock().unwrap();
+            assert_eq!(slot.len(), 3);
+            assert!(slot.iter().all(|a| matches!(a, Admission::Admitted(_))));
+            // The compressed one is held at the message limit until the codec sees its size.
+            assert_eq!(budget.in_use(), 5 + 1000);
+        }
+    }
+
+    #[test]
+    fn refused_messages_are_replaced_by_empty_ones() {
+        for size in [1, 3, 5, 9, 1000] {
+            let budget = Budget::unmetered(100);
+            let held = budget.acquire(50).unwrap();
+            let (mut m, slot) = meter(&budget);
+            let wire = [frame(0, &[1; 40]), frame(0, &[2; 60]), frame(0, &[3; 5])].concat();
+            let out = feed(&mut m, &wire, size);
+            let want = [frame(0, &[1; 40]), frame(0, b""), frame(0, &[3; 5])].concat();
+            assert_eq!(out, want, "chunks of {size}");
+            let slot = slot.lock().unwrap();
+            assert!(matches!(slot[0], Admission::Admitted(_)));
+            assert!(matches!(slot[1], Admission::Refused(Error::Overloaded(_))));
+            assert!(matches!(slot[2], Admission::Admitted(_)));
+            drop(held);
+        }
+    }
+
+    #[test]
+    fn a_slow_message_holds_only_what_arrived_and_fails_when_the_budget_runs_out() {
+        let budget = Budget::unmetered(100);
+        let (mut m, slot) = meter(&budget);
+        let wire = frame(0, &[9; 80]);
+        assert_eq!(
+            m.feed(Bytes::copy_from_slice(&wire[..15])).unwrap(),
+            &wire[..15]
+        );
+        assert_eq!(budget.in_use(), 10);
+        let other = budget.acquire(50).unwrap();
+        let err = m.feed(Bytes::copy_from_slice(&wire[15..])).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(slot.lock().unwrap().is_empty());
+        drop((m, other));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn compressed_messages_hold_what_they_may_inflate_to() {
+        let budget = Budget::unmetered(10_000);
+        let (mut m, slot) = meter(&budget);
+        // 100 compressed bytes may inflate past the 1000-byte message limit: held at the limit.
+        let wire = [frame(1, &[0; 100]), frame(1, &[0; 0])].concat();
+        assert_eq!(feed(&mut m, &wire, 7), wire);
+        assert_eq!(slot.lock().unwrap().len(), 2);
+        assert_eq!(budget.in_use(), 1000);
+    }
+
+    #[test]
+    fn oversized_messages_are_left_to_tonic() {
+        let budget = Budget::unmetered(10);
+        let (mut m, slot) = meter(&budget);
+        let wire = frame(0, &[0; 1500]);
+        assert_eq!(feed(&mut m, &wire, 100), wire);
+        assert!(slot.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,763 @@
+//! A `ModelInferRequest` checked on its wire bytes, before prost decodes it.
+//!
+//! prost builds whatever a message declares: an empty entry of a repeated message or bytes field is two
+//! bytes on the wire and a whole struct or `Vec` in memory (24 B for a `bytes_contents` entry, over 300 B for
+//! an `inputs` entry), so 64 MiB of such entries would cost gigabytes before any check could run. This
+//! module walks the wire form instead, allocating nothing that grows with the message: it counts every
+//! repeated field, reads each input's name, datatype and shape, and checks them against the model's
+//! signature, the shape's element count, the per-request BYTES cap and the protocol's small bounds
+//! (dimensions, parameters, tensors), exactly as the converter would after decoding. What passes decodes to
+//! about its own size; the module also says how much memory that is, for the in-flight budget.
+
+use std::borrow::Cow;
+
+use super::{check_typed_counts, pb};
+use crate::error::{Error, Result};
+use crate::http::codec::{MAX_PARAMETERS, MAX_TENSORS};
+use crate::signature::{InputHeaders, Signature};
+use crate::tensor::{
+    DataType, MAX_DIMS, check_wire_len, decoded_bytes, element_count, shape_from_wire,
+};
+
+/// What a request is checked against.
+#[derive(Clone, Copy)]
+pub struct WireLimits<'s> {
+    /// The model version's signature; without one, only the request's own consistency and the
+    /// protocol's bounds apply.
+    pub signature: Option<&'s Signature>,
+    /// Elements of all BYTES inputs of one request together (`--max-bytes-elements`).
+    pub max_bytes_elements: usize,
+}
+
+/// Memory a checked request takes once decoded and converted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// The decoded `ModelInferRequest`.
+    pub message_bytes: usize,
+    /// The input tensors converted from it.
+    pub tensor_bytes: usize,
+}
+
+/// The model a request names: `model_name` and `model_version`, read from the top level only.
+pub fn model_of(bytes: &[u8]) -> Result<(&str, &str)> {
+    let mut model = "";
+    let mut version = "";
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        match number {
+            1 => model = string(value, "model_name")?,
+            2 => version = string(value, "model_version")?,
+            _ => {}
+        }
+    }
+    Ok((model, version))
+}
+
+/// Checks a request's wire bytes; returns what it will take in memory.
+pub fn check(bytes: &[u8], limits: WireLimits) -> Result<Estimate> {
+    // Pass 1, the top level: counts of every repeated field, and the raw contents' sizes.
+    let mut inputs = 0usize;
+    let mut outputs = 0usize;
+    let mut parameters = 0usize;
+    let mut raw: Vec<usize> = Vec::new();
+    let mut raw_entries = 0usize;
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        match number {
+            1 => _ = string(value, "model_name")?,
+            2 => _ = string(value, "model_version")?,
+            3 => _ = string(value, "id")?,
+            4 => {
+                message(value, "parameters")?;
+                parameters += 1;
+            }
+            5 => {
+                message(value, "inputs")?;
+                inputs += 1;
+            }
+            6 => {
+                message(value, "outputs")?;
+                outputs += 1;
+            }
+            7 => {
+                let entry = bytes_field(value, "raw_input_contents")?;
+                raw_entries += 1;
+                if raw.len() < MAX_TENSORS {
+                    raw.push(entry.len());
+                }
+            }
+            _ => {}
+        }
+    }
+    if parameters > MAX_PARAMETERS {
+        return Err(Error::invalid(format!(
+            "the request has {parameters} parameters; at most {MAX_PARAMETERS}"
+        )));
+    }
+    if inputs > MAX_TENSORS || outputs > MAX_TENSORS {
+        return Err(Error::invalid(format!(
+            "the request has {inputs} inputs and {outputs} requested outputs; at most {MAX_TENSORS} of each"
+        )));
+    }
+    let mut check = Check::new(limits, inputs, raw_entries, raw)?;
+    check.estimate.message_bytes = bytes.len();
+    // Pass 2: each input and output, checked as soon as it is read.
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        match number {
+            5 => check.input(scan_input(message(value, "inputs")?)?)?,
+            6 => {
+                let (name, parameters) = scan_output(message(value, "outputs")?)?;
+                check.output(name, parameters)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(check.estimate)
+}
+
+/// The same checks on a message prost has already decoded (a path without the wire check).
+pub fn check_decoded(req: &pb::ModelInferRequest, limits: WireLimits) -> Result<Estimate> {
+    if req.parameters.len() > MAX_PARAMETERS {
+        return Err(Error::invalid(format!(
+            "the request has {} parameters; at most {MAX_PARAMETERS}",
+            req.parameters.len()
+        )));
+    }
+    // The same bounds as the wire check, so both paths refuse the same requests.
+    let (inputs, outputs) = (req.inputs.len(), req.outputs.len());
+    if inputs > MAX_TENSORS || outputs > MAX_TENSORS {
+        return Err(Error::invalid(format!(
+            "the request has {inputs} inputs and {outputs} requested outputs; at most {MAX_TENSORS} of each"
+        )));
+    }
+    let raw = req
+        .raw_input_contents
+        .iter()
+        .take(MAX_TENSORS)
+        .map(Vec::len)
+        .collect();
+    let mut check = Check::new(limits, req.inputs.len(), req.raw_input_contents.len(), raw)?;
+    for input in &req.inputs {
+        let mut facts = InputFacts {
+            name: &input.name,
+            datatype: &input.datatype,
+            shape: Cow::Borrowed(&input.shape),
+            parameters: input.parameters.len(),
+            has_contents: input.contents.is_some(),
+            counts: [0; 8],
+            bytes_payload: 0,
+        };
+        if let Some(c) = &input.contents {
+            facts.counts = [
+                c.bool_contents.len(),
+                c.int_contents.len(),
+                c.int64_contents.len(),
+                c.uint_contents.len(),
+                c.uint64_contents.len(),
+                c.fp32_contents.len(),
+                c.fp64_contents.len(),
+                c.bytes_contents.len(),
+            ];
+            facts.bytes_payload = c.bytes_contents.iter().map(Vec::len).sum();
+        }
+        check.input(facts)?;
+    }
+    for output in &req.outputs {
+        check.output(&output.name, output.parameters.len())?;
+    }
+    Ok(check.estimate)
+}
+
+/// One input as its header and element counts.
+struct InputFacts<'a> {
+    name: &'a str,
+    datatype: &'a str,
+    shape: Cow<'a, [i64]>,
+    parameters: usize,
+    has_contents: bool,
+    /// Elements of each typed contents field, in field order (bool ... bytes).
+    counts: [usize; 8],
+    /// Bytes in all `bytes_contents` entries.
+    bytes_payload: usize,
+}
+
+/// Bytes per element of each typed contents field once prost has decoded it.
+const DECODED_SIZE: [usize; 8] = [1, 4, 8, 4, 8, 4, 8, std::mem::size_of::<Vec<u8>>()];
+
+/// Memory prost gives one decoded input tensor, parameter or output besides its contents.
+const ENTRY_OVERHEAD: usize = 512;
+
+struct Check<'a, 's> {
+    limits: WireLimits<'s>,
+    headers: Option<InputHeaders<'s>>,
+    /// Sizes of the raw contents, by input; empty when the inputs carry typed contents.
+    raw: Vec<usize>,
+    index: usize,
+    outputs: Vec<&'a str>,
+    bytes_elements: usize,
+    estimate: Estimate,
+}
+
+impl<'a, 's> Check<'a, 's> {
+    fn new(
+        limits: WireLimits<'s>,
+        inputs: usize,
+        raw_entries: usize,
+        raw: Vec<usize>,
+    ) -> Result<Self> {
+        if raw_entries > 0 && raw_entries != inputs {
+            return Err(Error::invalid(format!(
+                "raw_input_contents has {raw_entries} entries for {inputs} inputs: with raw contents every input needs one"
+            )));
+        }
+        let raw_total: usize = raw.iter().sum();
+        Ok(Check {
+            limits,
+            headers: limits.signature.map(InputHeaders::new),
+            raw,
+            index: 0,
+            outputs: Vec::new(),
+            bytes_elements: 0,
+            estimate: Estimate {
+                message_bytes: raw_total + raw_entries * ENTRY_OVERHEAD,
+                tensor_bytes: 0,
+            },
+        })
+    }
+
+    fn input(&mut self, facts: InputFacts<'a>) -> Result<()> {
+        let i = self.index;
+        self.index += 1;
+        let name = facts.name;
+        let context = |e: Error| Error::invalid(format!("input '{name}': {e}"));
+        let datatype = DataType::parse(facts.datatype).map_err(context)?;
+        if facts.shape.len() > MAX_DIMS {
+            return Err(Error::invalid(format!(
+                "shape has more than {MAX_DIMS} dimensions"
+            )));
+        }
+        let shape = shape_from_wire(name, &facts.shape)?;
+        if facts.parameters > MAX_PARAMETERS {
+            return Err(Error::invalid(format!(
+                "input '{name}' has {} parameters; at most {MAX_PARAMETERS}",
+                facts.parameters
+            )));
+        }
+        let declared = match self.headers.as_mut() {
+            Some(headers) => Some(headers.check(name, datatype, &shape)?.1),
+            None => None,
+        };
+        let (count, payload) = match (self.raw.get(i), facts.has_contents) {
+            (Some(_), true) => {
+                return Err(Error::invalid(format!(
+                    "input '{name}' sets both contents and raw_input_contents"
+                )));
+            }
+            (Some(&len), false) => {
+                let count = match declared {
+                    Some(count) => count,
+                    None => element_count(&shape, len).map_err(context)?,
+                };
+                check_wire_len(datatype, count, len).map_err(context)?;
+                (count, len)
+            }
+            (None, true) => {
+                let count = check_typed_counts(datatype, &shape, declared, &facts.counts)
+                    .map_err(context)?;
+                (count, facts.bytes_payload)
+            }
+            (None, false) => {
+                return Err(Error::invalid(format!("input '{name}' has no data")));
+            }
+        };
+        if datatype == DataType::Bytes {
+            self.bytes_elements = self.bytes_elements.saturating_add(count);
+            let cap = self.limits.max_bytes_elements;
+            if self.bytes_elements > cap {
+                return Err(Error::PayloadTooLarge(format!(
+                    "the request's BYTES inputs hold more than {cap} elements together (--max-bytes-elements)"
+                )));
+            }
+        }
+        let contents: usize = facts
+            .counts
+            .iter()
+            .zip(DECODED_SIZE)
+            .map(|(n, size)| n.saturating_mul(size))
+            .fold(facts.bytes_payload, usize::saturating_add);
+        let e = &mut self.estimate;
+        e.message_bytes = e
+            .message_bytes
+            .saturating_add(contents)
+            .saturating_add(ENTRY_OVERHEAD * (1 + facts.parameters));
+        e.tensor_bytes = e
+            .tensor_bytes
+            .saturating_add(decoded_bytes(datatype, count, payload));
+        Ok(())
+    }
+
+    fn output(&mut self, name: &'a str, parameters: usize) -> Result<()> {
+        if let Some(signature) = self.limits.signature {
+            if signature.output(name).is_none() {
+                return Err(Error::invalid(format!("unknown output '{name}' requested")));
+            }
+            if self.outputs.contains(&name) {
+                return Err(Error::invalid(format!(
+                    "output '{name}' is requested more than once"
+                )));
+            }
+            self.outputs.push(name);
+        }
+        if parameters > MAX_PARAMETERS {
+            return Err(Error::invalid(format!(
+                "output '{name}' has {parameters} parameters; at most {MAX_PARAMETERS}"
+            )));
+        }
+        self.estimate.message_bytes = self
+            .estimate
+            .message_bytes
+            .saturating_add(ENTRY_OVERHEAD * (1 + parameters));
+        Ok(())
+    }
+}
+
+/// An `InferInputTensor`'s header and counts.
+fn scan_input(bytes: &[u8]) -> Result<InputFacts<'_>> {
+    let mut facts = InputFacts {
+        name: "",
+        datatype: "",
+        shape: Cow::Owned(Vec::new()),
+        parameters: 0,
+        has_contents: false,
+        counts: [0; 8],
+        bytes_payload: 0,
+    };
+    let mut shape = Vec::new();
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        match number {
+            1 => facts.name = string(value, "name")?,
+            2 => facts.datatype = string(value, "datatype")?,
+            3 => match value {
+                Value::Varint(d) => push_dim(&mut shape, d as i64)?,
+                Value::Len(packed) => {
+                    let mut packed = packed;
+                    while !packed.is_empty() {
+                        push_dim(&mut shape, read_varint(&mut packed)? as i64)?;
+                    }
+                }
+                _ => return Err(malformed("shape has the wrong wire type")),
+            },
+            4 => {
+                message(value, "parameters")?;
+                facts.parameters += 1;
+            }
+            5 => {
+                facts.has_contents = true;
+                scan_contents(message(value, "contents")?, &mut facts)?;
+            }
+            _ => {}
+        }
+    }
+    facts.shape = Cow::Owned(shape);
+    Ok(facts)
+}
+
+fn push_dim(shape: &mut Vec<i64>, d: i64) -> Result<()> {
+    if shape.len() == MAX_DIMS {
+        return Err(Error::invalid(format!(
+            "shape has more than {MAX_DIMS} dimensions"
+        )));
+    }
+    shape.push(d);
+    Ok(())
+}
+
+/// Counts the elements of each field of an `InferTensorContents` (repeated occurrences merge, as prost
+/// merges them).
+fn scan_contents(bytes: &[u8], facts: &mut InputFacts) -> Result<()> {
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        let Some(slot) = (number as usize).checked_sub(1).filter(|i| *i < 8) else {
+            continue;
+        };
+        let n = match (number, value) {
+            // bool, int32, int64, uint32, uint64: varints, packed or not.
+            (1..=5, Value::Varint(_)) => 1,
+            (1..=5, Value::Len(packed)) => {
+                if packed.last().is_some_and(|b| b & 0x80 != 0) {
+                    return Err(malformed("a packed varint is cut short"));
+                }
+                packed.iter().filter(|b| **b < 0x80).count()
+            }
+            (6, Value::Fixed32) => 1,
+            (6, Value::Len(packed)) if packed.len().is_multiple_of(4) => packed.len() / 4,
+            (7, Value::Fixed64) => 1,
+            (7, Value::Len(packed)) if packed.len().is_multiple_of(8) => packed.len() / 8,
+            (8, Value::Len(entry)) => {
+                facts.bytes_payload += entry.len();
+                1
+            }
+            _ => return Err(malformed("a contents field has the wrong wire type")),
+        };
+        facts.counts[slot] += n;
+    }
+    Ok(())
+}
+
+/// An `InferRequestedOutputTensor`'s name and parameter count.
+fn scan_output(bytes: &[u8]) -> Result<(&str, usize)> {
+    let mut name = "";
+    let mut parameters = 0;
+    let mut buf = bytes;
+    while let Some((number, value)) = next_field(&mut buf)? {
+        match number {
+            1 => name = string(value, "name")?,
+            2 => {
+                message(value, "parameters")?;
+                parameters += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok((name, parameters))
+}
+
+/// A field's payload, by wire type.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Varint(u64),
+    Fixed64,
+    Len(&'a [u8]),
+    Fixed32,
+}
+
+fn malformed(why: &str) -> Error {
+    Error::invalid(format!("malformed ModelInferRequest: {why}"))
+}
+
+fn read_varint(buf: &mut &[u8]) -> Result<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let Some((&b, rest)) = buf.split_first() else {
+            return Err(malformed("a varint is cut short"));
+        };
+        *buf = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(malformed("a varint is longer than 10 bytes"))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if buf.len() < n {
+        return Err(malformed("a field runs past the end of the message"));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+/// The next field of a message: its number and payload.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let key = read_varint(buf)?;
+    let number = key >> 3;
+    if number == 0 || number > u64::from(u32::MAX >> 3) {
+        return Err(malformed("invalid field number"));
+    }
+    let value = match key & 7 {
+        0 => Value::Varint(read_varint(buf)?),
+        1 => {
+            take(buf, 8)?;
+            Value::Fixed64
+        }
+        2 => {
+            let len = usize::try_from(read_varint(buf)?).unwrap_or(usize::MAX);
+            Value::Len(take(buf, len)?)
+        }
+        5 => {
+            take(buf, 4)?;
+            Value::Fixed32
+        }
+        _ => {
+            return Err(malformed(
+                "unsupported wire type (groups are not used by this protocol)",
+            ));
+        }
+    };
+    Ok(Some((number as u32, value)))
+}
+
+fn message<'a>(value: Value<'a>, field: &str) -> Result<&'a [u8]> {
+    match value {
+        Value::Len(bytes) => Ok(bytes),
+        _ => Err(malformed(&format!("{field} has the wrong wire type"))),
+    }
+}
+
+fn bytes_field<'a>(value: Value<'a>, field: &str) -> Result<&'a [u8]> {
+    message(value, field)
+}
+
+fn string<'a>(value: Value<'a>, field: &str) -> Result<&'a str> {
+    std::str::from_utf8(message(value, field)?)
+        .map_err(|_| malformed(&format!("{field} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+
+    fn field(number: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn input(
+        datatype: &str,
+        shape: Vec<i64>,
+        contents: Option<pb::InferTensorContents>,
+    ) -> InferInputTensor {
+        InferInputTensor {
+            name: "input".into(),
+            datatype: datatype.into(),
+            shape,
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    fn request(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            inputs,
+            raw_input_contents: raw,
+            ..Default::default()
+        }
+    }
+
+    fn signature() -> Signature {
+        let spec = |name: &str, datatype, shape: Vec<i64>| crate::signature::TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        };
+        Signature {
+            inputs: vec![spec("input", DataType::Fp32, vec![-1, 30])],
+            outputs: vec![spec("label", DataType::Int64, vec![-1])],
+            max_batch_size: 1024,
+        }
+    }
+
+    fn limits(signature: &Signature) -> WireLimits<'_> {
+        WireLimits {
+            signature: Some(signature),
+            max_bytes_elements: 1000,
+        }
+    }
+
+    /// The wire check and the decoded check agree, and refuse with `needle`.
+    fn refused(req: &pb::ModelInferRequest, sig: Option<&Signature>, needle: &str) {
+        let limits = WireLimits {
+            signature: sig,
+            max_bytes_elements: 1000,
+        };
+        let wire = check(&req.encode_to_vec(), limits).unwrap_err().to_string();
+        let decoded = check_decoded(req, limits).unwrap_err().to_string();
+        assert!(wire.contains(needle), "wire: {wire}");
+        assert_eq!(wire, decoded);
+    }
+
+    #[test]
+    fn good_requests_pass_with_their_size() {
+        let sig = signature();
+        let raw = request(vec![input("FP32", vec![2, 30], None)], vec![vec![0; 240]]);
+        let bytes = raw.encode_to_vec();
+        let e = check(&bytes, limits(&sig)).unwrap();
+        assert_eq!(e.tensor_bytes, 240);
+        assert!(e.message_bytes >= bytes.len());
+        assert_eq!(model_of(&bytes).unwrap(), ("m", "1"));
+        let typed = request(
+            vec![input(
+                "FP32",
+                vec![1, 30],
+                Some(pb::InferTensorContents {
+                    fp32_contents: vec![0.5; 30],
+                    ..Default::default()
+                }),
+            )],
+            vec![],
+        );
+        assert_eq!(
+            check(&typed.encode_to_vec(), limits(&sig))
+                .unwrap()
+                .tensor_bytes,
+            120
+        );
+        assert_eq!(
+            check_decoded(&typed, limits(&sig)).unwrap().tensor_bytes,
+            120
+        );
+    }
+
+    #[test]
+    fn refusals_match_the_converter() {
+        let sig = signature();
+        let s = Some(&sig);
+        let bytes_for_fp32 = request(
+            vec![input(
+                "BYTES",
+                vec![1, 3],
+                Some(pb::InferTensorContents {
+                    bytes_contents: vec![Vec::new(); 3],
+                    ..Default::default()
+                }),
+            )],
+            vec![],
+        );
+        refused(
+            &bytes_for_fp32,
+            s,
+            "has datatype BYTES, the model expects FP32",
+        );
+        let wrong_field = request(
+            vec![input(
+                "FP32",
+                vec![1, 30],
+                Some(pb::InferTensorContents {
+                    bytes_contents: vec![Vec::new(); 30],
+                    ..Default::default()
+                }),
+            )],
+            vec![],
+        );
+        refused(
+            &wrong_field,
+            s,
+            "FP32 data belongs in fp32_contents, not bytes_contents",
+        );
+        let short = request(vec![input("FP32", vec![1, 30], None)], vec![vec![0; 116]]);
+        refused(&short, s, "needs 120 bytes, got 116");
+        let rows = request(
+            vec![input("FP32", vec![1 << 40, 30], None)],
+            vec![vec![0; 120]],
+        );
+        refused(&rows, s, "more than the model's max_batch_size 1024");
+        refused(&rows, None, "more elements than the request carries");
+        let two = request(
+            vec![
+                input("FP32", vec![1, 30], None),
+                input("FP32", vec![1, 30], None),
+            ],
+            vec![vec![0; 120], vec![0; 120]],
+        );
+        refused(&two, s, "given more than once");
+        let extra = request(
+            vec![input("FP32", vec![1, 30], None)],
+            vec![vec![0; 120]; 2],
+        );
+        refused(&extra, s, "raw_input_contents has 2 entries for 1 inputs");
+        let mut outputs = request(vec![input("FP32", vec![1, 30], None)], vec![vec![0; 120]]);
+        outputs.outputs = vec![
+            InferRequestedOutputTensor {
+                name: "label".into(),
+                parameters: Default::default(),
+            };
+            2
+        ];
+        refused(&outputs, s, "output 'label' is requested more than once");
+        outputs.outputs[1].name = "nope".into();
+        refused(&outputs, s, "unknown output 'nope' requested");
+        let rank = request(vec![input("FP32", vec![1; 65], None)], vec![vec![0; 4]]);
+        refused(&rank, None, "more than 64 dimensions");
+    }
+
+    #[test]
+    fn bytes_elements_are_capped_per_request() {
+        let bytes = |n: usize| {
+            request(
+                vec![input(
+                    "BYTES",
+                    vec![n as i64],
+                    Some(pb::InferTensorContents {
+                        bytes_contents: vec![b"ab".to_vec(); n],
+                        ..Default::default()
+                    }),
+                )],
+                vec![],
+            )
+        };
+        let limits = WireLimits {
+            signature: None,
+            max_bytes_elements: 1000,
+        };
+        let e = check(&bytes(1000).encode_to_vec(), limits).unwrap();
+        assert_eq!(e.tensor_bytes, 1000 * (24 + 2));
+        refused(&bytes(1001), None, "more than 1000 elements together");
+        // Raw BYTES: the cap, and at least a 4-byte length per element.
+        let raw = request(
+            vec![input("BYTES", vec![1001], None)],
+            vec![vec![0; 4 * 1001]],
+        );
+        refused(&raw, None, "more than 1000 elements together");
+        let raw = request(vec![input("BYTES", vec![10], None)], vec![vec![0; 39]]);
+        refused(&raw, None, "needs at least 40 bytes");
+    }
+
+    #[test]
+    fn millions_of_empty_entries_cost_nothing_to_refuse() {
+        let sig = signature();
+        // 2 wire bytes each, a 24-byte Vec each once decoded: refused from the counts alone.
+        let n = 4_000_000;
+        let mut tensor = input("FP32", vec![1, 30], None).encode_to_vec();
+        tensor.extend(field(5, &b"\x42\x00".repeat(n)));
+        let mut bytes = pb::ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        bytes.extend(field(5, &tensor));
+        let err = check(&bytes, limits(&sig)).unwrap_err().to_string();
+        assert!(err.contains("not bytes_contents"), "{err}");
+        // Empty `inputs` entries: counted in the first pass, never descended into.
+        let bytes = [&b"\x0a\x01m"[..], &b"\x2a\x00".repeat(n)].concat();
+        let err = check(&bytes, limits(&sig)).unwrap_err().to_string();
+        assert!(err.contains("at most 4096"), "{err}");
+        let bytes = [&b"\x0a\x01m"[..], &b"\x3a\x00".repeat(n)].concat();
+        let err = check(&bytes, limits(&sig)).unwrap_err().to_string();
+        assert!(err.contains("raw_input_contents has"), "{err}");
+        let bytes = [&b"\x0a\x01m"[..], &b"\x22\x00".repeat(n)].concat();
+        let err = check(&bytes, limits(&sig)).unwrap_err().to_string();
+        assert!(err.contains("parameters; at most"), "{err}");
+    }
+
+    #[test]
+    fn malformed_wire_bytes_are_refused_not_panicked_on() {
+        let sig = signature();
+        for bytes in [
+            &b"\x0a\x05ab"[..],
+            b"\x0a\x01\xff",
+            b"\x00",
+            b"\x0b",
+            b"\x2a\x03\x1a\x01",
+            b"\x2a\x04\x2a\x02\x0a\x80",
+            b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",
+        ] {
+            let err = check(bytes, limits(&sig)).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{bytes:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The HTTP/1.1 server loop: hyper connections over [`Incoming`], each with its read deadlines, a body
+//! deadline per request, and a graceful stop. axum's own `serve` has none of these, so an attacker could
+//! hold connections open forever with half a header.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::Request;
+use hyper::body::{Frame, Incoming as IncomingBody, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+use crate::listener::{BusyGuard, Conn, Incoming};
+
+/// Serves `router` on every connection of `incoming` until `stopped`; then closes idle connections at
+/// once, lets the others finish their request, and returns when all have closed. The caller bounds that
+/// wait with the shutdown deadline.
+pub async fn serve(
+    mut incoming: Incoming,
+    router: Router,
+    body_timeout: Option<Duration>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let for_connections = stopped.clone();
+    loop {
+        tokio::select! {
+            conn = incoming.next() => match conn {
+                Some(conn) => {
+                    connections.spawn(connection(conn, router.clone(), body_timeout, for_connections.clone()));
+                }
+                None => break,
+            },
+            _ = stopped.wait_for(|stop| *stop) => break,
+            // Reap finished connections so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(incoming);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(
+    conn: Conn,
+    router: Router,
+    body_timeout: Option<Duration>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let activity = conn.activity().clone();
+    let service = hyper::service::service_fn(move |request: Request<IncomingBody>| {
+        let busy = activity.begin();
+        let router = router.clone();
+        async move {
+            let request = request.map(|body| DeadlineBody::new(body, body_timeout));
+            let response = router.oneshot(request).await?;
+            Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _busy: busy }))
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(conn), service);
+    tokio::pin!(served);
+    tokio::select! {
+        result = served.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection closed");
+            }
+            return;
+        }
+        _ = stopped.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+    }
+    let _ = served.await;
+}
+
+/// A request body that must arrive whole within its deadline (counted from the request's headers).
+struct DeadlineBody {
+    body: IncomingBody,
+    timeout: Option<Duration>,
+    start: Instant,
+    /// Made only when the body does not arrive with its headers (the common small request never needs it).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl DeadlineBody {
+    fn new(body: IncomingBody, timeout: Option<Duration>) -> Self {
+        DeadlineBody {
+            body,
+            timeout,
+            start: Instant::now(),
+            timer: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0} s (--body-read-timeout)")]
+struct BodyTimeout(f64);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let Some(timeout) = this.timeout else {
+                    return Poll::Pending;
+                };
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(this.start + timeout))
+                });
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(BodyTimeout(timeout.as_secs_f64()).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that keeps its connection marked busy until it has been written (or dropped), so a
+/// slow reader of a large response is not taken for an idle connection.
+struct GuardedBody {
+    body: Body,
+    _busy: BusyGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

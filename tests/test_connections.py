@@ -1,0 +1,160 @@
+"""Connection hygiene against the real binary over real sockets: header, idle and body deadlines, the
+connection limit, the per-request deadline, and a shutdown that idle connections and streams cannot hold up."""
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import ROOT, Keel, build_repository
+
+ROW = np.load(ROOT / "tests/data/breast_cancer.npy")[:1].astype(np.float32)
+BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW.ravel().tolist()}]}
+
+
+def host_port(addr: str) -> tuple[str, int]:
+    host, port = addr.rsplit(":", 1)
+    return host, int(port)
+
+
+def closed_by_peer(sock: socket.socket, within: float) -> bool:
+    """True when the server closes the socket (EOF or reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="module")
+def keel(repo):
+    server = Keel(repo, "--header-read-timeout", "2", "--idle-timeout", "5", "--body-read-timeout", "2")
+    yield server
+    assert server.stop() == 0
+
+
+def test_slow_half_open_connections_do_not_delay_requests_and_are_closed(keel):
+    sockets = []
+    for _ in range(300):
+        s = socket.create_connection(host_port(keel.http))
+        s.sendall(b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nHost: keel\r\nContent-")
+        sockets.append(s)
+    opened = time.monotonic()
+    reply = requests.post(f"http://{keel.http}/v2/models/breast-cancer/infer", json=BODY, timeout=5)
+    assert reply.status_code == 200
+    # Every slow connection is closed once the 2 s header deadline passes (with margin for a busy box).
+    still_open = [s for s in sockets if not closed_by_peer(s, max(0.1, opened + 6 - time.monotonic()))]
+    assert not still_open, f"{len(still_open)} of 300 slow connections still open"
+    for s in sockets:
+        s.close()
+    # A silent gRPC connection (no HTTP/2 preface) is closed by the same deadline.
+    silent = socket.create_connection(host_port(keel.grpc))
+    assert closed_by_peer(silent, 6)
+    silent.close()
+
+
+def test_idle_keep_alive_closes_after_the_idle_timeout_not_the_header_one(keel):
+    s = socket.create_connection(host_port(keel.http))
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: keel\r\n\r\n")
+    s.settimeout(5)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    # Past the 2 s header deadline the idle connection is still open...
+    assert not closed_by_peer(s, 3)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: keel\r\n\r\n")
+    s.settimeout(5)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    # ...and closed once it has been idle for the 5 s idle timeout.
+    assert closed_by_peer(s, 9)
+    s.close()
+
+
+def test_a_body_that_never_finishes_gets_a_json_error(keel):
+    s = socket.create_connection(host_port(keel.http))
+    s.sendall(b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000\r\n\r\n{\"inputs\": [")
+    s.settimeout(10)
+    reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"--body-read-timeout" in reply and b'"error"' in reply, reply
+    s.close()
+
+
+def test_a_request_past_its_deadline_is_answered_and_cancelled(repo):
+    server = Keel(repo, "--request-timeout", "0.05")
+    try:
+        meta = requests.get(f"http://{server.http}/v2/models/slow-mlp", timeout=5).json()
+        spec = meta["inputs"][0]
+        rows = np.zeros((1024, spec["shape"][-1]), dtype=np.float32)
+        body = {"inputs": [{"name": spec["name"], "shape": list(rows.shape), "datatype": "FP32",
+                            "data": rows.ravel().tolist()}]}
+        reply = requests.post(f"http://{server.http}/v2/models/slow-mlp/infer", json=body, timeout=30)
+        assert reply.status_code == 503, reply.text
+        assert "--request-timeout" in reply.json()["error"]
+        client = grpcclient.InferenceServerClient(server.grpc)
+        inp = grpcclient.InferInput(spec["name"], list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows)
+        with pytest.raises(InferenceServerException) as late:
+            client.infer("slow-mlp", [inp])
+        assert "DEADLINE_EXCEEDED" in str(late.value.status()), late.value
+        # The server serves on.
+        assert requests.post(f"http://{server.http}/v2/models/breast-cancer/infer", json=BODY, timeout=5).ok
+    finally:
+        assert server.stop() == 0
+
+
+def test_connection_limit_holds_further_clients_in_the_backlog(repo):
+    server = Keel(repo, "--max-connections", "4", "--header-read-timeout", "30")
+    try:
+        held = [socket.create_connection(host_port(server.http)) for _ in range(4)]
+        time.sleep(0.3)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(f"http://{server.http}/v2/health/live", timeout=1)
+        held.pop().close()
+        assert requests.get(f"http://{server.http}/v2/health/live", timeout=5).status_code == 200
+        for s in held:
+            s.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_with_idle_connections_and_an_open_stream_exits_quickly(repo):
+    server = Keel(repo)
+    idle_http = socket.create_connection(host_port(server.http))
+    idle_http.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: keel\r\n\r\n")
+    idle_http.settimeout(5)
+    assert idle_http.recv(4096).startswith(b"HTTP/1.1 200")
+    client = grpcclient.InferenceServerClient(server.grpc)
+    results = []
+    client.start_stream(callback=lambda result, error: results.append((result, error)))
+    inp = grpcclient.InferInput("input", [1, 30], "FP32")
+    inp.set_data_from_numpy(ROW)
+    client.async_stream_infer("breast-cancer", [inp])
+    deadline = time.monotonic() + 5
+    while not results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert results and results[0][1] is None, results
+    # The stream stays open and idle; the keep-alive connection too.
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(timeout=10)
+    took = time.monotonic() - started
+    client.stop_stream()
+    idle_http.close()
+    assert code == 0, "".join(server.log[-20:])
+    assert took < 5, f"exit took {took:.1f} s"
