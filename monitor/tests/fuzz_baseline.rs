@@ -489,7 +489,7 @@ fn property(
         let result = match parsed {
             Err(e) => Err(e),
             Ok(baseline) => {
-                // KEEL_FUZZ_SKIP_KNOWN=1 (triage only): known_bug_baseline_categories_are_unbounded.
+                // KEEL_FUZZ_SKIP_KNOWN=1 (triage only): fixed_baseline_categories_are_unbounded.
                 let many_categories = baseline.features.iter().chain(&baseline.outputs).any(|c| {
                     matches!(&c.distribution, Distribution::Categorical { categories, .. }
                         if categories.len() > keel_monitor::baseline::MAX_CATEGORIES)
@@ -497,7 +497,7 @@ fn property(
                 if many_categories && std::env::var("KEEL_FUZZ_SKIP_KNOWN").is_ok_and(|v| v == "1")
                 {
                     return Err(TestCaseError::reject(
-                        "known_bug_baseline_categories_are_unbounded",
+                        "fixed_baseline_categories_are_unbounded",
                     ));
                 }
                 let spec = ModelSpec {
@@ -545,14 +545,14 @@ fn property(
     }
 }
 
-/// KNOWN BUG, minimized from `fuzz_baseline_json` (seed 1801807212): a categorical column may hold any
+/// FIXED BUG (a regression test now), minimized from `fuzz_baseline_json` (seed 1801807212): a categorical column may hold any
 /// number of categories. `Baseline::compute` keeps at most `MAX_CATEGORIES` (50), "which bounds the bins
 /// (and Prometheus series)", but `Baseline::validate` (monitor/src/baseline.rs) does not hold a loaded
 /// baseline to it, so `Monitor::set_version` (monitor/src/version.rs) builds bins and a series per
 /// category: 20,000 categories in a 189 KB baseline.json take about 30 MB (160x). Fails until `validate`
 /// refuses more than `MAX_CATEGORIES` (or the monitor stops building per category what it cannot bound).
 #[test]
-fn known_bug_baseline_categories_are_unbounded() {
+fn fixed_baseline_categories_are_unbounded() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let categories: Vec<String> = (0..20_000).map(|i| format!(r#""{i}":0"#)).collect();
     let text = format!(

@@ -112,7 +112,7 @@ fn bound_off() -> bool {
     std::env::var("KEEL_FUZZ_BOUND").is_ok_and(|v| v == "off")
 }
 
-/// `KEEL_FUZZ_SKIP_KNOWN=1` (triage only): cases of a known, reported bug (a `known_bug_*` test below) are
+/// `KEEL_FUZZ_SKIP_KNOWN=1` (triage only): cases of a known, reported bug (a `fixed_*` test below) are
 /// rejected instead of failing the target, so a long run goes on looking for other failures.
 fn skip_known() -> bool {
     std::env::var("KEEL_FUZZ_SKIP_KNOWN").is_ok_and(|v| v == "1")
@@ -1488,7 +1488,7 @@ fn fuzz_grpc_convert() {
     fuzz("grpc_convert", strategy, |(case, with_signature), stats| {
         if skip_known() && case.req.outputs.len() > codec::MAX_TENSORS {
             return Err(TestCaseError::reject(
-                "known_bug_check_decoded_disagrees_with_the_wire_check_on_outputs",
+                "fixed_check_decoded_disagrees_with_the_wire_check_on_outputs",
             ));
         }
         let limits = wire_limits(with_signature.then_some(&signature));
@@ -1887,14 +1887,14 @@ fn fuzz_model_toml() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Reproducers of failures the targets found, minimized. A `known_bug_*` test fails until its bug is fixed.
+// Reproducers of failures the targets found, minimized; each bug is fixed and its test guards the fix.
 
-/// KNOWN BUG, minimized from `fuzz_grpc_convert` (seed 1801807212): one FP32 input and 5000 requested
+/// FIXED BUG (a regression test now), minimized from `fuzz_grpc_convert` (seed 1801807212): one FP32 input and 5000 requested
 /// outputs. `wire::check` refuses it (at most `MAX_TENSORS` = 4096 outputs), `wire::check_decoded`
 /// (server/src/grpc/convert/wire.rs), the same checks on a message prost already decoded, lets it
 /// through, so the request is refused or served depending on the path that decoded it.
 #[test]
-fn known_bug_check_decoded_disagrees_with_the_wire_check_on_outputs() {
+fn fixed_check_decoded_disagrees_with_the_wire_check_on_outputs() {
     // Every test of this binary holds the lock: the allocation counter is process-wide.
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let req = grpc_bulk_request(&GrpcBulk::Outputs(5000));
@@ -1906,14 +1906,14 @@ fn known_bug_check_decoded_disagrees_with_the_wire_check_on_outputs() {
     );
 }
 
-/// KNOWN BUG, minimized from `fuzz_http_json` and `fuzz_http_binary` (seed 20261201, after about 15,000
+/// FIXED BUG (a regression test now), minimized from `fuzz_http_json` and `fuzz_http_binary` (seed 20261201, after about 15,000
 /// cases): a BYTES input declaring 20,000 elements whose `data` holds numbers (`[0,0,...]`, 2 bytes an
 /// element, refused at the first one). `json_data::flatten` (server/src/http/json_data.rs) reserves the
 /// declared count before reading an element, 24 bytes a `Vec<u8>`: 480 KB for a 40 KB body (12x, over
 /// the 8x bound; a real BYTES element takes at least 3 bytes, `"",`). `--max-bytes-elements` caps it at
 /// 24 MiB per request, so the absolute cost is bounded; reserving at most `raw.len() / 3` fixes it.
 #[test]
-fn known_bug_json_bytes_reserve_follows_the_declared_count() {
+fn fixed_json_bytes_reserve_follows_the_declared_count() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (body, _) = bulk_body(&Bulk::Data {
         datatype: "BYTES",
