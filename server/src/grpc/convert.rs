@@ -137,17 +137,7 @@ fn typed_contents(
             })
             .collect()
     }
-    let counts = [
-        c.bool_contents.len(),
-        c.int_contents.len(),
-        c.int64_contents.len(),
-        c.uint_contents.len(),
-        c.uint64_contents.len(),
-        c.fp32_contents.len(),
-        c.fp64_contents.len(),
-        c.bytes_contents.len(),
-    ];
-    check_typed_counts(datatype, shape, None, &counts)?;
+    check_typed_counts(datatype, shape, None, &content_counts(&c))?;
     Ok(match datatype {
         DataType::Bool => TensorData::Bool(c.bool_contents),
         DataType::Int8 => TensorData::Int8(narrow(c.int_contents, datatype)?),
@@ -373,4 +363,18 @@ pub fn index_entry(e: IndexEntry) -> pb::repository_index_response::ModelIndex {
         state: e.state.to_string(),
         reason: e.reason,
     }
+}
+
+/// Elements in each typed field of `contents`, in the field order the counts checks use.
+pub(crate) fn content_counts(c: &pb::InferTensorContents) -> [usize; 8] {
+    [
+        c.bool_contents.len(),
+        c.int_contents.len(),
+        c.int64_contents.len(),
+        c.uint_contents.len(),
+        c.uint64_contents.len(),
+        c.fp32_contents.len(),
+        c.fp64_contents.len(),
+        c.bytes_contents.len(),
+    ]
 }

@@ -15,7 +15,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::admin::{AdminAuth, ApiAuth};
 use crate::error::{Error, Result};
@@ -330,7 +329,7 @@ async fn repository_index(
     body: Body,
 ) -> Result<Response> {
     authorize(&state, &headers)?;
-    let body = read_body(&headers, body, ADMIN_BODY_BYTES).await?;
+    let (body, _held) = codec::read_body(&headers, body, ADMIN_BODY_BYTES, &state.budget).await?;
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -358,24 +357,6 @@ async fn repository_unload(
     authorize(&state, &headers)?;
     state.infer.repository().unload_model(&model).await?;
     Ok(StatusCode::OK)
-}
-
-/// Reads the whole body, refusing anything over `limit`: a declared Content-Length over the limit is
-/// refused before a byte is read; a chunked body is cut off as soon as it passes the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
-    let too_large =
-        || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Error::invalid(format!("cannot read the request body: {e}"))),
-    }
 }
 
 fn monitoring(state: &HttpState) -> Result<&Arc<Monitoring>> {

@@ -149,16 +149,7 @@ pub fn check_decoded(req: &pb::ModelInferRequest, limits: WireLimits) -> Result<
             bytes_payload: 0,
         };
         if let Some(c) = &input.contents {
-            facts.counts = [
-                c.bool_contents.len(),
-                c.int_contents.len(),
-                c.int64_contents.len(),
-                c.uint_contents.len(),
-                c.uint64_contents.len(),
-                c.fp32_contents.len(),
-                c.fp64_contents.len(),
-                c.bytes_contents.len(),
-            ];
+            facts.counts = super::content_counts(c);
             facts.bytes_payload = c.bytes_contents.iter().map(Vec::len).sum();
         }
         check.input(facts)?;
