@@ -431,6 +431,22 @@ pub fn element_count(shape: &[usize], limit: usize) -> Result<usize> {
         })
 }
 
+/// Adds one input's BYTES elements to the request's running total, refusing the request once the total
+/// passes `--max-bytes-elements`. Shared by the HTTP and gRPC decoders so both refuse alike.
+pub fn count_bytes_elements(
+    total: &mut usize,
+    count: usize,
+    cap: usize,
+) -> crate::error::Result<()> {
+    *total = total.saturating_add(count);
+    if *total > cap {
+        return Err(crate::error::Error::PayloadTooLarge(format!(
+            "the request's BYTES inputs hold more than {cap} elements together (--max-bytes-elements)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::signature::{InputHeaders, Signature};
 use crate::tensor::{
-    DataType, MAX_DIMS, Tensor, TensorData, check_wire_len, decoded_bytes, element_count,
-    shape_from_wire,
+    DataType, MAX_DIMS, Tensor, TensorData, check_wire_len, count_bytes_elements, decoded_bytes,
+    element_count, shape_from_wire,
 };
 
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
@@ -490,13 +490,11 @@ impl<'a> Checks<'a, '_> {
             }
         };
         if datatype == DataType::Bytes {
-            self.bytes_elements = self.bytes_elements.saturating_add(count);
-            let cap = self.limits.max_bytes_elements;
-            if self.bytes_elements > cap {
-                return Err(Error::PayloadTooLarge(format!(
-                    "the request's BYTES inputs hold more than {cap} elements together (--max-bytes-elements)"
-                )));
-            }
+            count_bytes_elements(
+                &mut self.bytes_elements,
+                count,
+                self.limits.max_bytes_elements,
+            )?;
         }
         self.tensor_bytes = self
             .tensor_bytes

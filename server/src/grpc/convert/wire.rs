@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::http::codec::{MAX_PARAMETERS, MAX_TENSORS};
 use crate::signature::{InputHeaders, Signature};
 use crate::tensor::{
-    DataType, MAX_DIMS, check_wire_len, decoded_bytes, element_count, shape_from_wire,
+    DataType, MAX_DIMS, check_wire_len, count_bytes_elements, decoded_bytes, element_count,
+    shape_from_wire,
 };
 
 /// What a request is checked against.
@@ -263,13 +264,11 @@ impl<'a, 's> Check<'a, 's> {
             }
         };
         if datatype == DataType::Bytes {
-            self.bytes_elements = self.bytes_elements.saturating_add(count);
-            let cap = self.limits.max_bytes_elements;
-            if self.bytes_elements > cap {
-                return Err(Error::PayloadTooLarge(format!(
-                    "the request's BYTES inputs hold more than {cap} elements together (--max-bytes-elements)"
-                )));
-            }
+            count_bytes_elements(
+                &mut self.bytes_elements,
+                count,
+                self.limits.max_bytes_elements,
+            )?;
         }
         let contents: usize = facts
             .counts
