@@ -12,11 +12,12 @@ MODEL_REPOSITORY ?= models
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
-.PHONY: help serve demo test test-rust test-python lint models bench system-deps soak fuzz
+.PHONY: help serve traffic demo test test-rust test-python lint models bench system-deps soak fuzz
 
 help:
 	@echo "make serve   build Keel (release) and serve ./models on :8000"
 	@echo "make test    install everything the tests need, then run the Rust and Python test suites"
+	@echo "make traffic replay training rows against make serve (TRAFFIC_ARGS='--rows 3000 --shift \"mean radius=2\"')"
 	@echo "make demo    the closed MLOps loop: MLflow -> Keel -> drift -> signed webhook -> retrain -> new version served"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 	@echo "make models  regenerate the example models (deterministic)"
@@ -24,7 +25,8 @@ help:
 	@echo "make fuzz    long fuzz run: a million cases per fuzz target (release), schemathesis at 1000 examples per operation"
 	@echo "make soak    30-minute soak and chaos bench (release build; figures in target/soak.json, see docs/soak.md)"
 
-# Debian packages the build and the tests need, installed only when missing.
+# Debian packages the build and the tests need, installed only when missing. Without root it prints the
+# apt-get command to run instead.
 system-deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
@@ -33,28 +35,42 @@ system-deps:
 	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \
 	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "missing Debian packages; install them, then run make again:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 
-# Runtime venv for `make serve`: only the ONNX Runtime wheel. Skipped (Keel then runs on tract) without python3.
+# Runtime venv for `make serve`: only the ONNX Runtime wheel. Without python3, python3-venv or PyPI, Keel
+# serves on tract alone (ONNX Runtime-only models then report themselves unavailable, with the reason).
 $(VENV)/.ort:
-	@if command -v $(PYTHON) >/dev/null; then \
-	  $(PYTHON) -m venv $(VENV) && $(VPY) -m pip install -q --disable-pip-version-check $(ONNXRUNTIME) && touch $@; \
-	else echo "python3 not found: serving with tract only (ONNX Runtime-only models will be unavailable)"; fi
+	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+	  echo "no $(PYTHON) with venv (Debian: apt-get install python3-venv): serving with tract only"; \
+	elif $(PYTHON) -m venv $(VENV) && $(VPY) -m pip install -q --disable-pip-version-check $(ONNXRUNTIME); then \
+	  touch $@; \
+	else echo "could not install $(ONNXRUNTIME) into $(VENV): serving with tract only"; fi
+
+# The walkthrough's traffic generator (models/traffic.py) needs numpy and scikit-learn.
+$(VENV)/.traffic: models/requirements.txt
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { $(MAKE) --no-print-directory system-deps; }
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -r models/requirements.txt
+	touch $@
 
 # Everything the tests need: model generator, onnxruntime, tritonclient, pytest.
 $(VENV)/.test: models/requirements.txt tests/requirements.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
 	cd tests && ../$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	touch $(VENV)/.ort $@
+	touch $(VENV)/.ort $(VENV)/.traffic $@
 
-# Triton's perf_analyzer, from the tool the project's shared/ folder provides (no system-wide install).
-$(PERF_ANALYZER):
-	@test -x ../shared/tools/install-perf-analyzer || { echo "../shared/tools/install-perf-analyzer not found"; exit 1; }
-	../shared/tools/install-perf-analyzer .tools/perf_analyzer
+# Triton's perf_analyzer under .tools/ (benches/install-perf-analyzer.sh; nothing system-wide).
+$(PERF_ANALYZER): benches/install-perf-analyzer.sh | $(VENV)/.test
+	PYTHON=$(VPY) benches/install-perf-analyzer.sh .tools/perf_analyzer
 
 serve: $(VENV)/.ort
 	cargo build --release --bin keel
@@ -64,6 +80,11 @@ serve: $(VENV)/.ort
 	@echo "  curl localhost:$(lastword $(subst :, ,$(HTTP_ADDR)))/v2/models/breast-cancer/infer -d @tests/data/example_request.json"
 	@echo
 	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
+
+# Replays training rows against a running `make serve`: make traffic TRAFFIC_ARGS='--rows 3000 --shift "mean radius=2"'
+TRAFFIC_ARGS ?= --rows 2000
+traffic: $(VENV)/.traffic
+	$(VPY) models/traffic.py --url http://127.0.0.1:$(lastword $(subst :, ,$(HTTP_ADDR))) $(TRAFFIC_ARGS)
 
 # The closed loop end to end on real MLflow, Keel and the retraining hook (models/demo.py); the same loop
 # is tests/test_closed_loop.py.

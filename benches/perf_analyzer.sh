@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-breast-cancer}
 PA=.tools/perf_analyzer/bin/perf_analyzer
-[ -x "$PA" ] || ../shared/tools/install-perf-analyzer .tools/perf_analyzer
+[ -x "$PA" ] || PYTHON=.venv/bin/python benches/install-perf-analyzer.sh .tools/perf_analyzer
 cargo build --release --bin keel -q
 ORT=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)
 LOG=$(mktemp)

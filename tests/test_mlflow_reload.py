@@ -240,3 +240,31 @@ def test_a_restart_while_mlflow_is_down_serves_the_cached_version(mlflow, regist
             assert second.stop() == 0
     finally:
         mlflow.start()
+
+
+def test_keel_check_loads_the_version_the_alias_names(mlflow, tmp_path):
+    """`keel check` asks MLflow for the alias, downloads that version and loads it as `keel serve` would."""
+    import subprocess
+
+    from conftest import KEEL_BIN
+
+    name = "breast-cancer-check"
+    good = mlflow.register(name, {"model.onnx": V1_FILE.read_bytes(),
+                                  "baseline.json": (V1_FILE.parent / "baseline.json").read_bytes()})
+    mlflow.set_alias(name, "champion", good)
+    repo = tmp_path / "repo"
+    (repo / MODEL).mkdir(parents=True)
+    (repo / MODEL / "model.toml").write_text(
+        f'[source.mlflow]\ntracking_uri = "{mlflow.uri}"\nname = "{name}"\nalias = "champion"\n')
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([KEEL_BIN, "check", str(repo)], capture_output=True, text=True, timeout=120)
+
+    passed = check()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert f"ok    version {good}" in passed.stdout and "baseline.json: 30 features" in passed.stdout
+    broken = mlflow.register(name, {"model.onnx": V1_FILE.read_bytes()[:200]})
+    mlflow.set_alias(name, "champion", broken)
+    failed = check()
+    assert failed.returncode == 1, failed.stdout
+    assert f"FAIL  version {broken}" in failed.stdout and "ONNX" in failed.stdout

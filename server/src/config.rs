@@ -1,4 +1,7 @@
-//! `keel serve` configuration: one typed struct, every flag also settable through a `KEEL_*` variable.
+//! `keel serve` configuration: one typed struct, every flag also settable through a `KEEL_*` variable,
+//! and the plain settings it hands down to the parts it configures ([`RepositorySettings`]). A leaf:
+//! it imports no other module of the server; the repository, monitoring and the listeners take what
+//! they need from here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,8 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-
-use crate::repository::RepositorySettings;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -74,6 +75,16 @@ pub struct ServeConfig {
     /// and at registry aliases; 0 turns polling off (the load/unload API still works).
     #[arg(long, env = "KEEL_REPOSITORY_POLL", default_value_t = 5.0, value_parser = parse_seconds)]
     pub repository_poll: f64,
+
+    /// Triton's model control modes: `poll` loads every model and follows the repository (every
+    /// --repository-poll seconds) and the load/unload API; `none` loads every model once and refuses
+    /// the load/unload API; `explicit` loads only the --load-model models, then only what the API loads.
+    #[arg(long, env = "KEEL_MODEL_CONTROL_MODE", value_enum, default_value_t = ModelControlMode::Poll)]
+    pub model_control_mode: ModelControlMode,
+
+    /// A model to load at start-up with --model-control-mode explicit (repeatable; `*` loads all).
+    #[arg(long = "load-model", env = "KEEL_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
 
     /// Where versions downloaded from a registry (MLflow) are cached.
     #[arg(long, env = "KEEL_CACHE_DIR", default_value_os_t = std::env::temp_dir().join("keel-cache"))]
@@ -207,6 +218,49 @@ pub enum MonitorMode {
     Off,
 }
 
+/// How models are loaded and followed (Triton's `--model-control-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelControlMode {
+    None,
+    #[default]
+    Poll,
+    Explicit,
+}
+
+/// Where the model repository lives and how it is watched: what [`ServeConfig::repository_settings`]
+/// hands the repository.
+#[derive(Clone, Debug)]
+pub struct RepositorySettings {
+    pub root: PathBuf,
+    /// Seconds between looks at the repository and at registries; `None`: never (explicit control only).
+    pub poll: Option<Duration>,
+    pub control: ModelControlMode,
+    /// The models loaded at start-up; `None`: every model in the repository.
+    pub startup_models: Option<Vec<String>>,
+    /// Where registry versions are downloaded.
+    pub cache_dir: PathBuf,
+    /// The client for registries (MLflow): rustls, the system's roots and --ca-bundle.
+    pub registry_http: reqwest::Client,
+}
+
+/// Longest interval in seconds any setting takes (a day), as the command-line flags.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// `seconds` as a `Duration`, or an error naming `key`: never a panic, whatever the value (NaN, negative,
+/// infinite, beyond [`MAX_SECONDS`]). Zero is accepted only with `zero_ok`.
+pub fn checked_seconds(key: &str, seconds: f64, zero_ok: bool) -> Result<Duration, String> {
+    let valid = seconds.is_finite()
+        && seconds <= MAX_SECONDS
+        && (seconds > 0.0 || (zero_ok && seconds == 0.0));
+    let range = if zero_ok { "from 0" } else { "above 0" };
+    match valid {
+        true => Duration::try_from_secs_f64(seconds).map_err(|e| format!("{key}: {e}")),
+        false => Err(format!(
+            "{key} = {seconds} is not a number of seconds {range} up to {MAX_SECONDS}"
+        )),
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
@@ -239,8 +293,15 @@ impl ServeConfig {
             .build()?;
         Ok(RepositorySettings {
             root: self.model_repository.clone(),
-            poll: (self.repository_poll > 0.0)
+            poll: (self.model_control_mode == ModelControlMode::Poll && self.repository_poll > 0.0)
                 .then(|| Duration::from_secs_f64(self.repository_poll)),
+            control: self.model_control_mode,
+            startup_models: match self.model_control_mode {
+                ModelControlMode::Explicit if !self.load_model.iter().any(|m| m == "*") => {
+                    Some(self.load_model.clone())
+                }
+                _ => None,
+            },
             cache_dir: self.cache_dir.clone(),
             registry_http,
         })
@@ -266,7 +327,6 @@ impl ServeConfig {
     /// hold (NaN, infinite, negative, beyond a day), zero where at least one is needed. Flags parsed by
     /// clap are range-checked already; this also covers a `ServeConfig` built in code.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::repository::model_toml::checked_seconds;
         let limits = &self.limits;
         // (flag, seconds, whether 0 is allowed: 0 turns polling, reloading or that timeout off)
         let seconds = [
@@ -288,6 +348,12 @@ impl ServeConfig {
         ];
         for (flag, value, zero_ok) in seconds {
             checked_seconds(flag, value, zero_ok)?;
+        }
+        if !self.load_model.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
+            return Err(
+                "--load-model is only valid with --model-control-mode explicit (the other modes load every model)"
+                    .into(),
+            );
         }
         let at_least_one = [
             (
@@ -321,5 +387,36 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_never_panic() {
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            -f64::INFINITY,
+            -1.0,
+            1e300,
+            f64::MAX,
+            86_400.5,
+        ] {
+            let err = checked_seconds("--x", bad, true).unwrap_err();
+            assert!(err.contains("--x"), "{err}");
+        }
+        assert!(checked_seconds("--x", 0.0, false).is_err());
+        assert_eq!(checked_seconds("--x", 0.0, true), Ok(Duration::ZERO));
+        assert_eq!(
+            checked_seconds("--x", 1.5, false),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            checked_seconds("--x", 86_400.0, false),
+            Ok(Duration::from_secs(86_400))
+        );
     }
 }

@@ -121,6 +121,7 @@ impl ServedVersion {
             }
         }
         let inputs = self.signature.check_inputs(request.inputs)?;
+        self.backend.check_strings(&inputs)?;
         let rows = self.signature.rows(&inputs);
         let captured = self
             .log
@@ -205,4 +206,14 @@ impl Drop for RequestGuard<'_> {
             );
         }
     }
+}
+
+/// Counts a request that `served` refused before it reached the scheduler (a check against the signature
+/// while it was decoded, the in-flight budget), as [`ServedVersion::infer`] counts the requests it refuses:
+/// in `keel_inference_requests_total{outcome}` and the version's failure statistics.
+pub fn count_refused(served: &ServedVersion, protocol: Protocol, error: &Error, since: Instant) {
+    let elapsed = since.elapsed();
+    let outcome = Outcome::of(&Err::<(), _>(error.clone()));
+    served.metrics.record_request(protocol, outcome, elapsed);
+    served.stats.record_request(false, elapsed);
 }

@@ -14,7 +14,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
-use crate::repository::model_toml::ModelToml;
+use crate::model_toml::ModelToml;
 use crate::scheduler::{BatchPolicy, BatchSource, Executed, Pending};
 use crate::signature::Signature;
 use crate::stats::{Phases, Stats};

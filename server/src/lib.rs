@@ -1,10 +1,12 @@
 //! Keel's serving library: the model repository, backends, the inference core and its front ends.
-#![forbid(unsafe_code)]
+// No `unsafe` but calls into ONNX Runtime's C API (FFI), each allowed where it is: backend/onnxruntime.rs.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod backend;
 pub mod batch;
 pub mod budget;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -14,7 +16,9 @@ pub mod instance;
 pub mod listener;
 pub mod metrics;
 pub mod metrics_server;
+pub mod model_toml;
 pub mod monitoring;
+pub mod prediction_log;
 pub mod process_metrics;
 pub mod readiness;
 pub mod repository;
@@ -25,6 +29,7 @@ pub mod signature;
 pub mod stats;
 pub mod tensor;
 pub mod tls;
+pub mod triton_config;
 
 pub use config::ServeConfig;
 pub use server::Server;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel_monitor::sidecar::SidecarConfig;
+use keel_server::check::{self, CheckArgs};
 use keel_server::monitoring::baseline_cmd::{self, BaselineArgs};
 use keel_server::{ServeConfig, Server};
 use tracing_subscriber::EnvFilter;
@@ -31,12 +32,22 @@ enum Command {
     Monitor(SidecarConfig),
     /// Compute a model version's baseline.json from its training data.
     Baseline(BaselineArgs),
+    /// Validate a model repository without serving it: model.toml, each version's ONNX file on its
+    /// backend with warm-up, baseline.json against the signature, MLflow sources. Exit status 1 if any
+    /// model fails (for model publishers' CI).
+    Check(CheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `keel check` prints a report on stdout; its log (stderr) says only what went wrong.
+    let level = match cli.command {
+        Command::Check(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .init();
     let runtime = || {
@@ -44,7 +55,7 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()
     };
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(config) => runtime()?.block_on(serve(*config)),
         Command::Monitor(config) => runtime()?
             .block_on(keel_monitor::sidecar::run(config, shutdown_signal()))
@@ -52,6 +63,21 @@ fn main() -> anyhow::Result<()> {
         Command::Baseline(args) => {
             let path = baseline_cmd::run(&args).map_err(anyhow::Error::msg)?;
             println!("wrote {}", path.display());
+            Ok(())
+        }
+        Command::Check(args) => {
+            let report = runtime()?
+                .block_on(check::run(&args))
+                .map_err(anyhow::Error::msg)
+                .context("keel check")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

@@ -3,7 +3,7 @@
 //! request's timeout is enforced while it waits, so an expired request never reaches the backend.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
-use crate::repository::model_toml::DynamicBatching;
+use crate::model_toml::DynamicBatching;
 use crate::stats::Phases;
 use crate::tensor::Tensor;
 
@@ -39,6 +39,46 @@ pub struct Pending {
     /// QUEUED until either an instance claims it (RUNNING) or its waiting client gives up (EXPIRED):
     /// one atomic step decides, so a request is never both answered "timed out" and computed.
     state: Arc<AtomicU8>,
+    /// Its place among the requests `max_queue_size` counts, given back when its batch starts executing,
+    /// when its client gives up, or when it is dropped.
+    slot: Slot,
+}
+
+/// One of the `max_queue_size` places: every accepted request that is not executing yet holds one,
+/// including those an instance holds while it forms a batch (as Triton counts its queue). Released once.
+#[derive(Clone)]
+struct Slot {
+    waiting: Arc<AtomicUsize>,
+    released: Arc<AtomicBool>,
+}
+
+impl Slot {
+    /// A place, unless all `max` are taken.
+    fn take(waiting: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            waiting: waiting.clone(),
+            released: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Whichever holder goes first gives the place back: the request dropped unanswered, or its submitter
+/// done waiting (answered, timed out, or its client gone, in which case an instance will skip it).
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Pending {
@@ -65,6 +105,9 @@ pub struct BatchPolicy {
 /// The submitting side, held by the served version.
 pub struct Scheduler {
     queue: Sender<Pending>,
+    /// Accepted requests not executing yet (see [`Slot`]), at most `max_queue_size`.
+    waiting: Arc<AtomicUsize>,
+    max_queue_size: usize,
     default_timeout: Option<Duration>,
     metrics: Arc<VersionMetrics>,
 }
@@ -75,12 +118,15 @@ impl Scheduler {
         config: &DynamicBatching,
         metrics: Arc<VersionMetrics>,
     ) -> (Self, Receiver<Pending>) {
-        let (queue, rx) = crossbeam_channel::bounded(config.max_queue_size.max(1));
+        let max_queue_size = config.max_queue_size.max(1);
+        let (queue, rx) = crossbeam_channel::bounded(max_queue_size);
         let default_timeout = (config.default_timeout_us > 0)
             .then(|| Duration::from_micros(config.default_timeout_us));
         (
             Scheduler {
                 queue,
+                waiting: Arc::new(AtomicUsize::new(0)),
+                max_queue_size,
                 default_timeout,
                 metrics,
             },
@@ -111,6 +157,13 @@ impl Scheduler {
     ) -> Result<Executed> {
         let timeout = timeout.or(self.default_timeout);
         let now = Instant::now();
+        let full = || {
+            Error::Overloaded(format!(
+                "the queue of this model version is full ({} requests waiting); retry later",
+                self.max_queue_size
+            ))
+        };
+        let slot = Slot::take(&self.waiting, self.max_queue_size).ok_or_else(full)?;
         let (reply, answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let deadline = timeout.map(|t| now + t);
@@ -122,15 +175,11 @@ impl Scheduler {
             reply,
             warmup,
             state: state.clone(),
+            slot: slot.clone(),
         };
         match self.queue.try_send(pending) {
             Ok(()) => self.metrics.queue_depth.inc(),
-            Err(TrySendError::Full(_)) => {
-                return Err(Error::Overloaded(format!(
-                    "the queue of this model version is full ({} requests waiting); retry later",
-                    self.queue.capacity().unwrap_or_default()
-                )));
-            }
+            Err(TrySendError::Full(_)) => return Err(full()),
             Err(TrySendError::Disconnected(_)) => {
                 return Err(Error::Unavailable(
                     "the model version is shutting down".into(),
@@ -150,6 +199,8 @@ impl Scheduler {
                     .compare_exchange(QUEUED, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok() =>
             {
+                // Its entry stays in the channel until an instance skips it; its place is free now.
+                slot.release();
                 Err(Error::Timeout(format!(
                     "request timed out after {} µs waiting in the queue",
                     limit.as_micros()
@@ -199,6 +250,7 @@ impl BatchSource {
         let mut rows = first.rows;
         let mut batch = vec![first];
         if self.policy.max_batch_size == 0 {
+            batch[0].slot.release();
             return Some(batch);
         }
         let wait_until = batch[0].enqueued + self.policy.max_queue_delay;
@@ -225,6 +277,10 @@ impl BatchSource {
             }
             rows += next.rows;
             batch.push(next);
+        }
+        // The batch executes now: its requests leave the queue; a carried one still waits.
+        for p in &batch {
+            p.slot.release();
         }
         Some(batch)
     }
@@ -301,6 +357,7 @@ mod tests {
                 reply,
                 warmup: false,
                 state,
+                slot: Slot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap(),
             },
             answer,
         )
@@ -317,6 +374,50 @@ mod tests {
         s.queue.try_send(waiting).unwrap();
         let err = s.submit(request(1), 1, None).await.err().unwrap();
         assert!(matches!(err, Error::Overloaded(_)), "{err}");
+    }
+
+    /// Triton's accounting: a request an instance holds while it waits to fill a batch still counts
+    /// against `max_queue_size`; it stops counting once its batch executes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_held_while_a_batch_forms_count_against_max_queue_size() {
+        let config = DynamicBatching {
+            max_queue_size: 1,
+            ..DynamicBatching::default()
+        };
+        let (s, rx, metrics) = scheduler(&config);
+        let s = Arc::new(s);
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(500),
+            preferred_batch_sizes: vec![],
+        };
+        let former_metrics = metrics.clone();
+        let former = std::thread::spawn(move || {
+            let mut source = BatchSource::new(rx, policy, former_metrics);
+            source.next_batch().map(|batch| batch.len())
+        });
+        let first = tokio::spawn({
+            let s = s.clone();
+            async move { s.submit(request(1), 1, None).await }
+        });
+        // Wait until the instance has taken it off the channel and is waiting for more.
+        while metrics.queue_depth.get() != 0 || s.waiting.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let err = s.submit(request(1), 1, None).await.err().unwrap();
+        assert!(matches!(err, Error::Overloaded(_)), "{err}");
+        assert_eq!(
+            former.join().unwrap(),
+            Some(1),
+            "the batch ran with the first alone"
+        );
+        assert_eq!(
+            s.waiting.load(Ordering::Acquire),
+            0,
+            "executing: no longer queued"
+        );
+        // The batch was dropped without an answer (no instance ran it): the first request hears so.
+        assert!(first.await.unwrap().is_err());
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Server {
             observer: monitoring
                 .clone()
                 .map(|m| m as Arc<dyn crate::repository::VersionObserver>),
+            decode_request: Some(decode_warmup_request),
         };
         let settings = config.repository_settings().map_err(StartError::Outbound)?;
         let repository = Repository::new(settings, metrics.clone(), hooks).map_err(|source| {
@@ -313,4 +314,12 @@ fn seconds(value: f64) -> Option<Duration> {
     (value > 0.0)
         .then(|| Duration::try_from_secs_f64(value).ok())
         .flatten()
+}
+
+/// A V2 JSON inference request (a `[reload] warmup_request` file) as its named input tensors, by the
+/// HTTP front end's own decoder, so warm-up data means what it would mean in a request.
+pub fn decode_warmup_request(body: &[u8]) -> Result<Vec<crate::tensor::Tensor>, String> {
+    crate::http::codec::decode_request(body, None)
+        .map(|decoded| decoded.request.inputs)
+        .map_err(|e| e.to_string())
 }

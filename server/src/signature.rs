@@ -6,7 +6,7 @@ use tract_onnx::pb::{
 };
 
 use crate::error::{Error, Result};
-use crate::repository::model_toml::{ModelToml, TensorOverride};
+use crate::model_toml::{ModelToml, TensorOverride};
 use crate::tensor::{DataType, Tensor};
 
 /// Batch limit when the graph has a dynamic leading dimension and `model.toml` sets none.
@@ -52,7 +52,7 @@ impl Signature {
             for name in names {
                 if !specs.iter().any(|s| &s.name == name) {
                     return Err(format!(
-                        "model.toml [{kind}.{name}]: the graph has no such tensor"
+                        "the configuration names {kind} '{name}', but the graph has no such tensor"
                     ));
                 }
             }
@@ -120,21 +120,6 @@ impl Signature {
         }
         Ok(ordered)
     }
-}
-
-/// Counts a request that `served` refused before it reached the scheduler (a check against the signature
-/// while it was decoded, the in-flight budget), as [`ServedVersion::infer`] counts the requests it refuses:
-/// in `keel_inference_requests_total{outcome}` and the version's failure statistics.
-pub fn count_refused(
-    served: &crate::repository::ServedVersion,
-    protocol: crate::metrics::Protocol,
-    error: &Error,
-    since: std::time::Instant,
-) {
-    let elapsed = since.elapsed();
-    let outcome = crate::metrics::Outcome::of(&Err::<(), _>(error.clone()));
-    served.metrics.record_request(protocol, outcome, elapsed);
-    served.stats.record_request(false, elapsed);
 }
 
 /// Request inputs checked one header (name, datatype, shape) at a time, before any of their data is
@@ -290,6 +275,14 @@ fn tensor_spec(
             over
         }
     };
+    if let Some(expected) = over.and_then(|o| o.datatype.as_deref())
+        && !expected.eq_ignore_ascii_case(datatype.name())
+    {
+        return Err(format!(
+            "the configuration declares '{}' as {expected}, but the graph's tensor is {datatype}",
+            vi.name
+        ));
+    }
     Ok(TensorSpec {
         name: vi.name.clone(),
         datatype,

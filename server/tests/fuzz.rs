@@ -25,7 +25,7 @@ use half::f16;
 use keel_server::grpc::convert::wire::{self, WireLimits};
 use keel_server::grpc::{convert, pb};
 use keel_server::http::codec::{self, DecodeLimits};
-use keel_server::repository::model_toml::{ModelToml, SourceConfig};
+use keel_server::model_toml::{ModelToml, SourceConfig};
 use keel_server::signature::{Signature, TensorSpec};
 use keel_server::tensor::{DataType, Tensor, TensorData};
 use peak_alloc::PeakAlloc;

@@ -64,10 +64,14 @@ async fn model_metadata_config_and_readiness() {
     let (status, config) = s.get("/v2/models/breast-cancer/versions/1/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["max_batch_size"], 1024);
+    // Triton writes every field of the effective configuration, defaults included.
+    let input = &config["input"][0];
+    assert_eq!(config["input"].as_array().map(Vec::len), Some(1));
     assert_eq!(
-        config["input"],
-        json!([{ "name": "input", "data_type": "TYPE_FP32", "dims": [30] }])
+        (&input["name"], &input["data_type"], &input["dims"]),
+        (&json!("input"), &json!("TYPE_FP32"), &json!([30]))
     );
+    assert_eq!(input["optional"], false);
     assert_eq!(config["output"][1]["dims"], json!([2]));
     assert_eq!(config["output"][0]["dims"], json!([1]));
     assert_eq!(config["output"][0]["reshape"], json!({ "shape": [] }));

@@ -8,6 +8,7 @@ use reqwest::{Client, StatusCode, Url};
 use super::Secret;
 use super::signing::signature;
 use super::store::StoredEvent;
+use crate::backoff::{Backoff, jittered};
 
 /// What an attempt means for its event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,12 +91,14 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Outcome {
     }
 }
 
-/// The wait before retry number `attempts` (1 after the first failure): `initial` doubling up
-/// to `max`, times a random factor in [0.75, 1.25) so that many senders do not retry in step.
+/// How far a webhook retry's wait strays from the backoff, either way, so that many senders do not
+/// retry in step.
+const JITTER: f64 = 0.25;
+
+/// The wait before retry number `attempts` (1 after the first failure): the one [`Backoff`], `initial`
+/// doubling up to `max`, times a random factor in [0.75, 1.25) ([`JITTER`]).
 pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
-    let doublings = attempts.saturating_sub(1).min(31);
-    let base = initial.saturating_mul(1 << doublings).min(max);
-    base.mul_f64(0.75 + fastrand::f64() * 0.5)
+    jittered(Backoff::new(initial, max).delay(attempts), JITTER)
 }
 
 #[cfg(test)]

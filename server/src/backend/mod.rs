@@ -7,7 +7,7 @@ pub mod tract;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::repository::model_toml::{BackendChoice, ModelToml};
+use crate::model_toml::{BackendChoice, ModelToml};
 use crate::signature::Signature;
 use crate::stats::Phases;
 use crate::tensor::Tensor;
@@ -47,6 +47,16 @@ impl BackendKind {
                  pass --ort-library PATH or set ORT_DYLIB_PATH to libonnxruntime.so, or run `make serve` \
                  to create .venv with the pinned onnxruntime wheel"
             )),
+        }
+    }
+
+    /// Refuses BYTES elements this backend cannot take (tract: not UTF-8), as the client's error, before
+    /// the request is batched with others: one bad element must not fail its neighbours' requests.
+    /// ONNX Runtime takes any bytes.
+    pub fn check_strings(self, inputs: &[Tensor]) -> Result<()> {
+        match self {
+            BackendKind::OnnxRuntime => Ok(()),
+            BackendKind::Tract => tract::check_strings(inputs),
         }
     }
 

@@ -10,7 +10,7 @@ use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor};
 
 use super::Backend;
 use crate::error::{Error, Result};
-use crate::repository::model_toml::{ModelToml, OptimizationLevel};
+use crate::model_toml::{ModelToml, OptimizationLevel};
 use crate::signature::{Signature, TensorSpec};
 use crate::stats::Phases;
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -183,21 +183,93 @@ fn to_value(t: Tensor) -> Result<DynValue> {
         TensorData::Fp16(v) => primitive(shape, v),
         TensorData::Fp32(v) => primitive(shape, v),
         TensorData::Fp64(v) => primitive(shape, v),
-        TensorData::Bytes(v) => {
-            let strings = v
-                .into_iter()
-                .map(String::from_utf8)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| {
-                    Error::invalid(format!(
-                        "input '{}': ONNX Runtime needs UTF-8 BYTES elements",
-                        t.name
-                    ))
-                })?;
-            OrtTensor::from_string_array((shape, strings.as_slice())).map(|t| t.into_dyn())
-        }
+        TensorData::Bytes(v) => return string_tensor(&t.name, shape, v),
     };
     value.map_err(|e| Error::Internal(format!("input '{}': {e}", t.name)))
+}
+
+/// A BYTES input as an ONNX Runtime string tensor, element by element by length (see [`strings`]), so
+/// any bytes pass, NUL and non-UTF-8 included, as Triton passes them.
+fn string_tensor(input: &str, shape: Vec<usize>, items: Vec<Vec<u8>>) -> Result<DynValue> {
+    strings::tensor(shape, &items).map_err(|e| Error::Internal(format!("input '{input}': {e}")))
+}
+
+/// String tensors through ONNX Runtime's C API by length. `ort`'s own helpers go through `CString` (no
+/// NUL inside) and `String` (UTF-8 only); BYTES elements are arbitrary bytes. The only `unsafe` in the
+/// crate: calls into ONNX Runtime's C API (FFI), each on a tensor this module owns or borrows.
+#[allow(unsafe_code)]
+mod strings {
+    use ort::AsPointer;
+    use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+    /// A string tensor of `shape` holding `items`, each copied into a buffer of exactly its length.
+    pub fn tensor(shape: Vec<usize>, items: &[Vec<u8>]) -> ort::Result<DynValue> {
+        let empty = vec![""; items.len()];
+        let mut value = OrtTensor::from_string_array((shape, empty.as_slice()))?.into_dyn();
+        let api = ort::api();
+        for (index, item) in items.iter().enumerate() {
+            let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
+            // SAFETY: `value` is a string tensor of `items.len()` elements owned here; ONNX Runtime resizes
+            // element `index` to `item.len()` bytes and hands back that element's buffer, which stays valid
+            // until the element is resized again; exactly `item.len()` bytes are written into it.
+            unsafe {
+                ort::Error::result_from_status((api.GetResizedStringTensorElementBuffer)(
+                    value.ptr_mut(),
+                    index,
+                    item.len(),
+                    &mut buffer,
+                ))?;
+                if !item.is_empty() && !buffer.is_null() {
+                    std::ptr::copy_nonoverlapping(item.as_ptr(), buffer.cast::<u8>(), item.len());
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// The shape and elements of a string tensor, each read by its length.
+    pub fn read(value: &DynValue) -> ort::Result<(Vec<usize>, Vec<Vec<u8>>)> {
+        let shape: Vec<usize> = match value.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::String,
+                shape,
+                ..
+            } => shape.iter().map(|&d| d.max(0) as usize).collect(),
+            other => {
+                return Err(ort::Error::new(format!(
+                    "expected a string tensor, got {other}"
+                )));
+            }
+        };
+        let count: usize = shape.iter().product();
+        let api = ort::api();
+        let mut items = Vec::with_capacity(count);
+        for index in 0..count {
+            let mut len = 0usize;
+            // SAFETY: `value` is a string tensor of `count` elements borrowed for this call; ONNX Runtime
+            // writes the length of element `index` into `len`.
+            unsafe {
+                ort::Error::result_from_status((api.GetStringTensorElementLength)(
+                    value.ptr(),
+                    index,
+                    &mut len,
+                ))?;
+            }
+            let mut item = vec![0u8; len];
+            // SAFETY: `item` has exactly `len` bytes, the element's length read above; ONNX Runtime copies
+            // that element into it and writes nothing beyond `len`.
+            unsafe {
+                ort::Error::result_from_status((api.GetStringTensorElement)(
+                    value.ptr(),
+                    len,
+                    index,
+                    item.as_mut_ptr().cast(),
+                ))?;
+            }
+            items.push(item);
+        }
+        Ok((shape, items))
+    }
 }
 
 fn extract<T: PrimitiveTensorElementType + Clone>(
@@ -222,12 +294,8 @@ fn from_value(spec: &TensorSpec, value: &DynValue) -> ort::Result<Tensor> {
         DataType::Fp32 => extract(value).map(|(s, v)| (s, TensorData::Fp32(v)))?,
         DataType::Fp64 => extract(value).map(|(s, v)| (s, TensorData::Fp64(v)))?,
         DataType::Bytes => {
-            let (shape, strings) = value.try_extract_strings()?;
-            let shape = shape.iter().map(|d| *d as usize).collect();
-            (
-                shape,
-                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
-            )
+            let (shape, items) = strings::read(value)?;
+            (shape, TensorData::Bytes(items))
         }
     };
     Ok(Tensor {

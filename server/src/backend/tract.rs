@@ -157,17 +157,42 @@ fn to_tract(t: KeelTensor) -> Result<TValue> {
         TensorData::Bytes(v) => {
             let strings = v
                 .into_iter()
-                .map(String::from_utf8)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| {
-                    Error::invalid(format!(
-                        "input '{}': tract needs UTF-8 BYTES elements",
-                        t.name
-                    ))
-                })?;
+                .enumerate()
+                .map(|(index, item)| {
+                    String::from_utf8(item).map_err(|e| not_utf8(&t.name, index, e.utf8_error()))
+                })
+                .collect::<Result<Vec<_>>>()?;
             array(shape, strings)
         }
     }
+}
+
+/// Whether tract can take element `index` of BYTES input `input`: its string tensors are Rust `String`s,
+/// so any UTF-8, NUL included, but nothing else. Refused elements are the client's error (400 /
+/// INVALID_ARGUMENT), named by index.
+pub fn check_element(input: &str, index: usize, item: &[u8]) -> Result<()> {
+    std::str::from_utf8(item)
+        .map(drop)
+        .map_err(|e| not_utf8(input, index, e))
+}
+
+fn not_utf8(input: &str, index: usize, e: std::str::Utf8Error) -> Error {
+    Error::invalid(format!(
+        "input '{input}': BYTES element {index} is not UTF-8 ({e}); tract holds strings as UTF-8 only"
+    ))
+}
+
+/// [`check_element`] for every BYTES element of `inputs`: what a request can be checked against before
+/// it is batched with others (a refused element in a batch fails the whole batch).
+pub fn check_strings(inputs: &[KeelTensor]) -> Result<()> {
+    for t in inputs {
+        if let TensorData::Bytes(items) = &t.data {
+            for (index, item) in items.iter().enumerate() {
+                check_element(&t.name, index, item)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn slice<T: Datum + Clone>(value: &TValue) -> Result<Vec<T>> {

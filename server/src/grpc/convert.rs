@@ -8,7 +8,6 @@ pub mod wire;
 use super::pb;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
-use crate::repository::model_toml::VersionPolicy;
 use crate::repository::{IndexEntry, ServedVersion};
 use crate::signature::TensorSpec;
 use crate::stats::{DurationSnapshot, StatsSnapshot};
@@ -257,74 +256,10 @@ pub fn model_metadata(versions: Vec<String>, served: &ServedVersion) -> pb::Mode
     }
 }
 
-fn config_datatype(dt: DataType) -> i32 {
-    let name = dt.config_name();
-    pb::DataType::from_str_name(name).unwrap_or(pb::DataType::TypeInvalid) as i32
-}
-
-pub fn model_config(served: &ServedVersion) -> pb::ModelConfig {
-    let sig = &served.signature;
-    let input = sig
-        .inputs
-        .iter()
-        .map(|s| {
-            let (dims, reshape) = s.config_dims(sig.max_batch_size);
-            pb::ModelInput {
-                name: s.name.clone(),
-                data_type: config_datatype(s.datatype),
-                dims,
-                reshape: reshape.map(|shape| pb::ModelTensorReshape { shape }),
-            }
-        })
-        .collect();
-    let output = sig
-        .outputs
-        .iter()
-        .map(|s| {
-            let (dims, reshape) = s.config_dims(sig.max_batch_size);
-            pb::ModelOutput {
-                name: s.name.clone(),
-                data_type: config_datatype(s.datatype),
-                dims,
-                reshape: reshape.map(|shape| pb::ModelTensorReshape { shape }),
-            }
-        })
-        .collect();
-    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let policy = match &served.config.version_policy {
-        VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
-        VersionPolicy::All => PolicyChoice::All(All {}),
-        VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
-            versions: v.iter().map(|&v| v as i64).collect(),
-        }),
-    };
-    pb::ModelConfig {
-        name: served.model.clone(),
-        platform: crate::http::metadata::PLATFORM.to_string(),
-        backend: "onnxruntime".into(),
-        runtime: served.backend.name().into(),
-        max_batch_size: sig.max_batch_size as i32,
-        input,
-        output,
-        version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(policy),
-        }),
-        instance_group: vec![pb::ModelInstanceGroup {
-            name: served.model.clone(),
-            count: served.config.instance_count() as i32,
-            kind: pb::model_instance_group::Kind::Cpu as i32,
-        }],
-        dynamic_batching: (sig.max_batch_size > 0).then(|| pb::ModelDynamicBatching {
-            preferred_batch_size: served
-                .config
-                .dynamic_batching
-                .preferred_batch_sizes
-                .iter()
-                .map(|&n| n as i32)
-                .collect(),
-            max_queue_delay_microseconds: served.config.dynamic_batching.max_queue_delay_us,
-        }),
-    }
+/// The effective configuration (shared with HTTP's `/config`; see [`crate::triton_config::effective`]).
+/// The service's ModelConfig is Triton's full message (build.rs maps it onto `triton_config::pb`).
+pub fn model_config(served: &ServedVersion) -> crate::triton_config::pb::ModelConfig {
+    crate::triton_config::effective(served)
 }
 
 fn duration(d: DurationSnapshot) -> Option<pb::StatisticDuration> {

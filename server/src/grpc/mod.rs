@@ -43,14 +43,19 @@ pub struct GrpcState {
     pub max_bytes_elements: usize,
 }
 
-/// The tonic service with gzip both ways and the configured message size limit.
+/// The tonic service with gzip and deflate both ways (what tritonclient.grpc's `compression_algorithm`
+/// sends; a response takes the first of them the client's `grpc-accept-encoding` lists) and the
+/// configured message size limit. ModelInfer and ModelStreamInfer are served by
+/// `convert::guard::grpc`, with the same codings.
 pub fn service(
     state: GrpcState,
     max_message_bytes: usize,
 ) -> GrpcInferenceServiceServer<GrpcState> {
     GrpcInferenceServiceServer::new(state)
         .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
         .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)
 }
@@ -116,7 +121,7 @@ impl GrpcState {
                         Ok(permit)
                     });
                 let permit = checked.inspect_err(|e| {
-                    crate::signature::count_refused(&served, Protocol::Grpc, e, since)
+                    crate::infer::count_refused(&served, Protocol::Grpc, e, since)
                 })?;
                 (message, served, permit)
             }

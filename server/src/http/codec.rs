@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::json_data;
+use super::{compression, json_data};
 use crate::budget::{Budget, Permit};
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
@@ -61,7 +61,39 @@ pub fn json_length(headers: &HeaderMap) -> Result<Option<usize>> {
 /// (429 when spent): a declared Content-Length is checked against both before a byte is read; the bytes
 /// are held as they arrive (so a client that declares much and sends slowly holds only what it sent), and
 /// the body is cut off as soon as it passes either.
+///
+/// A body sent with `Content-Encoding: gzip` or `deflate` is then inflated, and `limit` bounds the
+/// inflated size too: inflating stops as soon as it would pass it (413), so a zip bomb costs at most the
+/// limit. While it inflates, the body is held from the budget at what it may inflate to (1032 bytes per
+/// compressed byte, capped at the limit), then at its inflated size.
 pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    budget: &Budget,
+) -> Result<(bytes::Bytes, Permit)> {
+    // The router's middleware answers 415 before this; direct callers get a 400.
+    let coding = compression::request_coding(headers).map_err(|coding| {
+        Error::invalid(format!(
+            "unsupported Content-Encoding '{coding}' (gzip, deflate or identity)"
+        ))
+    })?;
+    let (body, mut permit) = read_encoded_body(headers, body, limit, budget).await?;
+    let Some(coding) = coding else {
+        return Ok((body, permit));
+    };
+    permit.grow(
+        body.len()
+            .saturating_mul(compression::MAX_INFLATE_RATIO)
+            .min(limit),
+    )?;
+    let inflated = compression::inflate(coding, body, limit).await?;
+    permit.resize(inflated.len())?;
+    Ok((inflated, permit))
+}
+
+/// The body as it came over the wire (compressed, if it was).
+async fn read_encoded_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -263,12 +295,16 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
 
 /// Decodes a request body, checking every input against `limits` before its data is decoded, and
 /// growing `permit` by the decoded tensors' size before they are built (429 when the budget is spent).
+/// `json_len` 0 makes the body a raw binary request (see [`decode_raw_request`]).
 pub fn decode_request_with(
     body: &[u8],
     json_len: Option<usize>,
     limits: DecodeLimits,
     permit: Option<&mut Permit>,
 ) -> Result<DecodedRequest> {
+    if json_len == Some(0) {
+        return decode_raw_request(body, limits, permit);
+    }
     let (json, binary) = match json_len {
         None => (body, &[][..]),
         Some(n) if n <= body.len() => body.split_at(n),
@@ -384,6 +420,137 @@ pub fn decode_request_with(
         },
         binary: binary_outputs,
         tensor_bytes: checks.tensor_bytes,
+    })
+}
+
+/// Triton's raw binary request: `Inference-Header-Content-Length: 0` and a body that is nothing but the
+/// data of the model's one input, whose datatype and shape come from the model's configuration. As
+/// Triton's `InferenceRequest::Normalize` does it:
+///
+/// - the model must have exactly one input;
+/// - a batching model (`max_batch_size` > 0) gets a batch of one;
+/// - a fixed-size datatype may have at most one variable dimension besides the batch, sized from the
+///   body's length, which must be a whole number of rows (without one, exactly shape x element size);
+/// - a BYTES input must hold exactly one element (shape [1]), and the whole body is that element:
+///   Triton prepends its 4-byte length itself, so the body carries none;
+/// - every output comes back, in binary form.
+///
+/// All of it is checked from the body's length before anything is allocated; the tensor's size is then
+/// taken from `permit`, as for any request.
+pub fn decode_raw_request(
+    body: &[u8],
+    limits: DecodeLimits,
+    permit: Option<&mut Permit>,
+) -> Result<DecodedRequest> {
+    const RAW: &str = "raw binary request (Inference-Header-Content-Length: 0)";
+    let signature = limits.signature.ok_or_else(|| {
+        Error::invalid(format!(
+            "a {RAW} needs the model's configuration to say what the body holds"
+        ))
+    })?;
+    let spec = match signature.inputs.as_slice() {
+        [spec] => spec,
+        inputs => {
+            let names: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::invalid(format!(
+                "a {RAW} needs a model with exactly one input; this model has {} ({})",
+                inputs.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let name = &spec.name;
+    let datatype = spec.datatype;
+    let batched = signature.max_batch_size > 0;
+    let dims = &spec.shape[usize::from(batched).min(spec.shape.len())..];
+    let mut shape: Vec<usize> = Vec::with_capacity(spec.shape.len());
+    if batched {
+        shape.push(1);
+    }
+    // Positions of the variable dimensions in `shape`.
+    let mut variable = Vec::new();
+    let mut fixed = 1usize;
+    for &d in dims {
+        match usize::try_from(d) {
+            Ok(d) => {
+                fixed = fixed.saturating_mul(d);
+                shape.push(d);
+            }
+            Err(_) => {
+                variable.push(shape.len());
+                shape.push(0);
+            }
+        }
+    }
+    let count = match (datatype.size(), variable.as_slice()) {
+        (None, []) if fixed == 1 => 1,
+        (None, _) => {
+            return Err(Error::invalid(format!(
+                "a {RAW} carries one BYTES element, but input '{name}' has shape {dims:?} (not [1])"
+            )));
+        }
+        (Some(_), [_, _, ..]) => {
+            return Err(Error::invalid(format!(
+                "a {RAW} cannot size input '{name}': its shape {dims:?} has more than one variable dimension"
+            )));
+        }
+        (Some(_), []) => {
+            check_wire_len(datatype, fixed, body.len()).map_err(|e| {
+                Error::invalid(format!("{RAW}: input '{name}' shape {shape:?}: {e}"))
+            })?;
+            fixed
+        }
+        (Some(size), &[axis]) => {
+            let row = fixed.saturating_mul(size);
+            let rows = match (row, body.len()) {
+                (0, 0) => 0,
+                (0, _) => {
+                    return Err(Error::invalid(format!(
+                        "{RAW}: input '{name}' shape {dims:?} holds no elements, but the body has {} bytes",
+                        body.len()
+                    )));
+                }
+                (row, len) if len % row != 0 => {
+                    return Err(Error::invalid(format!(
+                        "{RAW}: input '{name}' takes {datatype} rows of {row} bytes (shape {dims:?}); {len} bytes is not a whole number of them"
+                    )));
+                }
+                (row, len) => len / row,
+            };
+            shape[axis] = rows;
+            rows.saturating_mul(fixed)
+        }
+    };
+    // The shape against the signature as any request's is (batch size, max_batch_size).
+    InputHeaders::new(signature).check(name, datatype, &shape)?;
+    if datatype == DataType::Bytes {
+        count_bytes_elements(&mut 0, count, limits.max_bytes_elements)?;
+    }
+    let tensor_bytes = decoded_bytes(datatype, count, body.len());
+    if let Some(permit) = permit {
+        permit.grow(tensor_bytes)?;
+    }
+    let data = match datatype {
+        DataType::Bytes => TensorData::Bytes(vec![body.to_vec()]),
+        _ => TensorData::from_le_bytes(datatype, body, count)
+            .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
+    };
+    Ok(DecodedRequest {
+        request: InferRequest {
+            id: None,
+            inputs: vec![Tensor {
+                name: name.clone(),
+                shape,
+                data,
+            }],
+            outputs: None,
+            timeout: None,
+        },
+        binary: BinaryOutputs {
+            default: true,
+            overrides: HashMap::new(),
+        },
+        tensor_bytes,
     })
 }
 
@@ -1126,6 +1293,92 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&body[..], br#"{"error":"x"}"#);
+    }
+
+    #[test]
+    fn raw_binary_requests_take_their_shape_from_the_signature() {
+        let one = |datatype, shape: &[i64], max_batch_size| Signature {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype,
+                shape: shape.to_vec(),
+            }],
+            outputs: Vec::new(),
+            max_batch_size,
+        };
+        let raw = |sig: &Signature, body: &[u8]| {
+            let limits = DecodeLimits {
+                signature: Some(sig),
+                max_bytes_elements: 4,
+            };
+            decode_request_with(body, Some(0), limits, None)
+        };
+        let refused = |sig: &Signature, body: &[u8]| match raw(sig, body) {
+            Ok(_) => panic!("accepted {body:?}"),
+            Err(e) => e.to_string(),
+        };
+        // Fixed dimensions: a batch of one, exactly shape x element size.
+        let fixed = one(DataType::Fp32, &[-1, 2], 8);
+        let decoded = raw(&fixed, &[0; 8]).unwrap();
+        let t = &decoded.request.inputs[0];
+        assert_eq!((t.shape.as_slice(), t.data.len()), (&[1, 2][..], 2));
+        assert!(decoded.binary.is_binary("anything"));
+        assert_eq!(decoded.request.outputs, None);
+        assert_eq!(decoded.tensor_bytes, 8);
+        let err = refused(&fixed, &[0; 7]);
+        assert!(err.contains("needs 8 bytes, got 7"), "{err}");
+        // One variable dimension besides the batch: sized from the body, in whole rows.
+        let rows = one(DataType::Int16, &[-1, -1, 3], 8);
+        let decoded = raw(&rows, &[0; 24]).unwrap();
+        assert_eq!(decoded.request.inputs[0].shape, vec![1, 4, 3]);
+        let err = refused(&rows, &[0; 25]);
+        assert!(err.contains("rows of 6 bytes"), "{err}");
+        // Without batching the leading -1 is the variable dimension.
+        let unbatched = one(DataType::Uint8, &[-1, 2], 0);
+        assert_eq!(
+            raw(&unbatched, &[1; 6]).unwrap().request.inputs[0].shape,
+            vec![3, 2]
+        );
+        let err = refused(&one(DataType::Fp32, &[-1, -1, -1], 8), &[0; 8]);
+        assert!(err.contains("more than one variable dimension"), "{err}");
+        // BYTES: one element, the whole body, NUL and non-UTF-8 bytes included.
+        let text = one(DataType::Bytes, &[-1, 1], 8);
+        let decoded = raw(&text, b"a\0\xffb").unwrap();
+        let t = &decoded.request.inputs[0];
+        assert_eq!(t.shape, vec![1, 1]);
+        assert_eq!(t.data, TensorData::Bytes(vec![b"a\0\xffb".to_vec()]));
+        assert_eq!(
+            raw(&one(DataType::Bytes, &[], 0), b"")
+                .unwrap()
+                .request
+                .inputs[0]
+                .shape,
+            Vec::<usize>::new()
+        );
+        for shape in [&[-1, 3][..], &[-1, -1]] {
+            let err = refused(&one(DataType::Bytes, shape, 8), b"abc");
+            assert!(err.contains("one BYTES element"), "{err}");
+        }
+        // Not one input, or no signature to say what the body is.
+        let err = refused(&signature(), &[0; 8]);
+        assert!(
+            err.contains("exactly one input; this model has 2 (x, s)"),
+            "{err}"
+        );
+        let err = decode_request(&[0; 8], Some(0))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("needs the model's configuration"), "{err}");
+        // The tensor's bytes come from the budget before it is built.
+        let budget = Budget::unmetered(4);
+        let mut permit = budget.empty();
+        let limits = DecodeLimits {
+            signature: Some(&fixed),
+            max_bytes_elements: 4,
+        };
+        let err = decode_request_with(&[0; 8], Some(0), limits, Some(&mut permit));
+        assert!(matches!(err, Err(Error::PayloadTooLarge(_))));
     }
 
     #[test]

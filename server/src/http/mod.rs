@@ -1,6 +1,7 @@
 //! The KServe V2 REST front end (with Triton's binary tensor and model configuration extensions).
 
 pub mod codec;
+pub mod compression;
 pub mod json_data;
 pub mod metadata;
 pub mod serve;
@@ -111,6 +112,9 @@ pub fn router(state: HttpState) -> Router {
         .layer(axum::middleware::map_response(codec::json_error_body))
         // The infer handler enforces its own, configurable limit with a JSON error.
         .layer(DefaultBodyLimit::disable())
+        // Outermost: 415 for a body coding Keel cannot read, before anything reads it; compressed
+        // answers for clients that ask (`Accept-Encoding`).
+        .layer(axum::middleware::from_fn(compression::layer))
         .with_state(state)
 }
 
@@ -222,7 +226,7 @@ async fn infer(
     let served = state.infer.version(model, version)?;
     let since = std::time::Instant::now();
     let refused = |e: Error, served: &crate::repository::ServedVersion| {
-        crate::signature::count_refused(served, Protocol::Http, &e, since);
+        crate::infer::count_refused(served, Protocol::Http, &e, since);
         e
     };
     let json_len = codec::json_length(&headers).map_err(|e| refused(e, &served))?;
@@ -376,7 +380,7 @@ async fn feedback(
     state.infer.repository().model(&model)?;
     let (body, _permit) =
         codec::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
-    let now = monitoring::now_ms();
+    let now = crate::prediction_log::now_ms();
     let items = if body.len() > INLINE_DECODE_BYTES {
         let model = model.clone();
         tokio::task::spawn_blocking(move || monitoring::feedback::parse(&model, &body, now))

@@ -8,8 +8,7 @@ use tract_onnx::prelude::Framework;
 
 use super::BASELINE_FILE;
 use crate::backend::{BackendKind, onnxruntime};
-use crate::repository::model_toml::ModelToml;
-use crate::repository::{CONFIG_FILE, MODEL_FILE};
+use crate::repository::MODEL_FILE;
 use crate::signature::Signature;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -44,7 +43,8 @@ pub struct BaselineArgs {
 pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
     let model_dir = args.model_repository.join(&args.model);
     let dir = model_dir.join(args.version.to_string());
-    let config = ModelToml::load(&model_dir.join(CONFIG_FILE))?;
+    // model.toml or config.pbtxt, as `keel serve` reads them.
+    let config = crate::triton_config::load(&model_dir)?.config;
     let file = dir.join(MODEL_FILE);
     let proto = tract_onnx::onnx()
         .proto_model_for_path(&file)
@@ -89,7 +89,7 @@ pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
         for (column, tensor) in outputs.iter_mut().zip(&result) {
             let per_row = tensor.data.len() / n.max(1);
             for row in 0..n {
-                column.push(super::rows::values(
+                column.push(crate::prediction_log::values(
                     &tensor.data,
                     row * per_row..(row + 1) * per_row,
                 ));

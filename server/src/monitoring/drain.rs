@@ -18,8 +18,8 @@ use keel_monitor::parquet_log::ParquetSink;
 use keel_monitor::{ModelSpec, Monitor, PredictionRecord};
 use prometheus::IntCounterVec;
 
-use super::log::{ItemKind, LogItem, PredictionLog, reason};
 use super::sidecar_client::SidecarHandle;
+use crate::prediction_log::{ItemKind, LogItem, PredictionLog, reason};
 
 /// Items (requests, feedback posts) handed to the sinks at once.
 const BATCH_ITEMS: usize = 4096;

@@ -1,12 +1,11 @@
-//! Keel watching its own models, server side: the prediction log on the request path, the drain thread
-//! that feeds the sinks (embedded monitor, sidecar, Parquet files), version specs for the monitor as
-//! versions come and go, and ground-truth feedback.
+//! Keel watching its own models, server side: the drain thread that feeds what the prediction log
+//! ([`crate::prediction_log`]) queued to the sinks (embedded monitor, sidecar, Parquet files), version
+//! specs for the monitor as versions come and go (it is the repository's [`VersionObserver`]), and
+//! ground-truth feedback.
 
 pub mod baseline_cmd;
 mod drain;
 pub mod feedback;
-mod log;
-mod rows;
 mod sidecar_client;
 
 use std::sync::{Arc, Mutex};
@@ -19,9 +18,8 @@ use keel_monitor::{Baseline, FeedbackRecord, FeedbackSummary, ModelSpec, Monitor
 use prometheus::Registry;
 
 use crate::config::{MonitorMode, ServeConfig};
+use crate::prediction_log::{LogLimits, PredictionLog};
 use crate::repository::{ServedVersion, VersionObserver};
-pub use log::{LogLimits, PredictionLog, VersionLog, now_ms};
-pub use rows::Captured;
 
 use drain::{Control, Sinks};
 use sidecar_client::SidecarHandle;

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keel_monitor::auth::ClientToken;
+use keel_monitor::backoff::Backoff;
 use keel_monitor::outbound::{redact_url, warn_if_credentials_exposed};
 use keel_monitor::sidecar::convert::{
     CHUNK_BYTES, Chunked, MAX_SENT_MESSAGE_BYTES, feedback_messages, records_messages,
@@ -40,7 +41,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::drain::count_by_model;
-use super::log::reason;
+use crate::prediction_log::reason;
 
 /// Messages waiting for the stream; beyond this the sidecar is too slow and rows are dropped.
 const QUEUE_MESSAGES: usize = 1024;
@@ -48,6 +49,7 @@ const QUEUE_MESSAGES: usize = 1024;
 pub const QUEUE_BYTES: usize = 32 << 20;
 /// Messages handed to a stream that tonic has not taken yet.
 const STREAM_MESSAGES: usize = 16;
+/// Waits between reconnection attempts: doubling from the first up to the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a new stream must stay open before rows go on it: a sidecar refuses a token at once.
@@ -298,7 +300,7 @@ async fn stream_forever(
 ) {
     // Endpoints hold no credentials, but logs never show one if a user put it there.
     let shown = redact_url(&endpoint);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut outage: Option<Outage> = None;
     loop {
         let failure = match connect(&endpoint, &token).await {
@@ -338,7 +340,7 @@ async fn stream_forever(
                     None => {
                         tracing::info!(endpoint = %shown, "streaming to the monitor sidecar");
                         outage = None;
-                        backoff = FIRST_BACKOFF;
+                        backoff.reset();
                         if !forward(&mut rx, stream_tx, call, &dropped).await {
                             return;
                         }
@@ -368,10 +370,9 @@ async fn stream_forever(
             outage = Some(kind);
         }
         // Whatever waits now would be stale by the time the sidecar takes rows again.
-        if !discard(&mut rx, &dropped, backoff).await {
+        if !discard(&mut rx, &dropped, backoff.next_delay()).await {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -7,21 +7,15 @@ use std::time::Duration;
 
 use tract_onnx::prelude::Framework;
 
-use super::model_toml::ModelToml;
 use super::scan::Fingerprint;
-use super::{MODEL_FILE, ServedVersion};
+use super::{Hooks, MODEL_FILE, ServedVersion, warmup};
 use crate::backend::BackendKind;
 use crate::instance::{self, InstanceSpec};
 use crate::metrics::Metrics;
-use crate::monitoring::PredictionLog;
+use crate::model_toml::ModelToml;
 use crate::scheduler::{BatchPolicy, Scheduler};
-use crate::signature::{Signature, TensorSpec};
+use crate::signature::Signature;
 use crate::stats::Stats;
-use crate::tensor::{Tensor, TensorData};
-
-/// Rows per warm-up inference when the model sets no preferred batch size: enough to size the backend's
-/// buffers for real batches without making a large model's load noticeably slower.
-const WARMUP_ROWS: usize = 64;
 
 /// What a version is loaded from.
 pub struct VersionFiles {
@@ -33,7 +27,7 @@ pub struct VersionFiles {
 
 pub async fn load_version(
     metrics: &Arc<Metrics>,
-    log: Option<&PredictionLog>,
+    hooks: &Hooks,
     name: &str,
     version: u64,
     files: VersionFiles,
@@ -94,65 +88,14 @@ pub async fn load_version(
         config_fingerprint: files.config_fingerprint,
         log: None,
     };
-    warm_up(&served).await?;
+    warmup::warm_up(&served, hooks.decode_request).await?;
     // Logging starts after warm-up: its zero rows are not traffic.
     let sample_rate = config.monitor.as_ref().map_or(1.0, |m| m.sample_rate);
-    served.log = log.map(|l| l.for_version(name, &served.signature, sample_rate));
+    served.log = hooks
+        .log
+        .as_ref()
+        .map(|l| l.for_version(name, &served.signature, sample_rate));
     Ok(served)
-}
-
-/// Runs `warmup_runs` zero-filled inferences at batch size, straight through the scheduler so they
-/// appear in no request metrics.
-async fn warm_up(served: &ServedVersion) -> Result<(), String> {
-    let rows = match served.signature.max_batch_size as usize {
-        0 => 1,
-        max => served
-            .config
-            .dynamic_batching
-            .preferred_batch_sizes
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(WARMUP_ROWS)
-            .min(max),
-    };
-    for _ in 0..served.config.reload.warmup_runs {
-        let inputs = served
-            .signature
-            .inputs
-            .iter()
-            .map(|spec| zeros(spec, rows, served.signature.max_batch_size > 0))
-            .collect::<Result<Vec<_>, String>>()?;
-        served
-            .scheduler
-            .warm_up(inputs, rows)
-            .await
-            .map_err(|e| format!("warm-up inference failed: {e}"))?;
-    }
-    Ok(())
-}
-
-fn zeros(spec: &TensorSpec, rows: usize, batched: bool) -> Result<Tensor, String> {
-    let shape: Vec<usize> = spec
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| match d {
-            _ if i == 0 && batched => rows,
-            d if d < 0 => 1,
-            d => d as usize,
-        })
-        .collect();
-    let count: usize = shape.iter().product();
-    // Fixed-size types are all-zero bytes; BYTES elements are a zero length prefix each (empty strings).
-    let width = spec.datatype.size().unwrap_or(4);
-    let data = TensorData::from_le_bytes(spec.datatype, &vec![0u8; count * width], count)
-        .map_err(|e| format!("warm-up input '{}': {e}", spec.name))?;
-    Ok(Tensor {
-        name: spec.name.clone(),
-        shape,
-        data,
-    })
 }
 
 /// Clients built against `old` keep working against `new`: same tensors, datatypes and shapes.
@@ -190,6 +133,7 @@ fn compatible(old: &Signature, new: &Signature) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::TensorSpec;
     use crate::tensor::DataType;
 
     fn sig(shape: Vec<i64>, datatype: DataType) -> Signature {
@@ -223,17 +167,5 @@ mod tests {
                 .unwrap_err()
                 .contains("'y' is gone")
         );
-    }
-
-    #[test]
-    fn warm_up_inputs_fill_the_batch() {
-        let spec = TensorSpec {
-            name: "s".into(),
-            datatype: DataType::Bytes,
-            shape: vec![-1, -1, 2],
-        };
-        let t = zeros(&spec, 4, true).unwrap();
-        assert_eq!(t.shape, vec![4, 1, 2]);
-        assert_eq!(t.data, TensorData::Bytes(vec![Vec::new(); 8]));
     }
 }

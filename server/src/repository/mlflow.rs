@@ -8,11 +8,11 @@ use std::time::Duration;
 use keel_monitor::outbound::{redact_url, warn_if_credentials_exposed};
 use serde::Deserialize;
 
-use super::model_toml::MlflowSource;
 use super::{CONFIG_FILE, MODEL_FILE, blocking};
+use crate::model_toml::MlflowSource;
 
 /// Artifacts copied next to the model when the registered version has them.
-const OPTIONAL_ARTIFACTS: [&str; 2] = ["baseline.json", CONFIG_FILE];
+const OPTIONAL_ARTIFACTS: [&str; 3] = ["baseline.json", CONFIG_FILE, "config.pbtxt"];
 /// Marks a cache directory whose download finished.
 const COMPLETE_MARKER: &str = ".complete";
 /// Refuse artifacts beyond this size rather than fill the disk.

@@ -11,10 +11,13 @@
 
 mod loader;
 mod mlflow;
-pub mod model_toml;
 mod reconcile;
 pub mod scan;
+pub mod warmup;
 pub mod watcher;
+
+pub use loader::{VersionFiles, load_version};
+pub use mlflow::MlflowClient;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,13 +27,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::backend::BackendKind;
+use crate::config::{ModelControlMode, RepositorySettings};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::monitoring::{PredictionLog, VersionLog};
+use crate::model_toml::ModelToml;
+use crate::prediction_log::{PredictionLog, VersionLog};
 use crate::scheduler::Scheduler;
 use crate::signature::Signature;
 use crate::stats::Stats;
-use model_toml::ModelToml;
 use scan::{Fingerprint, Scanner};
 
 pub const MODEL_FILE: &str = "model.onnx";
@@ -67,6 +71,8 @@ pub trait VersionObserver: Send + Sync {
 pub struct Hooks {
     pub log: Option<PredictionLog>,
     pub observer: Option<Arc<dyn VersionObserver>>,
+    /// Decodes `[reload] warmup_request` files (V2 JSON); without it such a model fails to load.
+    pub decode_request: Option<warmup::DecodeRequest>,
 }
 
 impl Drop for ServedVersion {
@@ -138,18 +144,6 @@ impl ModelEntry {
     }
 }
 
-/// Where the repository lives and how it is watched.
-#[derive(Clone, Debug)]
-pub struct RepositorySettings {
-    pub root: PathBuf,
-    /// Seconds between looks at the repository and at registries; `None`: never (explicit control only).
-    pub poll: Option<Duration>,
-    /// Where registry versions are downloaded.
-    pub cache_dir: PathBuf,
-    /// The client for registries (MLflow): rustls, the system's roots and --ca-bundle.
-    pub registry_http: reqwest::Client,
-}
-
 pub struct Repository {
     settings: RepositorySettings,
     models: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
@@ -203,7 +197,22 @@ impl Repository {
         metrics: Arc<Metrics>,
         hooks: Hooks,
     ) -> std::io::Result<Self> {
-        model_dirs(&settings.root)?;
+        let found = model_dirs(&settings.root)?;
+        // A model named for start-up that is not there is a mistake in the command line, as in Triton.
+        if let Some(missing) = settings
+            .startup_models
+            .iter()
+            .flatten()
+            .find(|name| !found.contains(name))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "--load-model {missing}: no such model directory in {}",
+                    settings.root.display()
+                ),
+            ));
+        }
         Ok(Repository {
             settings,
             models: ArcSwap::from_pointee(BTreeMap::new()),
@@ -220,9 +229,12 @@ impl Repository {
     /// graph, a hung registry) holds one of the four. A model that fails is logged and recorded.
     pub async fn load_all(&self) {
         let root = self.settings.root.clone();
-        let names = blocking(move || model_dirs(&root).unwrap_or_default())
+        let mut names = blocking(move || model_dirs(&root).unwrap_or_default())
             .await
             .unwrap_or_default();
+        if let Some(wanted) = &self.settings.startup_models {
+            names.retain(|name| wanted.contains(name));
+        }
         let queue = Mutex::new(names.into_iter());
         let take = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
         let worker = async || {
@@ -315,6 +327,7 @@ impl Repository {
     /// Requests already running on a replaced version finish on it. Resumes polling of a parked model.
     /// Waits for this model's look in progress, if any; never for another model's.
     pub async fn load_model(&self, name: &str) -> Result<()> {
+        self.control_allowed("load")?;
         check_model_name(name)?;
         let dir = self.settings.root.join(name);
         let exists = blocking(move || dir.is_dir())
@@ -336,6 +349,7 @@ impl Repository {
     /// requests hold their version and finish; its instance threads end when the last of them does. A
     /// load of the model in progress is not waited for: its result is discarded.
     pub async fn unload_model(&self, name: &str) -> Result<()> {
+        self.control_allowed("unload")?;
         check_model_name(name)?;
         let mut table = self.table();
         let Some(old) = self.models.load().get(name).cloned() else {
@@ -355,6 +369,17 @@ impl Repository {
         drop(table);
         tracing::info!(model = name, "model unloaded");
         Ok(())
+    }
+
+    /// With `--model-control-mode none` the set of models is fixed at start-up, as in Triton.
+    fn control_allowed(&self, action: &str) -> Result<()> {
+        match self.settings.control {
+            ModelControlMode::None => Err(Error::invalid(format!(
+                "cannot {action} models: --model-control-mode none loads every model once at start-up \
+                 (use explicit or poll to load and unload through the API)"
+            ))),
+            ModelControlMode::Poll | ModelControlMode::Explicit => Ok(()),
+        }
     }
 
     /// The table lock (see the module's doc).

@@ -10,14 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_monitor::backoff::Backoff;
+
 use super::loader::{VersionFiles, load_version};
 use super::mlflow::MlflowClient;
-use super::model_toml::{MlflowSource, ModelToml, SourceConfig, checked_seconds};
 use super::scan::{Candidate, Fingerprint, Scanner, version_dirs};
 use super::{
-    CONFIG_FILE, Failure, MODEL_FILE, ModelEntry, Repository, ServedVersion, Table, VersionState,
-    blocking, in_place,
+    Failure, MODEL_FILE, ModelEntry, Repository, ServedVersion, Table, VersionState, blocking,
+    in_place,
 };
+use crate::config::checked_seconds;
+use crate::model_toml::{MlflowSource, ModelToml, SourceConfig};
+use crate::triton_config;
 
 /// Longest wait before a failed load or an unreachable registry is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -38,6 +42,8 @@ struct Plan {
     /// Identifies the configuration text; a change reloads every version.
     config_fingerprint: Fingerprint,
     candidates: Vec<Candidate>,
+    /// What the configuration asks for that Keel does not do; logged when it is first loaded.
+    warnings: Vec<String>,
 }
 
 /// What the model's directory says, read on the blocking pool.
@@ -51,6 +57,7 @@ enum Local {
         source: MlflowSource,
         config: ModelToml,
         text: String,
+        warnings: Vec<String>,
     },
 }
 
@@ -93,6 +100,20 @@ impl Repository {
             Err(why) => return Err(self.source_failed(name, current, why)),
         };
         self.source_ok(name, &plan.config);
+        // Warnings about the configuration, once per configuration: when no version was loaded (or failed)
+        // with it yet, and on every explicit load.
+        let seen = current.as_ref().is_some_and(|c| {
+            c.ready_versions()
+                .any(|v| v.config_fingerprint == plan.config_fingerprint)
+                || c.failures
+                    .values()
+                    .any(|f| f.config == plan.config_fingerprint)
+        });
+        if mode == Mode::Explicit || !seen {
+            for warning in &plan.warnings {
+                tracing::warn!(model = name, "{warning}");
+            }
+        }
         let old = current
             .clone()
             .unwrap_or_else(|| Arc::new(ModelEntry::empty(name)));
@@ -127,7 +148,11 @@ impl Repository {
                 source,
                 config,
                 text,
-            } => self.plan_mlflow(name, source, config, text).await.map(Some),
+                warnings,
+            } => self
+                .plan_mlflow(name, source, config, text, warnings)
+                .await
+                .map(Some),
         }
     }
 
@@ -138,6 +163,7 @@ impl Repository {
         source: MlflowSource,
         config: ModelToml,
         text: String,
+        warnings: Vec<String>,
     ) -> Result<Plan, String> {
         let client = MlflowClient::new(&source, &self.settings.registry_http)?;
         let cache = self.settings.cache_dir.join(name);
@@ -176,7 +202,7 @@ impl Repository {
         let files = client.fetch_version(&source.name, version, &cache).await?;
         let (dir, alias) = (cache.clone(), source.alias.clone());
         blocking(move || super::mlflow::remember_alias(&dir, &alias, version)).await?;
-        blocking(move || registry_plan(version, files, config, text)).await?
+        blocking(move || registry_plan(version, files, config, text, warnings)).await?
     }
 
     /// Loads what the plan needs and decides each version's state.
@@ -238,7 +264,7 @@ impl Repository {
             let started = Instant::now();
             let result = load_version(
                 &self.metrics,
-                self.hooks.log.as_ref(),
+                &self.hooks,
                 name,
                 v,
                 files,
@@ -432,19 +458,14 @@ impl Repository {
     }
 }
 
-/// Reads `dir`'s model.toml and, for a filesystem model, finds its versions. Blocking.
+/// Reads `dir`'s configuration (model.toml or config.pbtxt, [`triton_config::load`]) and, for a filesystem
+/// model, finds its versions. Blocking.
 fn read_local(dir: &Path, scanner: &Scanner, trust_first_look: bool) -> Result<Local, String> {
     if !dir.is_dir() {
         return Ok(Local::Gone);
     }
-    let path = dir.join(CONFIG_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let config = ModelToml::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    match &config.source {
+    let loaded = triton_config::load(dir)?;
+    match &loaded.config.source {
         None => {
             let found = version_dirs(dir);
             if found.is_empty() {
@@ -453,37 +474,42 @@ fn read_local(dir: &Path, scanner: &Scanner, trust_first_look: bool) -> Result<L
                     dir.display()
                 ));
             }
-            let selected = config.version_policy.select(&found);
+            let selected = loaded.config.version_policy.select(&found);
             Ok(Local::Files(Plan {
                 candidates: scanner.candidates(dir, &selected, trust_first_look),
-                config_fingerprint: Fingerprint::of_text(&text),
-                config,
+                config_fingerprint: Fingerprint::of_text(&loaded.fingerprint_text),
+                config: loaded.config,
+                warnings: loaded.warnings,
             }))
         }
         Some(SourceConfig::Mlflow(source)) => Ok(Local::Mlflow {
             source: source.clone(),
-            config,
-            text,
+            text: loaded.fingerprint_text.clone(),
+            warnings: loaded.warnings.clone(),
+            config: loaded.config,
         }),
     }
 }
 
-/// The plan for registry version `version`, downloaded into `files`. Blocking (reads its model.toml).
+/// The plan for registry version `version`, downloaded into `files`. Blocking (reads its configuration).
 fn registry_plan(
     version: u64,
     files: PathBuf,
     config: ModelToml,
     text: String,
+    mut warnings: Vec<String>,
 ) -> Result<Plan, String> {
-    // A model.toml registered with the version configures it; the source stays the repository's.
-    let (config, text) = match std::fs::read_to_string(files.join(CONFIG_FILE)) {
-        Ok(own) => {
-            let mut own_config = ModelToml::parse(&own)
-                .map_err(|e| format!("{CONFIG_FILE} of MLflow version {version}: {e}"))?;
+    // A configuration registered with the version configures it; the source stays the repository's.
+    let own = triton_config::load(&files)
+        .map_err(|e| format!("the configuration of MLflow version {version}: {e}"))?;
+    let (config, text) = match own.file {
+        triton_config::ConfigFile::None => (config, text),
+        _ => {
+            let mut own_config = own.config;
             own_config.source = config.source.clone();
-            (own_config, format!("{text}\n{own}"))
+            warnings.extend(own.warnings);
+            (own_config, format!("{text}\n{}", own.fingerprint_text))
         }
-        Err(_) => (config, text),
     };
     Ok(Plan {
         candidates: vec![Candidate {
@@ -494,6 +520,7 @@ fn registry_plan(
         }],
         config_fingerprint: Fingerprint::of_text(&text),
         config,
+        warnings,
     })
 }
 
@@ -501,11 +528,10 @@ fn registry_plan(
 /// least a second) up to [`MAX_BACKOFF`]. The repository's one backoff, for failed loads and
 /// unreadable sources alike.
 fn backoff(poll: Option<Duration>, attempts: u32) -> Duration {
-    let base = poll
+    let first = poll
         .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_secs(1));
-    base.saturating_mul(1 << attempts.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF)
+    Backoff::new(first, MAX_BACKOFF).delay(attempts)
 }
 
 /// A registry model's own poll interval (validated when model.toml was parsed).

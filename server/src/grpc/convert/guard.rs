@@ -40,10 +40,10 @@ use super::super::{GrpcState, ResponseStream, STREAM_CONCURRENCY, pb, version_ar
 use super::wire::{self, WireLimits};
 use crate::budget::{Budget, Permit};
 use crate::error::Error;
+use crate::infer::count_refused;
 use crate::metrics::Protocol;
 use crate::repository::ServedVersion;
 use crate::request_id;
-use crate::signature::count_refused;
 
 /// A ModelInferRequest as the handlers receive it.
 pub enum Decoded {
@@ -127,7 +127,9 @@ fn grpc<E: Message + Send + 'static>(
         _encode: PhantomData,
     })
     .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Deflate)
     .send_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Deflate)
     .max_decoding_message_size(max)
     .max_encoding_message_size(max)
 }

@@ -336,7 +336,7 @@ impl PredictionLog {
     }
 
     /// After the drain's last look at the queue: from now on pushes are counted, not queued.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         while self.rx.try_recv().is_ok() {}
     }

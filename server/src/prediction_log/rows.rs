@@ -252,7 +252,7 @@ fn row_values(names: &[String], tensors: &[Kept], at: usize) -> RowValues {
         .collect()
 }
 
-pub(super) fn values(data: &TensorData, range: std::ops::Range<usize>) -> Vec<FeatureValue> {
+pub(crate) fn values(data: &TensorData, range: std::ops::Range<usize>) -> Vec<FeatureValue> {
     fn numbers<T: Copy>(
         v: &[T],
         range: std::ops::Range<usize>,
@@ -307,7 +307,7 @@ mod tests {
             inputs: vec!["x".into()],
             outputs: vec!["label".into()],
         });
-        let held = crate::monitoring::log::Held::unbounded();
+        let held = crate::prediction_log::log::Held::unbounded();
         let captured = Captured::new("r".into(), 7, &[input], 2, vec![1], 1024, held);
         let logged = captured.finish(&names, 3, &[label]);
         let records: Vec<_> = logged.records().collect();

@@ -1,11 +1,13 @@
-//! `<repo>/<model>/model.toml`: the optional per-model configuration. Every key is documented in the
-//! README's configuration reference; an unknown key is an error naming the key and the file.
+//! `<repo>/<model>/model.toml`: the optional per-model configuration. Every key is documented in
+//! docs/configuration.md; an unknown key is an error naming the key and the file. A leaf: the
+//! repository reads it and passes it down to the scheduler, instances and backends.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::config::checked_seconds;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,39 @@ pub struct ModelToml {
     pub reload: ReloadSettings,
     /// Prediction logging and drift monitoring (sampling, feedback task, retraining rules).
     pub monitor: Option<keel_monitor::MonitorSettings>,
+    /// User-given warm-up samples: Triton's `model_warmup`, set by the config.pbtxt reader (model.toml
+    /// gives warm-up data as `[reload] warmup_request` instead). A failure fails the load.
+    #[serde(skip)]
+    pub warmup_samples: Vec<WarmupSample>,
+}
+
+/// One of Triton's `model_warmup` samples: `count` runs of `batch_size` rows of the given inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupSample {
+    pub name: String,
+    /// Rows per run; 0 for a model without a batch dimension.
+    pub batch_size: u32,
+    pub count: u32,
+    pub inputs: Vec<WarmupInput>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupInput {
+    pub name: String,
+    /// The V2 datatype name ("INT32", "BYTES", ...).
+    pub datatype: String,
+    /// The shape of one row (without the batch dimension).
+    pub dims: Vec<i64>,
+    pub data: WarmupData,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WarmupData {
+    Zero,
+    Random,
+    /// Triton's `input_data_file`: the elements' raw little-endian bytes (BYTES: each a 4-byte length and
+    /// its content), a path relative to the model's `warmup/` directory.
+    File(std::path::PathBuf),
 }
 
 /// How a new version replaces the serving one.
@@ -47,6 +82,10 @@ pub struct ReloadSettings {
     /// Inferences at full batch size run on a new version before it takes traffic, so the first real
     /// requests do not pay for lazy initialisation.
     pub warmup_runs: u32,
+    /// A V2 JSON inference request to warm up with instead of synthetic inputs, looked up in the version
+    /// directory, then the model directory. Runs `warmup_runs` times; unlike synthetic warm-up, a failure
+    /// fails the load (the data is the publisher's, so the model or the file is wrong).
+    pub warmup_request: Option<std::path::PathBuf>,
 }
 
 impl Default for ReloadSettings {
@@ -54,6 +93,7 @@ impl Default for ReloadSettings {
         ReloadSettings {
             allow_signature_change: false,
             warmup_runs: 2,
+            warmup_request: None,
         }
     }
 }
@@ -159,6 +199,9 @@ pub struct TensorOverride {
     /// Full shape including the batch dimension; -1 marks a variable dimension. Must agree with the
     /// graph's fixed dimensions; it may fix dimensions the graph leaves open.
     pub shape: Option<Vec<i64>>,
+    /// The V2 datatype ("FP32", "BYTES", ...) the configuration expects; a graph of another type fails the
+    /// load instead of serving a type clients were not told about.
+    pub datatype: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -183,8 +226,8 @@ pub enum OptimizationLevel {
 
 impl ModelToml {
     /// Instances to run. Two by default: on the small boxes Keel targets, a second instance lets one batch
-    /// compute while the next forms, which measured 0.76x instead of 0.65x of the canned-response ceiling
-    /// and a p99/p50 of 2.6 instead of 4.3 under Poisson load on 2 cores (README, Performance).
+    /// compute while the next forms, which measured 0.66x instead of 0.57x of the canned-response ceiling
+    /// and a p99/p50 of 2.85 instead of 4.9 under Poisson load on 2 cores (docs/performance.md).
     pub fn instance_count(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.instances.unwrap_or(cores.min(2)).max(1)
@@ -210,6 +253,18 @@ impl ModelToml {
     /// Checks every value that the serde types allow but Keel cannot honour (zero where at least one is
     /// needed, sizes that would allocate without bound, intervals a `Duration` cannot hold), naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(file) = &self.reload.warmup_request
+            && (file.as_os_str().is_empty()
+                || !file
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))))
+        {
+            return Err(format!(
+                "[reload] warmup_request = {:?}: must be a file name or a relative path inside the model's \
+                 directory (no '..', not absolute)",
+                file.display()
+            ));
+        }
         match &self.version_policy {
             VersionPolicy::Latest(0) => {
                 return Err("version_policy: latest must be at least 1".into());
@@ -319,29 +374,12 @@ pub const MAX_QUEUE_SIZE: usize = 1 << 20;
 /// Largest preferred batch size (warm-up allocates a batch of it).
 pub const MAX_PREFERRED_BATCH: usize = 1 << 16;
 pub const MAX_WARMUP_RUNS: u32 = 1000;
-/// Longest interval in seconds any setting takes (a day), as the command-line flags.
-pub const MAX_SECONDS: f64 = 86_400.0;
 
 fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
         Err(format!("{key} = {value} is outside {min}..={max}"))
-    }
-}
-
-/// `seconds` as a `Duration`, or an error naming `key`: never a panic, whatever the value (NaN, negative,
-/// infinite, beyond [`MAX_SECONDS`]). Zero is accepted only with `zero_ok`.
-pub fn checked_seconds(key: &str, seconds: f64, zero_ok: bool) -> Result<Duration, String> {
-    let valid = seconds.is_finite()
-        && seconds <= MAX_SECONDS
-        && (seconds > 0.0 || (zero_ok && seconds == 0.0));
-    let range = if zero_ok { "from 0" } else { "above 0" };
-    match valid {
-        true => Duration::try_from_secs_f64(seconds).map_err(|e| format!("{key}: {e}")),
-        false => Err(format!(
-            "{key} = {seconds} is not a number of seconds {range} up to {MAX_SECONDS}"
-        )),
     }
 }
 
@@ -516,32 +554,6 @@ mod tests {
             mlflow("86400")
         );
         ModelToml::parse(&ok).unwrap();
-    }
-
-    #[test]
-    fn seconds_never_panic() {
-        for bad in [
-            f64::NAN,
-            f64::INFINITY,
-            -f64::INFINITY,
-            -1.0,
-            1e300,
-            f64::MAX,
-            86_400.5,
-        ] {
-            let err = checked_seconds("--x", bad, true).unwrap_err();
-            assert!(err.contains("--x"), "{err}");
-        }
-        assert!(checked_seconds("--x", 0.0, false).is_err());
-        assert_eq!(checked_seconds("--x", 0.0, true), Ok(Duration::ZERO));
-        assert_eq!(
-            checked_seconds("--x", 1.5, false),
-            Ok(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            checked_seconds("--x", 86_400.0, false),
-            Ok(Duration::from_secs(86_400))
-        );
     }
 
     #[test]

@@ -1,0 +1,1023 @@
+//! `config.pbtxt` → [`ModelToml`]: parsed as protobuf text format against Triton's `inference.ModelConfig`
+//! (a malformed file is an error with its line and column), then mapped field by field. Every field that
+//! is set and that Keel does not honour is a warning naming it ([`unhonoured`]); a platform or backend
+//! other than ONNX Runtime is an error. docs/configuration.md#triton-configpbtxt has the table.
+
+use std::collections::BTreeMap;
+use std::path::{Component, PathBuf};
+use std::sync::LazyLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
+
+use super::pb::{self, model_config::SchedulingChoice};
+use crate::model_toml::{
+    BackendChoice, ModelToml, OptimizationLevel, TensorOverride, VersionPolicy, WarmupData,
+    WarmupInput, WarmupSample,
+};
+use crate::tensor::DataType;
+
+/// Triton's schema, compiled from proto/model_config.proto by build.rs.
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/model_config.bin")).as_ref())
+        .expect("the descriptor set build.rs compiled decodes")
+});
+
+/// The descriptor of `inference.ModelConfig`.
+pub(super) fn descriptor() -> MessageDescriptor {
+    POOL.get_message_by_name("inference.ModelConfig")
+        .expect("model_config.proto defines inference.ModelConfig")
+}
+
+/// Parses `text` as a Triton model configuration. The error says where: `line L, column C: what`.
+pub fn parse(text: &str) -> Result<DynamicMessage, String> {
+    let (spec, inserted) = list_colons(text);
+    DynamicMessage::parse_text_format(descriptor(), &spec).map_err(|e| {
+        use miette::Diagnostic;
+        let offset = e
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map_or(spec.len(), |label| label.offset());
+        // Back to the file's own offsets: less the colons added before it.
+        let offset = offset - inserted.iter().filter(|&&at| at < offset).count();
+        let (line, column) = line_column(text, offset);
+        format!("line {line}, column {column}: {e}")
+    })
+}
+
+/// The text format lets a list of messages follow its field name without a colon (`input [ { ... } ]`,
+/// the way every Triton configuration writes it), but prost-reflect's parser (0.16) only accepts the
+/// colon-less form for a single message. This writes the colon in (`input: [ { ... } ]`): after a field
+/// name (an identifier not preceded by `:`) that is followed by `[`, outside strings and comments. Returns
+/// the new text and the offsets, in it, of the colons added. (A scalar list without its colon, which the
+/// format does not allow, is accepted too.)
+fn list_colons(text: &str) -> (String, Vec<usize>) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Token {
+        Colon,
+        /// An identifier, and whether a colon came just before it (then it is a value, not a field name).
+        Ident {
+            end: usize,
+            after_colon: bool,
+        },
+        Other,
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut inserted = Vec::new();
+    let (mut last, mut copied, mut i) = (Token::Other, 0, 0);
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' | b'\'' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != c && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                last = Token::Other;
+            }
+            b':' => {
+                last = Token::Colon;
+                i += 1;
+            }
+            b'[' => {
+                if let Token::Ident {
+                    end,
+                    after_colon: false,
+                } = last
+                {
+                    out.push_str(&text[copied..end]);
+                    inserted.push(out.len());
+                    out.push(':');
+                    copied = end;
+                }
+                last = Token::Other;
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                last = Token::Ident {
+                    end: i,
+                    after_colon: last == Token::Colon,
+                };
+            }
+            c if c.is_ascii_digit() || c == b'.' => {
+                // A number: digits, letters (hex, exponent, suffix), dots, and an exponent's sign.
+                i += 1;
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || bytes[i] == b'.'
+                        || ((bytes[i] == b'+' || bytes[i] == b'-')
+                            && matches!(bytes[i - 1], b'e' | b'E')))
+                {
+                    i += 1;
+                }
+                last = Token::Other;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            _ => {
+                last = Token::Other;
+                i += 1;
+            }
+        }
+    }
+    out.push_str(&text[copied.min(text.len())..]);
+    (out, inserted)
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// Reads a `config.pbtxt` of model `model` (its directory name): the configuration Keel runs it with,
+/// and a warning for each thing it asks for that Keel does not do.
+pub fn from_pbtxt(text: &str, model: &str) -> Result<(ModelToml, Vec<String>), String> {
+    let message = parse(text)?;
+    let config: pb::ModelConfig = message
+        .transcode_to()
+        .map_err(|e| format!("cannot read the parsed configuration: {e}"))?;
+    let mut warnings = Vec::new();
+    unhonoured(&message, "", "", &mut warnings);
+    let toml = map(&config, model, &mut warnings)?;
+    toml.validate()
+        .map_err(|e| format!("{e} (Keel's equivalent of the config.pbtxt setting)"))?;
+    Ok((toml, warnings))
+}
+
+/// Field paths (list indices left out) that [`map`] reads. A message field leading to one of them is
+/// looked into; any other field that is set gets a warning from [`unhonoured`].
+const HONOURED: &[&str] = &[
+    "name",
+    "platform",
+    "backend",
+    "max_batch_size",
+    "default_model_filename",
+    "version_policy",
+    "input.name",
+    "input.data_type",
+    "input.dims",
+    "input.reshape",
+    "input.optional",
+    "output.name",
+    "output.data_type",
+    "output.dims",
+    "output.reshape",
+    "instance_group.name",
+    "instance_group.kind",
+    "instance_group.count",
+    "dynamic_batching.preferred_batch_size",
+    "dynamic_batching.max_queue_delay_microseconds",
+    "dynamic_batching.default_queue_policy.max_queue_size",
+    "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+    // Keel always lets a request's `timeout` parameter override the default.
+    "dynamic_batching.default_queue_policy.allow_timeout_override",
+    "dynamic_batching.default_queue_policy.timeout_action",
+    "optimization.graph.level",
+    "parameters",
+    "model_warmup",
+];
+
+/// Messages looked into although Keel reads none of their fields: each field set in them is named.
+const LOOKED_INTO: &[&str] = &["model_transaction_policy", "response_cache"];
+
+/// Why a field is ignored, where there is more to say than that Keel does not implement it.
+fn reason(path: &str) -> &'static str {
+    let is = |p: &str| path == p || path.starts_with(&format!("{p}."));
+    if is("sequence_batching") {
+        "Keel has no sequence batcher; requests are scheduled one by one (batched dynamically); ignored"
+    } else if is("ensemble_scheduling") {
+        "Keel does not run ensembles; ignored"
+    } else if is("optimization") {
+        "GPU, accelerator and memory settings do not apply to Keel (ONNX Runtime on CPU); ignored"
+    } else if is("instance_group") {
+        "Keel places its instances itself (one CPU thread each); ignored"
+    } else if is("model_transaction_policy.decoupled") {
+        "Keel answers every request with exactly one response; ignored"
+    } else if is("response_cache") {
+        "Keel has no response cache; ignored"
+    } else if [
+        "priority_levels",
+        "default_priority_level",
+        "priority_queue_policy",
+    ]
+    .iter()
+    .any(|p| is(&format!("dynamic_batching.{p}")))
+    {
+        "Keel has one priority level; ignored"
+    } else if is("output.label_filename") {
+        "Keel has no classification extension; ignored"
+    } else if is("batch_input") || is("batch_output") {
+        "Keel does not generate batch inputs or scatter batch outputs; ignored"
+    } else {
+        "not supported by Keel; ignored"
+    }
+}
+
+/// Warns about every field set in `message` that Keel does not honour. `path` is the message's field
+/// path (list indices left out, as in [`HONOURED`]); `shown`, the same with the list elements named.
+fn unhonoured(message: &DynamicMessage, path: &str, shown: &str, warnings: &mut Vec<String>) {
+    for (field, value) in message.fields() {
+        let (key, shown) = match path {
+            "" => (field.name().to_string(), field.name().to_string()),
+            _ => (
+                format!("{path}.{}", field.name()),
+                format!("{shown}.{}", field.name()),
+            ),
+        };
+        if HONOURED.contains(&key.as_str()) {
+            continue;
+        }
+        let prefix = format!("{key}.");
+        let look_into =
+            LOOKED_INTO.contains(&key.as_str()) || HONOURED.iter().any(|h| h.starts_with(&prefix));
+        match value {
+            Value::Message(inner) if look_into => unhonoured(inner, &key, &shown, warnings),
+            Value::List(items) if look_into => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(inner) = item {
+                        let element = format!("{shown}[{}]", label(inner, i));
+                        unhonoured(inner, &key, &element, warnings);
+                    }
+                }
+            }
+            _ => warnings.push(format!("{shown}: {}", reason(&key))),
+        }
+    }
+}
+
+/// A list element as warnings show it: its `name` if it has one, else its index.
+fn label(message: &DynamicMessage, index: usize) -> String {
+    match message.get_field_by_name("name").as_deref() {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        _ => index.to_string(),
+    }
+}
+
+/// The ModelConfig fields Keel honours, onto a [`ModelToml`]. Semantic warnings (a GPU instance group, an
+/// optional input, a reshape) are added here; errors name the field.
+fn map(
+    config: &pb::ModelConfig,
+    model: &str,
+    warnings: &mut Vec<String>,
+) -> Result<ModelToml, String> {
+    let mut toml = ModelToml {
+        backend: backend(&config.platform, &config.backend)?,
+        ..ModelToml::default()
+    };
+    if !config.name.is_empty() && config.name != model {
+        warnings.push(format!(
+            "name \"{}\" differs from the model's directory name; the model is served as \"{model}\"",
+            config.name
+        ));
+    }
+    if !matches!(config.default_model_filename.as_str(), "" | "model.onnx") {
+        return Err(format!(
+            "default_model_filename \"{}\": Keel loads <version>/model.onnx only; rename the file",
+            config.default_model_filename
+        ));
+    }
+    if config.max_batch_size < 0 {
+        return Err(format!(
+            "max_batch_size: {} is negative",
+            config.max_batch_size
+        ));
+    }
+    let max_batch = config.max_batch_size as u32;
+    let batched = max_batch > 0;
+    // Without tensors and without a batch size, Keel reads both from the graph, as Triton's auto-complete
+    // does; otherwise max_batch_size 0 means what it means to Triton: no batch dimension.
+    toml.max_batch_size =
+        (batched || !config.input.is_empty() || !config.output.is_empty()).then_some(max_batch);
+    toml.version_policy = version_policy(config.version_policy.as_ref())?;
+    for input in &config.input {
+        let what = format!("input[{}]", input.name);
+        let shape = tensor_shape(
+            &what,
+            &input.name,
+            input.data_type,
+            &input.dims,
+            input.reshape.as_ref(),
+            batched,
+            warnings,
+        )?;
+        if input.optional {
+            warnings.push(format!(
+                "{what}.optional: Keel requires every input; requests must send it"
+            ));
+        }
+        let datatype = datatype(input.data_type, &what)?;
+        insert(&mut toml.inputs, "input", &input.name, shape, datatype)?;
+    }
+    for output in &config.output {
+        let what = format!("output[{}]", output.name);
+        let shape = tensor_shape(
+            &what,
+            &output.name,
+            output.data_type,
+            &output.dims,
+            output.reshape.as_ref(),
+            batched,
+            warnings,
+        )?;
+        let datatype = datatype(output.data_type, &what)?;
+        insert(&mut toml.outputs, "output", &output.name, shape, datatype)?;
+    }
+    toml.instances = instances(&config.instance_group, warnings)?;
+    if let Some(SchedulingChoice::DynamicBatching(batching)) = &config.scheduling_choice {
+        dynamic_batching(batching, &mut toml, warnings)?;
+    }
+    if let Some(level) = config
+        .optimization
+        .as_ref()
+        .and_then(|o| o.graph.as_ref())
+        .map(|g| g.level)
+    {
+        // Triton's ONNX Runtime backend: -1 basic, 1 basic and extended, 2 none, otherwise all.
+        toml.onnxruntime.graph_optimization_level = match level {
+            -1 => Some(OptimizationLevel::Basic),
+            1 => Some(OptimizationLevel::Extended),
+            2 => Some(OptimizationLevel::Disable),
+            0 => None,
+            other => {
+                warnings.push(format!(
+                    "optimization.graph.level: {other} is not one of -1, 1, 2; all optimisations stay on"
+                ));
+                None
+            }
+        };
+    }
+    for (key, value) in &config.parameters {
+        let threads = |value: &str| {
+            value.trim().parse::<usize>().map_err(|_| {
+                format!("parameters[{key}]: \"{value}\" is not a thread count (0 or more)")
+            })
+        };
+        match key.as_str() {
+            "intra_op_thread_count" => {
+                toml.onnxruntime.intra_op_threads = Some(threads(&value.string_value)?)
+            }
+            "inter_op_thread_count" => {
+                toml.onnxruntime.inter_op_threads = Some(threads(&value.string_value)?)
+            }
+            _ => warnings.push(format!(
+                "parameters[{key}]: not a parameter Keel knows (it reads intra_op_thread_count and inter_op_thread_count); ignored"
+            )),
+        }
+    }
+    toml.warmup_samples = config
+        .model_warmup
+        .iter()
+        .enumerate()
+        .map(|(i, sample)| warmup(sample, i, batched, max_batch))
+        .collect::<Result<_, _>>()?;
+    Ok(toml)
+}
+
+/// Only ONNX Runtime models: `platform: "onnxruntime_onnx"` and/or `backend: "onnxruntime"`, or neither
+/// (Triton then picks the backend from the model file, which for Keel is always `model.onnx`).
+fn backend(platform: &str, backend: &str) -> Result<BackendChoice, String> {
+    let refuse = |field: &str, value: &str| {
+        Err(format!(
+            "{field} \"{value}\" is not supported: Keel serves ONNX models only (platform \"onnxruntime_onnx\" or backend \"onnxruntime\"), so this model cannot load"
+        ))
+    };
+    match (platform, backend) {
+        ("" | "onnxruntime_onnx", "" | "onnxruntime") => Ok(BackendChoice::OnnxRuntime),
+        ("" | "onnxruntime_onnx", other) => refuse("backend", other),
+        (other, _) => refuse("platform", other),
+    }
+}
+
+fn version_policy(policy: Option<&pb::ModelVersionPolicy>) -> Result<VersionPolicy, String> {
+    use pb::model_version_policy::PolicyChoice;
+    Ok(match policy.and_then(|p| p.policy_choice.as_ref()) {
+        None => VersionPolicy::default(),
+        Some(PolicyChoice::Latest(latest)) => VersionPolicy::Latest(latest.num_versions),
+        Some(PolicyChoice::All(_)) => VersionPolicy::All,
+        Some(PolicyChoice::Specific(specific)) => VersionPolicy::Specific(
+            specific
+                .versions
+                .iter()
+                .map(|&v| {
+                    u64::try_from(v).map_err(|_| {
+                        format!("version_policy: specific version {v} is not a positive integer")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Keel's datatype for Triton's `TYPE_*` number; `what` names the field in errors.
+pub(super) fn datatype(number: i32, what: &str) -> Result<DataType, String> {
+    let name = pb::DataType::try_from(number)
+        .map_err(|_| format!("{what}.data_type: unknown value {number}"))?;
+    match name {
+        pb::DataType::TypeInvalid => Err(format!("{what}: data_type is missing")),
+        other => DataType::ALL
+            .into_iter()
+            .find(|dt| dt.config_name() == other.as_str_name())
+            .ok_or_else(|| {
+                format!(
+                    "{what}.data_type: {} is not supported by Keel",
+                    other.as_str_name()
+                )
+            }),
+    }
+}
+
+/// The tensor's full shape (batch dimension first when batched) as a `model.toml` shape override.
+fn tensor_shape(
+    what: &str,
+    name: &str,
+    data_type: i32,
+    dims: &[i64],
+    reshape: Option<&pb::ModelTensorReshape>,
+    batched: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<i64>, String> {
+    if name.is_empty() {
+        return Err(format!("{what}: name is missing"));
+    }
+    // Checked for being one Keel serves here; against the graph when the signature is read.
+    datatype(data_type, what)?;
+    let model_dims = match reshape {
+        None => dims,
+        // Triton's way of writing a tensor that is only the batch dimension (Keel's /config writes it too).
+        Some(r) if batched && dims == [1] && r.shape.is_empty() => &r.shape[..],
+        Some(r) => {
+            warnings.push(format!(
+                "{what}.reshape: Keel does not reshape tensors; clients send the model's shape {:?} (dims {dims:?} is not used)",
+                r.shape
+            ));
+            &r.shape[..]
+        }
+    };
+    if let Some(bad) = model_dims.iter().find(|&&d| d < -1 || d == 0) {
+        return Err(format!(
+            "{what}.dims: {bad} is not a dimension (a size, or -1 for variable)"
+        ));
+    }
+    Ok(batched
+        .then_some(-1)
+        .into_iter()
+        .chain(model_dims.iter().copied())
+        .collect())
+}
+
+fn insert(
+    tensors: &mut BTreeMap<String, TensorOverride>,
+    kind: &str,
+    name: &str,
+    shape: Vec<i64>,
+    datatype: DataType,
+) -> Result<(), String> {
+    let over = TensorOverride {
+        shape: Some(shape),
+        datatype: Some(datatype.name().to_string()),
+    };
+    match tensors.insert(name.to_string(), over) {
+        Some(_) => Err(format!("{kind}[{name}] is listed twice")),
+        None => Ok(()),
+    }
+}
+
+/// Instances: the counts of every group together (a count below 1 is 1, as in Triton); all on CPU.
+fn instances(
+    groups: &[pb::ModelInstanceGroup],
+    warnings: &mut Vec<String>,
+) -> Result<Option<usize>, String> {
+    use pb::model_instance_group::Kind;
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0usize;
+    for (i, group) in groups.iter().enumerate() {
+        let what = match group.name.as_str() {
+            "" => format!("instance_group[{i}]"),
+            name => format!("instance_group[{name}]"),
+        };
+        let count = group.count.max(1) as usize;
+        match Kind::try_from(group.kind) {
+            Ok(Kind::Auto | Kind::Cpu) => {}
+            Ok(Kind::Gpu) => warnings.push(format!(
+                "{what}.kind: KIND_GPU, but Keel runs on CPU only (no GPU is available to it); its {count} instance(s) run on CPU"
+            )),
+            Ok(Kind::Model) => warnings.push(format!(
+                "{what}.kind: KIND_MODEL; Keel places instances itself, its {count} instance(s) run on CPU"
+            )),
+            Err(_) => return Err(format!("{what}.kind: unknown value {}", group.kind)),
+        }
+        total = total.saturating_add(count);
+    }
+    Ok(Some(total))
+}
+
+fn dynamic_batching(
+    batching: &pb::ModelDynamicBatching,
+    toml: &mut ModelToml,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let keel = &mut toml.dynamic_batching;
+    keel.preferred_batch_sizes = batching
+        .preferred_batch_size
+        .iter()
+        .map(|&n| {
+            usize::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+                format!("dynamic_batching.preferred_batch_size: {n} is not a batch size")
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    keel.max_queue_delay_us = batching.max_queue_delay_microseconds;
+    if let Some(policy) = &batching.default_queue_policy {
+        // 0 is Triton's "unbounded"; Keel keeps its bound then.
+        if policy.max_queue_size > 0 {
+            keel.max_queue_size = policy.max_queue_size as usize;
+        }
+        keel.default_timeout_us = policy.default_timeout_microseconds;
+        if policy.timeout_action == pb::model_queue_policy::TimeoutAction::Delay as i32 {
+            warnings.push(
+                "dynamic_batching.default_queue_policy.timeout_action: DELAY is not supported; a request whose queue timeout expires is rejected (REJECT)"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One `model_warmup` entry as a [`WarmupSample`].
+fn warmup(
+    sample: &pb::ModelWarmup,
+    index: usize,
+    batched: bool,
+    max_batch: u32,
+) -> Result<WarmupSample, String> {
+    use pb::model_warmup::input::InputDataType;
+    let what = match sample.name.as_str() {
+        "" => format!("model_warmup[{index}]"),
+        name => format!("model_warmup[{name}]"),
+    };
+    let batch_size = match (batched, sample.batch_size) {
+        (true, 0) => return Err(format!("{what}.batch_size: must be at least 1")),
+        (true, n) if n > max_batch => {
+            return Err(format!(
+                "{what}.batch_size: {n} is more than max_batch_size {max_batch}"
+            ));
+        }
+        (true, n) => n,
+        (false, 0 | 1) => 0,
+        (false, n) => {
+            return Err(format!(
+                "{what}.batch_size: {n}, but the model has no batch dimension (max_batch_size 0): use 1"
+            ));
+        }
+    };
+    if sample.inputs.is_empty() {
+        return Err(format!("{what}: no inputs"));
+    }
+    let inputs = sample
+        .inputs
+        .iter()
+        .map(|(name, input)| {
+            let what = format!("{what}.inputs[{name}]");
+            let datatype = datatype(input.data_type, &what)?;
+            if let Some(bad) = input.dims.iter().find(|&&d| d < 1) {
+                return Err(format!(
+                    "{what}.dims: {bad}; warm-up dimensions are fixed sizes (1 or more)"
+                ));
+            }
+            let data = match &input.input_data_type {
+                Some(InputDataType::ZeroData(true)) => WarmupData::Zero,
+                Some(InputDataType::RandomData(true)) => WarmupData::Random,
+                Some(InputDataType::InputDataFile(file)) => WarmupData::File(warmup_file(file, &what)?),
+                _ => {
+                    return Err(format!(
+                        "{what}: no data (set zero_data: true, random_data: true or input_data_file)"
+                    ));
+                }
+            };
+            Ok(WarmupInput {
+                name: name.clone(),
+                datatype: datatype.name().to_string(),
+                dims: input.dims.clone(),
+                data,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(WarmupSample {
+        name: sample.name.clone(),
+        batch_size,
+        // Unset is once, as in Triton.
+        count: sample.count.max(1),
+        inputs,
+    })
+}
+
+/// `input_data_file` is relative to the model's `warmup/` directory and stays inside it.
+fn warmup_file(file: &str, what: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(file);
+    let inside = !file.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    match inside {
+        true => Ok(path),
+        false => Err(format!(
+            "{what}.input_data_file: \"{file}\" must be a relative path inside the model's warmup/ directory"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> (ModelToml, Vec<String>) {
+        from_pbtxt(text, "simple").unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    fn error(text: &str) -> String {
+        from_pbtxt(text, "simple").expect_err(text)
+    }
+
+    /// Triton's `simple` example model, as its test generators write it.
+    const SIMPLE: &str = r#"
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy: { all { } }
+input [
+  {
+    name: "INPUT0"
+    data_type: TYPE_INT32
+    dims: [ 16 ]
+  },
+  {
+    name: "INPUT1"
+    data_type: TYPE_INT32
+    dims: [ 16 ]
+  }
+]
+output [
+  {
+    name: "OUTPUT0"
+    data_type: TYPE_INT32
+    dims: [ 16 ]
+  },
+  {
+    name: "OUTPUT1"
+    data_type: TYPE_INT32
+    dims: [ 16 ]
+  }
+]
+instance_group [ { kind: KIND_CPU count: 2 }, { kind: KIND_AUTO } ]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 100
+  default_queue_policy { max_queue_size: 32 default_timeout_microseconds: 5000 allow_timeout_override: true }
+}
+"#;
+
+    #[test]
+    fn triton_simple_maps_onto_model_toml() {
+        let (toml, warnings) = read(SIMPLE);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(toml.backend, BackendChoice::OnnxRuntime);
+        assert_eq!(toml.max_batch_size, Some(8));
+        assert_eq!(toml.version_policy, VersionPolicy::All);
+        assert_eq!(toml.inputs.len(), 2);
+        assert_eq!(toml.inputs["INPUT0"].shape, Some(vec![-1, 16]));
+        assert_eq!(toml.outputs["OUTPUT1"].shape, Some(vec![-1, 16]));
+        assert_eq!(toml.instances, Some(3));
+        let batching = &toml.dynamic_batching;
+        assert_eq!(batching.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(batching.max_queue_delay_us, 100);
+        assert_eq!(batching.max_queue_size, 32);
+        assert_eq!(batching.default_timeout_us, 5000);
+    }
+
+    #[test]
+    fn triton_minimal_configurations_infer_from_the_graph() {
+        let (toml, warnings) = read("");
+        assert!(warnings.is_empty());
+        assert_eq!(toml.backend, BackendChoice::OnnxRuntime);
+        assert_eq!(toml.max_batch_size, None);
+        assert_eq!(toml.instances, None);
+        assert_eq!(toml.version_policy, VersionPolicy::Latest(1));
+        let (toml, _) = read("backend: \"onnxruntime\"\nmax_batch_size: 0\n");
+        assert_eq!(toml.max_batch_size, None, "no tensors: read from the graph");
+        let (toml, _) =
+            read("max_batch_size: 0\ninput { name: \"x\" data_type: TYPE_FP32 dims: [ 2, -1 ] }");
+        assert_eq!(toml.max_batch_size, Some(0));
+        assert_eq!(toml.inputs["x"].shape, Some(vec![2, -1]));
+    }
+
+    #[test]
+    fn triton_version_policies() {
+        let policy = |text: &str| read(&format!("version_policy: {text}")).0.version_policy;
+        assert_eq!(
+            policy("{ latest { num_versions: 2 } }"),
+            VersionPolicy::Latest(2)
+        );
+        assert_eq!(policy("{ all: {} }"), VersionPolicy::All);
+        assert_eq!(
+            policy("{ specific { versions: [1, 3] } }"),
+            VersionPolicy::Specific(vec![1, 3])
+        );
+        assert!(error("version_policy { latest { } }").contains("version_policy"));
+        assert!(error("version_policy { specific { versions: -1 } }").contains("-1"));
+    }
+
+    #[test]
+    fn triton_every_datatype_maps() {
+        for dt in DataType::ALL {
+            let text = format!(
+                "input {{ name: \"x\" data_type: {} dims: [ 1 ] }}",
+                dt.config_name()
+            );
+            read(&text);
+            let number = pb::DataType::from_str_name(dt.config_name()).unwrap() as i32;
+            assert_eq!(datatype(number, "x").unwrap(), dt);
+        }
+        assert!(error("input { name: \"x\" data_type: TYPE_BF16 dims: 1 }").contains("TYPE_BF16"));
+        assert!(error("input { name: \"x\" dims: 1 }").contains("data_type is missing"));
+        assert!(error("input { name: \"x\" data_type: TYPE_FP33 dims: 1 }").contains("TYPE_FP33"));
+    }
+
+    #[test]
+    fn triton_unsupported_platforms_are_errors() {
+        for (text, named) in [
+            ("platform: \"tensorrt_plan\"", "tensorrt_plan"),
+            ("platform: \"pytorch_libtorch\"", "pytorch_libtorch"),
+            (
+                "platform: \"tensorflow_savedmodel\"",
+                "tensorflow_savedmodel",
+            ),
+            ("platform: \"tensorflow_graphdef\"", "tensorflow_graphdef"),
+            ("platform: \"ensemble\"", "ensemble"),
+            ("backend: \"python\"", "python"),
+            ("backend: \"openvino\"", "openvino"),
+            (
+                "platform: \"onnxruntime_onnx\" backend: \"tensorrt\"",
+                "tensorrt",
+            ),
+        ] {
+            let err = error(text);
+            assert!(
+                err.contains(named) && err.contains("not supported"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            read("platform: \"onnxruntime_onnx\" backend: \"onnxruntime\"")
+                .0
+                .backend,
+            BackendChoice::OnnxRuntime
+        );
+        assert!(error("default_model_filename: \"net.onnx\"").contains("default_model_filename"));
+        read("default_model_filename: \"model.onnx\"");
+    }
+
+    #[test]
+    fn triton_parse_errors_have_line_and_column() {
+        let err = error("max_batch_size: 8\ninput [ { name: \"x\" ");
+        assert!(err.starts_with("line 2, column 21:"), "{err}");
+        let err = error("max_batch_size: eight\n");
+        assert!(err.starts_with("line 1, column 17:"), "{err}");
+        let err = error("name: \"m\"\n  instance_group [ { kind: KIND_TPU } ]");
+        assert!(
+            err.starts_with("line 2, column 28:") && err.contains("KIND_TPU"),
+            "{err}"
+        );
+        assert_eq!(line_column("ab\ncé\nx", 6), (2, 3));
+        // Positions are the file's, not the colon-added text's.
+        let err = error("input [ { name: \"a\" } ]\noutput [ { name: \"b\" bogus: 1 } ]");
+        assert!(err.starts_with("line 2, column 22:"), "{err}");
+    }
+
+    #[test]
+    fn triton_message_lists_need_no_colon() {
+        let (text, inserted) = list_colons(
+            "input [ { dims: [ 1 ] } ]\n# output [ x ]\nname: \"a [\" output\n[ {} ] kind: K [",
+        );
+        assert_eq!(
+            text,
+            "input: [ { dims: [ 1 ] } ]\n# output [ x ]\nname: \"a [\" output:\n[ {} ] kind: K ["
+        );
+        assert_eq!(inserted, vec![5, 60]);
+        let (same, none) = list_colons("input: [ { dims: [ 1e-5, 0x1F ] } ] s: 'it\\'s [' x: 1.5f");
+        assert_eq!(
+            same,
+            "input: [ { dims: [ 1e-5, 0x1F ] } ] s: 'it\\'s [' x: 1.5f"
+        );
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn triton_fields_keel_does_not_honour_are_warnings_naming_them() {
+        let text = r#"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 format: FORMAT_NHWC dims: [ 3 ] optional: true } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "labels.txt" } ]
+instance_group [ { name: "g" kind: KIND_GPU count: 2 gpus: [ 0, 1 ] }, { kind: KIND_CPU count: 0 } ]
+dynamic_batching { preserve_ordering: true priority_levels: 2 default_queue_policy { timeout_action: DELAY } }
+optimization { cuda { graphs: true } graph { level: 1 } }
+parameters { key: "intra_op_thread_count" value: { string_value: "3" } }
+parameters { key: "execution_mode" value: { string_value: "1" } }
+model_transaction_policy { decoupled: true }
+response_cache { enable: true }
+model_operations { op_library_filename: "libcustom.so" }
+runtime: "model.py"
+metric_tags { key: "team" value: "a" }
+"#;
+        let (toml, warnings) = read(text);
+        for named in [
+            "input[x].format",
+            "input[x].optional",
+            "output[y].label_filename",
+            "instance_group[g].gpus",
+            "instance_group[g].kind: KIND_GPU",
+            "its 2 instance(s) run on CPU",
+            "dynamic_batching.preserve_ordering",
+            "dynamic_batching.priority_levels",
+            "timeout_action: DELAY",
+            "optimization.cuda",
+            "parameters[execution_mode]",
+            "model_transaction_policy.decoupled",
+            "response_cache.enable",
+            "model_operations",
+            "runtime",
+            "metric_tags",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.contains(named)),
+                "no warning names {named}: {warnings:#?}"
+            );
+        }
+        assert_eq!(warnings.len(), 15, "{warnings:#?}");
+        assert_eq!(
+            toml.instances,
+            Some(3),
+            "GPU instances run on CPU; count 0 is 1"
+        );
+        assert_eq!(toml.onnxruntime.intra_op_threads, Some(3));
+        assert_eq!(
+            toml.onnxruntime.graph_optimization_level,
+            Some(OptimizationLevel::Extended)
+        );
+        // Valid Triton fields Keel ignores parse: scheduling and ensembles, accelerators, agents.
+        let (_, warnings) = read(
+            r#"sequence_batching { max_sequence_idle_microseconds: 5000000
+                 control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ]
+                 oldest { max_candidate_sequences: 4 } }
+               optimization { execution_accelerators { gpu_execution_accelerator : [ {
+                 name : "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }
+               model_repository_agents { agents [ { name: "checksum" parameters { key: "MD5:x" value: "y" } } ] }
+               batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_FP32 source_input: "x" } ]
+               model_metrics { metric_control [ { metric_identifier { family: "f" } histogram_options { buckets: [ 1.5 ] } } ] }
+               cc_model_filenames { key: "7.5" value: "m.onnx" }"#,
+        );
+        assert_eq!(warnings.len(), 6, "{warnings:#?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("sequence_batching: Keel has no sequence batcher")),
+            "{warnings:#?}"
+        );
+    }
+
+    #[test]
+    fn triton_reshape_and_batch_only_tensors() {
+        let (toml, warnings) = read(
+            "max_batch_size: 4\noutput { name: \"label\" data_type: TYPE_INT64 dims: [ 1 ] reshape { shape: [ ] } }",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(toml.outputs["label"].shape, Some(vec![-1]));
+        let (toml, warnings) = read(
+            "max_batch_size: 4\ninput { name: \"x\" data_type: TYPE_FP32 dims: [ 6 ] reshape { shape: [ 2, 3 ] } }",
+        );
+        assert_eq!(toml.inputs["x"].shape, Some(vec![-1, 2, 3]));
+        assert!(warnings[0].starts_with("input[x].reshape"), "{warnings:?}");
+        assert!(
+            error("input { name: \"x\" data_type: TYPE_FP32 dims: [ -2 ] }")
+                .contains("input[x].dims")
+        );
+        assert!(
+            error("input { name: \"x\" data_type: TYPE_FP32 dims: 1 } input { name: \"x\" data_type: TYPE_FP32 dims: 1 }")
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn triton_warmup_fills_warmup_samples() {
+        let text = r#"
+max_batch_size: 8
+model_warmup [
+  {
+    name: "zeros"
+    batch_size: 4
+    inputs { key: "INPUT0" value: { data_type: TYPE_INT32 dims: [ 16 ] zero_data: true } }
+    inputs { key: "INPUT1" value: { data_type: TYPE_INT32 dims: [ 16 ] random_data: true } }
+    count: 3
+  },
+  {
+    batch_size: 1
+    inputs { key: "TEXT" value: { data_type: TYPE_STRING dims: [ 16 ] input_data_file: "raw/text" } }
+  }
+]
+"#;
+        let (toml, _) = read(text);
+        assert_eq!(
+            toml.warmup_samples,
+            vec![
+                WarmupSample {
+                    name: "zeros".into(),
+                    batch_size: 4,
+                    count: 3,
+                    inputs: vec![
+                        WarmupInput {
+                            name: "INPUT0".into(),
+                            datatype: "INT32".into(),
+                            dims: vec![16],
+                            data: WarmupData::Zero,
+                        },
+                        WarmupInput {
+                            name: "INPUT1".into(),
+                            datatype: "INT32".into(),
+                            dims: vec![16],
+                            data: WarmupData::Random,
+                        },
+                    ],
+                },
+                WarmupSample {
+                    name: String::new(),
+                    batch_size: 1,
+                    count: 1,
+                    inputs: vec![WarmupInput {
+                        name: "TEXT".into(),
+                        datatype: "BYTES".into(),
+                        dims: vec![16],
+                        data: WarmupData::File("raw/text".into()),
+                    }],
+                },
+            ]
+        );
+        let unbatched = read(
+            "model_warmup { batch_size: 1 inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: 2 zero_data: true } } }",
+        )
+        .0;
+        assert_eq!(unbatched.warmup_samples[0].batch_size, 0);
+        for (text, named) in [
+            (
+                "max_batch_size: 2 model_warmup { batch_size: 3 inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: 2 zero_data: true } } }",
+                "batch_size",
+            ),
+            (
+                "model_warmup { name: \"w\" inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: 2 } } }",
+                "model_warmup[w].inputs[x]: no data",
+            ),
+            (
+                "model_warmup { inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: 2 input_data_file: \"../secret\" } } }",
+                "input_data_file",
+            ),
+            (
+                "model_warmup { inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: -1 zero_data: true } } }",
+                "dims",
+            ),
+            ("model_warmup { batch_size: 1 }", "no inputs"),
+        ] {
+            let err = error(text);
+            assert!(err.contains(named), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn triton_out_of_range_values_are_errors() {
+        assert!(error("max_batch_size: -1").contains("max_batch_size"));
+        assert!(error("instance_group { count: 100000 }").contains("instances"));
+        assert!(
+            error("max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 }")
+                .contains("preferred_batch_size")
+        );
+        assert!(
+            error("dynamic_batching { preferred_batch_size: -8 }").contains("preferred_batch_size")
+        );
+        assert!(
+            error(
+                "parameters { key: \"intra_op_thread_count\" value: { string_value: \"many\" } }"
+            )
+            .contains("intra_op_thread_count")
+        );
+    }
+}
