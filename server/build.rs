@@ -1,11 +1,10 @@
 //! Compiles the protobuf schemas in pure Rust (protox), so building Keel needs no `protoc`:
 //!
-//! - `proto/model_config.proto`, Triton's model configuration: Rust types (`OUT_DIR/triton/inference.rs`,
-//!   included by `triton_config::pb`) and an encoded descriptor set (`OUT_DIR/model_config.bin`) that
-//!   `config.pbtxt` is parsed against at run time (prost-reflect's text format).
-//! - `proto/grpc_service.proto`, the gRPC service. Its `ModelConfig` is the subset of Triton's that the
-//!   service file declares; the Rust type used for it is the full one above (same package, same field
-//!   numbers, so the same bytes on the wire), so the ModelConfig RPC carries everything Keel reports.
+//! - `proto/model_config.proto`, Triton's model configuration: an encoded descriptor set
+//!   (`OUT_DIR/model_config.bin`) that `config.pbtxt` is parsed against at run time (prost-reflect's text
+//!   format).
+//! - `proto/grpc_service.proto`, the gRPC service, which imports the model configuration: both are generated
+//!   into one module for the `inference` package (`crate::protocol::inference`).
 
 use std::path::PathBuf;
 
@@ -21,24 +20,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("model_config.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
-    let triton = out.join("triton");
-    std::fs::create_dir_all(&triton)?;
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(false)
-        .out_dir(&triton)
-        // Deterministic iteration (warnings, JSON) over `parameters`, warm-up inputs and the like.
-        .btree_map(".")
-        .compile_fds(compiler.file_descriptor_set())?;
-
+    // One package, one generated module (`crate::protocol::inference`): the service and the model
+    // configuration it imports. Maps of the configuration are BTreeMaps, so warnings and JSON come out in a
+    // stable order; the service's maps stay HashMaps.
     let descriptors = protox::compile(["grpc_service.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .extern_path(
-            ".inference.ModelConfig",
-            "crate::triton_config::pb::ModelConfig",
-        )
+        .btree_map(".inference.ModelConfig")
+        .btree_map(".inference.ModelOptimizationPolicy")
+        .btree_map(".inference.ModelDynamicBatching")
+        .btree_map(".inference.ModelEnsembling")
+        .btree_map(".inference.ModelWarmup")
+        .btree_map(".inference.ModelRepositoryAgents")
         .compile_fds(descriptors)?;
     Ok(())
 }

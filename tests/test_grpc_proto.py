@@ -1,5 +1,5 @@
-"""Keel's server/proto/grpc_service.proto must match, field for field, the descriptors that the real
-tritonclient was generated from: a wrong number silently corrupts requests."""
+"""Keel's server/proto/grpc_service.proto and the model_config.proto it imports must match, field for field,
+the descriptors that the real tritonclient was generated from: a wrong number silently corrupts requests."""
 
 import re
 
@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from conftest import ROOT
 
 PROTO = ROOT / "server/proto/grpc_service.proto"
+MODEL_CONFIG = ROOT / "server/proto/model_config.proto"
 SCALARS = {
     FieldDescriptor.TYPE_BOOL: "bool", FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_BYTES: "bytes",
     FieldDescriptor.TYPE_INT32: "int32", FieldDescriptor.TYPE_INT64: "int64", FieldDescriptor.TYPE_UINT32: "uint32",
@@ -68,8 +69,8 @@ def type_name(field) -> str:
 
 
 def test_every_field_matches_tritonclient():
-    messages, enums = parse(PROTO.read_text())
-    assert len(messages) > 40
+    messages, enums = parse(PROTO.read_text() + MODEL_CONFIG.read_text())
+    assert len(messages) > 80
     for full, fields in messages.items():
         theirs = descriptor(full)
         for name, (number, typ, repeated) in fields.items():

@@ -20,6 +20,7 @@ pub mod model_toml;
 pub mod monitoring;
 pub mod prediction_log;
 pub mod process_metrics;
+pub mod protocol;
 pub mod readiness;
 pub mod repository;
 pub mod request_id;

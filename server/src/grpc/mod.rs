@@ -19,10 +19,7 @@ use crate::metrics::Protocol;
 use crate::readiness::Readiness;
 use crate::request_id;
 
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("inference");
-}
+pub use crate::protocol::inference as pb;
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 

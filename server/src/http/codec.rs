@@ -13,14 +13,13 @@ use std::ops::Range;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use http_body_util::BodyExt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{compression, json_data};
-use crate::budget::{Budget, Permit};
+use super::json_data;
+use crate::budget::Permit;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::signature::{InputHeaders, Signature};
@@ -55,112 +54,6 @@ pub fn json_length(headers: &HeaderMap) -> Result<Option<usize>> {
         .and_then(|s| s.trim().parse::<usize>().ok())
         .map(Some)
         .ok_or_else(|| Error::invalid(format!("{HEADER_LENGTH} must be a non-negative integer")))
-}
-
-/// Reads a whole request body, refusing anything over `limit` (413) and holding its bytes from `budget`
-/// (429 when spent): a declared Content-Length is checked against both before a byte is read; the bytes
-/// are held as they arrive (so a client that declares much and sends slowly holds only what it sent), and
-/// the body is cut off as soon as it passes either.
-///
-/// A body sent with `Content-Encoding: gzip` or `deflate` is then inflated, and `limit` bounds the
-/// inflated size too: inflating stops as soon as it would pass it (413), so a zip bomb costs at most the
-/// limit. While it inflates, the body is held from the budget at what it may inflate to (1032 bytes per
-/// compressed byte, capped at the limit), then at its inflated size.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    budget: &Budget,
-) -> Result<(bytes::Bytes, Permit)> {
-    // The router's middleware answers 415 before this; direct callers get a 400.
-    let coding = compression::request_coding(headers).map_err(|coding| {
-        Error::invalid(format!(
-            "unsupported Content-Encoding '{coding}' (gzip, deflate or identity)"
-        ))
-    })?;
-    let (body, mut permit) = read_encoded_body(headers, body, limit, budget).await?;
-    let Some(coding) = coding else {
-        return Ok((body, permit));
-    };
-    permit.grow(
-        body.len()
-            .saturating_mul(compression::MAX_INFLATE_RATIO)
-            .min(limit),
-    )?;
-    let inflated = compression::inflate(coding, body, limit).await?;
-    permit.resize(inflated.len())?;
-    Ok((inflated, permit))
-}
-
-/// The body as it came over the wire (compressed, if it was).
-async fn read_encoded_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    budget: &Budget,
-) -> Result<(bytes::Bytes, Permit)> {
-    let too_large =
-        || Error::PayloadTooLarge(format!("request body exceeds the {limit}-byte limit"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut permit = budget.empty();
-    let mut body = body;
-    if let Some(declared) = declared {
-        budget.check(declared as usize)?;
-        // One buffer of the declared size (memory only as it is written), each chunk copied in and let
-        // go as it arrives.
-        let mut buf = Vec::with_capacity(declared as usize);
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| Error::invalid(format!("cannot read the request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                permit.grow(data.len())?;
-                buf.extend_from_slice(&data);
-            }
-        }
-        return Ok((buf.into(), permit));
-    }
-    let mut chunks: Vec<bytes::Bytes> = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| Error::invalid(format!("cannot read the request body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total += data.len();
-        if total > limit {
-            return Err(too_large());
-        }
-        permit.grow_to(total)?;
-        if !data.is_empty() {
-            chunks.push(data);
-        }
-    }
-    let body = match chunks.len() {
-        0 => bytes::Bytes::new(),
-        1 => chunks.pop().expect("one chunk"),
-        _ => {
-            // One contiguous copy for the parser; the chunks go once it is made.
-            permit.grow(total)?;
-            let mut joined = Vec::with_capacity(total);
-            for chunk in chunks.drain(..) {
-                joined.extend_from_slice(&chunk);
-            }
-            drop(chunks);
-            permit.shrink_to(total);
-            joined.into()
-        }
-    };
-    permit.shrink_to(body.len());
-    Ok((body, permit))
 }
 
 /// Makes every error answer JSON `{"error": "..."}`: responses of 400 and above that are not JSON already
@@ -247,6 +140,14 @@ pub struct BinaryOutputs {
 }
 
 impl BinaryOutputs {
+    /// Every output in binary (a raw binary request's answer).
+    pub(super) fn all() -> Self {
+        BinaryOutputs {
+            default: true,
+            overrides: HashMap::new(),
+        }
+    }
+
     fn is_binary(&self, name: &str) -> bool {
         self.overrides.get(name).copied().unwrap_or(self.default)
     }
@@ -295,7 +196,7 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<DecodedReq
 
 /// Decodes a request body, checking every input against `limits` before its data is decoded, and
 /// growing `permit` by the decoded tensors' size before they are built (429 when the budget is spent).
-/// `json_len` 0 makes the body a raw binary request (see [`decode_raw_request`]).
+/// `json_len` 0 makes the body a raw binary request (see [`super::raw::decode_raw_request`]).
 pub fn decode_request_with(
     body: &[u8],
     json_len: Option<usize>,
@@ -303,7 +204,7 @@ pub fn decode_request_with(
     permit: Option<&mut Permit>,
 ) -> Result<DecodedRequest> {
     if json_len == Some(0) {
-        return decode_raw_request(body, limits, permit);
+        return super::raw::decode_raw_request(body, limits, permit);
     }
     let (json, binary) = match json_len {
         None => (body, &[][..]),
@@ -420,137 +321,6 @@ pub fn decode_request_with(
         },
         binary: binary_outputs,
         tensor_bytes: checks.tensor_bytes,
-    })
-}
-
-/// Triton's raw binary request: `Inference-Header-Content-Length: 0` and a body that is nothing but the
-/// data of the model's one input, whose datatype and shape come from the model's configuration. As
-/// Triton's `InferenceRequest::Normalize` does it:
-///
-/// - the model must have exactly one input;
-/// - a batching model (`max_batch_size` > 0) gets a batch of one;
-/// - a fixed-size datatype may have at most one variable dimension besides the batch, sized from the
-///   body's length, which must be a whole number of rows (without one, exactly shape x element size);
-/// - a BYTES input must hold exactly one element (shape [1]), and the whole body is that element:
-///   Triton prepends its 4-byte length itself, so the body carries none;
-/// - every output comes back, in binary form.
-///
-/// All of it is checked from the body's length before anything is allocated; the tensor's size is then
-/// taken from `permit`, as for any request.
-pub fn decode_raw_request(
-    body: &[u8],
-    limits: DecodeLimits,
-    permit: Option<&mut Permit>,
-) -> Result<DecodedRequest> {
-    const RAW: &str = "raw binary request (Inference-Header-Content-Length: 0)";
-    let signature = limits.signature.ok_or_else(|| {
-        Error::invalid(format!(
-            "a {RAW} needs the model's configuration to say what the body holds"
-        ))
-    })?;
-    let spec = match signature.inputs.as_slice() {
-        [spec] => spec,
-        inputs => {
-            let names: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::invalid(format!(
-                "a {RAW} needs a model with exactly one input; this model has {} ({})",
-                inputs.len(),
-                names.join(", ")
-            )));
-        }
-    };
-    let name = &spec.name;
-    let datatype = spec.datatype;
-    let batched = signature.max_batch_size > 0;
-    let dims = &spec.shape[usize::from(batched).min(spec.shape.len())..];
-    let mut shape: Vec<usize> = Vec::with_capacity(spec.shape.len());
-    if batched {
-        shape.push(1);
-    }
-    // Positions of the variable dimensions in `shape`.
-    let mut variable = Vec::new();
-    let mut fixed = 1usize;
-    for &d in dims {
-        match usize::try_from(d) {
-            Ok(d) => {
-                fixed = fixed.saturating_mul(d);
-                shape.push(d);
-            }
-            Err(_) => {
-                variable.push(shape.len());
-                shape.push(0);
-            }
-        }
-    }
-    let count = match (datatype.size(), variable.as_slice()) {
-        (None, []) if fixed == 1 => 1,
-        (None, _) => {
-            return Err(Error::invalid(format!(
-                "a {RAW} carries one BYTES element, but input '{name}' has shape {dims:?} (not [1])"
-            )));
-        }
-        (Some(_), [_, _, ..]) => {
-            return Err(Error::invalid(format!(
-                "a {RAW} cannot size input '{name}': its shape {dims:?} has more than one variable dimension"
-            )));
-        }
-        (Some(_), []) => {
-            check_wire_len(datatype, fixed, body.len()).map_err(|e| {
-                Error::invalid(format!("{RAW}: input '{name}' shape {shape:?}: {e}"))
-            })?;
-            fixed
-        }
-        (Some(size), &[axis]) => {
-            let row = fixed.saturating_mul(size);
-            let rows = match (row, body.len()) {
-                (0, 0) => 0,
-                (0, _) => {
-                    return Err(Error::invalid(format!(
-                        "{RAW}: input '{name}' shape {dims:?} holds no elements, but the body has {} bytes",
-                        body.len()
-                    )));
-                }
-                (row, len) if len % row != 0 => {
-                    return Err(Error::invalid(format!(
-                        "{RAW}: input '{name}' takes {datatype} rows of {row} bytes (shape {dims:?}); {len} bytes is not a whole number of them"
-                    )));
-                }
-                (row, len) => len / row,
-            };
-            shape[axis] = rows;
-            rows.saturating_mul(fixed)
-        }
-    };
-    // The shape against the signature as any request's is (batch size, max_batch_size).
-    InputHeaders::new(signature).check(name, datatype, &shape)?;
-    if datatype == DataType::Bytes {
-        count_bytes_elements(&mut 0, count, limits.max_bytes_elements)?;
-    }
-    let tensor_bytes = decoded_bytes(datatype, count, body.len());
-    if let Some(permit) = permit {
-        permit.grow(tensor_bytes)?;
-    }
-    let data = match datatype {
-        DataType::Bytes => TensorData::Bytes(vec![body.to_vec()]),
-        _ => TensorData::from_le_bytes(datatype, body, count)
-            .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
-    };
-    Ok(DecodedRequest {
-        request: InferRequest {
-            id: None,
-            inputs: vec![Tensor {
-                name: name.clone(),
-                shape,
-                data,
-            }],
-            outputs: None,
-            timeout: None,
-        },
-        binary: BinaryOutputs {
-            default: true,
-            overrides: HashMap::new(),
-        },
-        tensor_bytes,
     })
 }
 
@@ -1100,6 +870,7 @@ pub fn encode_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Budget;
     use crate::signature::TensorSpec;
 
     fn signature() -> Signature {

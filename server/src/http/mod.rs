@@ -1,9 +1,11 @@
 //! The KServe V2 REST front end (with Triton's binary tensor and model configuration extensions).
 
+pub mod body;
 pub mod codec;
 pub mod compression;
 pub mod json_data;
 pub mod metadata;
+mod raw;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -232,7 +234,7 @@ async fn infer(
     let json_len = codec::json_length(&headers).map_err(|e| refused(e, &served))?;
     // The body's bytes are held from the in-flight budget while it is read (429 when spent), then the
     // decoded tensors' bytes, checked against the signature before they are built.
-    let (body, mut permit) = codec::read_body(&headers, body, state.max_body_bytes, &state.budget)
+    let (body, mut permit) = body::read_body(&headers, body, state.max_body_bytes, &state.budget)
         .await
         .map_err(|e| refused(e, &served))?;
     let max_bytes_elements = state.max_bytes_elements;
@@ -333,7 +335,7 @@ async fn repository_index(
     body: Body,
 ) -> Result<Response> {
     authorize(&state, &headers)?;
-    let (body, _held) = codec::read_body(&headers, body, ADMIN_BODY_BYTES, &state.budget).await?;
+    let (body, _held) = body::read_body(&headers, body, ADMIN_BODY_BYTES, &state.budget).await?;
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -379,7 +381,7 @@ async fn feedback(
     let monitoring = monitoring(&state)?;
     state.infer.repository().model(&model)?;
     let (body, _permit) =
-        codec::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
+        body::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
     let now = crate::prediction_log::now_ms();
     let items = if body.len() > INLINE_DECODE_BYTES {
         let model = model.clone();

@@ -185,7 +185,7 @@ fn version_policy(policy: &VersionPolicy) -> pb::ModelVersionPolicy {
 /// integers as numbers, every field without presence printed even when default, message fields only
 /// when set.
 pub fn to_json(config: &pb::ModelConfig) -> Json {
-    let mut message = DynamicMessage::new(super::pbtxt::descriptor());
+    let mut message = DynamicMessage::new(super::text::descriptor());
     message
         .transcode_from(config)
         .expect("pb::ModelConfig and the descriptor come from the same .proto");

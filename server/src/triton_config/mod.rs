@@ -12,20 +12,19 @@
 
 mod effective;
 mod pbtxt;
+mod text;
 
 use std::path::Path;
 
 pub use effective::{effective, to_json};
-pub use pbtxt::{from_pbtxt, parse};
+pub use pbtxt::from_pbtxt;
+pub use text::parse;
 
 use crate::model_toml::ModelToml;
 
 /// Triton's ModelConfig and the messages it uses, as Rust types (generated from
-/// `proto/model_config.proto` by build.rs).
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/triton/inference.rs"));
-}
+/// `proto/model_config.proto` by build.rs, in the `inference` package's one module).
+pub use crate::protocol::inference as pb;
 
 /// Keel's own configuration file, in a model's directory.
 pub const MODEL_TOML: &str = crate::repository::CONFIG_FILE;
