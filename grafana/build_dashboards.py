@@ -304,6 +304,40 @@ def drift() -> dict:
             target(f"topk(10, max by (model, version, feature) (keel_drift_csi{sel()}))",
                    instant=True, fmt="table")],
             description="The ten features with the highest CSI right now.", sort_by_value=True),
+        timeseries("Jensen-Shannon distance (top 10)", [
+            target(f"topk(10, max by (model, version, feature) (keel_drift_js{sel()}))", MV + " {{feature}}")],
+            w=8, description="Jensen-Shannon distance (base 2, 0 = same, 1 = disjoint) of each feature and "
+                             "output over the window's bins, NaN and \"other\" included."),
+        timeseries("Kolmogorov-Smirnov statistic (top 10)", [
+            target(f"topk(10, max by (model, version, feature) (keel_drift_ks{sel()}))", MV + " {{feature}}")],
+            w=8, description="Largest gap between the window's and the baseline's CDFs at the bin edges "
+                             "(numeric columns, NaN left out); the exact statistic is at most one bin's "
+                             "mass higher (docs/monitoring.md)."),
+        timeseries("Wasserstein-1 distance (top 10)", [
+            target(f"topk(10, max by (model, version, feature) (keel_drift_wasserstein{sel()}))",
+                   MV + " {{feature}}")],
+            w=8, description="Earth mover's distance between the window and the baseline from the binned "
+                             "CDFs, in each feature's own units (numeric columns whose baseline records "
+                             "min and max)."),
+        row("Data quality"),
+        timeseries("Missing values (NaN / null)", [
+            target(f"topk(10, max by (model, version, feature) (keel_data_missing_ratio{sel()}))",
+                   MV + " {{feature}}")],
+            unit="percentunit", w=8, thresholds=steps((0.05, "orange"), (0.2, "red")),
+            description="Share of each feature's and output's values in the window that are NaN or null."),
+        timeseries("Outside the training range", [
+            target(f"topk(10, max by (model, version, feature) (keel_data_out_of_range_ratio{sel()}))",
+                   MV + " {{feature}}")],
+            unit="percentunit", w=8, thresholds=steps((0.05, "orange"), (0.2, "red")),
+            description="Share of each numeric column's values below the training minimum or above the "
+                        "maximum (baseline min/max)."),
+        timeseries("Unseen categories", [
+            target(f"topk(10, max by (model, version, feature) (keel_data_unseen_category_ratio{sel()}))",
+                   MV + " {{feature}}")],
+            unit="percentunit", w=8, thresholds=steps((0.05, "orange"), (0.2, "red")),
+            description="Share of each categorical column's values that are none of the baseline's "
+                        "categories (its \"other\" bin)."),
+        row("Alerts and window"),
         state_timeline("Alert state", [
             target(f"max by (model, version, rule) (keel_drift_alert{sel()})", MV + " {{rule}}")],
             alert_mappings,

@@ -207,14 +207,18 @@ BASELINE_BINS = 10
 
 def numeric_distribution(values: np.ndarray) -> dict:
     """Quantile bins as monitor/BASELINE.md defines them: numpy's linear quantiles at k/bins, duplicate
-    edges dropped, bin i = (edge[i-1], edge[i]], NaN apart."""
+    edges dropped, bin i = (edge[i-1], edge[i]], NaN apart; min and max of the finite values."""
     rows = len(values)
     finite = values[~np.isnan(values)]
     edges = np.unique(np.quantile(finite, np.arange(1, BASELINE_BINS) / BASELINE_BINS))
     counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
-    return {"kind": "numeric", "edges": [float(e) for e in edges],
+    dist = {"kind": "numeric", "edges": [float(e) for e in edges],
             "proportions": [float(c) / rows for c in counts],
             "nan_proportion": float(np.isnan(values).sum()) / rows}
+    bounded = finite[np.isfinite(finite)]
+    if len(bounded):  # the training range: out-of-range ratio and the Wasserstein distance's outer bounds
+        dist.update(min=float(bounded.min()), max=float(bounded.max()))
+    return dist
 
 
 def categorical_distribution(values: np.ndarray) -> dict:

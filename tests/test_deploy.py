@@ -75,6 +75,12 @@ CONTRACT = {
     "keel_monitor_records_total": "counter",
     "keel_drift_bin_rows_total": "counter",
     "keel_drift_baseline_proportion": "gauge",
+    "keel_drift_js": "gauge",
+    "keel_drift_ks": "gauge",
+    "keel_drift_wasserstein": "gauge",
+    "keel_data_missing_ratio": "gauge",
+    "keel_data_out_of_range_ratio": "gauge",
+    "keel_data_unseen_category_ratio": "gauge",
     "keel_webhook_deliveries_total": "counter",
     "keel_webhook_pending_events": "gauge",
     # Prometheus' own per-target series

@@ -55,6 +55,10 @@ pub struct Baseline {
     pub rows: u64,
     pub features: Vec<BaselineColumn>,
     pub outputs: Vec<BaselineColumn>,
+    /// Calibration map of a binary classifier's positive-class probability, for estimated
+    /// accuracy without labels (`keel baseline --label-column`); absent in older baselines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::Calibration>,
 }
 
 /// One monitored element: where it is in the record and how it was distributed in training.
@@ -76,6 +80,13 @@ pub enum Distribution {
         /// `edges.len() + 1` proportions, one per bin.
         proportions: Vec<f64>,
         nan_proportion: f64,
+        /// Smallest finite training value: served values below it are out of range, and it bounds
+        /// the first bin for the Wasserstein distance. Absent in older baselines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f64>,
+        /// Largest finite training value (see `min`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f64>,
     },
     Categorical {
         categories: BTreeMap<String, f64>,
@@ -148,6 +159,7 @@ impl Baseline {
             rows: rows as u64,
             features: compute(features)?,
             outputs: compute(outputs)?,
+            calibration: None,
         };
         baseline.validate()?;
         Ok(baseline)
@@ -206,6 +218,9 @@ impl Baseline {
             }
             column.distribution.validate().map_err(bad)?;
         }
+        if let Some(c) = &self.calibration {
+            c.validate()?;
+        }
         Ok(())
     }
 }
@@ -217,7 +232,29 @@ impl Distribution {
                 edges,
                 proportions,
                 nan_proportion,
+                min,
+                max,
             } => {
+                for bound in [min, max].into_iter().flatten() {
+                    if !bound.is_finite() {
+                        return Err(format!("min/max {bound} is not finite"));
+                    }
+                }
+                if let (Some(lo), Some(hi)) = (min, max)
+                    && lo > hi
+                {
+                    return Err(format!("min {lo} is above max {hi}"));
+                }
+                if let (Some(lo), Some(first)) = (min, edges.first())
+                    && lo > first
+                {
+                    return Err(format!("min {lo} is above the first edge {first}"));
+                }
+                if let (Some(hi), Some(last)) = (max, edges.last())
+                    && hi < last
+                {
+                    return Err(format!("max {hi} is below the last edge {last}"));
+                }
                 if edges.len() > MAX_EDGES {
                     return Err(format!(
                         "{} bin edges, more than the {MAX_EDGES} a column may have",
@@ -315,6 +352,9 @@ fn numeric(column: &Column, bins: usize) -> Result<Distribution, MonitorError> {
     let nans = values.iter().filter(|x| x.is_nan()).count();
     values.retain(|x| !x.is_nan());
     values.sort_by(f64::total_cmp);
+    let mut finite = values.iter().copied().filter(|x| x.is_finite());
+    let min = finite.next();
+    let max = finite.next_back().or(min);
     let mut edges: Vec<f64> = (1..bins)
         .filter_map(|k| quantile(&values, k as f64 / bins as f64))
         // Infinite training values can make an interpolated edge infinite or NaN; outer bins
@@ -330,6 +370,8 @@ fn numeric(column: &Column, bins: usize) -> Result<Distribution, MonitorError> {
         proportions: counts.iter().map(|&c| c as f64 / rows).collect(),
         edges,
         nan_proportion: nans as f64 / rows,
+        min,
+        max,
     })
 }
 
@@ -533,5 +575,33 @@ mod tests {
         assert_eq!(json["features"][0]["kind"], "numeric");
         assert_eq!(json["features"][0]["edges"][0], 1.5);
         assert_eq!(json["features"][0]["nan_proportion"], 0.0);
+        assert_eq!(json["features"][0]["min"], 1.0);
+        assert_eq!(json["features"][0]["max"], 2.0);
+    }
+
+    #[test]
+    fn training_range_is_finite_and_checked() {
+        let values = [f64::NAN, f64::NEG_INFINITY, -3.0, 5.0, f64::INFINITY];
+        let b = Baseline::compute("m", 1, &[numbers("x", values)], &[], 2).unwrap();
+        let Distribution::Numeric { min, max, .. } = &b.features[0].distribution else {
+            panic!("not numeric")
+        };
+        assert_eq!((*min, *max), (Some(-3.0), Some(5.0)));
+        let all_nan = Baseline::compute("m", 1, &[numbers("x", [f64::NAN])], &[], 2).unwrap();
+        assert!(matches!(
+            all_nan.features[0].distribution,
+            Distribution::Numeric {
+                min: None,
+                max: None,
+                ..
+            }
+        ));
+        let mut bad =
+            Baseline::compute("m", 1, &[numbers("x", (0..20).map(f64::from))], &[], 4).unwrap();
+        if let Distribution::Numeric { min, .. } = &mut bad.features[0].distribution {
+            *min = Some(10.0);
+        }
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("first edge"), "{err}");
     }
 }

@@ -17,9 +17,18 @@ pub(crate) struct ColumnBins {
     pub labels: Vec<String>,
 }
 
+/// How far a number lies outside the baseline's training range: 0 inside it (and for NaN, categories,
+/// or a baseline without min/max), negative below the minimum, positive above the maximum (infinite
+/// for an infinite value). One `f64`, so the common in-range case is a single comparison with zero.
+pub(crate) type Excess = f64;
+
 enum Binner {
     Numeric {
         edges: Vec<f64>,
+        /// Training minimum and maximum; -inf and +inf when the baseline has none, so nothing
+        /// is out of range.
+        min: f64,
+        max: f64,
     },
     Categorical {
         by_name: HashMap<String, usize>,
@@ -33,10 +42,16 @@ impl ColumnBins {
     pub fn new(column: &BaselineColumn) -> ColumnBins {
         let (binner, mut expected, mut labels) = match &column.distribution {
             Distribution::Numeric {
-                edges, proportions, ..
+                edges,
+                proportions,
+                min,
+                max,
+                ..
             } => (
                 Binner::Numeric {
                     edges: edges.clone(),
+                    min: min.unwrap_or(f64::NEG_INFINITY),
+                    max: max.unwrap_or(f64::INFINITY),
                 },
                 proportions.clone(),
                 (0..proportions.len()).map(|i| i.to_string()).collect(),
@@ -94,30 +109,55 @@ impl ColumnBins {
     }
 
     /// The bin of a value; `None` for a string in a numeric column that is not a number.
-    #[inline]
+    #[cfg(test)]
     pub fn bin(&self, value: &FeatureValue) -> Option<usize> {
+        self.bin_and_excess(value).map(|(bin, _)| bin)
+    }
+
+    /// Whether the column is numeric (KS and Wasserstein apply).
+    pub fn is_numeric(&self) -> bool {
+        matches!(self.binner, Binner::Numeric { .. })
+    }
+
+    /// The baseline's training range of a numeric column, when it records one.
+    pub fn range(&self) -> Option<(f64, f64)> {
+        match self.binner {
+            Binner::Numeric { min, max, .. } if min.is_finite() && max.is_finite() => {
+                Some((min, max))
+            }
+            _ => None,
+        }
+    }
+
+    /// The inner edges of a numeric column (empty for a categorical one).
+    pub fn edges(&self) -> &[f64] {
+        match &self.binner {
+            Binner::Numeric { edges, .. } => edges,
+            Binner::Categorical { .. } => &[],
+        }
+    }
+
+    /// The bin of a value and, for a number, where it lies against the training range (one
+    /// comparison, only in the outer bins); `None` for a string in a numeric column that is not
+    /// a number.
+    #[inline]
+    pub fn bin_and_excess(&self, value: &FeatureValue) -> Option<(usize, Excess)> {
         let nan = self.expected.len() - 1;
         match (&self.binner, value) {
-            (Binner::Numeric { edges }, FeatureValue::Number(x)) => Some(if x.is_nan() {
-                nan
-            } else {
-                numeric_bin(edges, *x)
-            }),
-            (Binner::Numeric { edges }, FeatureValue::Category(s)) => {
-                let x = s.trim().parse::<f64>().ok()?;
-                Some(if x.is_nan() {
-                    nan
-                } else {
-                    numeric_bin(edges, x)
-                })
+            (Binner::Numeric { edges, min, max }, FeatureValue::Number(x)) => {
+                Some(numeric_bin_and_excess(edges, *min, *max, nan, *x))
             }
-            (Binner::Categorical { .. }, FeatureValue::Number(x)) if x.is_nan() => Some(nan),
+            (Binner::Numeric { edges, min, max }, FeatureValue::Category(s)) => {
+                let x = s.trim().parse::<f64>().ok()?;
+                Some(numeric_bin_and_excess(edges, *min, *max, nan, x))
+            }
+            (Binner::Categorical { .. }, FeatureValue::Number(x)) if x.is_nan() => Some((nan, 0.0)),
             (
                 Binner::Categorical {
                     by_number, other, ..
                 },
                 FeatureValue::Number(x),
-            ) => Some(number_category(by_number, *x).unwrap_or(*other)),
+            ) => Some((number_category(by_number, *x).unwrap_or(*other), 0.0)),
             (
                 Binner::Categorical {
                     by_name,
@@ -125,17 +165,45 @@ impl ColumnBins {
                     other,
                 },
                 FeatureValue::Category(s),
-            ) => Some(match by_name.get(s.as_str()) {
-                Some(&i) => i,
-                None => s
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(|x| number_category(by_number, x))
-                    .unwrap_or(*other),
-            }),
+            ) => Some((
+                match by_name.get(s.as_str()) {
+                    Some(&i) => i,
+                    None => s
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(|x| number_category(by_number, x))
+                        .unwrap_or(*other),
+                },
+                0.0,
+            )),
         }
     }
+}
+
+/// A number's bin and excess. `min <= edges[0]` and `max >= edges[last]` (validated), so a value
+/// below `min` is always in bin 0 and one above `max` in the last bin: the range check costs one
+/// comparison and only for values in an outer bin.
+#[inline]
+fn numeric_bin_and_excess(
+    edges: &[f64],
+    min: f64,
+    max: f64,
+    nan: usize,
+    x: f64,
+) -> (usize, Excess) {
+    if x.is_nan() {
+        return (nan, 0.0);
+    }
+    let bin = numeric_bin(edges, x);
+    let excess = if bin == 0 && x < min {
+        x - min
+    } else if bin == edges.len() && x > max {
+        x - max
+    } else {
+        0.0
+    };
+    (bin, excess)
 }
 
 /// Bin `i` is `(edges[i-1], edges[i]]`: the number of edges strictly below `x`.
@@ -178,6 +246,8 @@ mod tests {
                 edges: vec![1.0, 2.0, 3.0],
                 proportions: vec![0.25; 4],
                 nan_proportion: 0.0,
+                min: Some(0.5),
+                max: Some(3.5),
             },
         })
     }
@@ -197,6 +267,13 @@ mod tests {
         assert_eq!(c.bin(&FeatureValue::Category("2.5".into())), Some(2));
         assert_eq!(c.bin(&FeatureValue::Category("abc".into())), None);
         assert_eq!(c.labels, ["0", "1", "2", "3", "nan"]);
+        let range = |x: f64| c.bin_and_excess(&FeatureValue::Number(x)).unwrap().1;
+        assert_eq!(range(0.5), 0.0);
+        assert_eq!(range(0.25), -0.25);
+        assert_eq!(range(3.5), 0.0);
+        assert_eq!(range(4.0), 0.5);
+        assert_eq!(range(f64::NAN), 0.0);
+        assert_eq!(range(f64::INFINITY), f64::INFINITY);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::EstimatedPerformance;
+use crate::report::{AlertState, ColumnDrift, FeedbackMetrics};
+
 /// CloudEvents `type` of an event whose rule started firing on a drift metric (PSI/CSI).
 pub const DRIFT_DETECTED: &str = "dev.keel.drift.detected";
 /// CloudEvents `type` of an event whose drift rule cleared.
@@ -37,6 +40,28 @@ pub struct AlertEvent {
     pub files: Vec<String>,
     /// When the transition happened, unix milliseconds.
     pub time_ms: u64,
+    /// The window's statistics when the rule changed state, so a receiver can decide without
+    /// querying Prometheus. Absent (empty) in events stored by older builds.
+    #[serde(default)]
+    pub evidence: Evidence,
+}
+
+/// Why a rule changed state: drift of the most drifted features and of the outputs, and estimated
+/// and measured performance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The most drifted input features, highest CSI first (at most 5, only those with a CSI),
+    /// with every statistic the drift report holds for them.
+    pub features: Vec<ColumnDrift>,
+    /// Every monitored output, with its PSI.
+    pub outputs: Vec<ColumnDrift>,
+    /// Accuracy estimated without labels, when the baseline has a calibration.
+    pub estimated: Option<EstimatedPerformance>,
+    /// Measured performance over joined feedback, when feedback is enabled.
+    pub measured: Option<FeedbackMetrics>,
+    /// Every rule of the version firing after the evaluation that raised the event, this one
+    /// included when it fired (data-quality rules among them: their breaches).
+    pub firing: Vec<AlertState>,
 }
 
 /// Where the drift core hands its events: the webhook sender, a test's collector, or nothing.

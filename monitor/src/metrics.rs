@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     pub false_positive_rate: GaugeVec,
     pub mae: GaugeVec,
     pub rmse: GaugeVec,
+    pub estimated_accuracy: GaugeVec,
     pub feedback_window_rows: IntGaugeVec,
     pub feedback_total: IntCounterVec,
     pub feedback_evicted: IntCounterVec,
@@ -22,6 +23,10 @@ pub(crate) struct Metrics {
     pub values_skipped: IntCounterVec,
     pub bin_rows: IntCounterVec,
     pub baseline_proportion: GaugeVec,
+    /// Per-column statistics, in [`ColumnStat::ALL`](crate::stats::ColumnStat::ALL) order:
+    /// `keel_drift_js`, `_ks`, `_wasserstein`, `keel_data_missing_ratio`, `_out_of_range_ratio`,
+    /// `_unseen_category_ratio` (labels model, version, feature).
+    pub column_stats: [GaugeVec; 6],
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -92,6 +97,11 @@ impl Metrics {
                 "Root mean squared error over joined feedback in the window",
                 MV,
             )?,
+            estimated_accuracy: gauge(
+                "keel_model_estimated_accuracy",
+                "Accuracy estimated without labels (mean calibrated confidence of the predicted class) over the window",
+                MV,
+            )?,
             feedback_window_rows: int_gauge(
                 "keel_feedback_window_rows",
                 "Joined feedback rows in the window",
@@ -132,6 +142,41 @@ impl Metrics {
                 "Baseline proportion of each bin of a feature or output",
                 &["model", "version", "feature", "bin"],
             )?,
+            column_stats: {
+                const COLUMN: &[&str] = &["model", "version", "feature"];
+                [
+                    gauge(
+                        "keel_drift_js",
+                        "Jensen-Shannon distance (base 2) of a feature or output over the rolling window, all bins including NaN",
+                        COLUMN,
+                    )?,
+                    gauge(
+                        "keel_drift_ks",
+                        "Binned Kolmogorov-Smirnov statistic of a numeric feature or output over the rolling window (non-NaN values)",
+                        COLUMN,
+                    )?,
+                    gauge(
+                        "keel_drift_wasserstein",
+                        "Binned Wasserstein-1 distance of a numeric feature or output over the rolling window (non-NaN values, feature units)",
+                        COLUMN,
+                    )?,
+                    gauge(
+                        "keel_data_missing_ratio",
+                        "Share of a feature's or output's values in the window that are NaN or null",
+                        COLUMN,
+                    )?,
+                    gauge(
+                        "keel_data_out_of_range_ratio",
+                        "Share of a numeric feature's or output's values in the window below the training minimum or above the maximum",
+                        COLUMN,
+                    )?,
+                    gauge(
+                        "keel_data_unseen_category_ratio",
+                        "Share of a categorical feature's or output's values in the window that are none of the baseline categories",
+                        COLUMN,
+                    )?,
+                ]
+            },
         })
     }
 

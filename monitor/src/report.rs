@@ -23,16 +23,38 @@ pub struct DriftReport {
     /// CSI per monitored input feature, in baseline order.
     pub features: Vec<ColumnDrift>,
     pub feedback: FeedbackMetrics,
+    /// Accuracy estimated without labels, for versions whose baseline has a calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated: Option<crate::calibration::EstimatedPerformance>,
     pub alerts: Vec<AlertState>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDrift {
     pub name: String,
     /// Values of this column in the window (rows missing it are not counted).
     pub rows: u64,
     /// PSI/CSI; `None` below `min_samples`.
     pub value: Option<f64>,
+    /// Jensen-Shannon distance (base 2) over all bins; like every statistic below, `None` below
+    /// `min_samples` or where it does not apply (formulas: docs/monitoring.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub js: Option<f64>,
+    /// Binned Kolmogorov-Smirnov statistic (numeric columns, non-NaN values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ks: Option<f64>,
+    /// Binned Wasserstein-1 distance (numeric columns whose baseline has `min`/`max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasserstein: Option<f64>,
+    /// Share of the column's values that are NaN or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_ratio: Option<f64>,
+    /// Share of a numeric column's values outside the training `[min, max]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_range_ratio: Option<f64>,
+    /// Share of a categorical column's values that are none of the baseline's categories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen_category_ratio: Option<f64>,
 }
 
 /// Rolling metrics over joined feedback; a metric is `None` while undefined (no rows, or e.g. no

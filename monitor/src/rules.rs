@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MonitorError;
 use crate::settings::{RuleSettings, Task};
+use crate::stats::ColumnStat;
 
 /// What a rule watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,17 +27,28 @@ pub enum Metric {
     Mae,
     /// Root mean squared error.
     Rmse,
+    /// Accuracy estimated without labels from the baseline's calibration (CBPE).
+    EstimatedAccuracy,
+    /// A per-column statistic (JS, KS, Wasserstein, data-quality ratios): the highest over every
+    /// monitored column (features and outputs) with `None`, else that column's (by baseline name).
+    Stat(ColumnStat, Option<String>),
 }
 
 impl Metric {
     /// PSI/CSI (events `drift.*`), as opposed to feedback metrics (events `performance.*`).
     pub fn is_drift(&self) -> bool {
-        matches!(self, Metric::Psi | Metric::Csi | Metric::CsiFeature(_))
+        matches!(
+            self,
+            Metric::Psi | Metric::Csi | Metric::CsiFeature(_) | Metric::Stat(..)
+        )
     }
 
     /// Accuracy, precision and recall get worse as they fall; everything else as it rises.
     pub fn lower_is_worse(&self) -> bool {
-        matches!(self, Metric::Accuracy | Metric::Precision | Metric::Recall)
+        matches!(
+            self,
+            Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::EstimatedAccuracy
+        )
     }
 
     /// The task a feedback metric needs.
@@ -46,7 +58,9 @@ impl Metric {
                 Some(Task::Classifier)
             }
             Metric::Mae | Metric::Rmse => Some(Task::Regressor),
-            Metric::Psi | Metric::Csi | Metric::CsiFeature(_) => None,
+            // Needs the baseline's calibration, not the feedback join.
+            Metric::Psi | Metric::Csi | Metric::CsiFeature(_) | Metric::EstimatedAccuracy => None,
+            Metric::Stat(..) => None,
         }
     }
 }
@@ -63,6 +77,9 @@ impl fmt::Display for Metric {
             Metric::FalsePositiveRate => f.write_str("false_positive_rate"),
             Metric::Mae => f.write_str("mae"),
             Metric::Rmse => f.write_str("rmse"),
+            Metric::EstimatedAccuracy => f.write_str("estimated_accuracy"),
+            Metric::Stat(stat, None) => write!(f, "{stat}"),
+            Metric::Stat(stat, Some(column)) => write!(f, "{stat}:{column}"),
         }
     }
 }
@@ -80,16 +97,34 @@ impl TryFrom<String> for Metric {
             "false_positive_rate" => Metric::FalsePositiveRate,
             "mae" => Metric::Mae,
             "rmse" => Metric::Rmse,
+            "estimated_accuracy" => Metric::EstimatedAccuracy,
             _ => match s.strip_prefix("csi:") {
                 Some(feature) if !feature.is_empty() => Metric::CsiFeature(feature.to_owned()),
-                _ => {
-                    return Err(format!(
-                        "unknown metric {s:?}: expected psi, csi, csi:<feature>, accuracy, \
-                         precision, recall, false_positive_rate, mae or rmse"
-                    ));
-                }
+                _ => match stat_metric(&s) {
+                    Some(metric) => metric,
+                    None => {
+                        return Err(format!(
+                            "unknown metric {s:?}: expected psi, csi, csi:<feature>, accuracy, \
+                         precision, recall, false_positive_rate, mae, rmse, estimated_accuracy, \
+                         js, ks, wasserstein, missing_ratio, out_of_range_ratio, \
+                         unseen_category_ratio (each also as <name>:<column>)"
+                        ));
+                    }
+                },
             },
         })
+    }
+}
+
+/// `js`, `ks:<column>`, ...: a per-column statistic, over all columns or one.
+fn stat_metric(s: &str) -> Option<Metric> {
+    match s.split_once(':') {
+        None => Some(Metric::Stat(ColumnStat::from_name(s)?, None)),
+        Some((_, "")) => None,
+        Some((stat, column)) => Some(Metric::Stat(
+            ColumnStat::from_name(stat)?,
+            Some(column.to_owned()),
+        )),
     }
 }
 
@@ -201,6 +236,13 @@ mod tests {
             "false_positive_rate",
             "mae",
             "rmse",
+            "estimated_accuracy",
+            "js",
+            "ks:mean radius",
+            "wasserstein",
+            "missing_ratio:x",
+            "out_of_range_ratio",
+            "unseen_category_ratio:colour",
         ] {
             assert_eq!(Metric::try_from(name.to_owned()).unwrap().to_string(), name);
         }

@@ -126,9 +126,11 @@ pub struct MonitorSettings {
 #[serde(deny_unknown_fields)]
 pub struct RuleSettings {
     /// "psi" (max over outputs), "csi" (max over input features), "csi:<feature>", "accuracy",
-    /// "precision", "recall", "false_positive_rate", "mae", "rmse".
+    /// "precision", "recall", "false_positive_rate", "mae", "rmse"; per-column statistics "js",
+    /// "ks", "wasserstein", "missing_ratio", "out_of_range_ratio", "unseen_category_ratio" (max
+    /// over all monitored columns) or "<statistic>:<column>".
     pub metric: Metric,
-    /// Threshold to fire at; default 0.25 for psi/csi, required otherwise.
+    /// Threshold to fire at; default 0.25 for psi/csi (and csi:<feature>), required otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fire: Option<f64>,
     /// Threshold to clear at; default 0.1 for psi/csi, required otherwise.
@@ -212,7 +214,8 @@ impl RuleSettings {
         let name = self.rule_name();
         let default = |v: Option<f64>, d: f64, what: &str| match v {
             Some(v) => Ok(v),
-            None if self.metric.is_drift() => Ok(d),
+            // JS, KS, Wasserstein and the data-quality ratios have no sensible default scale.
+            None if self.metric.is_drift() && !matches!(self.metric, Metric::Stat(..)) => Ok(d),
             None => Err(MonitorError::Settings(format!(
                 "rule {name:?}: `{what}` is required for {}",
                 self.metric
@@ -399,6 +402,13 @@ mod tests {
         assert!(
             err("[monitor]\n[[monitor.rules]]\nmetric = \"psi\"\nconsecutive = 0\n")
                 .contains("consecutive")
+        );
+        assert!(err("[monitor]\n[[monitor.rules]]\nmetric = \"missing_ratio\"\n").contains("fire"));
+        let s = parse("[monitor]\n[[monitor.rules]]\nmetric = \"ks:x\"\nfire = 0.3\nclear = 0.1\n")
+            .unwrap();
+        assert_eq!(
+            s.effective_rules()[0].metric,
+            Metric::Stat(crate::stats::ColumnStat::Ks, Some("x".into()))
         );
     }
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 
 use crate::bins::ColumnBins;
+use crate::calibration::{EstimateWindow, EstimatedPerformance};
 use crate::error::MonitorError;
-use crate::event::{self, AlertEvent};
+use crate::event::{self, AlertEvent, Evidence};
 use crate::feedback::{Evictions, FeedbackStore, Value};
 use crate::metrics::{Metrics, set_or_remove};
 use crate::performance::{FeedbackWindow, Skip};
@@ -16,6 +17,7 @@ use crate::record::{FeatureValue, PredictionRecord};
 use crate::report::{AlertState, ColumnDrift, DriftReport, FeedbackMetrics};
 use crate::rules::{Metric, Rule, Transition};
 use crate::settings::{DEFAULT_MIN_FEEDBACK, ModelSpec, MonitorConfig};
+use crate::stats::{ColumnInput, ColumnStat, ColumnStats, OutOfRange, column_stats};
 use crate::window::{DriftWindow, Refused};
 
 /// Features and outputs named in alert events.
@@ -25,6 +27,10 @@ struct Tracked {
     bins: ColumnBins,
     /// First bin of this column in the window's bin layout.
     offset: usize,
+    /// Numeric columns with a training range: index `r` of its out-of-range tallies, window sums
+    /// `4r..4r + 4`: count and summed distance below the range, then above it (adjacent, so an
+    /// out-of-range value touches one cache line).
+    range: Option<usize>,
 }
 
 /// Columns read from one tensor, so a record's tensor is looked up once per tensor, not per
@@ -52,6 +58,8 @@ pub(crate) struct VersionState {
     records_total: IntCounter,
     values_skipped: IntCounter,
     feedback: Option<FeedbackWindow>,
+    /// Estimated accuracy, when the baseline has a calibration.
+    estimate: Option<EstimateWindow>,
     prediction_output: Option<String>,
     evictions: Arc<Evictions>,
     rules: Vec<Rule>,
@@ -97,6 +105,30 @@ impl VersionState {
                     rule.name
                 )));
             }
+            if let Metric::Stat(_, Some(name)) = &rule.metric
+                && !spec
+                    .baseline
+                    .iter()
+                    .flat_map(|b| b.features.iter().chain(&b.outputs))
+                    .any(|f| &f.name == name)
+            {
+                return Err(MonitorError::Settings(format!(
+                    "rule {:?}: the baseline has no feature or output {name:?}",
+                    rule.name
+                )));
+            }
+            if rule.metric == Metric::EstimatedAccuracy
+                && spec
+                    .baseline
+                    .as_ref()
+                    .is_none_or(|b| b.calibration.is_none())
+            {
+                return Err(MonitorError::Settings(format!(
+                    "rule {:?}: estimated_accuracy needs a baseline with a calibration \
+                     (keel baseline --label-column)",
+                    rule.name
+                )));
+            }
         }
         let positive = store
             .value(&settings.positive_label)
@@ -119,11 +151,20 @@ impl VersionState {
             None => (&[][..], &[][..]),
         };
         let mut offset = 0;
+        let mut ranged = 0;
         let mut columns = Vec::with_capacity(features.len() + outputs.len());
         for c in features.iter().chain(outputs) {
             let bins = ColumnBins::new(c);
             let len = bins.len();
-            columns.push(Tracked { bins, offset });
+            let range = bins.range().map(|_| {
+                ranged += 1;
+                ranged - 1
+            });
+            columns.push(Tracked {
+                bins,
+                offset,
+                range,
+            });
             offset += len;
         }
         let version_label = spec.version.to_string();
@@ -157,12 +198,17 @@ impl VersionState {
             n_features: features.len(),
             input_groups: groups(features, 0),
             output_groups: groups(outputs, features.len()),
-            window: DriftWindow::new(config.window, config.buckets, offset),
+            window: DriftWindow::new(config.window, config.buckets, offset, 4 * ranged),
             pending: vec![0; offset],
             bin_counters,
             records_total: metrics.records_total.with_label_values(&mv),
             values_skipped: metrics.values_skipped.with_label_values(&mv),
             feedback: task.map(|t| FeedbackWindow::new(config.window, config.buckets, t, positive)),
+            estimate: spec
+                .baseline
+                .as_ref()
+                .and_then(|b| b.calibration.clone())
+                .map(|c| EstimateWindow::new(config.window, config.buckets, c)),
             prediction_output: settings.prediction_output.clone(),
             evictions,
             rules,
@@ -187,6 +233,7 @@ impl VersionState {
             window,
             pending,
             feedback,
+            estimate,
             prediction_output,
             evictions,
             ..
@@ -213,15 +260,32 @@ impl VersionState {
                     let values = find(tensors, &group.tensor);
                     for &(index, column) in &group.members {
                         let t = &columns[column];
-                        match values.get(index).and_then(|v| t.bins.bin(v)) {
-                            Some(bin) => {
+                        match values.get(index).and_then(|v| t.bins.bin_and_excess(v)) {
+                            Some((bin, excess)) => {
                                 window.add(slot, t.offset + bin);
                                 pending[t.offset + bin] += 1;
+                                // In range (the common case): nothing more to count. A nonzero
+                                // excess implies the column has a training range.
+                                if excess != 0.0
+                                    && let Some(r) = t.range
+                                {
+                                    let side = usize::from(excess > 0.0);
+                                    // Infinite values count, but add nothing to the distance.
+                                    let d = if excess.is_finite() {
+                                        excess.abs()
+                                    } else {
+                                        0.0
+                                    };
+                                    window.add_pair(slot, 4 * r + 2 * side, 1.0, d);
+                                }
                             }
                             None => skipped += 1,
                         }
                     }
                 }
+            }
+            if let Some(estimate) = estimate {
+                estimate.add(record.timestamp_ms, &record.outputs);
             }
             if feedback.is_some() {
                 let predicted = match prediction_output {
@@ -261,6 +325,9 @@ impl VersionState {
         if let Some(f) = &mut self.feedback {
             f.advance(now_ms);
         }
+        if let Some(e) = &mut self.estimate {
+            e.advance(now_ms);
+        }
         for (counter, pending) in self.bin_counters.iter().zip(&mut self.pending) {
             if *pending > 0 {
                 counter.inc_by(*pending);
@@ -283,6 +350,11 @@ impl VersionState {
                 set_or_remove(gauge, &[mv[0], mv[1], c.name.as_str()], c.value);
             }
         }
+        for c in drift.features.iter().chain(&drift.outputs) {
+            for (gauge, stat) in metrics.column_stats.iter().zip(ColumnStat::ALL) {
+                set_or_remove(gauge, &[mv[0], mv[1], c.name.as_str()], stat.of(c));
+            }
+        }
         if let Some(p) = &performance {
             metrics
                 .feedback_window_rows
@@ -299,6 +371,10 @@ impl VersionState {
             for (gauge, value) in metrics.version_gauges().into_iter().zip(values) {
                 set_or_remove(gauge, &mv, value);
             }
+        }
+        if let Some(e) = &self.estimate {
+            let estimated = e.estimate(self.min_samples).accuracy;
+            set_or_remove(&metrics.estimated_accuracy, &mv, estimated);
         }
         for rule in &self.rules {
             metrics
@@ -324,6 +400,9 @@ impl VersionState {
             .collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1));
         top.truncate(TOP_FEATURES);
+        let estimated = self.estimate.as_ref().map(|e| e.estimate(self.min_samples));
+        let evidence = evidence(drift, performance, estimated.as_ref());
+        let first_event = events.len();
         for rule in &mut self.rules {
             let value = match &rule.metric {
                 Metric::Psi => max(&drift.outputs),
@@ -333,12 +412,20 @@ impl VersionState {
                     .iter()
                     .find(|c| &c.name == name)
                     .and_then(|c| c.value),
+                Metric::Stat(stat, column) => drift
+                    .features
+                    .iter()
+                    .chain(&drift.outputs)
+                    .filter(|c| column.as_ref().is_none_or(|name| &c.name == name))
+                    .filter_map(|c| stat.of(c))
+                    .reduce(f64::max),
                 Metric::Accuracy => usable.and_then(|p| p.accuracy),
                 Metric::Precision => usable.and_then(|p| p.precision),
                 Metric::Recall => usable.and_then(|p| p.recall),
                 Metric::FalsePositiveRate => usable.and_then(|p| p.false_positive_rate),
                 Metric::Mae => usable.and_then(|p| p.mae),
                 Metric::Rmse => usable.and_then(|p| p.rmse),
+                Metric::EstimatedAccuracy => estimated.as_ref().and_then(|e| e.accuracy),
             };
             let Some(value) = value else { continue };
             let Some(transition) = rule.observe(value, now_ms) else {
@@ -352,6 +439,11 @@ impl VersionState {
                 (false, Transition::Cleared) => event::PERFORMANCE_RECOVERED,
             };
             let ((window_start_ms, window_end_ms), rows) = match &self.feedback {
+                // Estimated from served rows: the drift window's bounds.
+                _ if rule.metric == Metric::EstimatedAccuracy => (
+                    self.window.bounds(),
+                    estimated.as_ref().map_or(0, |e| e.rows),
+                ),
                 Some(f) if !drift_metric => (f.bounds(), usable.map_or(0, |p| p.rows)),
                 _ => (self.window.bounds(), self.window.rows()),
             };
@@ -372,7 +464,29 @@ impl VersionState {
                 top_features: top.clone(),
                 files: Vec::new(),
                 time_ms: now_ms,
+                evidence: evidence.clone(),
             });
+        }
+        if events.len() > first_event {
+            // Every rule firing after this evaluation (data-quality breaches among them).
+            let firing: Vec<AlertState> = self
+                .rules
+                .iter()
+                .filter(|r| r.firing)
+                .map(|r| AlertState {
+                    rule: r.name.clone(),
+                    metric: r.metric.to_string(),
+                    firing: r.firing,
+                    fire: r.fire,
+                    clear: r.clear,
+                    value: r.last_value,
+                    over: r.over,
+                    last_fired_ms: r.last_fired_ms,
+                })
+                .collect();
+            for event in &mut events[first_event..] {
+                event.evidence.firing = firing.clone();
+            }
         }
     }
 
@@ -381,14 +495,40 @@ impl VersionState {
         let column = |t: &Tracked| {
             let counts = &totals[t.offset..t.offset + t.bins.len()];
             let rows: u64 = counts.iter().sum();
+            let reported = rows >= self.min_samples;
+            let stats = if reported {
+                column_stats(&ColumnInput {
+                    counts,
+                    expected: &t.bins.expected,
+                    edges: t.bins.is_numeric().then(|| t.bins.edges()),
+                    range: t.bins.range().zip(t.range).map(|(bounds, r)| {
+                        // Counts are exact in f64 up to 2^53.
+                        let out = OutOfRange {
+                            below: self.window.sum(4 * r) as u64,
+                            below_distance: self.window.sum(4 * r + 1),
+                            above: self.window.sum(4 * r + 2) as u64,
+                            above_distance: self.window.sum(4 * r + 3),
+                        };
+                        (bounds, out)
+                    }),
+                })
+            } else {
+                ColumnStats::default()
+            };
             ColumnDrift {
                 name: t.bins.name.clone(),
                 rows,
-                value: if rows >= self.min_samples {
+                value: if reported {
                     psi_of_counts(counts, &t.bins.expected)
                 } else {
                     None
                 },
+                js: stats.js,
+                ks: stats.ks,
+                wasserstein: stats.wasserstein,
+                missing_ratio: stats.missing_ratio,
+                out_of_range_ratio: stats.out_of_range_ratio,
+                unseen_category_ratio: stats.unseen_category_ratio,
             }
         };
         let (features, outputs) = self.columns.split_at(self.n_features);
@@ -420,6 +560,7 @@ impl VersionState {
                 .as_ref()
                 .map(FeedbackWindow::metrics)
                 .unwrap_or_default(),
+            estimated: self.estimate.as_ref().map(|e| e.estimate(self.min_samples)),
             alerts: self
                 .rules
                 .iter()
@@ -448,6 +589,7 @@ impl VersionState {
         for gauge in metrics.version_gauges() {
             let _ = gauge.remove_label_values(&mv);
         }
+        let _ = metrics.estimated_accuracy.remove_label_values(&mv);
         for (i, t) in self.columns.iter().enumerate() {
             let gauge = if i < self.n_features {
                 &metrics.csi
@@ -455,6 +597,9 @@ impl VersionState {
                 &metrics.psi
             };
             let _ = gauge.remove_label_values(&[mv[0], mv[1], t.bins.name.as_str()]);
+            for gauge in &metrics.column_stats {
+                let _ = gauge.remove_label_values(&[mv[0], mv[1], t.bins.name.as_str()]);
+            }
             for label in &t.bins.labels {
                 let labels = [mv[0], mv[1], t.bins.name.as_str(), label.as_str()];
                 let _ = metrics.bin_rows.remove_label_values(&labels);
@@ -466,6 +611,30 @@ impl VersionState {
                 .alert
                 .remove_label_values(&[mv[0], mv[1], rule.name.as_str()]);
         }
+    }
+}
+
+/// What an alert event carries besides its value: the most drifted features (highest CSI first)
+/// with all their statistics, the outputs, and estimated and measured performance.
+fn evidence(
+    drift: &Drift,
+    performance: Option<&FeedbackMetrics>,
+    estimated: Option<&EstimatedPerformance>,
+) -> Evidence {
+    let mut features: Vec<ColumnDrift> = drift
+        .features
+        .iter()
+        .filter(|c| c.value.is_some())
+        .cloned()
+        .collect();
+    features.sort_by(|a, b| b.value.unwrap_or(0.0).total_cmp(&a.value.unwrap_or(0.0)));
+    features.truncate(TOP_FEATURES);
+    Evidence {
+        features,
+        outputs: drift.outputs.clone(),
+        estimated: estimated.cloned(),
+        measured: performance.cloned(),
+        firing: Vec::new(),
     }
 }
 

@@ -93,10 +93,15 @@ pub(crate) struct DriftWindow {
     rows: Vec<u64>,
     totals: Vec<u64>,
     total_rows: u64,
+    /// Floating-point sums per bucket (`sum_stride` each), e.g. distances of out-of-range
+    /// values; totalled when read rather than kept running, so eviction never leaves rounding
+    /// residue behind.
+    sum_stride: usize,
+    sums: Vec<f64>,
 }
 
 impl DriftWindow {
-    pub fn new(window: Duration, buckets: u32, stride: usize) -> DriftWindow {
+    pub fn new(window: Duration, buckets: u32, stride: usize, sum_stride: usize) -> DriftWindow {
         let clock = Clock::new(window, buckets);
         let n = clock.buckets();
         DriftWindow {
@@ -106,6 +111,8 @@ impl DriftWindow {
             rows: vec![0; n],
             totals: vec![0; stride],
             total_rows: 0,
+            sum_stride,
+            sums: vec![0.0; n * sum_stride],
         }
     }
 
@@ -117,9 +124,12 @@ impl DriftWindow {
             rows,
             totals,
             total_rows,
+            sum_stride,
+            sums,
         } = self;
         clock.advance(now_ms, |slot| {
-            evict(slot, *stride, counts, rows, totals, total_rows)
+            evict(slot, *stride, counts, rows, totals, total_rows);
+            sums[slot * *sum_stride..(slot + 1) * *sum_stride].fill(0.0);
         });
     }
 
@@ -133,9 +143,12 @@ impl DriftWindow {
             rows,
             totals,
             total_rows,
+            sum_stride,
+            sums,
         } = self;
         let slot = clock.place(time_ms, |slot| {
-            evict(slot, *stride, counts, rows, totals, total_rows)
+            evict(slot, *stride, counts, rows, totals, total_rows);
+            sums[slot * *sum_stride..(slot + 1) * *sum_stride].fill(0.0);
         })?;
         rows[slot] += 1;
         *total_rows += 1;
@@ -147,6 +160,31 @@ impl DriftWindow {
     pub fn add(&mut self, slot: usize, bin: usize) {
         self.counts[slot * self.stride + bin] += 1;
         self.totals[bin] += 1;
+    }
+
+    /// Adds `x` to sum `index` (below `sum_stride`) of the row placed in `slot`.
+    #[cfg(test)]
+    pub fn add_sum(&mut self, slot: usize, index: usize, x: f64) {
+        self.sums[slot * self.sum_stride + index] += x;
+    }
+
+    /// Adds `a` to sum `index` and `b` to sum `index + 1` of the row placed in `slot`.
+    #[inline]
+    pub fn add_pair(&mut self, slot: usize, index: usize, a: f64, b: f64) {
+        let start = slot * self.sum_stride + index;
+        if let [x, y, ..] = &mut self.sums[start..] {
+            *x += a;
+            *y += b;
+        }
+    }
+
+    /// Sum `index` over the whole window (bucket by bucket, oldest slot first).
+    pub fn sum(&self, index: usize) -> f64 {
+        self.sums
+            .iter()
+            .skip(index)
+            .step_by(self.sum_stride.max(1))
+            .sum()
     }
 
     /// Counts of every bin over the whole window.
@@ -187,7 +225,7 @@ mod tests {
     const MINUTE: u64 = 60_000;
 
     fn window() -> DriftWindow {
-        DriftWindow::new(Duration::from_secs(600), 10, 2)
+        DriftWindow::new(Duration::from_secs(600), 10, 2, 1)
     }
 
     #[test]
@@ -197,13 +235,16 @@ mod tests {
         for i in 0..10 {
             let slot = w.add_row(t0 + i * MINUTE).unwrap();
             w.add(slot, (i % 2) as usize);
+            w.add_sum(slot, 0, 0.5);
         }
         assert_eq!(w.rows(), 10);
         assert_eq!(w.totals(), [5, 5]);
+        assert_eq!(w.sum(0), 5.0);
         // One minute later the first bucket (bin 0) leaves.
         w.advance(t0 + 10 * MINUTE);
         assert_eq!(w.rows(), 9);
         assert_eq!(w.totals(), [4, 5]);
+        assert_eq!(w.sum(0), 4.5);
         assert_eq!(w.bounds().0, t0 + MINUTE);
         // A long gap empties everything.
         w.advance(t0 + 1000 * MINUTE);

@@ -129,6 +129,8 @@ fn valid_column() -> impl Strategy<Value = BaselineColumn> + Clone {
             edges,
             proportions: vec![(1.0 - nan) / k as f64; k],
             nan_proportion: nan,
+            min: None,
+            max: None,
         }
     });
     let categorical = (
@@ -175,6 +177,7 @@ fn valid_baseline() -> impl Strategy<Value = Baseline> + Clone {
                 rows,
                 features,
                 outputs,
+                calibration: None,
             }
         })
 }

@@ -97,6 +97,7 @@ fn baselines_match_numpy() {
                 edges,
                 proportions,
                 nan_proportion,
+                ..
             } => {
                 close_all(edges, &case.edges, &format!("{} edges", case.name));
                 close_all(

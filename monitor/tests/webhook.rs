@@ -161,6 +161,7 @@ fn event(model: &str, rule: &str) -> AlertEvent {
         top_features: vec![("amount".into(), 0.5), ("age".into(), 0.1)],
         files: Vec::new(),
         time_ms: 2_500,
+        evidence: Default::default(),
     }
 }
 

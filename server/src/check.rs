@@ -388,19 +388,13 @@ pub fn baseline_fits(baseline: &Baseline, signature: &Signature) -> Result<(), S
                 specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
             )
         })?;
-        let dims = if batched {
-            spec.shape.get(1..).unwrap_or_default()
-        } else {
-            &spec.shape[..]
-        };
-        if dims.iter().all(|&d| d >= 0) {
-            let per_row: i64 = dims.iter().product();
-            if column.index as i64 >= per_row {
-                return Err(format!(
-                    "column {:?} reads element {} of {:?}, whose rows have {per_row} elements",
-                    column.name, column.index, column.tensor
-                ));
-            }
+        if let Some(per_row) = row_width(spec, batched)
+            && column.index as i64 >= per_row
+        {
+            return Err(format!(
+                "column {:?} reads element {} of {:?}, whose rows have {per_row} elements",
+                column.name, column.index, column.tensor
+            ));
         }
         if matches!(column.distribution, Distribution::Numeric { .. })
             && spec.datatype == DataType::Bytes
@@ -418,5 +412,43 @@ pub fn baseline_fits(baseline: &Baseline, signature: &Signature) -> Result<(), S
     for column in &baseline.outputs {
         check(column, &signature.outputs, "output")?;
     }
+    if let Some(c) = &baseline.calibration {
+        let spec = signature
+            .outputs
+            .iter()
+            .find(|s| s.name == c.tensor)
+            .ok_or_else(|| {
+                format!(
+                    "calibration reads output tensor {:?}, which the model does not have",
+                    c.tensor
+                )
+            })?;
+        if !matches!(
+            spec.datatype,
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64
+        ) {
+            return Err(format!(
+                "calibration reads {:?}, a {} tensor: it needs a floating-point probability",
+                c.tensor, spec.datatype
+            ));
+        }
+        if let Some(per_row) = row_width(spec, batched)
+            && c.index as i64 >= per_row
+        {
+            return Err(format!(
+                "calibration reads element {} of {:?}, whose rows have {per_row} elements",
+                c.index, c.tensor
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Elements in one row of `spec` (its shape past the batch dimension), when every dimension is fixed.
+fn row_width(spec: &TensorSpec, batched: bool) -> Option<i64> {
+    let dims = match batched {
+        true => spec.shape.get(1..).unwrap_or_default(),
+        false => &spec.shape[..],
+    };
+    dims.iter().all(|&d| d >= 0).then(|| dims.iter().product())
 }

@@ -4,10 +4,21 @@
 //! `window_end` (RFC 3339, UTC, milliseconds) and the same as unix milliseconds in
 //! `window_start_ms`/`window_end_ms`, `rows`, `top_features` as `[{"feature", "csi"}]`, and
 //! `files` (prediction-log files covering the window). Non-finite numbers become `null`.
+//!
+//! Why the rule changed state, from [`Evidence`]: `drift.features` (the most drifted input
+//! features, highest CSI first: `feature`, `rows`, `csi` and every other statistic the drift
+//! report holds for a column), `drift.outputs` (`output`, `rows`, `psi`, ...), and `performance`:
+//! `estimated` (`rows`, `accuracy`: accuracy estimated without labels) and `measured` (the feedback
+//! metrics: `rows`, `accuracy`, `precision`, `recall`, `false_positive_rate`, `mae`, `rmse`), each
+//! `null` when the version does not track it. `firing`: every rule of the version firing after the
+//! evaluation (`rule`, `metric`, `value`, `fire`, `clear`); `data_quality`: those of them on a
+//! data-quality metric (`missing_ratio`, `out_of_range_ratio`, `unseen_category_ratio`).
 
 use serde::Serialize;
 
-use crate::event::AlertEvent;
+use crate::calibration::EstimatedPerformance;
+use crate::event::{AlertEvent, Evidence};
+use crate::report::{ColumnDrift, FeedbackMetrics};
 
 #[derive(Serialize)]
 struct CloudEvent<'a> {
@@ -37,6 +48,38 @@ struct Data<'a> {
     rows: u64,
     top_features: Vec<TopFeature<'a>>,
     files: &'a [String],
+    drift: DriftEvidence,
+    performance: PerformanceEvidence<'a>,
+    firing: Vec<Firing<'a>>,
+    data_quality: Vec<Firing<'a>>,
+}
+
+#[derive(Serialize)]
+struct Firing<'a> {
+    rule: &'a str,
+    metric: &'a str,
+    value: Option<f64>,
+    fire: f64,
+    clear: f64,
+}
+
+/// Metrics of data-quality rules (`<stat>` or `<stat>:<column>`).
+const DATA_QUALITY: [&str; 3] = [
+    "missing_ratio",
+    "out_of_range_ratio",
+    "unseen_category_ratio",
+];
+
+#[derive(Serialize)]
+struct DriftEvidence {
+    features: Vec<serde_json::Value>,
+    outputs: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct PerformanceEvidence<'a> {
+    estimated: Option<&'a EstimatedPerformance>,
+    measured: Option<&'a FeedbackMetrics>,
 }
 
 #[derive(Serialize)]
@@ -70,6 +113,16 @@ pub fn body(event: &AlertEvent, id: &str, source: &str) -> Result<String, serde_
             .map(|(feature, csi)| TopFeature { feature, csi: *csi })
             .collect(),
         files: &event.files,
+        drift: DriftEvidence {
+            features: columns(&event.evidence.features, "feature", "csi")?,
+            outputs: columns(&event.evidence.outputs, "output", "psi")?,
+        },
+        performance: performance(&event.evidence),
+        firing: firing(&event.evidence, |_| true),
+        data_quality: firing(&event.evidence, |metric| {
+            let stat = metric.split_once(':').map_or(metric, |(stat, _)| stat);
+            DATA_QUALITY.contains(&stat)
+        }),
     };
     serde_json::to_string(&CloudEvent {
         specversion: "1.0",
@@ -81,6 +134,51 @@ pub fn body(event: &AlertEvent, id: &str, source: &str) -> Result<String, serde_
         datacontenttype: "application/json",
         data,
     })
+}
+
+/// Drift report columns as JSON objects, with `name` and `value` renamed to say what they are;
+/// whatever else the report holds for a column (other statistics) is passed through.
+fn columns(
+    columns: &[ColumnDrift],
+    name: &str,
+    value: &str,
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    columns
+        .iter()
+        .map(|c| {
+            let mut json = serde_json::to_value(c)?;
+            if let Some(object) = json.as_object_mut() {
+                for (from, to) in [("name", name), ("value", value)] {
+                    if let Some(v) = object.remove(from) {
+                        object.insert(to.to_owned(), v);
+                    }
+                }
+            }
+            Ok(json)
+        })
+        .collect()
+}
+
+fn firing(evidence: &Evidence, keep: impl Fn(&str) -> bool) -> Vec<Firing<'_>> {
+    evidence
+        .firing
+        .iter()
+        .filter(|a| keep(&a.metric))
+        .map(|a| Firing {
+            rule: &a.rule,
+            metric: &a.metric,
+            value: a.value,
+            fire: a.fire,
+            clear: a.clear,
+        })
+        .collect()
+}
+
+fn performance(evidence: &Evidence) -> PerformanceEvidence<'_> {
+    PerformanceEvidence {
+        estimated: evidence.estimated.as_ref(),
+        measured: evidence.measured.as_ref(),
+    }
 }
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T06:40:47.123Z`.
@@ -109,6 +207,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::AlertState;
 
     #[test]
     fn formats_rfc3339() {
@@ -137,6 +236,30 @@ mod tests {
             top_features: vec![("amount".into(), 0.4), ("city".into(), f64::NAN)],
             files: vec!["/log/fraud/predictions-1-2-0.parquet".into()],
             time_ms: 61_500,
+            evidence: Evidence {
+                features: vec![ColumnDrift {
+                    name: "amount".into(),
+                    rows: 500,
+                    value: Some(0.4),
+                    ..ColumnDrift::default()
+                }],
+                outputs: vec![],
+                estimated: Some(EstimatedPerformance {
+                    rows: 500,
+                    accuracy: Some(0.81),
+                }),
+                measured: None,
+                firing: vec![AlertState {
+                    rule: "nulls".into(),
+                    metric: "missing_ratio:amount".into(),
+                    firing: true,
+                    fire: 0.05,
+                    clear: 0.01,
+                    value: Some(0.2),
+                    over: 0,
+                    last_fired_ms: Some(61_500),
+                }],
+            },
         };
         let json: serde_json::Value =
             serde_json::from_str(&body(&event, "evt_1", "keel").unwrap()).unwrap();
@@ -155,6 +278,17 @@ mod tests {
         assert_eq!(data["top_features"][0]["csi"], 0.4);
         assert!(data["top_features"][1]["csi"].is_null());
         assert_eq!(data["files"][0], "/log/fraud/predictions-1-2-0.parquet");
+        let drifted = &data["drift"]["features"][0];
+        assert_eq!(drifted["feature"], "amount");
+        assert_eq!(drifted["csi"], 0.4);
+        assert_eq!(drifted["rows"], 500);
+        assert!(drifted.get("value").is_none() && drifted.get("name").is_none());
+        assert_eq!(data["drift"]["outputs"], serde_json::json!([]));
+        assert_eq!(data["performance"]["estimated"]["accuracy"], 0.81);
+        assert!(data["performance"]["measured"].is_null());
+        assert_eq!(data["firing"][0]["rule"], "nulls");
+        assert_eq!(data["data_quality"][0]["metric"], "missing_ratio:amount");
+        assert_eq!(data["data_quality"][0]["value"], 0.2);
     }
 
     #[test]

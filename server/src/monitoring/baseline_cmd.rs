@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_monitor::{Baseline, Column, FeatureValue, Kind};
+use keel_monitor::{Baseline, Calibration, Column, FeatureValue, Kind};
 use tract_onnx::prelude::Framework;
 
 use super::BASELINE_FILE;
@@ -34,6 +34,19 @@ pub struct BaselineArgs {
     /// Where to write it [default: <repository>/<model>/<version>/baseline.json].
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// A column of the training CSV holding the true class (a number; not a model input). With it,
+    /// the baseline gets a calibration map of the positive-class probability (isotonic regression
+    /// on these rows), so the monitor estimates accuracy without labels.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// The output element holding the positive-class probability, `TENSOR` or `TENSOR[INDEX]`
+    /// [default: the first floating-point output with two elements per row, element 1, or with
+    /// one element].
+    #[arg(long, requires = "label_column")]
+    pub probability_output: Option<String>,
+    /// The label of the positive class in the label column.
+    #[arg(long, default_value_t = 1.0, requires = "label_column")]
+    pub positive_label: f64,
     /// ONNX Runtime library, as for `keel serve`.
     #[arg(long, env = "KEEL_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
@@ -55,7 +68,11 @@ pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
             "keel baseline supports models with one input of shape [rows, features]".into(),
         );
     };
-    let (names, rows) = read_csv(&args.data)?;
+    let (mut names, mut rows) = read_csv(&args.data)?;
+    let labels = match &args.label_column {
+        Some(label) => Some(take_column(&mut names, &mut rows, label, &args.data)?),
+        None => None,
+    };
     if input.shape.len() != 2 || input.shape[1] >= 0 && input.shape[1] as usize != names.len() {
         return Err(format!(
             "input '{}' has shape {:?}; the CSV has {} columns",
@@ -138,7 +155,7 @@ pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
             });
         }
     }
-    let baseline = Baseline::compute(
+    let mut baseline = Baseline::compute(
         &args.model,
         args.version,
         &features,
@@ -146,12 +163,105 @@ pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
         args.bins,
     )
     .map_err(|e| e.to_string())?;
+    if let Some(labels) = &labels {
+        let (tensor, index) = probability_output(args, &signature, &outputs)?;
+        let column = signature
+            .outputs
+            .iter()
+            .position(|o| o.name == tensor)
+            .ok_or_else(|| format!("the model has no output {tensor:?}"))?;
+        let elements = outputs[column].first().map_or(0, Vec::len);
+        if index >= elements {
+            return Err(format!(
+                "output {tensor:?} has {elements} elements per row; no element {index}"
+            ));
+        }
+        let pairs = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, y)| !y.is_nan())
+            .map(|(row, y)| {
+                let p = match outputs[column][row].get(index) {
+                    Some(FeatureValue::Number(p)) => *p,
+                    _ => f64::NAN,
+                };
+                (p, *y == args.positive_label)
+            });
+        let calibration = Calibration::fit(
+            &tensor,
+            index,
+            keel_monitor::calibration::DEFAULT_THRESHOLD,
+            pairs,
+        )
+        .map_err(|e| e.to_string())?;
+        baseline.calibration = Some(calibration);
+    }
     let path = args
         .output
         .clone()
         .unwrap_or_else(|| dir.join(BASELINE_FILE));
     baseline.save(&path).map_err(|e| e.to_string())?;
     Ok(path)
+}
+
+/// Removes the column `name` from the CSV's names and row-major values and returns its values.
+fn take_column(
+    names: &mut Vec<String>,
+    rows: &mut Vec<f64>,
+    name: &str,
+    path: &Path,
+) -> Result<Vec<f64>, String> {
+    let width = names.len();
+    let i = names
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| format!("{} has no column {name:?}", path.display()))?;
+    if width == 1 {
+        return Err(format!("{} has only the label column", path.display()));
+    }
+    let labels = rows.iter().skip(i).step_by(width).copied().collect();
+    *rows = rows
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % width != i)
+        .map(|(_, &x)| x)
+        .collect();
+    names.remove(i);
+    Ok(labels)
+}
+
+/// Which output element is the positive-class probability: `--probability-output`, or the first
+/// floating-point output with two elements per row (element 1) or one (element 0).
+fn probability_output(
+    args: &BaselineArgs,
+    signature: &Signature,
+    outputs: &[Vec<Vec<FeatureValue>>],
+) -> Result<(String, usize), String> {
+    if let Some(spec) = &args.probability_output {
+        return match spec.strip_suffix(']').and_then(|s| s.split_once('[')) {
+            Some((tensor, index)) => index
+                .trim()
+                .parse()
+                .map(|i| (tensor.to_owned(), i))
+                .map_err(|_| format!("--probability-output {spec:?}: expected TENSOR[INDEX]")),
+            None => Ok((spec.clone(), 0)),
+        };
+    }
+    signature
+        .outputs
+        .iter()
+        .zip(outputs)
+        .filter(|(o, _)| matches!(o.datatype, DataType::Fp16 | DataType::Fp32 | DataType::Fp64))
+        .find_map(|(o, rows)| match rows.first().map_or(0, Vec::len) {
+            2 => Some((o.name.clone(), 1)),
+            1 => Some((o.name.clone(), 0)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            "no floating-point output with one or two elements per row holds a probability; \
+             name it with --probability-output TENSOR[INDEX]"
+                .to_string()
+        })
 }
 
 /// A header of names, then numeric rows; returns the names and the values row-major.
@@ -195,4 +305,21 @@ fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<f64>), String> {
         return Err(format!("{} has no data rows", path.display()));
     }
     Ok((names, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_column_is_taken_out_of_the_rows() {
+        let mut names: Vec<String> = ["a", "y", "b"].map(String::from).into();
+        let mut rows = vec![1.0, 0.0, 2.0, 3.0, 1.0, 4.0];
+        let labels = take_column(&mut names, &mut rows, "y", Path::new("t.csv")).unwrap();
+        assert_eq!(labels, [0.0, 1.0]);
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(rows, [1.0, 2.0, 3.0, 4.0]);
+        let err = take_column(&mut names, &mut rows, "z", Path::new("t.csv")).unwrap_err();
+        assert!(err.contains("\"z\""), "{err}");
+    }
 }
