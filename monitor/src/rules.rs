@@ -174,6 +174,20 @@ impl Rule {
         })
     }
 
+    /// Its state as reports and events show it.
+    pub fn state(&self) -> crate::report::AlertState {
+        crate::report::AlertState {
+            rule: self.name.clone(),
+            metric: self.metric.to_string(),
+            firing: self.firing,
+            fire: self.fire,
+            clear: self.clear,
+            value: self.last_value,
+            over: self.over,
+            last_fired_ms: self.last_fired_ms,
+        }
+    }
+
     /// Feeds one evaluation. Fires after `consecutive` values past `fire` (unless the last firing
     /// is within the cooldown: then it keeps waiting), clears at the first value past `clear`.
     pub fn observe(&mut self, value: f64, now_ms: u64) -> Option<Transition> {

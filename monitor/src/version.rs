@@ -473,16 +473,7 @@ impl VersionState {
                 .rules
                 .iter()
                 .filter(|r| r.firing)
-                .map(|r| AlertState {
-                    rule: r.name.clone(),
-                    metric: r.metric.to_string(),
-                    firing: r.firing,
-                    fire: r.fire,
-                    clear: r.clear,
-                    value: r.last_value,
-                    over: r.over,
-                    last_fired_ms: r.last_fired_ms,
-                })
+                .map(Rule::state)
                 .collect();
             for event in &mut events[first_event..] {
                 event.evidence.firing = firing.clone();
@@ -561,20 +552,7 @@ impl VersionState {
                 .map(FeedbackWindow::metrics)
                 .unwrap_or_default(),
             estimated: self.estimate.as_ref().map(|e| e.estimate(self.min_samples)),
-            alerts: self
-                .rules
-                .iter()
-                .map(|r| AlertState {
-                    rule: r.name.clone(),
-                    metric: r.metric.to_string(),
-                    firing: r.firing,
-                    fire: r.fire,
-                    clear: r.clear,
-                    value: r.last_value,
-                    over: r.over,
-                    last_fired_ms: r.last_fired_ms,
-                })
-                .collect(),
+            alerts: self.rules.iter().map(Rule::state).collect(),
         }
     }
 
