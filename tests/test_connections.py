@@ -1,8 +1,12 @@
 """Connection hygiene against the real binary over real sockets: header, idle and body deadlines, the
 connection limit, the per-request deadline, and a shutdown that idle connections and streams cannot hold up."""
 
+import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Keel, build_repository
+from conftest import KEEL_BIN, ROOT, Keel, build_repository
 
 ROW = np.load(ROOT / "tests/data/breast_cancer.npy")[:1].astype(np.float32)
 BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW.ravel().tolist()}]}
@@ -133,8 +137,14 @@ def test_connection_limit_holds_further_clients_in_the_backlog(repo):
         assert server.stop() == 0
 
 
-def test_sigterm_with_idle_connections_and_an_open_stream_exits_quickly(repo):
-    server = Keel(repo)
+def test_sigterm_with_idle_connections_and_an_open_stream_exits_quickly(repo, tmp_path):
+    """Issue 11's target: SIGTERM with an idle HTTP/1.1 connection and an idle ModelStreamInfer stream open
+    exits in under 5 s, and every row served before it is in a finished, readable Parquet file."""
+    log_dir = tmp_path / "log"
+    server = Keel(repo, "--prediction-log-dir", str(log_dir))
+    for i in range(20):
+        body = dict(BODY, id=f"http-{i}")
+        assert requests.post(f"http://{server.http}/v2/models/breast-cancer/infer", json=body, timeout=5).ok
     idle_http = socket.create_connection(host_port(server.http))
     idle_http.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: keel\r\n\r\n")
     idle_http.settimeout(5)
@@ -158,3 +168,104 @@ def test_sigterm_with_idle_connections_and_an_open_stream_exits_quickly(repo):
     idle_http.close()
     assert code == 0, "".join(server.log[-20:])
     assert took < 5, f"exit took {took:.1f} s"
+    print(f"SIGTERM to exit with an idle HTTP/1.1 connection and an idle gRPC stream: {took:.2f} s")
+    import pyarrow.parquet as pq
+    assert not [p.name for p in log_dir.glob("*/.*")], "an unfinished file was left"
+    ids = [i for path in sorted(log_dir.glob("breast-cancer/predictions-*.parquet"))
+           for i in pq.read_table(path, columns=["request_id"]).column("request_id").to_pylist()]
+    assert sorted(i for i in ids if i.startswith("http-")) == sorted(f"http-{i}" for i in range(20))
+    assert len(ids) == 21, ids  # and the stream's request
+
+
+def test_sigterm_during_a_slow_start_up_exits_cleanly(tmp_path):
+    """Listeners are up and the signal handler installed before models load: a SIGTERM while a slow model
+    is still warming up drains and exits 0 at once, instead of killing the process or waiting for the load."""
+    shutil.copytree(ROOT / "tests/models/slow-mlp", tmp_path / "slow-mlp")
+    (tmp_path / "slow-mlp/model.toml").write_text(
+        "max_batch_size = 1024\n[dynamic_batching]\npreferred_batch_sizes = [1024]\n[reload]\nwarmup_runs = 400\n")
+    env = dict(os.environ, NO_COLOR="1", KEEL_LOG="info")
+    proc = subprocess.Popen(
+        [KEEL_BIN, "serve", "--model-repository", str(tmp_path), "--http-addr", "127.0.0.1:0",
+         "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--prediction-log-dir", str(tmp_path / "log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if match := re.search(r"http=(\S+) grpc=", line):
+            http = match.group(1)
+            break
+    assert requests.get(f"http://{http}/v2/health/live", timeout=5).status_code == 200
+    assert requests.get(f"http://{http}/v2/health/ready", timeout=5).status_code == 503
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    took = time.monotonic() - started
+    log += proc.stdout.readlines()
+    assert code == 0, "".join(log[-20:])
+    assert took < 5, f"exit took {took:.1f} s"
+    assert not any("serving KServe V2" in line for line in log), "the load was expected to be still running"
+
+
+def test_metrics_listener_has_the_same_deadlines_and_json_errors(keel):
+    s = socket.create_connection(host_port(keel.metrics))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: keel\r\n")  # half a header
+    assert closed_by_peer(s, within=6), "the half-open scrape connection was not closed"
+    s.close()
+    reply = requests.get(f"http://{keel.metrics}/nowhere", timeout=5)
+    assert reply.status_code == 404 and "error" in reply.json()
+    reply = requests.post(f"http://{keel.metrics}/metrics", timeout=5)
+    assert reply.status_code == 405 and "error" in reply.json()
+    assert requests.get(f"http://{keel.metrics}/metrics", timeout=5).status_code == 200
+
+
+def h2_frames(sock: socket.socket, until: float):
+    """Reads HTTP/2 frames (type, flags, payload) until the peer closes or `until` passes."""
+    buf = b""
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            length = int.from_bytes(buf[:3], "big")
+            yield buf[3], buf[4], buf[9:9 + length]
+            buf = buf[9 + length:]
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            yield None, None, None  # closed by the peer
+            return
+        buf += data
+
+
+def h2_frame(kind: int, flags: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + (0).to_bytes(4, "big") + payload
+
+
+def test_grpc_announces_its_stream_limit_and_closes_peers_that_miss_keepalive_pings(repo):
+    server = Keel(repo, "--grpc-max-concurrent-streams", "7", "--grpc-keepalive", "1")
+    try:
+        sock = socket.create_connection(host_port(server.grpc))
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0))
+        settings, pings, closed = {}, 0, None
+        started = time.monotonic()
+        for kind, flags, payload in h2_frames(sock, until=started + 10):
+            if kind is None or kind == 0x7:  # closed, or GOAWAY
+                closed = time.monotonic() - started
+                break
+            if kind == 0x4 and not flags & 1:
+                settings.update((int.from_bytes(payload[i:i + 2], "big"), int.from_bytes(payload[i + 2:i + 6], "big"))
+                                for i in range(0, len(payload), 6))
+                sock.sendall(h2_frame(0x4, 1))  # ACK their settings; never answer a PING
+            if kind == 0x6 and not flags & 1:
+                pings += 1
+        sock.close()
+        assert settings.get(0x3) == 7, settings  # SETTINGS_MAX_CONCURRENT_STREAMS
+        assert pings >= 1, "no keepalive PING on an idle connection"
+        assert closed is not None and closed < 5, f"a peer ignoring PINGs was not closed ({closed})"
+    finally:
+        assert server.stop() == 0

@@ -1,6 +1,7 @@
 """Secure by default: TLS on HTTP and gRPC (real handshakes, mutual TLS, rotation), the API token on every
 route and RPC, strict readiness, request ids, and an MLflow registry served over https."""
 
+import os
 import re
 import shutil
 import ssl
@@ -133,6 +134,35 @@ def test_mutual_tls_refuses_clients_without_a_certificate(repo, pki):
         assert server.stop() == 0
 
 
+def test_a_rotated_client_ca_is_picked_up_without_restart(repo, pki, tmp_path):
+    cert, key = pki.issue("server-ca-rotation")
+    old_client = pki.issue("client-old", server=False)
+    other = Pki(tmp_path / "other-ca")
+    new_client = other.issue("client-new", server=False)
+    client_ca = tmp_path / "client-ca.pem"
+    shutil.copy(pki.ca, client_ca)
+    server = Keel(repo, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca),
+                  "--tls-reload-interval", "0.2")
+    url = f"https://{server.http}/v2/health/live"
+
+    def accepted(client) -> bool:
+        try:
+            return requests.get(url, verify=pki.ca, cert=client, timeout=5).ok
+        except requests.exceptions.ConnectionError:
+            return False
+
+    try:
+        assert accepted(old_client) and not accepted(new_client)
+        shutil.copy(other.ca, client_ca)
+        deadline = time.monotonic() + 10
+        while not accepted(new_client):
+            assert time.monotonic() < deadline, "".join(server.log[-20:])
+            time.sleep(0.1)
+        assert not accepted(old_client)
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_bad_certificate_fails_start_naming_the_flag(repo, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
@@ -142,6 +172,26 @@ def test_a_bad_certificate_fails_start_naming_the_flag(repo, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "--tls-cert" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_a_cache_folder_of_another_user_stops_start_up(repo, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    os.chown(cache, 65534, 65534)
+    out = subprocess.run([KEEL_BIN, "serve", "--model-repository", str(repo), "--http-addr", "127.0.0.1:0",
+                          "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--cache-dir", str(cache)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--cache-dir" in out.stderr and "65534" in out.stderr, out.stderr
+    # An own folder open to others is tightened to 0700 at start.
+    os.chown(cache, 0, 0)
+    cache.chmod(0o777)
+    server = Keel(repo, "--cache-dir", str(cache))
+    try:
+        assert cache.stat().st_mode & 0o777 == 0o700
+    finally:
+        assert server.stop() == 0
 
 
 # --- API token --------------------------------------------------------------------------------------------
@@ -298,10 +348,51 @@ def test_a_broken_model_keeps_the_server_not_ready(broken_repo):
         assert call(server, "POST", f"/v2/models/{MODEL}/infer", INFER_BODY).status_code == 200
         # Fixing the model makes the server ready; breaking it again makes it not ready.
         shutil.rmtree(broken_repo / "broken")
-        deadline = time.monotonic() + 30
-        while health(server)[1] != 200:
-            assert time.monotonic() < deadline, "".join(server.log[-20:])
-            time.sleep(0.2)
+        wait_for_health(server, (200, 200, True))
+        (broken_repo / "broken" / "1").mkdir(parents=True)
+        (broken_repo / "broken" / "1" / "model.onnx").write_bytes(b"broken again")
+        wait_for_health(server, (200, 503, False))
+    finally:
+        assert server.stop() == 0
+
+
+def wait_for_health(server, expected, timeout=30):
+    deadline = time.monotonic() + timeout
+    while (got := health(server)) != expected:
+        assert time.monotonic() < deadline, f"{got} != {expected}\n" + "".join(server.log[-20:])
+        time.sleep(0.2)
+
+
+def test_explicit_mode_is_ready_when_the_models_asked_for_are(broken_repo):
+    """In explicit control mode only the models asked for count: a broken one beside them does not."""
+    (broken_repo / "broken" / "1").mkdir(parents=True, exist_ok=True)
+    (broken_repo / "broken" / "1" / "model.onnx").write_bytes(b"still not a model")
+    server = Keel(broken_repo, "--model-control-mode", "explicit", "--load-model", MODEL)
+    try:
+        assert health(server) == (200, 200, True)
+    finally:
+        assert server.stop() == 0
+    server = Keel(broken_repo, "--model-control-mode", "explicit", "--load-model", f"{MODEL},broken")
+    try:
+        assert health(server) == (200, 503, False)
+    finally:
+        assert server.stop() == 0
+
+
+def test_load_errors_do_not_tell_clients_where_files_are(tmp_path):
+    shutil.copytree(ROOT / "models" / MODEL, tmp_path / MODEL)
+    (tmp_path / "bad" / "1").mkdir(parents=True)
+    (tmp_path / "bad" / "1" / "model.onnx").write_bytes(b"not a model")
+    (tmp_path / "bad" / "model.toml").write_text("max_batch_size = [\n")
+    server = Keel(tmp_path, "--strict-readiness", "false")
+    try:
+        for method, path, body in [("GET", "/v2/models/bad", None), ("POST", "/v2/models/bad/infer", INFER_BODY)]:
+            reply = call(server, method, path, body)
+            assert reply.status_code in (400, 404, 503), reply.text
+            error = reply.json()["error"]
+            assert "model.toml" in error and str(tmp_path) not in error, error
+        # The operator still sees the full path in the log.
+        assert any(str(tmp_path) in line for line in server.log)
     finally:
         assert server.stop() == 0
 
@@ -361,6 +452,9 @@ def test_request_ids_are_random_returned_and_honoured(repo):
         assert len(ids) == 3
         reply = requests.post(url, json=INFER_BODY, headers={"x-request-id": "client-42"}, timeout=5)
         assert reply.json()["id"] == "client-42" and reply.headers["x-request-id"] == "client-42"
+        # A refusal carries the client's id too.
+        reply = requests.post(url, json={"inputs": []}, headers={"x-request-id": "client-43"}, timeout=5)
+        assert reply.status_code == 400 and reply.headers["x-request-id"] == "client-43"
         # The body's id wins over the header, as the protocol's own field.
         reply = requests.post(url, json=dict(INFER_BODY, id="body-7"), headers={"x-request-id": "h"}, timeout=5)
         assert reply.json()["id"] == "body-7"
@@ -375,6 +469,30 @@ def test_request_ids_are_random_returned_and_honoured(repo):
         assert re.fullmatch(r"[0-9a-f]{32}", result.get_response().id)
         result = client.infer(MODEL, grpc_input(), headers={"x-request-id": "grpc-9"})
         assert result.get_response().id == "grpc-9"
+        # The id also comes back as response metadata, generated or honoured.
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+        from tritonclient.grpc import service_pb2_grpc
+        request = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[ROW.tobytes()])
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 30])
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            reply, call = stub.ModelInfer.with_call(request, timeout=10)
+            assert dict(call.initial_metadata())["x-request-id"] == reply.id
+            assert re.fullmatch(r"[0-9a-f]{32}", reply.id)
+            reply, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "grpc-10")], timeout=10)
+            assert reply.id == "grpc-10" and dict(call.initial_metadata())["x-request-id"] == "grpc-10"
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_api_token_from_the_environment(repo, monkeypatch):
+    monkeypatch.setenv("KEEL_API_TOKEN", "  from-the-environment \n")
+    server = Keel(repo)
+    try:
+        path = f"/v2/models/{MODEL}/infer"
+        assert call(server, "POST", path, INFER_BODY).status_code == 401
+        assert call(server, "POST", path, INFER_BODY, {"Authorization": "BEARER from-the-environment"}).status_code == 200
     finally:
         assert server.stop() == 0
 
@@ -436,5 +554,25 @@ def test_registry_credentials_over_plain_http_warn(tmp_path):
         assert "secret" not in log, log
         reply = requests.get(f"http://{server.http}/v2/models/m", timeout=5)
         assert "secret" not in reply.text
+    finally:
+        assert server.stop() == 0
+
+
+def test_credentials_from_the_environment_and_the_monitor_token_over_plain_http_warn(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "m").mkdir(parents=True)
+    (repo / "m/model.toml").write_text(
+        '[source.mlflow]\ntracking_uri = "http://0.0.0.0:9"\nname = "x"\nalias = "a"\n')
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "env-secret")
+    server = Keel(repo, "--repository-poll", "0", "--monitor-endpoint", "http://0.0.0.0:9",
+                  "--monitor-token", "monitor-secret")
+    try:
+        deadline = time.monotonic() + 10
+        while sum("plain http" in line for line in server.log) < 2:
+            assert time.monotonic() < deadline, "".join(server.log)
+            time.sleep(0.1)
+        log = "".join(server.log)
+        assert "monitor token" in log and "MLflow" in log, log
+        assert "env-secret" not in log and "monitor-secret" not in log, log
     finally:
         assert server.stop() == 0

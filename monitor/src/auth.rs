@@ -3,7 +3,7 @@
 //! A token comes from a flag or variable, or from a file holding one accepted token per line. Files are
 //! re-read when their content changes (a Kubernetes Secret update), and several lines let a rotation
 //! overlap: add the new token, move the clients, remove the old one. Every token, from a flag or a file,
-//! is trimmed of surrounding whitespace, and so is the presented one.
+//! is trimmed of surrounding ASCII whitespace (the same trim everywhere), and so is the presented one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
@@ -97,8 +97,8 @@ impl BearerTokens {
         flag: &'static str,
     ) -> Result<Option<Self>, AuthError> {
         let fixed = match token {
-            Some(t) if t.trim().is_empty() => return Err(AuthError::EmptyFlag(flag)),
-            Some(t) => vec![digest(t.trim().as_bytes())],
+            Some(t) if t.trim_ascii().is_empty() => return Err(AuthError::EmptyFlag(flag)),
+            Some(t) => vec![digest(t.trim_ascii().as_bytes())],
             None => Vec::new(),
         };
         let from_file = match file {
@@ -150,10 +150,12 @@ impl BearerTokens {
     /// case-insensitive, as HTTP says.
     pub fn check(&self, authorization: Option<&str>) -> Result<(), AuthFailure> {
         let presented = authorization
-            .map(str::trim)
+            .map(str::trim_ascii)
             .and_then(|v| {
                 let (scheme, rest) = v.split_once(|c: char| c.is_ascii_whitespace())?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(rest.trim_ascii())
             })
             .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Missing)?;
@@ -232,7 +234,7 @@ impl ClientToken {
             let content = read(path)?;
             let first = String::from_utf8_lossy(&content)
                 .lines()
-                .map(str::trim)
+                .map(str::trim_ascii)
                 .find(|l| !l.is_empty())
                 .map(str::to_string);
             return first
@@ -242,7 +244,7 @@ impl ClientToken {
         Ok(self
             .token
             .as_deref()
-            .map(str::trim)
+            .map(str::trim_ascii)
             .filter(|t| !t.is_empty())
             .map(str::to_string))
     }

@@ -207,9 +207,17 @@ fn numeric_bin_and_excess(
 }
 
 /// Bin `i` is `(edges[i-1], edges[i]]`: the number of edges strictly below `x`.
+///
+/// Counted without branches for the usual handful of edges (deciles: 9): a binary search's
+/// branches follow the data and mispredict about half the time, which cost more than the
+/// comparisons themselves, and the count vectorises.
 #[inline]
 fn numeric_bin(edges: &[f64], x: f64) -> usize {
-    edges.partition_point(|&e| e < x)
+    if edges.len() <= 32 {
+        edges.iter().map(|&e| usize::from(e < x)).sum()
+    } else {
+        edges.partition_point(|&e| e < x)
+    }
 }
 
 fn number_category(by_number: &[(f64, usize)], x: f64) -> Option<usize> {

@@ -260,7 +260,15 @@ impl Monitor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.evaluate(now_ms());
+            // Evaluation takes the lock that ingest takes and computes every statistic: on the
+            // blocking pool, so it never holds up an async worker serving requests.
+            let monitor = self.clone();
+            if tokio::task::spawn_blocking(move || monitor.evaluate(now_ms()))
+                .await
+                .is_err()
+            {
+                tracing::error!("a monitor evaluation panicked");
+            }
         }
     }
 

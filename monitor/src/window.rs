@@ -89,9 +89,14 @@ pub(crate) struct DriftWindow {
     clock: Clock,
     /// Bins per bucket (all columns, laid out one after the other).
     stride: usize,
+    /// The hot path increments only this: one count per value. Window totals are summed over the
+    /// buckets when read (every evaluation), which costs buckets x stride additions there instead of
+    /// a second increment per value here.
     counts: Vec<u64>,
     rows: Vec<u64>,
-    totals: Vec<u64>,
+    /// Per bin, the counts of buckets already evicted: with the window's totals, every value ever
+    /// counted, for the Prometheus bin counters.
+    evicted: Vec<u64>,
     total_rows: u64,
     /// Floating-point sums per bucket (`sum_stride` each), e.g. distances of out-of-range
     /// values; totalled when read rather than kept running, so eviction never leaves rounding
@@ -109,7 +114,7 @@ impl DriftWindow {
             stride,
             counts: vec![0; n * stride],
             rows: vec![0; n],
-            totals: vec![0; stride],
+            evicted: vec![0; stride],
             total_rows: 0,
             sum_stride,
             sums: vec![0.0; n * sum_stride],
@@ -122,13 +127,13 @@ impl DriftWindow {
             stride,
             counts,
             rows,
-            totals,
+            evicted,
             total_rows,
             sum_stride,
             sums,
         } = self;
         clock.advance(now_ms, |slot| {
-            evict(slot, *stride, counts, rows, totals, total_rows);
+            evict(slot, *stride, counts, rows, evicted, total_rows);
             sums[slot * *sum_stride..(slot + 1) * *sum_stride].fill(0.0);
         });
     }
@@ -141,13 +146,13 @@ impl DriftWindow {
             stride,
             counts,
             rows,
-            totals,
+            evicted,
             total_rows,
             sum_stride,
             sums,
         } = self;
         let slot = clock.place(time_ms, |slot| {
-            evict(slot, *stride, counts, rows, totals, total_rows);
+            evict(slot, *stride, counts, rows, evicted, total_rows);
             sums[slot * *sum_stride..(slot + 1) * *sum_stride].fill(0.0);
         })?;
         rows[slot] += 1;
@@ -159,7 +164,6 @@ impl DriftWindow {
     #[inline]
     pub fn add(&mut self, slot: usize, bin: usize) {
         self.counts[slot * self.stride + bin] += 1;
-        self.totals[bin] += 1;
     }
 
     /// Adds `x` to sum `index` (below `sum_stride`) of the row placed in `slot`.
@@ -188,8 +192,23 @@ impl DriftWindow {
     }
 
     /// Counts of every bin over the whole window.
-    pub fn totals(&self) -> &[u64] {
-        &self.totals
+    pub fn totals(&self) -> Vec<u64> {
+        let mut totals = vec![0; self.stride];
+        for bucket in self.counts.chunks_exact(self.stride.max(1)) {
+            for (total, count) in totals.iter_mut().zip(bucket) {
+                *total += count;
+            }
+        }
+        totals
+    }
+
+    /// Counts of every bin since the window was made: those evicted plus the window's.
+    pub fn counted(&self) -> Vec<u64> {
+        let mut counted = self.totals();
+        for (c, e) in counted.iter_mut().zip(&self.evicted) {
+            *c += e;
+        }
+        counted
     }
 
     pub fn rows(&self) -> u64 {
@@ -206,12 +225,12 @@ fn evict(
     stride: usize,
     counts: &mut [u64],
     rows: &mut [u64],
-    totals: &mut [u64],
+    evicted: &mut [u64],
     total_rows: &mut u64,
 ) {
     let bucket = &mut counts[slot * stride..(slot + 1) * stride];
-    for (total, count) in totals.iter_mut().zip(bucket.iter_mut()) {
-        *total -= *count;
+    for (gone, count) in evicted.iter_mut().zip(bucket.iter_mut()) {
+        *gone += *count;
         *count = 0;
     }
     *total_rows -= rows[slot];
@@ -250,6 +269,22 @@ mod tests {
         w.advance(t0 + 1000 * MINUTE);
         assert_eq!(w.rows(), 0);
         assert_eq!(w.totals(), [0, 0]);
+    }
+
+    #[test]
+    fn counted_keeps_what_eviction_took_from_the_window() {
+        let mut w = window();
+        let t0 = 1_700_000_000_000 / MINUTE * MINUTE;
+        for i in 0..25 {
+            let slot = w.add_row(t0 + i * MINUTE).unwrap();
+            w.add(slot, (i % 2) as usize);
+        }
+        // Ten buckets of one minute: the window holds the last ten rows, counted holds all 25.
+        assert_eq!(w.totals(), [5, 5]);
+        assert_eq!(w.counted(), [13, 12]);
+        w.advance(t0 + 1000 * MINUTE);
+        assert_eq!(w.totals(), [0, 0]);
+        assert_eq!(w.counted(), [13, 12]);
     }
 
     #[test]

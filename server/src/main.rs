@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => runtime()?.block_on(serve(*config)),
         Command::Monitor(config) => runtime()?
-            .block_on(keel_monitor::sidecar::run(config, shutdown_signal()))
+            .block_on(async { keel_monitor::sidecar::run(config, shutdown_signal()).await })
             .context("keel monitor"),
         Command::Baseline(args) => {
             let path = baseline_cmd::run(&args).map_err(anyhow::Error::msg)?;
@@ -84,19 +84,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let server = Server::start(config).await.context("keel serve")?;
-    shutdown_signal().await;
+    // The signal handler is installed before models load, so a SIGTERM during a slow start-up
+    // still drains and flushes.
+    let signal = shutdown_signal();
+    let server = Server::listen(config).await.context("keel serve")?;
+    signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Installs the SIGTERM and SIGINT handlers now (not when first awaited) and waits for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,13 +12,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
+use crate::listener::{ConnLimits, Incoming};
 use crate::metrics::Metrics;
 
-/// Starts serving on an already bound listener; the thread ends when `stop` turns true.
+/// Starts serving on an already bound listener; the thread ends when `stop` turns true. The listener
+/// has the API listeners' connection limits and read deadlines (a scrape port is reachable too).
 pub fn spawn(
     listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    body_timeout: Option<Duration>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -28,16 +33,32 @@ pub fn spawn(
                 .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                let router = Router::new()
-                    .route("/metrics", get(move || async move { exposition(&metrics) }))
-                    .fallback(|| async { (StatusCode::NOT_FOUND, "metrics are at /metrics\n") });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
+                let incoming = Incoming::spawn(listener, None, limits, stop.clone())?;
+                crate::http::serve::serve(incoming, router(metrics), body_timeout, stop).await;
+                Ok(())
             })
         })
+}
+
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { exposition(&metrics) }))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: metrics are at /metrics",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: GET /metrics",
+            )
+        })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 fn exposition(metrics: &Metrics) -> Response {

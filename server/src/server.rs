@@ -70,7 +70,10 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     grpc: JoinHandle<Result<(), ServeError>>,
+    /// The repository's first load, then its poller.
     watcher: JoinHandle<()>,
+    /// Turns true once the first load has finished (whatever its outcome).
+    loaded: watch::Receiver<bool>,
     monitoring: Option<Arc<Monitoring>>,
     shutdown_timeout: Duration,
 }
@@ -86,10 +89,36 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 }
 
 impl Server {
-    /// Binds every listener and serves at once (live answers, ready does not), then loads the
-    /// repository; returns when the first load is done.
+    /// [`Server::listen`], then waits for the repository's first load.
     pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
+        let server = Server::listen(config).await?;
+        server.loaded().await;
+        Ok(server)
+    }
+
+    /// Waits until the repository's first load has finished (or shutdown abandoned it).
+    pub async fn loaded(&self) {
+        let mut loaded = self.loaded.clone();
+        let _ = loaded.wait_for(|l| *l).await;
+    }
+
+    /// Binds every listener and serves at once (live answers, ready does not), and loads the
+    /// repository in the background; returns as soon as the listeners are up.
+    pub async fn listen(config: ServeConfig) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // The registry cache is made (0700) at the first download; one that exists already is checked
+        // now, so a folder another user planted on a shared /tmp stops start-up with a clear error.
+        if config.cache_dir.exists() {
+            keel_monitor::local_state::private_dir(&config.cache_dir)
+                .map_err(|e| StartError::Config(format!("--cache-dir: {e}")))?;
+        }
+        if config.limits.max_inflight_bytes < config.max_body_bytes {
+            tracing::warn!(
+                max_inflight_bytes = config.limits.max_inflight_bytes,
+                max_body_bytes = config.max_body_bytes,
+                "--max-inflight-bytes is below --max-body-bytes: the largest bodies will be refused with 413"
+            );
+        }
         match onnxruntime::init(config.ort_library.as_deref()) {
             Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime loaded"),
             Err(why) => {
@@ -210,24 +239,52 @@ impl Server {
                 .await
                 .map_err(ServeError::Grpc)
         });
-        let metrics_thread = metrics_server::spawn(metrics_listener, metrics, stop.subscribe())
-            .map_err(|source| StartError::Bind {
-                addr: config.metrics_addr,
-                source,
-            })?;
+        let metrics_limits = ConnLimits {
+            max_connections: limits.max_connections,
+            header: seconds(limits.header_read_timeout),
+            idle: seconds(limits.idle_timeout),
+            protocol: TlsProtocol::Http,
+        };
+        let metrics_thread = metrics_server::spawn(
+            metrics_listener,
+            metrics,
+            metrics_limits,
+            body_timeout,
+            stop.subscribe(),
+        )
+        .map_err(|source| StartError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
         tracing::info!(http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr, tls = tls.is_some(), "listening (live, not ready); loading models");
-        repository.load_all().await;
-        ready.set_up(true);
-        match repository.all_ready() {
-            Ok(()) => tracing::info!("every model has a ready version"),
-            Err(model) if config.strict_readiness => tracing::warn!(
-                %model,
-                "not ready: a model has no ready version (--strict-readiness false makes ready mean up)"
-            ),
-            Err(model) => tracing::warn!(%model, "a model has no ready version"),
-        }
-        let watcher = watcher::spawn(repository, stopped);
-        tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "serving KServe V2 over HTTP and gRPC");
+        let (loaded_tx, loaded) = watch::channel(false);
+        // Loading runs beside the listeners, so a SIGTERM during a slow load (a hung registry) is
+        // handled like any other: the loads are abandoned, nothing half-done is published.
+        let watcher = {
+            let ready = ready.clone();
+            let strict = config.strict_readiness;
+            let mut stop_rx = stopped.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = repository.load_all() => {}
+                    _ = stop_rx.wait_for(|s| *s) => return,
+                }
+                ready.set_up(true);
+                match repository.all_ready() {
+                    Ok(()) => tracing::info!("every model has a ready version"),
+                    Err(model) if strict => tracing::warn!(
+                        %model,
+                        "not ready: a model has no ready version (--strict-readiness false makes ready mean up)"
+                    ),
+                    Err(model) => tracing::warn!(%model, "a model has no ready version"),
+                }
+                let _ = loaded_tx.send(true);
+                tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "serving KServe V2 over HTTP and gRPC");
+                if let Err(e) = watcher::spawn(repository, stopped).await {
+                    tracing::error!(error = %e, "the repository poller failed");
+                }
+            })
+        };
         Ok(Server {
             http_addr,
             grpc_addr,
@@ -239,6 +296,7 @@ impl Server {
             http,
             grpc,
             watcher,
+            loaded,
             monitoring,
             shutdown_timeout: seconds(config.limits.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(3600)),

@@ -32,7 +32,15 @@ pub fn router(monitor: Arc<Monitor>, registry: Registry, tokens: Option<BearerTo
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "see /metrics, /healthz or /v1/drift/{model}/{version}\n",
+                axum::Json(serde_json::json!({
+                    "error": "no such endpoint: see /metrics, /healthz or /v1/drift/{model}/{version}"
+                })),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({ "error": "method not allowed: use GET" })),
             )
         })
         .with_state(HttpState {
@@ -70,10 +78,15 @@ async fn drift(
                 .into_response();
         }
     }
-    let report = version
-        .parse::<u64>()
-        .ok()
-        .and_then(|v| state.monitor.report(&model, v));
+    // A report computes every statistic of the version's window: on the blocking pool.
+    let (monitor, name) = (state.monitor.clone(), model.clone());
+    let report = match version.parse::<u64>() {
+        Ok(v) => tokio::task::spawn_blocking(move || monitor.report(&name, v))
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
     match report {
         Some(report) => axum::Json(report).into_response(),
         None => (

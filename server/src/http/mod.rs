@@ -112,12 +112,27 @@ pub fn router(state: HttpState) -> Router {
         })
         // axum's own rejections (a path that is not UTF-8, say) are plain text: every error is JSON.
         .layer(axum::middleware::map_response(codec::json_error_body))
+        .layer(axum::middleware::from_fn(echo_request_id))
         // The infer handler enforces its own, configurable limit with a JSON error.
         .layer(DefaultBodyLimit::disable())
         // Outermost: 415 for a body coding Keel cannot read, before anything reads it; compressed
         // answers for clients that ask (`Accept-Encoding`).
         .layer(axum::middleware::from_fn(compression::layer))
         .with_state(state)
+}
+
+/// A client's `x-request-id` comes back on every answer, errors included, so a client can match a
+/// refusal to its request; a successful inference sets the id it used itself.
+async fn echo_request_id(request: Request, next: Next) -> Response {
+    let id = request.headers().get(request_id::HEADER).cloned();
+    let mut response = next.run(request).await;
+    if let Some(id) = id {
+        response
+            .headers_mut()
+            .entry(request_id::HEADER)
+            .or_insert(id);
+    }
+    response
 }
 
 /// Repository control is left out: cancelling a load half-way helps nobody.
@@ -378,35 +393,46 @@ async fn feedback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let monitoring = monitoring(&state)?;
+    let monitoring = monitoring(&state)?.clone();
     state.infer.repository().model(&model)?;
     let (body, _permit) =
         body::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
     let now = crate::prediction_log::now_ms();
-    let items = if body.len() > INLINE_DECODE_BYTES {
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || monitoring::feedback::parse(&model, &body, now))
-            .await
-            .map_err(|e| Error::Internal(format!("feedback parsing task failed: {e}")))??
+    // A large post (up to 100,000 items) is parsed and joined under the monitor's lock on the
+    // blocking pool, not on an async worker.
+    let reply = if body.len() > INLINE_DECODE_BYTES {
+        tokio::task::spawn_blocking(move || {
+            monitoring::feedback::parse(&model, &body, now).map(|items| monitoring.feedback(items))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("feedback task failed: {e}")))??
     } else {
-        monitoring::feedback::parse(&model, &body, now)?
+        monitoring.feedback(monitoring::feedback::parse(&model, &body, now)?)
     };
-    Ok(Json(monitoring.feedback(items)).into_response())
+    Ok(Json(reply).into_response())
 }
 
 /// The embedded monitor's current window for one version: PSI, CSI, feedback metrics, alert states.
 async fn drift_report(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let version = crate::infer::parse_version(version.unwrap_or_default())?;
-    let monitor = monitoring(&state)?.monitor().ok_or_else(|| {
-        Error::NotFound(
-            "drift is measured by the monitor sidecar; ask it (GET /v1/drift/...)".into(),
-        )
-    })?;
-    let report = monitor.report(model, version).ok_or_else(|| {
-        Error::NotFound(format!(
-            "model '{model}' version {version} is not monitored"
-        ))
-    })?;
+    let monitor = monitoring(&state)?
+        .monitor()
+        .ok_or_else(|| {
+            Error::NotFound(
+                "drift is measured by the monitor sidecar; ask it (GET /v1/drift/...)".into(),
+            )
+        })?
+        .clone();
+    // A report computes every statistic of the version's window: on the blocking pool.
+    let name = model.to_owned();
+    let report = tokio::task::spawn_blocking(move || monitor.report(&name, version))
+        .await
+        .map_err(|e| Error::Internal(format!("drift report task failed: {e}")))?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "model '{model}' version {version} is not monitored"
+            ))
+        })?;
     Ok(Json(report).into_response())
 }

@@ -1,7 +1,8 @@
 //! Streaming to a `keel monitor` sidecar over gRPC. The drain thread hands messages over without
 //! waiting; a task keeps one client stream open, reconnecting with backoff. While the sidecar is away,
-//! rows are dropped and counted, and on reconnect every serving version's spec is sent first, so a
-//! restarted sidecar resumes monitoring on its own.
+//! rows are dropped and counted, and on reconnect the latest retirements and every serving version's
+//! spec are sent first, so a restarted sidecar resumes monitoring on its own and one that stayed up
+//! drops versions retired while the stream was down.
 //!
 //! With `--monitor-token(-file)` each connection presents `authorization: Bearer <token>`, the file
 //! read again at every connection (a rotated Secret is picked up). A sidecar that refuses the token
@@ -56,6 +57,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(500);
 
 type Specs = Arc<Mutex<BTreeMap<(String, u64), MonitorMessage>>>;
+
+/// The latest retirements, resent on every (re)connection with the specs: one sent while the
+/// stream was broken would otherwise be lost, and a sidecar that stayed up would keep the retired
+/// version's drift series. Retiring an unknown version is a no-op there, so resending is safe.
+type Retired = Arc<Mutex<std::collections::VecDeque<(String, u64)>>>;
+
+/// Retirements remembered for resending (one per swap; older ones have long been delivered).
+const RETIRED_KEPT: usize = 256;
 
 /// A message on its way, holding its bytes of [`QUEUE_BYTES`] until tonic takes it (or it is
 /// dropped).
@@ -157,6 +166,7 @@ impl Drop for Outbound {
 pub struct SidecarHandle {
     tx: mpsc::Sender<Outgoing>,
     specs: Specs,
+    retired: Retired,
     queued: Arc<AtomicUsize>,
 }
 
@@ -173,6 +183,7 @@ impl SidecarHandle {
         }
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
         let specs = Specs::default();
+        let retired = Retired::default();
         let queue = Queue {
             rx,
             dropped: dropped.clone(),
@@ -182,12 +193,14 @@ impl SidecarHandle {
             token,
             queue,
             specs.clone(),
+            retired.clone(),
             dropped,
         ));
         (
             SidecarHandle {
                 tx,
                 specs,
+                retired,
                 queued: Arc::default(),
             },
             task,
@@ -202,6 +215,10 @@ impl SidecarHandle {
                 return;
             }
         };
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(m, v)| !(m == &spec.model && *v == spec.version));
         self.specs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -215,6 +232,13 @@ impl SidecarHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(model.to_string(), version));
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            if retired.len() == RETIRED_KEPT {
+                retired.pop_front();
+            }
+            retired.push_back((model.to_string(), version));
+        }
         let _ = self
             .tx
             .try_send(Outgoing::control(retire_message(model, version)));
@@ -296,6 +320,7 @@ async fn stream_forever(
     token: ClientToken,
     mut rx: Queue,
     specs: Specs,
+    retired: Retired,
     dropped: IntCounterVec,
 ) {
     // Endpoints hold no credentials, but logs never show one if a user put it there.
@@ -311,12 +336,19 @@ async fn stream_forever(
                     rx: stream_rx,
                     dropped: dropped.clone(),
                 };
-                let resend: Vec<MonitorMessage> = specs
+                let mut resend: Vec<MonitorMessage> = retired
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
+                    .iter()
+                    .map(|(model, version)| retire_message(model, *version))
                     .collect();
+                resend.extend(
+                    specs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned(),
+                );
                 let mut call = tokio::spawn(async move { client.stream(outbound).await });
                 for message in resend {
                     if stream_tx.send(Outgoing::control(message)).await.is_err() {
@@ -557,5 +589,96 @@ mod tests {
         drop(outbound);
         let unavailable = dropped.with_label_values(&["m", reason::SIDECAR_UNAVAILABLE]);
         assert_eq!(unavailable.get(), 1);
+    }
+
+    /// A TCP relay to the sidecar whose connections can be cut while the sidecar stays up: the
+    /// stream breaks, the sidecar keeps its state.
+    struct Relay {
+        addr: std::net::SocketAddr,
+        up: Arc<std::sync::atomic::AtomicBool>,
+        cut: tokio::sync::watch::Sender<u64>,
+    }
+
+    impl Relay {
+        async fn start(to: std::net::SocketAddr) -> Relay {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let (cut, cuts) = tokio::sync::watch::channel(0u64);
+            let accepting = up.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !accepting.load(Ordering::Acquire) {
+                        continue; // dropped: refused while down
+                    }
+                    let mut cuts = cuts.clone();
+                    // Only cuts from now on end this connection.
+                    cuts.borrow_and_update();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
+            });
+            Relay { addr, up, cut }
+        }
+
+        fn set_up(&self, up: bool) {
+            self.up.store(up, Ordering::Release);
+            if !up {
+                self.cut.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_sent_while_the_stream_is_down_reaches_a_sidecar_that_stayed_up() {
+        use keel_monitor::sidecar::{Sidecar, SidecarConfig};
+        use keel_monitor::{ModelSpec, MonitorSettings};
+
+        let sidecar = Sidecar::start(SidecarConfig::local()).await.unwrap();
+        let relay = Relay::start(sidecar.grpc_addr()).await;
+        let token = ClientToken {
+            token: None,
+            file: None,
+        };
+        let (handle, _task) =
+            SidecarHandle::start(format!("http://{}", relay.addr), token, dropped());
+        let spec = |version| ModelSpec {
+            model: "m".into(),
+            version,
+            baseline: None,
+            settings: MonitorSettings::default(),
+        };
+        let monitored = || sidecar.monitor().versions();
+        let wait_for = |want: Vec<(String, u64)>| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while monitored() != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?} != {want:?}",
+                    monitored()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        handle.version(&spec(1));
+        handle.version(&spec(2));
+        wait_for(vec![("m".into(), 1), ("m".into(), 2)]).await;
+
+        relay.set_up(false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handle.retire("m", 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay.set_up(true);
+        wait_for(vec![("m".into(), 2)]).await;
     }
 }

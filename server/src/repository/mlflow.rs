@@ -179,7 +179,7 @@ impl MlflowClient {
         if !has(MODEL_FILE) {
             return Err(format!(
                 "MLflow {name} version {version} has no {MODEL_FILE} at its artifact root {}",
-                uri.artifact_uri
+                redact_url(&uri.artifact_uri)
             ));
         }
         // Download beside the target and rename into place, so a half-finished download is never served.

@@ -426,19 +426,39 @@ impl Repository {
             None => entry.ready_versions().next_back().cloned().ok_or_else(|| {
                 Error::Unavailable(format!(
                     "model '{name}' has no ready version: {}",
-                    unavailable_reason(&entry)
+                    self.for_clients(&unavailable_reason(&entry))
                 ))
             }),
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionState::Ready(served)) => Ok(served.clone()),
                 Some(VersionState::Unavailable(why)) => Err(Error::Unavailable(format!(
-                    "model '{name}' version {v} is unavailable: {why}"
+                    "model '{name}' version {v} is unavailable: {}",
+                    self.for_clients(why)
                 ))),
                 None => Err(Error::NotFound(format!(
                     "model '{name}' has no version {v}"
                 ))),
             },
         }
+    }
+}
+
+impl Repository {
+    /// A load error as inference clients see it: paths relative to the repository (or the registry
+    /// cache), so an answer does not tell a client where the server keeps its files. The full text
+    /// stays in the log and in the admin-only repository index.
+    fn for_clients(&self, message: &str) -> String {
+        let mut message = message.to_owned();
+        for (dir, shown) in [
+            (&self.settings.cache_dir, "<cache>/"),
+            (&self.settings.root, ""),
+        ] {
+            let prefix = format!("{}/", dir.display());
+            if prefix.len() > 1 {
+                message = message.replace(&prefix, shown);
+            }
+        }
+        message
     }
 }
 
