@@ -61,6 +61,14 @@ def predictions(model_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values("timestamp_ms", ignore_index=True)
 
 
+def test_every_column_chunk_is_zstd_compressed(model_dir):
+    for path in files(model_dir, "predictions") + files(model_dir, "feedback"):
+        meta = pq.ParquetFile(path).metadata
+        codecs = {meta.row_group(g).column(c).compression
+                  for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+        assert codecs == {"ZSTD"}, (path.name, codecs)
+
+
 def test_names_give_each_file_its_time_range(model_dir):
     names = sorted(p.name for p in model_dir.iterdir())
     assert all(NAME.match(n) for n in names), names

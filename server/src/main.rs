@@ -6,6 +6,8 @@ use keel_monitor::sidecar::SidecarConfig;
 use keel_server::check::{self, CheckArgs};
 use keel_server::monitoring::baseline_cmd::{self, BaselineArgs};
 use keel_server::{ServeConfig, Server};
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Many small allocations on many threads (request bodies, tensors, futures): glibc malloc showed ~13% of
@@ -20,8 +22,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Keel: an ONNX inference server that watches its own models"
 )]
 struct Cli {
+    /// Log lines as human-readable text (colour only when stderr is a terminal and NO_COLOR is
+    /// unset), or as one JSON object per line for log pipelines. Logs go to stderr.
+    #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -45,11 +57,21 @@ fn main() -> anyhow::Result<()> {
         Command::Check(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .init();
+    let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Escape codes only for a person at a terminal: log files and `kubectl logs` get plain text.
+        LogFormat::Text => logs
+            .with_ansi(colour(std::io::stderr().is_terminal()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -93,6 +115,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     server.shutdown().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Colour on a terminal, unless NO_COLOR (https://no-color.org) is set to anything non-empty.
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (not when first awaited) and waits for either.

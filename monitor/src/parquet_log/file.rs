@@ -9,6 +9,7 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::{SchemaDescPtr, SchemaDescriptor};
@@ -74,7 +75,11 @@ impl OpenFile {
             let descriptor = Arc::new(SchemaDescriptor::new(schema.clone()));
             let index_path = index_path(&temp);
             let index = RowGroupIndex::create(&index_path).map_err(io_error(&index_path))?;
-            let properties = Arc::new(WriterProperties::builder().build());
+            let properties = Arc::new(
+                WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build(),
+            );
             let writer = SerializedFileWriter::new(BufWriter::new(file), schema, properties)
                 .map_err(parquet_error(&temp))?;
             Ok((writer, index, descriptor))
