@@ -269,3 +269,29 @@ def test_grpc_announces_its_stream_limit_and_closes_peers_that_miss_keepalive_pi
         assert closed is not None and closed < 5, f"a peer ignoring PINGs was not closed ({closed})"
     finally:
         assert server.stop() == 0
+
+
+def test_a_grpc_request_in_flight_at_sigterm_is_answered_and_its_rows_logged(repo, tmp_path):
+    """The original bug: gRPC drained only after the log had stopped, so late gRPC rows were lost."""
+    import queue
+
+    import pyarrow.parquet as pq
+
+    log_dir = tmp_path / "log"
+    server = Keel(repo, "--prediction-log-dir", str(log_dir))
+    client = grpcclient.InferenceServerClient(server.grpc)
+    inp = grpcclient.InferInput("input", [1024, 512], "FP32")
+    inp.set_data_from_numpy(np.full((1024, 512), 0.25, np.float32))
+    done = queue.Queue()
+    client.async_infer("slow-mlp", [inp], request_id="in-flight", callback=lambda result, error: done.put(error))
+    deadline = time.monotonic() + 30
+    while not re.search(r'^keel_inflight_requests\{model="slow-mlp",version="1"\} [1-9]',
+                        requests.get(f"http://{server.metrics}/metrics", timeout=5).text, re.M):
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.002)
+    server.proc.send_signal(signal.SIGTERM)
+    assert done.get(timeout=60) is None
+    assert server.proc.wait(timeout=30) == 0, "".join(server.log[-20:])
+    ids = [i for path in sorted(log_dir.glob("slow-mlp/predictions-*.parquet"))
+           for i in pq.read_table(path, columns=["request_id"]).column("request_id").to_pylist()]
+    assert ids.count("in-flight") == 1024, len(ids)

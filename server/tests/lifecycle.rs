@@ -25,11 +25,12 @@ async fn spawn_keel(args: &[&str]) -> (Child, String, Vec<String>) {
         .args(args)
         .env("NO_COLOR", "1")
         .env("KEEL_MODEL_REPOSITORY", example_models())
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The log is on stderr.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
