@@ -6,8 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use keel_monitor::{
-    Baseline, Column, Distribution, FeatureValue, Kind, ModelSpec, MonitorSettings,
-    PredictionRecord,
+    Baseline, Column, Distribution, Kind, ModelSpec, MonitorSettings, PredictionRecord,
 };
 use serde::Deserialize;
 
@@ -38,21 +37,7 @@ struct Case {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/psi_reference.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// JSON null is NaN (JSON has no NaN), numbers are numbers, strings are categories.
-fn value(v: &serde_json::Value) -> FeatureValue {
-    match v {
-        serde_json::Value::Null => FeatureValue::Number(f64::NAN),
-        serde_json::Value::Number(n) => FeatureValue::Number(n.as_f64().unwrap()),
-        serde_json::Value::String(s) => FeatureValue::Category(s.clone()),
-        other => panic!("unexpected fixture value {other}"),
-    }
+    common::fixture("psi_reference.json")
 }
 
 fn close(actual: f64, expected: f64, what: &str) {
@@ -84,7 +69,7 @@ fn column(case: &Case, name: &str, tensor: &str) -> Column {
             "numeric" => Kind::Numeric,
             _ => Kind::Categorical,
         }),
-        values: case.baseline.iter().map(value).collect(),
+        values: case.baseline.iter().map(common::fixture_value).collect(),
     }
 }
 
@@ -174,8 +159,8 @@ fn csi_and_psi_of_the_window_match_numpy() {
                 request_id: i.to_string(),
                 row: 0,
                 timestamp_ms: common::T0,
-                inputs: vec![("x".into(), vec![value(v)])],
-                outputs: vec![("y".into(), vec![value(v)])],
+                inputs: vec![("x".into(), vec![common::fixture_value(v)])],
+                outputs: vec![("y".into(), vec![common::fixture_value(v)])],
             })
             .collect();
         monitor.ingest(&records);

@@ -43,20 +43,7 @@ struct Case {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/stats_reference.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn value(v: &serde_json::Value) -> FeatureValue {
-    match v {
-        serde_json::Value::Null => FeatureValue::Number(f64::NAN),
-        serde_json::Value::Number(n) => FeatureValue::Number(n.as_f64().unwrap()),
-        serde_json::Value::String(s) => FeatureValue::Category(s.clone()),
-        other => panic!("unexpected fixture value {other}"),
-    }
+    common::fixture("stats_reference.json")
 }
 
 fn close(actual: Option<f64>, expected: Option<f64>, what: &str) {
@@ -92,7 +79,7 @@ fn baseline(fixture: &Fixture) -> Baseline {
                 } else {
                     Kind::Categorical
                 }),
-                values: case.train.iter().map(value).collect(),
+                values: case.train.iter().map(common::fixture_value).collect(),
             }
         })
         .collect();
@@ -107,8 +94,8 @@ fn records(fixture: &Fixture) -> Vec<PredictionRecord> {
             let mut colour = Vec::new();
             for case in &fixture.cases {
                 match place(case) {
-                    ("x", index) => x[index] = value(&case.current[i]),
-                    _ => colour.push(value(&case.current[i])),
+                    ("x", index) => x[index] = common::fixture_value(&case.current[i]),
+                    _ => colour.push(common::fixture_value(&case.current[i])),
                 }
             }
             PredictionRecord {

@@ -154,3 +154,19 @@ pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Optio
 pub fn series(registry: &Registry, name: &str, key: &str, value: &str) -> usize {
     matching(registry, name, &[(key, value)]).len()
 }
+
+/// A fixture under `tests/fixtures/`, written by a numpy/scipy reference script.
+pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fixture's value: JSON null is NaN (JSON has no NaN), numbers are numbers, strings are categories.
+pub fn fixture_value(v: &serde_json::Value) -> FeatureValue {
+    match v {
+        serde_json::Value::Null => FeatureValue::Number(f64::NAN),
+        serde_json::Value::Number(n) => FeatureValue::Number(n.as_f64().unwrap()),
+        serde_json::Value::String(s) => FeatureValue::Category(s.clone()),
+        other => panic!("unexpected fixture value {other}"),
+    }
+}
