@@ -4,9 +4,11 @@
   MLflow (sqlite) holds breast-cancer v1 under the alias `champion`; Keel serves whatever the alias
   points at, logs every row to Parquet and watches drift; traffic is replayed with true labels sent
   back as feedback; two features drift by 2 training standard deviations; Keel's CSI rule fires a
-  signed webhook; models/retrain_hook.py retrains on the logged, labelled, drifted rows, registers v2
-  and moves the alias; Keel picks v2 up, starts a fresh window against v2's baseline, and the drift
-  is gone there. Every step is printed with its time; the summary gives drift onset -> v2 serving.
+  signed webhook; models/retrain_hook.py starts the retraining pipeline (deploy/kubeflow/, run with
+  kfp.local), which trains a challenger on the logged, labelled, drifted rows, beats v1 on a holdout,
+  registers v2 and moves the alias; Keel picks v2 up, starts a fresh window against v2's baseline, and
+  the drift is gone there. Every step is printed with its time; the summary gives drift onset -> v2
+  serving. The pipeline's own log (each step's output) is in <workdir>/kfp/run-1/run.log.
 
     KEEL_BIN=target/release/keel .venv/bin/python models/demo.py [--rate 1000] [--workdir DIR]
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "models"), str(ROOT / "tests")]
 from conftest import Keel  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
-from retrain_hook import RetrainHook, register_version  # noqa: E402
+from retrain_hook import RetrainHook  # noqa: E402
 from traffic import Traffic, post  # noqa: E402
 
 MODEL = "breast-cancer"          # Keel's model directory and the registered model's name
@@ -64,6 +66,23 @@ clear = {clear}
 consecutive = 2
 cooldown_s = 30
 """
+
+
+def register_version(client, name: str, files: dict[str, bytes]) -> int:
+    """Logs `files` as a run's `model/` artifacts (where Keel looks) and registers them as the next
+    version of `name`: how the demo puts v1 into the registry."""
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    experiment = client.get_experiment_by_name("keel-demo")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("keel-demo")
+    run = client.create_run(experiment_id)
+    with tempfile.TemporaryDirectory() as stage:
+        for file, data in files.items():
+            Path(stage, file).write_bytes(data)
+        client.log_artifacts(run.info.run_id, stage, artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return int(version.version)
 
 
 def say(message: str, when: float | None = None):
@@ -200,7 +219,8 @@ class ClosedLoop(contextlib.ExitStack):
         say(f"registered {MODEL} v{self.v1} (models/breast-cancer/1) and set {ALIAS} -> {self.v1}")
 
         log_dir = self.workdir / "prediction-log"
-        self.hook = RetrainHook("127.0.0.1:0", self.mlflow.uri, MODEL, MODEL, log_dir, self.secret, ALIAS).start()
+        self.hook = RetrainHook("127.0.0.1:0", self.mlflow.uri, MODEL, MODEL, log_dir, self.secret, ALIAS,
+                                pipeline_root=self.workdir / "kfp").start()
         self.callback(say, "retraining hook stopped")
         self.callback(self.hook.stop)
 
@@ -294,11 +314,16 @@ class ClosedLoop(contextlib.ExitStack):
         step("webhook", f"4. webhook received: {event['event']['type']} {data['metric']}={data['value']:.3f}, "
                         f"signature valid, id {event['id']}", event["received"])
 
-        retrain = self.wait("the retraining", lambda: self.hook.retrains and self.hook.retrains[0], timeout=120)
+        retrain = self.wait("the retraining pipeline", lambda: self.hook.retrains and self.hook.retrains[0],
+                            timeout=180)
         result.retrain, result.new_version = retrain, retrain["version"]
-        step("registered", f"5. retrained on {retrain['rows']} labelled drifted rows (held-out accuracy "
-                           f"{retrain['accuracy']:.3f}; v{self.v1} got {retrain['served_accuracy']:.3f} of them right), "
-                           f"registered v{result.new_version}", retrain["registered"])
+        step("registered", f"5. pipeline: trained on {retrain['rows']} labelled drifted rows; on the holdout the "
+                           f"challenger got {retrain['accuracy']:.3f} right, champion v{retrain['champion_version']} "
+                           f"{retrain['champion_accuracy']:.3f}; registered v{result.new_version}",
+             retrain["registered"])
+        if retrain["winner"] != "challenger":
+            raise RuntimeError(f"the champion v{retrain['champion_version']} won on the holdout, so {ALIAS} stays: "
+                               f"{retrain['outputs']}")
 
         # Read back from the registry rather than trusting the hook's word for it.
         self.wait(f"{ALIAS} -> {result.new_version} in MLflow",

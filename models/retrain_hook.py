@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Retraining hook: receives Keel's drift webhook, retrains on the prediction log, registers the new
-version in MLflow and moves the alias Keel follows. The other half of the closed loop (models/demo.py).
+"""Retraining hook: receives Keel's drift webhook and starts the retraining pipeline
+(deploy/kubeflow/retrain_pipeline.py), which trains a challenger on the prediction log, evaluates it against
+the champion, registers it in MLflow and moves the alias Keel follows if it won. The other half of the
+closed loop (models/demo.py).
 
     KEEL_WEBHOOK_SECRET=whsec_... .venv/bin/python models/retrain_hook.py --listen 127.0.0.1:8090 \\
         --mlflow-uri http://127.0.0.1:5000 --model-name breast-cancer --keel-model breast-cancer \\
-        --prediction-log-dir /var/lib/keel/log [--alias champion] [--secret-file F]
+        --prediction-log-dir /var/lib/keel/log [--alias champion] [--secret-file F] \\
+        [--kfp-host URL | --pipeline-root DIR] [--pipeline-arg metric=roc_auc ...]
 
 For every signed `dev.keel.drift.detected` (or `dev.keel.performance.degraded`) event of --keel-model:
   1. verify the Standard Webhooks signature (HMAC-SHA256 over `id.timestamp.body`, 401 otherwise),
      answer 202 at once and ignore redeliveries of a webhook-id already seen (Keel retries with it);
-  2. in a background thread, wait until --min-rows labelled rows logged after the detection are in
-     finished Parquet files (predictions joined with feedback on request_id and row): the traffic the
-     model serves now, without the pre-drift rows that the alert's window still holds;
-  3. fit standardisation + logistic regression on them, export it with make_models.logistic_regression,
-     compute its baseline.json from the same rows with make_models.baseline;
-  4. log both as a run's `model/` artifacts, register them as a new version of --model-name, move --alias.
+  2. in a background thread, start the pipeline with the event's detection time (`window_end_ms`: it
+     trains on rows logged after it, the traffic the model serves now, once --min-rows labelled rows are
+     in finished Parquet files) and the webhook-id:
+       - by default a local run (kfp.local, in a child process of this interpreter, its steps' outputs and
+         log under --pipeline-root), whose outputs (winner, versions, scores) are recorded;
+       - with --kfp-host (or KFP_HOST) a run of the compiled spec, deploy/kubeflow/retrain_pipeline.yaml,
+         on that KFP API endpoint; the run id is recorded. --prediction-log-dir must then be what the
+         cluster reads (an s3:// URI, or the path of a volume mounted into the steps).
 """
 
 import argparse
@@ -24,8 +29,8 @@ import hmac
 import json
 import os
 import queue
-import re
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,19 +39,14 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from mlflow.tracking import MlflowClient
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_models import N_FEATURES, baseline, logistic_regression  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = ROOT / "deploy/kubeflow/retrain_pipeline.py"
+PIPELINE_SPEC = ROOT / "deploy/kubeflow/retrain_pipeline.yaml"
 
 RETRAIN_ON = {"dev.keel.drift.detected", "dev.keel.performance.degraded"}
 # Standard Webhooks' replay window: older (or future) timestamps are refused even with a valid MAC.
 TIMESTAMP_TOLERANCE_S = 300
-EXPERIMENT = "keel-retrain"
+EXPERIMENT = "keel-retrain"  # the KFP experiment of submitted runs, and the MLflow one of their results
 
 
 def log(message: str):
@@ -86,133 +86,75 @@ def verify(key: bytes, headers, body: bytes, now: float | None = None) -> str | 
     return msg_id if any(hmac.compare_digest(expected, g) for g in given) else None
 
 
-# --- The prediction log --------------------------------------------------------------------------------
+# --- The pipeline --------------------------------------------------------------------------------------
 
-def model_folder(log_dir: Path, model: str) -> Path:
-    """Keel's folder for a model's log: anything but [A-Za-z0-9._-] becomes `_`."""
-    return log_dir / re.sub(r"[^A-Za-z0-9._-]", "_", model)
-
-
-def finished_files(folder: Path, kind: str, since_ms: int) -> list[Path]:
-    """Finished `<kind>-<first_ms>-<last_ms>-<seq>.parquet` files holding rows at or after since_ms:
-    the names tell, so no file is opened to find them (files being written are hidden `.tmp-*`)."""
-    found = []
-    for path in folder.glob(f"{kind}-*.parquet"):
-        parts = path.stem.split("-")
-        if len(parts) == 4 and parts[2].isdigit() and int(parts[2]) >= since_ms:
-            found.append(path)
-    return sorted(found)
-
-
-def read(files: list[Path]) -> pd.DataFrame | None:
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
-
-
-def labelled_rows(log_dir: Path, model: str, since_ms: int) -> pd.DataFrame:
-    """Logged rows at or after since_ms that have feedback, with their true label as `truth`."""
-    folder = model_folder(log_dir, model)
-    predictions = read(finished_files(folder, "predictions", since_ms))
-    # Feedback arrives after its prediction, so a file of feedback for these rows ends after since_ms too.
-    feedback = read(finished_files(folder, "feedback", since_ms))
-    if predictions is None or feedback is None:
-        return pd.DataFrame()
-    predictions = predictions[predictions["timestamp_ms"] >= since_ms]
-    truth = feedback["truth_value"] if "truth_label" not in feedback else \
-        feedback["truth_value"].fillna(pd.to_numeric(feedback["truth_label"], errors="coerce"))
-    feedback = feedback.assign(truth=truth).dropna(subset=["truth"])
-    # A label sent twice counts once, the later one winning (a correction).
-    feedback = feedback.sort_values("timestamp_ms").drop_duplicates(["request_id", "row"], keep="last")
-    return predictions.merge(feedback[["request_id", "row", "truth"]], on=["request_id", "row"])
+def run_local_pipeline(arguments: dict, pipeline_root: Path, stop: threading.Event | None = None) -> dict:
+    """Runs the pipeline with kfp.local in a child process (kfp.local's settings are per process, and its
+    steps' logs go to `pipeline_root/run.log`, not to this process's output); returns its outputs.
+    Raises RuntimeError with the failing step's error when the run fails, or when `stop` is set."""
+    pipeline_root = Path(pipeline_root)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    outputs, log_file = pipeline_root / "outputs.json", pipeline_root / "run.log"
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(PIPELINE), "run-local", "--pipeline-root", str(pipeline_root),
+             "--arguments", json.dumps(arguments), "--outputs", str(outputs)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop is not None and stop.is_set():
+                        raise RuntimeError("stopped while the pipeline was running") from None
+        finally:
+            if proc.poll() is None:  # its steps run in their own processes: end the whole group
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+    if proc.returncode != 0:
+        lines = log_file.read_text(errors="replace").splitlines()
+        # A step's exception is the last line of its traceback; kfp.local then says which task failed.
+        errors = [line.strip() for line in lines if "Error:" in line or "FAILURE" in line]
+        raise RuntimeError(f"the pipeline failed (exit {proc.returncode}, log {log_file}): "
+                           + (" | ".join(errors[-3:]) or " | ".join(lines[-5:])))
+    return json.loads(outputs.read_text())
 
 
-def wait_for_rows(log_dir: Path, model: str, since_ms: int, min_rows: int, timeout_s: float,
-                  stop: threading.Event) -> pd.DataFrame:
-    """Polls the log until min_rows labelled rows are there (rotation makes files appear every few
-    seconds); `stop` cuts the wait short when the hook shuts down."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = labelled_rows(log_dir, model, since_ms)
-        if len(rows) >= min_rows:
-            return rows
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(rows)} labelled rows after {timeout_s:.0f} s (need {min_rows})")
-        if stop.wait(0.25):
-            raise RuntimeError(f"stopped while waiting for labelled rows ({len(rows)} of {min_rows})")
+def submit_pipeline(host: str, arguments: dict, run_name: str, experiment: str = EXPERIMENT) -> str:
+    """Starts a run of the compiled spec on a KFP API endpoint (kfp.Client); returns its run id."""
+    import kfp
 
-
-# --- Training ------------------------------------------------------------------------------------------
-
-def train(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[bytes, float]:
-    """Standardisation + logistic regression (make_models' recipe) on 80% of the rows; returns the ONNX
-    model and its accuracy on the other 20%, which it never saw."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(len(x) * 0.8)
-    fit, held = order[:cut], order[cut:]
-    scaler = StandardScaler().fit(x[fit])
-    clf = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x[fit]), y[fit])
-    accuracy = float((clf.predict(scaler.transform(x[held])) == y[held]).mean())
-    return logistic_regression(scaler.mean_, scaler.scale_, clf.coef_[0], clf.intercept_[0]), accuracy
-
-
-# --- MLflow --------------------------------------------------------------------------------------------
-
-def register_version(client: MlflowClient, name: str, files: dict[str, bytes], params: dict | None = None,
-                     metrics: dict | None = None) -> int:
-    """Logs `files` as a run's `model/` artifacts (where Keel looks) and registers them as the next
-    version of `name`."""
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        client.create_registered_model(name)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-    run = client.create_run(experiment_id)
-    for key, value in (params or {}).items():
-        client.log_param(run.info.run_id, key, value)
-    for key, value in (metrics or {}).items():
-        client.log_metric(run.info.run_id, key, value)
-    with tempfile.TemporaryDirectory() as stage:
-        for file, data in files.items():
-            Path(stage, file).write_bytes(data)
-        client.log_artifacts(run.info.run_id, stage, artifact_path="model")
-    client.set_terminated(run.info.run_id)
-    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    return int(version.version)
-
-
-def next_version(client: MlflowClient, name: str) -> int:
-    """Only written into baseline.json, where the version is informational (monitor/BASELINE.md)."""
-    versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
-    return max(versions, default=0) + 1
-
-
-def feature_names(client: MlflowClient, name: str, version: int) -> list[str]:
-    """The feature names of the version that drifted, from its baseline.json, so that the new version's
-    CSI series carry the same `feature` labels; input_<i> when it has none."""
-    try:
-        run_id = client.get_model_version(name, str(version)).run_id
-        with tempfile.TemporaryDirectory() as dst:
-            path = client.download_artifacts(run_id, "model/baseline.json", dst)
-            names = [f["name"] for f in json.loads(Path(path).read_text())["features"]]
-        if len(names) == N_FEATURES:
-            return names
-    except Exception as error:  # noqa: BLE001 - any failure here only costs the names
-        log(f"no feature names from version {version} ({error}); using input_<i>")
-    return [f"input_{i}" for i in range(N_FEATURES)]
+    client = kfp.Client(host=host)
+    run = client.create_run_from_pipeline_package(str(PIPELINE_SPEC), arguments=arguments, run_name=run_name,
+                                                  experiment_name=experiment)
+    return run.run_id
 
 
 # --- The service ---------------------------------------------------------------------------------------
 
 class RetrainHook:
-    """The webhook receiver and its retraining worker. `events`, `retrains` and the counters let a
-    caller (demo, test) observe each step; every entry carries time.time() of when it happened."""
+    """The webhook receiver and its pipeline starter. `events`, `retrains` and the counters let a caller
+    (demo, test) observe each step; every entry carries time.time() of when it happened.
 
-    def __init__(self, listen: str, mlflow_uri: str, model_name: str, keel_model: str, log_dir: Path,
-                 secret: str, alias: str = "champion", min_rows: int = 1000, wait_timeout_s: float = 120):
+    `log_dir` is what the pipeline reads (a folder, or a URI for a cluster); `pipeline_args` adds or
+    overrides pipeline parameters (holdout_fraction, metric, min_improvement, ...); `kfp_host` submits
+    runs there instead of running them locally under `pipeline_root` (default: a temporary folder)."""
+
+    def __init__(self, listen: str, mlflow_uri: str, model_name: str, keel_model: str, log_dir: Path | str,
+                 secret: str, alias: str = "champion", min_rows: int = 1000, wait_timeout_s: float = 120,
+                 kfp_host: str | None = None, pipeline_root: Path | None = None, pipeline_args: dict | None = None,
+                 experiment: str = EXPERIMENT):
         self.mlflow_uri, self.model_name, self.keel_model = mlflow_uri, model_name, keel_model
-        self.log_dir, self.alias, self.min_rows, self.wait_timeout_s = Path(log_dir), alias, min_rows, wait_timeout_s
+        self.log_dir, self.alias, self.min_rows, self.wait_timeout_s = str(log_dir), alias, min_rows, wait_timeout_s
+        self.kfp_host, self.pipeline_args, self.experiment = kfp_host, dict(pipeline_args or {}), experiment
+        self.pipeline_root = Path(pipeline_root or tempfile.mkdtemp(prefix="keel-retrain-"))
         self.key = signing_key(secret)
-        self.client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
         self.events: list[dict] = []      # {"id", "received", "event"}: each webhook-id once
-        self.retrains: list[dict] = []    # {"event_id", "version", "rows", "accuracy", "registered", "alias_moved"}
+        # local: {"event_id", "started", "winner", "version", "champion_version", "rows", "accuracy",
+        #         "champion_accuracy", "served_accuracy", "alias_version", "registered", "alias_moved", "outputs"}
+        # KFP:   {"event_id", "started", "run_id"}
+        self.retrains: list[dict] = []
         self.failures: list[str] = []
         self.rejected = 0                 # deliveries with a missing, wrong or stale signature
         self.duplicates = 0               # redeliveries of a webhook-id already accepted
@@ -229,7 +171,9 @@ class RetrainHook:
     def start(self) -> "RetrainHook":
         for thread in self._threads:
             thread.start()
-        log(f"listening on {self.url}; retrains {self.keel_model} into MLflow {self.model_name}@{self.alias}")
+        where = f"KFP at {self.kfp_host}" if self.kfp_host else f"kfp.local under {self.pipeline_root}"
+        log(f"listening on {self.url}; retrains {self.keel_model} into MLflow {self.model_name}@{self.alias} "
+            f"with the pipeline ({where})")
         return self
 
     def stop(self):
@@ -293,34 +237,47 @@ class RetrainHook:
                 log(f"retraining for {msg_id} failed: {error!r}")
                 self.failures.append(repr(error))
 
-    def retrain(self, msg_id: str, event: dict) -> dict:
+    def arguments(self, msg_id: str, event: dict) -> dict:
+        """The pipeline's parameters for one event."""
         data = event["data"]
-        since_ms = int(data["window_end_ms"])
-        log(f"waiting for {self.min_rows} labelled rows logged after the detection "
-            f"({datetime.fromtimestamp(since_ms / 1000).strftime('%H:%M:%S.%f')[:-3]})")
-        rows = wait_for_rows(self.log_dir, self.keel_model, since_ms, self.min_rows, self.wait_timeout_s,
-                             self._stopping)
-        x = rows[[f"input_{i}" for i in range(N_FEATURES)]].to_numpy(np.float32)
-        y = rows["truth"].to_numpy().astype(np.int64)
-        served_accuracy = float((rows["label"].to_numpy() == y).mean())
-        log(f"training on {len(rows)} labelled rows (positives {y.mean():.2f}); the serving model "
-            f"v{data['version']} got {served_accuracy:.3f} of them right")
-        model, accuracy = train(x, y)
-        version = next_version(self.client, self.model_name)
-        names = feature_names(self.client, self.model_name, int(data["version"]))
-        files = {"model.onnx": model, "baseline.json": baseline(self.keel_model, version, model, x, names)}
-        log(f"trained: held-out accuracy {accuracy:.3f}; baseline.json from the same {len(rows)} rows")
-        version = register_version(
-            self.client, self.model_name, files,
-            params={"trigger_event": msg_id, "trigger_metric": data.get("metric"), "rows": len(rows),
-                    "since_ms": since_ms, "previous_version": data["version"]},
-            metrics={"holdout_accuracy": accuracy, "served_accuracy": served_accuracy})
-        registered = time.time()
-        log(f"registered {self.model_name} version {version}")
-        self.client.set_registered_model_alias(self.model_name, self.alias, str(version))
-        log(f"moved alias {self.alias} -> version {version}")
-        return {"event_id": msg_id, "version": version, "rows": len(rows), "accuracy": accuracy,
-                "served_accuracy": served_accuracy, "registered": registered, "alias_moved": time.time()}
+        return {"prediction_log_dir": self.log_dir, "keel_model": self.keel_model, "tracking_uri": self.mlflow_uri,
+                "registered_model": self.model_name, "alias": self.alias, "since_ms": int(data["window_end_ms"]),
+                "min_rows": self.min_rows, "wait_timeout_s": float(self.wait_timeout_s), "trigger_event": msg_id,
+                "served_version": int(data.get("version") or 0), **self.pipeline_args}
+
+    def retrain(self, msg_id: str, event: dict) -> dict:
+        arguments = self.arguments(msg_id, event)
+        since = datetime.fromtimestamp(arguments["since_ms"] / 1000).strftime("%H:%M:%S.%f")[:-3]
+        started = time.time()
+        if self.kfp_host:
+            run_id = submit_pipeline(self.kfp_host, arguments, run_name=f"{EXPERIMENT}-{msg_id}",
+                                     experiment=self.experiment)
+            log(f"started run {run_id} on {self.kfp_host} for {msg_id} (rows logged after {since})")
+            return {"event_id": msg_id, "started": started, "run_id": run_id}
+        root = self.pipeline_root / f"run-{len(self.retrains) + len(self.failures) + 1}"
+        log(f"running the pipeline locally for {msg_id}: {self.min_rows} labelled rows logged after {since}, "
+            f"challenger vs {self.model_name}@{self.alias} (log {root / 'run.log'})")
+        out = run_local_pipeline(arguments, root, self._stopping)
+        log(f"pipeline done in {time.time() - started:.1f} s: {out['rows']} rows, challenger "
+            f"v{out['challenger_version']} {num(out['challenger_score'])} vs champion v{out['champion_version']} "
+            f"{num(out['champion_score'])}: the {out['winner']} wins; {self.alias} -> v{out['alias_version']}")
+        return {"event_id": msg_id, "started": started, "winner": out["winner"], "version": out["challenger_version"],
+                "champion_version": out["champion_version"], "rows": out["rows"],
+                "accuracy": out["challenger_score"], "champion_accuracy": out["champion_score"],
+                "served_accuracy": out["served_accuracy"], "alias_version": out["alias_version"],
+                "registered": out["registered_at"], "alias_moved": out["promoted_at"] if out["alias_moved"] else None,
+                "outputs": out}
+
+
+def pipeline_arg(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value as JSON when it parses (numbers, quoted strings), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def main() -> int:
@@ -329,10 +286,19 @@ def main() -> int:
     parser.add_argument("--mlflow-uri", required=True)
     parser.add_argument("--model-name", required=True, help="registered model in MLflow")
     parser.add_argument("--keel-model", required=True, help="Keel's model (directory) name, as in the events")
-    parser.add_argument("--prediction-log-dir", type=Path, required=True)
+    parser.add_argument("--prediction-log-dir", required=True,
+                        help="Keel's --prediction-log-dir, or the URI the pipeline reads it from (s3://bucket/prefix)")
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--secret-file", type=Path, help="else KEEL_WEBHOOK_SECRET")
-    parser.add_argument("--min-rows", type=int, default=1000, help="labelled rows to train on")
+    parser.add_argument("--min-rows", type=int, default=1000, help="labelled rows to train and evaluate on")
+    parser.add_argument("--wait-timeout", type=float, default=120,
+                        help="seconds the pipeline waits for them before failing")
+    parser.add_argument("--kfp-host", default=os.environ.get("KFP_HOST"),
+                        help="KFP API endpoint to submit runs to (else KFP_HOST; unset: run locally with kfp.local)")
+    parser.add_argument("--kfp-experiment", default=EXPERIMENT, help="KFP experiment of submitted runs")
+    parser.add_argument("--pipeline-root", type=Path, help="local runs' outputs and logs (default: a temporary folder)")
+    parser.add_argument("--pipeline-arg", type=pipeline_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="another pipeline parameter, e.g. metric=roc_auc, min_improvement=0.01 (repeatable)")
     args = parser.parse_args()
     secret = args.secret_file.read_text() if args.secret_file else os.environ.get("KEEL_WEBHOOK_SECRET")
     if not secret:
@@ -340,8 +306,10 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    hook = RetrainHook(args.listen, args.mlflow_uri, args.model_name, args.keel_model,
-                       args.prediction_log_dir, secret, args.alias, args.min_rows).start()
+    hook = RetrainHook(args.listen, args.mlflow_uri, args.model_name, args.keel_model, args.prediction_log_dir,
+                       secret, args.alias, args.min_rows, args.wait_timeout, kfp_host=args.kfp_host,
+                       pipeline_root=args.pipeline_root, pipeline_args=dict(args.pipeline_arg),
+                       experiment=args.kfp_experiment).start()
     while not stop.wait(1):
         pass
     log("stopping")

@@ -1,5 +1,6 @@
 """The closed MLOps loop on real MLflow, Keel and HTTP: drift fires one signed webhook, the retraining
-hook trains on the logged, labelled rows, registers a version and moves the alias, Keel serves it, and
+hook runs the retraining pipeline (deploy/kubeflow/, with kfp.local), which trains on the logged, labelled
+rows, beats the champion on a holdout, registers a version and moves the alias, Keel serves it, and
 the new version's window shows the drift gone. The loop is models/demo.py's (`make demo`); this test
 runs it once and asserts each step."""
 

@@ -224,6 +224,14 @@ def test_drifted_features_fire_exactly_one_signed_event(stack):
     for feature in SHIFTED:
         assert metric(addr, "keel_drift_csi", model="breast-cancer", feature=feature)[0] > 0.25
     assert metric(addr, "keel_drift_alert", model="breast-cancer")[0] == 1
+    # The event lists the files holding every row of its window, the newest included: the writer
+    # finished its open file for the event instead of leaving them to the 5-minute rotation.
+    files = [Path(f) for f in data["files"]]
+    assert files and all(f.is_file() for f in files), files
+    rows = pd.concat(pd.read_parquet(f, columns=["timestamp_ms"]) for f in files
+                     if f.name.startswith("predictions-"))["timestamp_ms"]
+    in_window = rows.between(data["window_start_ms"], data["window_end_ms"]).sum()
+    assert in_window >= data["rows"], (in_window, data["rows"])
 
 
 def test_prediction_log_files_join_feedback(stack):

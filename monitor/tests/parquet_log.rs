@@ -728,3 +728,64 @@ fn the_log_folder_is_private() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A webhook event's sender asks the writer, through the folder, to finish the model's open file:
+/// the event then lists the file holding the newest rows (which would otherwise wait minutes for
+/// the rotation). Without a writer the request times out and is withdrawn.
+#[test]
+fn a_seal_request_finishes_the_open_files_of_that_model_only() {
+    let dir = scratch("seal");
+    let mut sink = ParquetSink::new(ParquetConfig::new(&dir)).unwrap();
+    let rows: Vec<PredictionRecord> = (0..5)
+        .map(|i| record("m", "r", i, 100 + u64::from(i), vec![("x", vec![N(1.0)])]))
+        .chain([record("other", "r", 0, 100, vec![("x", vec![N(1.0)])])])
+        .collect();
+    sink.write_records(&rows).unwrap();
+    sink.write_feedback(&[FeedbackRecord {
+        model: "m".into(),
+        request_id: "r".into(),
+        row: 0,
+        timestamp_ms: 104,
+        truth: N(1.0),
+    }])
+    .unwrap();
+    assert!(files_covering(&dir, "m", 0, 1000).is_empty());
+
+    let asker = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            keel_monitor::parquet_log::seal(&dir, "m", Duration::from_secs(10))
+        })
+    };
+    // The drain thread's tick.
+    let started = Instant::now();
+    while !asker.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        sink.rotate_due(Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(asker.join().unwrap(), "the writer served the request");
+    let sealed = files_covering(&dir, "m", 0, 1000);
+    assert_eq!(sealed.len(), 2, "{sealed:?}");
+    assert_eq!(read(&sealed[0]).rows.len(), 5);
+    assert!(
+        files_covering(&dir, "other", 0, 1000).is_empty(),
+        "other models keep their files open"
+    );
+
+    // Nobody serves a folder that no writer logs to: withdrawn after the timeout, nothing left.
+    drop(sink);
+    let started = Instant::now();
+    assert!(!keel_monitor::parquet_log::seal(
+        &dir,
+        "m",
+        Duration::from_millis(200)
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(!model_dir(&dir, "m").join(".seal-request").exists());
+    assert!(!keel_monitor::parquet_log::seal(
+        &dir,
+        "never-logged",
+        Duration::from_secs(5)
+    ));
+    fs::remove_dir_all(&dir).unwrap();
+}

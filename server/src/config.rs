@@ -107,6 +107,22 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_PREDICTION_LOG_ROTATE", default_value_t = 300.0, value_parser = parse_seconds)]
     pub prediction_log_rotate: f64,
 
+    /// Deletes finished prediction-log files whose newest row is older than this many seconds (0 keeps
+    /// them; a file awaiting its upload is kept until uploaded).
+    #[arg(long, env = "KEEL_PREDICTION_LOG_MAX_AGE", default_value_t = 0.0, value_parser = parse_retention_seconds)]
+    pub prediction_log_max_age: f64,
+
+    /// Deletes the oldest finished prediction-log files while the folder holds more than this many
+    /// bytes (0: no limit). Unfinished files count but are never deleted.
+    #[arg(long, env = "KEEL_PREDICTION_LOG_MAX_BYTES", default_value_t = 0)]
+    pub prediction_log_max_bytes: u64,
+
+    /// Uploads each finished prediction-log file to S3-compatible storage: s3://bucket/prefix.
+    /// Credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL (AWS_ALLOW_HTTP=true for a plain-http endpoint).
+    #[arg(long, env = "KEEL_PREDICTION_LOG_UPLOAD_URL")]
+    pub prediction_log_upload_url: Option<String>,
+
     /// Rows the prediction log queues before it drops (and counts) new ones.
     #[arg(long, env = "KEEL_PREDICTION_LOG_CAPACITY", default_value_t = 65_536)]
     pub prediction_log_capacity: usize,
@@ -261,6 +277,17 @@ pub fn checked_seconds(key: &str, seconds: f64, zero_ok: bool) -> Result<Duratio
     }
 }
 
+/// Retention ages: up to ten years, in seconds.
+fn parse_retention_seconds(text: &str) -> Result<f64, String> {
+    const TEN_YEARS: f64 = 10.0 * 365.0 * 86_400.0;
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=TEN_YEARS).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds between 0 and {TEN_YEARS}"
+        )),
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
@@ -348,6 +375,34 @@ impl ServeConfig {
         ];
         for (flag, value, zero_ok) in seconds {
             checked_seconds(flag, value, zero_ok)?;
+        }
+        if parse_retention_seconds(&self.prediction_log_max_age.to_string()).is_err() {
+            return Err(format!(
+                "--prediction-log-max-age {}: expected seconds between 0 and ten years",
+                self.prediction_log_max_age
+            ));
+        }
+        let log_flags = [
+            (
+                "--prediction-log-max-age",
+                self.prediction_log_max_age > 0.0,
+            ),
+            (
+                "--prediction-log-max-bytes",
+                self.prediction_log_max_bytes > 0,
+            ),
+            (
+                "--prediction-log-upload-url",
+                self.prediction_log_upload_url.is_some(),
+            ),
+        ];
+        for (flag, set) in log_flags {
+            if set && self.prediction_log_dir.is_none() {
+                return Err(format!("{flag} needs --prediction-log-dir"));
+            }
+        }
+        if let Some(url) = &self.prediction_log_upload_url {
+            keel_monitor::parquet_log::UploadTarget::parse(url).map_err(|e| e.to_string())?;
         }
         if !self.load_model.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
             return Err(

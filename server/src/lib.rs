@@ -19,7 +19,6 @@ pub mod metrics_server;
 pub mod model_toml;
 pub mod monitoring;
 pub mod prediction_log;
-pub mod process_metrics;
 pub mod protocol;
 pub mod readiness;
 pub mod repository;

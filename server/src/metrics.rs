@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -195,6 +196,9 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux).
+        r.register(Box::new(ProcessCollector::for_self()))
+            .expect("the process collector registers once");
         let mv = &["model", "version"];
         let seconds = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec());
@@ -359,8 +363,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4), process metrics included.
     pub fn encode(&self) -> Vec<u8> {
-        let mut families = self.registry.gather();
-        families.extend(crate::process_metrics::gather());
+        let families = self.registry.gather();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)

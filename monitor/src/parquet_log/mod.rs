@@ -23,20 +23,33 @@
 //! removed (see `recover`). A write error loses only the rows not yet in a complete row group
 //! ([`ParquetSink::take_lost`] says whose). The sink is synchronous and meant for one drain
 //! thread; one sink per log dir.
+//!
+//! Around the files: `retention` deletes finished files by age and total size, `upload` sends them
+//! to S3-compatible storage, and `seal` lets a webhook sender have a model's open files finished so
+//! its event lists every row of its window. Schema and operations: docs/prediction-log.md.
 
 mod column;
 mod file;
 mod layout;
 mod naming;
 mod recover;
+mod retention;
+mod seal;
 mod stream;
 mod table;
+mod upload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 pub use naming::{LogKind, files_covering, model_dir};
+pub use retention::Retention;
+pub use seal::seal;
+pub use upload::start as start_upload;
+pub use upload::{UploadError, UploadQueue, UploadTarget, Uploader};
 
 use crate::record::{FeedbackRecord, PredictionRecord};
 use layout::Layout;
@@ -57,6 +70,8 @@ pub struct ParquetConfig {
     pub flush_interval: Duration,
     /// Columns one tensor gets at most (default 1,024); its further elements are not written.
     pub max_tensor_columns: usize,
+    /// Finished files deleted by age and total size (default: none).
+    pub retention: Retention,
 }
 
 impl ParquetConfig {
@@ -68,6 +83,7 @@ impl ParquetConfig {
             row_group_rows: 10_000,
             flush_interval: Duration::from_secs(1),
             max_tensor_columns: 1024,
+            retention: Retention::default(),
         }
     }
 }
@@ -116,9 +132,15 @@ pub struct ParquetStats {
     pub rows_recovered: u64,
     /// Partial files of a crash that could not be recovered (kept as `*.unrecoverable`).
     pub files_unrecoverable: u64,
+    /// Finished files deleted by retention: older than its age, or beyond its size.
+    pub files_deleted_age: u64,
+    pub files_deleted_size: u64,
+    /// Bytes in the model folders at the last sweep.
+    pub disk_bytes: u64,
 }
 
-/// Writes prediction and feedback records to rotating Parquet files.
+/// Writes prediction and feedback records to rotating Parquet files, applies retention, hands
+/// finished files to the uploader and serves seal requests.
 pub struct ParquetSink {
     dir: PathBuf,
     limits: Limits,
@@ -131,6 +153,28 @@ pub struct ParquetSink {
     stats: ParquetStats,
     /// Rows lost to write errors since the last [`Self::take_lost`], by model.
     lost: HashMap<String, u64>,
+    retention: Retention,
+    /// Finished files go here when they are uploaded (see [`upload`]).
+    uploads: Option<UploadQueue>,
+    metrics: Option<FileMetrics>,
+    /// When the folder was last swept for retention (and measured), and whether a file was
+    /// finished since.
+    last_sweep: Option<Instant>,
+    finished_since_sweep: bool,
+    /// When the oldest file kept passes the age limit (unix milliseconds).
+    next_expiry_ms: Option<u64>,
+}
+
+/// How often retention looks at the folder: soon after a file is finished, and at least this often
+/// (files age without anything being written).
+const SWEEP_AFTER_FINISH: Duration = Duration::from_secs(1);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The folder's Prometheus metrics (the rows' own are counted by the caller).
+#[derive(Clone)]
+struct FileMetrics {
+    deleted: IntCounterVec,
+    disk_bytes: IntGauge,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -173,7 +217,44 @@ impl ParquetSink {
             max_tensor_columns: config.max_tensor_columns.max(1),
             stats,
             lost: HashMap::new(),
+            retention: config.retention,
+            uploads: None,
+            metrics: None,
+            last_sweep: None,
+            finished_since_sweep: false,
+            next_expiry_ms: None,
         })
+    }
+
+    /// Exports `keel_prediction_log_files_deleted_total{reason="age"|"size"}` and
+    /// `keel_prediction_log_disk_bytes` on `registry`.
+    pub fn register(&mut self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let deleted = IntCounterVec::new(
+            Opts::new(
+                "keel_prediction_log_files_deleted_total",
+                "Finished prediction-log files deleted by retention: age (--prediction-log-max-age) or size (--prediction-log-max-bytes).",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["age", "size"] {
+            deleted.with_label_values(&[reason]);
+        }
+        let disk_bytes = IntGauge::new(
+            "keel_prediction_log_disk_bytes",
+            "Bytes of the prediction-log folder (finished and unfinished files), measured at most a minute ago.",
+        )?;
+        registry.register(Box::new(deleted.clone()))?;
+        registry.register(Box::new(disk_bytes.clone()))?;
+        self.metrics = Some(FileMetrics {
+            deleted,
+            disk_bytes,
+        });
+        Ok(())
+    }
+
+    /// Hands every file finished from now on to `queue` for its upload.
+    pub fn set_uploads(&mut self, queue: UploadQueue) {
+        self.uploads = Some(queue);
     }
 
     /// Rows lost to write errors since the last call, by model: they were accepted by
@@ -312,6 +393,7 @@ impl ParquetSink {
             (LogKind::Feedback, due(&self.feedback)),
         ];
         let mut first_error = self.finish_all(due).err();
+        keep_first(&mut first_error, self.serve_seals());
         for kind in [LogKind::Predictions, LogKind::Feedback] {
             let flush: Vec<String> = self
                 .streams(kind)
@@ -327,7 +409,80 @@ impl ParquetSink {
                 keep_first(&mut first_error, self.after_write(kind, &model, result));
             }
         }
+        self.sweep_if_due(now);
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Finishes the open files of every model whose folder holds a seal request (see [`seal`]).
+    fn serve_seals(&mut self) -> Result<(), ParquetError> {
+        let mut models: Vec<String> = self
+            .known
+            .keys()
+            .chain(self.predictions.keys())
+            .chain(self.feedback.keys())
+            .cloned()
+            .collect();
+        models.sort();
+        models.dedup();
+        let mut first_error = None;
+        for model in models {
+            let folder = model_dir(&self.dir, &model);
+            if seal::requested(&folder) {
+                keep_first(&mut first_error, self.finish(LogKind::Predictions, &model));
+                keep_first(&mut first_error, self.finish(LogKind::Feedback, &model));
+                seal::served(&folder);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Applies retention and measures the folder, soon after a file was finished and at least
+    /// every minute.
+    fn sweep_if_due(&mut self, now: Instant) {
+        let due = match self.last_sweep {
+            None => true,
+            Some(at) => {
+                let since = now.saturating_duration_since(at);
+                since >= SWEEP_EVERY
+                    || (self.finished_since_sweep && since >= SWEEP_AFTER_FINISH)
+                    || self.next_expiry_ms.is_some_and(|at| unix_ms() >= at)
+            }
+        };
+        if due {
+            self.sweep(now);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
+        self.finished_since_sweep = false;
+        let now_ms = unix_ms();
+        let uploads = self.uploads.clone();
+        let pending = |path: &Path| uploads.as_ref().is_some_and(|q| q.is_pending(path));
+        let swept = retention::sweep(&self.dir, &self.retention, now_ms, &pending);
+        self.stats.files_deleted_age += swept.deleted_age;
+        self.stats.files_deleted_size += swept.deleted_size;
+        self.stats.disk_bytes = swept.bytes;
+        self.next_expiry_ms = swept.next_expiry_ms;
+        if swept.deleted_before_upload > 0 {
+            tracing::warn!(
+                files = swept.deleted_before_upload,
+                "prediction log: --prediction-log-max-bytes deleted files that were not uploaded yet"
+            );
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .deleted
+                .with_label_values(&["age"])
+                .inc_by(swept.deleted_age);
+            metrics
+                .deleted
+                .with_label_values(&["size"])
+                .inc_by(swept.deleted_size);
+            metrics
+                .disk_bytes
+                .set(i64::try_from(swept.bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// Finishes every open file, writing all buffered rows.
@@ -437,6 +592,12 @@ impl ParquetSink {
         match stream.finish() {
             Ok(file) => {
                 self.stats.files_written += u64::from(file.is_some());
+                if let Some(path) = file {
+                    self.finished_since_sweep = true;
+                    if let Some(queue) = &self.uploads {
+                        queue.push(path);
+                    }
+                }
                 match kind {
                     LogKind::Predictions => self.stats.prediction_rows_written += rows,
                     LogKind::Feedback => self.stats.feedback_rows_written += rows,
@@ -458,6 +619,12 @@ impl Drop for ParquetSink {
             tracing::warn!(%error, "prediction log: rows lost on close");
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn keep_first(slot: &mut Option<ParquetError>, result: Result<(), ParquetError>) {

@@ -206,8 +206,9 @@ pub struct SidecarConfig {
     #[command(flatten)]
     pub webhook: WebhookArgs,
 
-    /// The prediction log written by `keel serve`, if shared with this sidecar: alerts then list
-    /// its Parquet files covering the alert's window.
+    /// The prediction log written by `keel serve`, if shared with this sidecar (writable): alerts
+    /// then list its Parquet files holding the window's rows, after asking `keel serve` to finish
+    /// the open ones.
     #[arg(long, env = "KEEL_PREDICTION_LOG_DIR")]
     pub prediction_log_dir: Option<PathBuf>,
 }

@@ -69,7 +69,8 @@ pub struct WebhookConfig {
     /// Events queued for the sender task; beyond it the sink stores them itself (default 1024).
     pub queue_capacity: usize,
     /// The prediction log (see [`crate::parquet_log`]); when set, each event lists its files
-    /// covering the event's window in `data.files`.
+    /// covering the event's window in `data.files`, after the writer finished the files holding
+    /// the window's newest rows.
     pub log_dir: Option<PathBuf>,
 }
 
@@ -228,6 +229,10 @@ fn parse_url(text: &str) -> Result<Url, WebhookError> {
     }
 }
 
+/// Longest an event waits for the prediction-log writer to finish the files holding its window's
+/// newest rows: the writer looks every 250 ms; a writer that is not running never answers.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The sink's side: turns an event into its body and id, and queues it, or stores it directly
 /// when the queue is full or the sender stopped, so no event is lost without being counted.
 struct Enqueue {
@@ -242,6 +247,9 @@ struct Enqueue {
 impl Enqueue {
     fn send(&self, mut event: AlertEvent) {
         if let Some(dir) = &self.log_dir {
+            // The newest rows of the window are in the model's open file: have the writer finish
+            // it first, so the event lists every row of its window (see parquet_log::seal).
+            crate::parquet_log::seal(dir, &event.model, SEAL_TIMEOUT);
             for file in files_covering(
                 dir,
                 &event.model,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_monitor::auth::ClientToken;
-use keel_monitor::parquet_log::{ParquetConfig, ParquetSink};
+use keel_monitor::parquet_log::{self, ParquetConfig, ParquetSink, Retention, UploadQueue};
 use keel_monitor::webhook::Webhook;
 use keel_monitor::{Baseline, FeedbackRecord, FeedbackSummary, ModelSpec, Monitor};
 use prometheus::Registry;
@@ -37,6 +37,8 @@ pub enum MonitoringError {
     Parquet(#[from] keel_monitor::parquet_log::ParquetError),
     #[error("webhook: {0}")]
     Webhook(#[from] keel_monitor::webhook::WebhookError),
+    #[error("{0}")]
+    Upload(#[from] keel_monitor::parquet_log::UploadError),
     #[error("cannot start the prediction-log thread: {0}")]
     Thread(std::io::Error),
 }
@@ -65,6 +67,8 @@ struct Background {
     evaluator: Option<tokio::task::JoinHandle<()>>,
     webhook: Option<Webhook>,
     sidecar: Option<tokio::task::JoinHandle<()>>,
+    uploads: Option<UploadQueue>,
+    uploader: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How long [`Monitoring::shutdown`] may take when no deadline is given.
@@ -112,11 +116,29 @@ impl Monitoring {
             None
         };
         let parquet = match &config.prediction_log_dir {
-            Some(dir) => Some(ParquetSink::new(ParquetConfig {
-                max_file_age: Duration::from_secs_f64(config.prediction_log_rotate.max(0.1)),
-                max_tensor_columns: config.prediction_log_max_elements.max(1),
-                ..ParquetConfig::new(dir)
-            })?),
+            Some(dir) => {
+                let retention = Retention {
+                    max_age: (config.prediction_log_max_age > 0.0)
+                        .then(|| Duration::from_secs_f64(config.prediction_log_max_age)),
+                    max_bytes: (config.prediction_log_max_bytes > 0)
+                        .then_some(config.prediction_log_max_bytes),
+                };
+                let mut sink = ParquetSink::new(ParquetConfig {
+                    max_file_age: Duration::from_secs_f64(config.prediction_log_rotate.max(0.1)),
+                    max_tensor_columns: config.prediction_log_max_elements.max(1),
+                    retention,
+                    ..ParquetConfig::new(dir)
+                })?;
+                sink.register(registry)?;
+                // After the sink: the files it recovered from a crash are uploaded too.
+                if let Some(url) = &config.prediction_log_upload_url {
+                    let (queue, uploader) = parquet_log::start_upload(url, dir, registry)?;
+                    sink.set_uploads(queue.clone());
+                    background.uploads = Some(queue);
+                    background.uploader = Some(tokio::spawn(uploader.run()));
+                }
+                Some(sink)
+            }
             None => None,
         };
         let token = ClientToken {
@@ -203,6 +225,15 @@ impl Monitoring {
         }
         if let Some(evaluator) = background.evaluator.take() {
             evaluator.abort();
+        }
+        // The files just finished are uploaded until the deadline; the rest after the next start.
+        if let Some(queue) = background.uploads.take() {
+            queue.close(deadline);
+        }
+        if let Some(mut uploader) = background.uploader.take()
+            && tokio::time::timeout_at(until, &mut uploader).await.is_err()
+        {
+            uploader.abort();
         }
         // The drain thread dropped the sidecar handle: the stream sends what is queued and ends.
         if let Some(mut sidecar) = background.sidecar.take()
