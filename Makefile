@@ -12,16 +12,19 @@ MODEL_REPOSITORY ?= models
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
-.PHONY: help serve traffic demo test test-rust test-python lint models bench system-deps soak fuzz
+.PHONY: help serve traffic demo test test-rust test-python lint models bench system-deps soak fuzz image kubeflow bench-load
 
 help:
 	@echo "make serve   build Keel (release) and serve ./models on :8000"
 	@echo "make test    install everything the tests need, then run the Rust and Python test suites"
 	@echo "make traffic replay training rows against make serve (TRAFFIC_ARGS='--rows 3000 --shift \"mean radius=2\"')"
-	@echo "make demo    the closed MLOps loop: MLflow -> Keel -> drift -> signed webhook -> retrain -> new version served"
+	@echo "make demo    the closed MLOps loop: MLflow -> Keel -> drift -> signed webhook -> retraining pipeline -> new version served"
+	@echo "make image   the container image keel:latest (podman; release build, Debian base from mmdebstrap, no registry)"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 	@echo "make models  regenerate the example models (deterministic)"
+	@echo "make kubeflow regenerate the compiled retraining pipeline, deploy/kubeflow/retrain_pipeline.yaml"
 	@echo "make bench   criterion benchmarks"
+	@echo "make bench-load  wrk (HTTP) and h2load (gRPC) against Keel and keel-canned side by side; prints the ratios"
 	@echo "make fuzz    long fuzz run: a million cases per fuzz target (release), schemathesis at 1000 examples per operation"
 	@echo "make soak    30-minute soak and chaos bench (release build; figures in target/soak.json, see docs/soak.md)"
 
@@ -34,6 +37,8 @@ system-deps:
 	{ command -v promtool && command -v prometheus; } >/dev/null || missing="$$missing prometheus"; \
 	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    echo "missing Debian packages; install them, then run make again:"; \
@@ -81,16 +86,28 @@ serve: $(VENV)/.ort
 	@echo
 	ORT_DYLIB_PATH=$(ORT_LIB) ./target/release/keel serve --model-repository $(MODEL_REPOSITORY) --http-addr $(HTTP_ADDR)
 
+# The container image (deploy/container/Containerfile, see deploy/README.md) from this host's release build
+# (stripped) and the pinned wheel's libonnxruntime.so, on a Debian trixie base built with mmdebstrap and kept
+# as localhost/keel-base:trixie-slim: no registry needed. IMAGE=... RUNTIME_BASE=... ENGINE=docker also work.
+IMAGE ?= keel:latest
+image: $(VENV)/.ort
+	cargo build --release --bin keel
+	deploy/container/build-image.sh --keel target/release/keel $(if $(ORT_LIB),--onnxruntime $(ORT_LIB)) --tag $(IMAGE)
+
 # Replays training rows against a running `make serve`: make traffic TRAFFIC_ARGS='--rows 3000 --shift "mean radius=2"'
 TRAFFIC_ARGS ?= --rows 2000
 traffic: $(VENV)/.traffic
 	$(VPY) models/traffic.py --url http://127.0.0.1:$(lastword $(subst :, ,$(HTTP_ADDR))) $(TRAFFIC_ARGS)
 
-# The closed loop end to end on real MLflow, Keel and the retraining hook (models/demo.py); the same loop
-# is tests/test_closed_loop.py.
+# The closed loop end to end on real MLflow, Keel, the retraining hook and the retraining pipeline run with
+# kfp.local (models/demo.py); the same loop is tests/test_closed_loop.py.
 demo: $(VENV)/.test
 	cargo build --release --bin keel
 	KEEL_BIN=$(abspath target/release/keel) ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) models/demo.py
+
+# The retraining pipeline's compiled KFP spec (deterministic; tests/test_kubeflow.py checks it is current).
+kubeflow: $(VENV)/.test
+	$(VPY) deploy/kubeflow/retrain_pipeline.py compile
 
 test: system-deps $(VENV)/.test $(PERF_ANALYZER)
 	$(MAKE) --no-print-directory test-rust test-python
@@ -114,6 +131,13 @@ models: $(VENV)/.test
 
 bench:
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) cargo bench -p keel-benches
+
+# Keel (defaults: batching, embedded monitor, prediction log) against keel-canned, the protocol floor, under
+# wrk and h2load (installed from Debian when missing); figures in target/bench-load.json (docs/performance.md).
+BENCH_LOAD_ARGS ?= --duration 10 --rounds 2
+bench-load: $(VENV)/.test
+	cargo build --release --bin keel --bin keel-canned
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) benches/bench_load.py $(BENCH_LOAD_ARGS)
 
 # Soak and chaos bench (benches/soak.py, docs/soak.md): 30 min of mixed HTTP/gRPC traffic, a swap every 10 s,
 # sidecar, webhook, MLflow and keel itself failing once each. tests/test_soak.py is its one-minute variant.

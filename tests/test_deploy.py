@@ -939,10 +939,18 @@ def test_compose_binds_loopback_and_has_no_default_credentials():
 
 def test_containerfile_structure():
     text = (CONTAINER / "Containerfile").read_text()
-    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
-    assert len(stages) == 3
-    assert "rust:" in stages[0][0] and "python:" in stages[1][0] and "debian:" in stages[2][0]
-    assert stages[2][0].endswith("-slim")
+    stages = {name or "runtime": base
+              for base, name in re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)}
+    assert list(stages) == ["builder", "onnxruntime", "host", "keel", "onnxruntime-lib", "runtime"]
+    assert "rust:" in stages["builder"] and "python:" in stages["onnxruntime"] and stages["host"] == "scratch"
+    # Without build args everything comes from source: make image's `host` stage only when asked for. The
+    # stage names are ${...:-defaults}, not ARG defaults (podman 4 would skip the stage; deploy/README.md).
+    assert stages["keel"] == "${KEEL_FROM:-builder}"
+    assert stages["onnxruntime-lib"] == "${ONNXRUNTIME_FROM:-onnxruntime}"
+    assert re.search(r"^ARG KEEL_FROM=$", text, re.M) and re.search(r"^ARG ONNXRUNTIME_FROM=$", text, re.M)
+    assert stages["runtime"] == "${RUNTIME_BASE}"
+    base = re.search(r"^ARG RUNTIME_BASE=(\S+)$", text, re.M).group(1)
+    assert base.startswith("docker.io/library/debian:") and base.endswith("-slim")
     assert "cargo build --release --locked --bin keel" in text
     # The same ONNX Runtime the Makefile pins for `make serve` and the tests.
     pin = re.search(r"^ONNXRUNTIME := onnxruntime==(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
@@ -950,7 +958,8 @@ def test_containerfile_structure():
     assert 'libonnxruntime.so.${ONNXRUNTIME_VERSION}' in text
     lib = re.search(r"KEEL_ORT_LIBRARY=(\S+)", text).group(1)
     assert lib == "/opt/onnxruntime/lib/libonnxruntime.so.${ONNXRUNTIME_VERSION}"
-    assert "COPY --from=onnxruntime /out/ /opt/onnxruntime/lib/" in text
+    assert "COPY --from=keel /out/keel /usr/local/bin/keel" in text
+    assert "COPY --from=onnxruntime-lib /out/libonnxruntime.so.${ONNXRUNTIME_VERSION} /opt/onnxruntime/lib/" in text
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert user and not user[-1].startswith(("0", "root"))
     assert re.search(r"^EXPOSE 8000 8001 8002$", text, re.M)
@@ -960,11 +969,11 @@ def test_containerfile_structure():
     runtime = text[text.rindex("\nFROM "):]
     install = re.search(r"apt-get install[^\n]*", runtime).group(0)
     assert re.search(r"\bca-certificates\b", install)
-    # The ignore file keeps everything the Rust build needs.
+    # The ignore file keeps everything the Rust build needs, and lets in the host stage's files.
     ignore = (CONTAINER / "Containerfile.dockerignore").read_text().split()
     for member in tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]:
         assert f"!{member}/" in ignore, member
-    for needed in ("!Cargo.toml", "!Cargo.lock", "!models/"):
+    for needed in ("!Cargo.toml", "!Cargo.lock", "!models/", "!target/image/", "!target/image-test/"):
         assert needed in ignore
 
 

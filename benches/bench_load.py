@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""`make bench-load`: Keel against `keel-canned` (the protocol floor: Keel's HTTP/gRPC stacks answering a
+canned response) under independent C load generators, side by side in one run, and the ratios.
+
+    .venv/bin/python benches/bench_load.py [--duration 10] [--rounds 2] [--out target/bench-load.json]
+
+- HTTP JSON: `wrk`, 1 thread, 32 keep-alive connections, single-row requests (tests/data/example_request.json:
+  30 FP32 features) to the breast-cancer logistic regression.
+- gRPC unary: `h2load`, 4 connections x 8 concurrent streams, a pre-framed ModelInferRequest of the same row
+  (raw FP32 contents), `content-type: application/grpc`.
+
+Keel runs with its defaults (dynamic batching, embedded monitor, prediction log on) on ./models; both servers
+are release builds. Rounds alternate Keel and canned so drift of this shared machine hits both alike; the
+best round of each is reported (the least disturbed). Ratios come from one run: compare them, not the
+absolute numbers, across machines. wrk and h2load (Debian: wrk, nghttp2-client) are installed when missing
+and we are root.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# benches/logging.py would shadow the standard library's logging module (grpc imports it).
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benches"]
+MODEL = "breast-cancer"
+
+
+def ensure_tools():
+    missing = [pkg for tool, pkg in [("wrk", "wrk"), ("h2load", "nghttp2-client")] if not shutil.which(tool)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing load generators; install them: sudo apt-get install -y {' '.join(missing)}")
+    print(f"installing {' '.join(missing)}", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+class Server:
+    """A server process that prints `http_addr=... grpc_addr=...` once listening."""
+
+    def __init__(self, name: str, argv: list[str], env: dict):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + 120
+        for line in self.proc.stdout:
+            match = re.search(r"http_addr=(\S+) grpc_addr=(\S+)", line)
+            if match:
+                self.http, self.grpc = match.group(1), match.group(2)
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise RuntimeError(f"{name} did not start")
+        # Keep reading so the pipe never fills.
+        import threading
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def wait_ready(http: str):
+    import urllib.request
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("keel not ready")
+
+
+def grpc_body(features: list[float]) -> bytes:
+    """A ModelInferRequest with one FP32 row in raw_input_contents, framed for gRPC."""
+    from tritonclient.grpc import service_pb2
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend([1, len(features)])
+    request.raw_input_contents.append(struct.pack(f"<{len(features)}f", *features))
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def check_grpc(addr: str, body: bytes):
+    """One call through the real client first: h2load counts HTTP 200 as success, gRPC errors ride in trailers."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    with grpc.insecure_channel(addr) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest.FromString(body[5:])
+        reply = stub.ModelInfer(request, timeout=10)
+        assert reply.outputs, reply
+
+
+def wrk(url: str, body: str, duration: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = {json.dumps(body)}\n"
+                     "local errors = 0\n"
+                     "response = function(status) if status ~= 200 then errors = errors + 1 end end\n")
+    try:
+        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s", script.name, url],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p99_ms": p99, "errors": int(bad.group(1)) if bad else 0}
+
+
+def parse_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def h2load(addr: str, body_file: str, duration: int) -> dict:
+    out = subprocess.run(
+        ["h2load", "-c4", "-m8", "-t1", "-D", str(duration), "--warm-up-time=1",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", body_file,
+         f"http://{addr}/inference.GRPCInferenceService/ModelInfer"],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1)
+    errors = failed + sum(int(status.group(i)) for i in (2, 3, 4))
+    return {"rps": rps, "mean_ms": parse_ms(mean), "errors": errors}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keel", default=str(ROOT / "target/release/keel"))
+    parser.add_argument("--canned", default=str(ROOT / "target/release/keel-canned"))
+    parser.add_argument("--out", default=str(ROOT / "target/bench-load.json"))
+    args = parser.parse_args()
+    ensure_tools()
+
+    request = (ROOT / "tests/data/example_request.json").read_text()
+    features = json.loads(request)["inputs"][0]["data"]
+    body = grpc_body(features)
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(body)
+        body_file = f.name
+
+    env = dict(os.environ, NO_COLOR="1", KEEL_LOG="warn")
+    keel = Server("keel", [args.keel, "serve", "--model-repository", str(ROOT / "models"),
+                           "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
+                           "--metrics-addr", "127.0.0.1:0"], dict(env, KEEL_LOG="info"))
+    canned = Server("keel-canned", [args.canned, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"], env)
+    results = {"keel": {"http": [], "grpc": []}, "canned": {"http": [], "grpc": []}}
+    try:
+        wait_ready(keel.http)
+        for server in (keel, canned):
+            check_grpc(server.grpc, body)
+        for round_ in range(args.rounds):
+            for server in (keel, canned) if round_ % 2 == 0 else (canned, keel):
+                key = "keel" if server is keel else "canned"
+                http = wrk(f"http://{server.http}/v2/models/{MODEL}/infer", request, args.duration)
+                grpc = h2load(server.grpc, body_file, args.duration)
+                results[key]["http"].append(http)
+                results[key]["grpc"].append(grpc)
+                print(f"round {round_ + 1} {key:7} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
+                      f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms", flush=True)
+    finally:
+        keel.stop()
+        canned.stop()
+        os.unlink(body_file)
+
+    best = {k: {p: max(v[p], key=lambda r: r["rps"]) for p in v} for k, v in results.items()}
+    errors = sum(r["errors"] for k in results.values() for runs in k.values() for r in runs)
+    summary = {
+        "http_ratio": best["keel"]["http"]["rps"] / best["canned"]["http"]["rps"],
+        "http_p99_ratio": best["keel"]["http"]["p99_ms"] / best["canned"]["http"]["p99_ms"],
+        "grpc_ratio": best["keel"]["grpc"]["rps"] / best["canned"]["grpc"]["rps"],
+        "errors": errors,
+    }
+    print()
+    print("| | Keel | canned | Keel / canned |")
+    print("|---|---|---|---|")
+    print(f"| HTTP JSON, wrk 1 thread, 32 connections | {best['keel']['http']['rps'] / 1e3:.1f}k req/s, "
+          f"p99 {best['keel']['http']['p99_ms']:.2f} ms | {best['canned']['http']['rps'] / 1e3:.1f}k, "
+          f"p99 {best['canned']['http']['p99_ms']:.2f} ms | **{summary['http_ratio']:.2f}** "
+          f"(p99 {summary['http_p99_ratio']:.2f}x) |")
+    print(f"| gRPC unary, h2load 4 x 8 streams | {best['keel']['grpc']['rps'] / 1e3:.1f}k | "
+          f"{best['canned']['grpc']['rps'] / 1e3:.1f}k | **{summary['grpc_ratio']:.2f}** |")
+    print(f"errors (non-2xx, failed): {errors}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rounds": results, "best": best, "summary": summary}, indent=2))
+    print(f"written {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
