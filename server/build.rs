@@ -5,12 +5,16 @@
 //!   format).
 //! - `proto/grpc_service.proto`, the gRPC service, which imports the model configuration: both are generated
 //!   into one module for the `inference` package (`crate::protocol::inference`).
+//! - `proto/opentelemetry/`, OTLP's trace export service and the messages it carries (copied unchanged
+//!   from open-telemetry/opentelemetry-proto, Apache-2.0, as vendored by the `opentelemetry-proto` crate
+//!   0.33.1): the OTLP/gRPC exporter's client (`crate::otel::pb`), and a server for its tests.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/grpc_service.proto");
     println!("cargo:rerun-if-changed=proto/model_config.proto");
+    println!("cargo:rerun-if-changed=proto/opentelemetry");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new(["proto"])?;
@@ -34,5 +38,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".inference.ModelWarmup")
         .btree_map(".inference.ModelRepositoryAgents")
         .compile_fds(descriptors)?;
+    // One module per OTLP package, nested as the packages are (the generated code refers to its
+    // neighbours by relative paths).
+    let otlp = protox::compile(
+        ["opentelemetry/proto/collector/trace/v1/trace_service.proto"],
+        ["proto"],
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(otlp)?;
     Ok(())
 }

@@ -156,6 +156,27 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// OpenTelemetry traces of inference requests, exported over OTLP/gRPC (docs/tracing.md).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct OtlpArgs {
+    /// OTLP/gRPC endpoint of an OpenTelemetry Collector (e.g. http://127.0.0.1:4317) that inference
+    /// spans are exported to. Unset: no tracing.
+    #[arg(long, env = "KEEL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Fraction of requests without a sampled `traceparent` that start a trace (0 to 1). Requests with
+    /// a `traceparent` follow the caller's sampled flag.
+    #[arg(long, env = "KEEL_OTLP_SAMPLING_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub otlp_sampling_ratio: f64,
+
+    /// `service.name` of the exported spans' resource.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "keel")]
+    pub otlp_service_name: String,
 }
 
 /// What one client can hold of the server: memory, connections, time. Each has a default that keeps a
@@ -288,6 +309,13 @@ fn parse_retention_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("'{text}' is not a ratio between 0 and 1")),
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
@@ -404,6 +432,15 @@ impl ServeConfig {
         if let Some(url) = &self.prediction_log_upload_url {
             keel_monitor::parquet_log::UploadTarget::parse(url).map_err(|e| e.to_string())?;
         }
+        let ratio = self.otlp.otlp_sampling_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!(
+                "--otlp-sampling-ratio = {ratio} is not a ratio between 0 and 1"
+            ));
+        }
+        if let Some(endpoint) = &self.otlp.otlp_endpoint {
+            check_otlp_endpoint(endpoint)?;
+        }
         if !self.load_model.is_empty() && self.model_control_mode != ModelControlMode::Explicit {
             return Err(
                 "--load-model is only valid with --model-control-mode explicit (the other modes load every model)"
@@ -445,9 +482,62 @@ impl ServeConfig {
     }
 }
 
+/// An OTLP/gRPC endpoint Keel can export to: an `http://host:port` URL. The exporter has no TLS of
+/// its own (an OpenTelemetry Collector next to Keel, as an agent or sidecar, forwards over TLS).
+fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("--otlp-endpoint '{endpoint}' is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(_)) => Ok(()),
+        (Some("https"), _) => Err(format!(
+            "--otlp-endpoint '{endpoint}': https is not supported; export to an OpenTelemetry Collector next to Keel over http (it can forward over TLS)"
+        )),
+        _ => Err(format!(
+            "--otlp-endpoint '{endpoint}' must be an http://host:port URL"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_flags_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["keel-serve"];
+            all.extend_from_slice(args);
+            ServeConfig::try_parse_from(all)
+        };
+        let config = parse(&["--otlp-endpoint", "http://127.0.0.1:4317"]).unwrap();
+        assert_eq!(config.otlp.otlp_sampling_ratio, 1.0);
+        assert!(config.validate().is_ok());
+        for bad in ["1.5", "-0.1", "NaN", "x"] {
+            let flag = format!("--otlp-sampling-ratio={bad}");
+            let err = parse(&[&flag]).unwrap_err().to_string();
+            assert!(err.contains("--otlp-sampling-ratio"), "{err}");
+        }
+        let mut config = ServeConfig::local("models");
+        config.otlp.otlp_sampling_ratio = f64::NAN;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--otlp-sampling-ratio")
+        );
+        config.otlp.otlp_sampling_ratio = 0.0;
+        for bad in [
+            "https://collector:4317",
+            "collector:4317",
+            "not a url",
+            "http://",
+        ] {
+            config.otlp.otlp_endpoint = Some(bad.into());
+            let err = config.validate().unwrap_err();
+            assert!(err.contains("--otlp-endpoint"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn seconds_never_panic() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::metrics::{Outcome, Protocol};
+use crate::otel::{Execution, RequestSpan};
 use crate::repository::{Repository, ServedVersion};
 use crate::stats::StatsSnapshot;
 use crate::tensor::Tensor;
@@ -101,13 +102,28 @@ pub fn parse_version(text: &str) -> Result<u64> {
 
 impl ServedVersion {
     pub async fn infer(&self, request: InferRequest, protocol: Protocol) -> Result<InferResponse> {
+        self.infer_traced(request, protocol, None).await
+    }
+
+    /// [`Self::infer`], recording the request's id, rows and the scheduler's timings in its trace span
+    /// when it has one.
+    pub async fn infer_traced(
+        &self,
+        request: InferRequest,
+        protocol: Protocol,
+        span: Option<&mut RequestSpan>,
+    ) -> Result<InferResponse> {
         let guard = RequestGuard::new(self, protocol);
-        let result = self.run(request).await;
+        let result = self.run(request, span).await;
         guard.finish(Outcome::of(&result));
         result
     }
 
-    async fn run(&self, request: InferRequest) -> Result<InferResponse> {
+    async fn run(
+        &self,
+        request: InferRequest,
+        mut span: Option<&mut RequestSpan>,
+    ) -> Result<InferResponse> {
         if let Some(wanted) = &request.outputs {
             for (i, name) in wanted.iter().enumerate() {
                 if self.signature.output(name).is_none() {
@@ -123,6 +139,9 @@ impl ServedVersion {
         let inputs = self.signature.check_inputs(request.inputs)?;
         self.backend.check_strings(&inputs)?;
         let rows = self.signature.rows(&inputs);
+        if let Some(span) = span.as_deref_mut() {
+            span.request(request.id.as_deref(), rows);
+        }
         let captured = self
             .log
             .as_ref()
@@ -131,6 +150,15 @@ impl ServedVersion {
             .scheduler
             .submit(inputs, rows as usize, request.timeout)
             .await?;
+        if let Some(span) = span {
+            span.executed(Execution {
+                started: executed.started,
+                queue: executed.queue,
+                compute: executed.compute,
+                batch_rows: executed.batch_rows,
+                batch_requests: executed.batch_requests,
+            });
+        }
         if let (Some(log), Some(captured)) = (&self.log, captured) {
             log.push(captured, self.version, &executed.outputs);
         }

@@ -86,21 +86,25 @@ fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &Instance
                     "the backend panicked during inference".into(),
                 ))
             });
+        let compute = started.elapsed();
+        let total_rows: usize = rows.iter().sum();
         if !warmup {
-            let total_rows: usize = rows.iter().sum();
-            spec.metrics
-                .compute_duration
-                .observe(started.elapsed().as_secs_f64());
+            spec.metrics.compute_duration.observe(compute.as_secs_f64());
             spec.metrics.batch_rows.observe(total_rows as f64);
             spec.stats.record_execution(total_rows as u64);
         }
         match result {
             Ok((outputs, phases)) => {
+                let batch_requests = waiting.len();
                 for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {
                     let _ = reply.send(Ok(Executed {
                         outputs,
                         queue,
                         phases,
+                        started,
+                        compute,
+                        batch_rows: total_rows,
+                        batch_requests,
                     }));
                 }
             }

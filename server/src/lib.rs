@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod metrics_server;
 pub mod model_toml;
 pub mod monitoring;
+pub mod otel;
 pub mod prediction_log;
 pub mod protocol;
 pub mod readiness;

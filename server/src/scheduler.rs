@@ -21,6 +21,13 @@ pub struct Executed {
     pub outputs: Vec<Tensor>,
     pub queue: Duration,
     pub phases: Phases,
+    /// When its batch started on the instance, and how long the batch ran (the instance's own clock
+    /// readings, for the request's trace spans).
+    pub started: Instant,
+    pub compute: Duration,
+    /// Rows and requests of the whole batch.
+    pub batch_rows: usize,
+    pub batch_requests: usize,
 }
 
 const QUEUED: u8 = 0;

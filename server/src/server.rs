@@ -20,6 +20,7 @@ use crate::listener::{ConnLimits, Incoming};
 use crate::metrics::Metrics;
 use crate::metrics_server;
 use crate::monitoring::Monitoring;
+use crate::otel;
 use crate::readiness::Readiness;
 use crate::repository::{Hooks, Repository, watcher};
 use crate::tls::{Protocol as TlsProtocol, Tls, TlsError};
@@ -75,6 +76,8 @@ pub struct Server {
     /// Turns true once the first load has finished (whatever its outcome).
     loaded: watch::Receiver<bool>,
     monitoring: Option<Arc<Monitoring>>,
+    /// The OTLP span exporter, with `--otlp-endpoint`.
+    exporter: Option<otel::Exporter>,
     shutdown_timeout: Duration,
 }
 
@@ -190,6 +193,23 @@ impl Server {
             );
         }
 
+        let (tracer, exporter) = match &config.otlp.otlp_endpoint {
+            Some(endpoint) => {
+                let (tracer, exporter) = otel::Tracer::start(
+                    endpoint,
+                    config.otlp.otlp_sampling_ratio,
+                    &config.otlp.otlp_service_name,
+                    metrics.registry(),
+                );
+                tracing::info!(
+                    endpoint = %keel_monitor::outbound::redact_url(endpoint),
+                    sampling_ratio = config.otlp.otlp_sampling_ratio,
+                    "exporting inference spans over OTLP/gRPC"
+                );
+                (tracer, Some(exporter))
+            }
+            None => (otel::Tracer::default(), None),
+        };
         let budget = crate::budget::Budget::new(config.limits.max_inflight_bytes, &metrics);
         let router = http::router(HttpState {
             infer: infer.clone(),
@@ -201,6 +221,7 @@ impl Server {
             ready: ready.clone(),
             request_timeout: seconds(limits.request_timeout),
             monitoring: monitoring.clone(),
+            tracer: tracer.clone(),
         });
         let body_timeout = seconds(limits.body_read_timeout);
         let http = tokio::spawn(http::serve::serve(
@@ -217,6 +238,7 @@ impl Server {
                 stopping: stopped.clone(),
                 budget,
                 max_bytes_elements: config.limits.max_bytes_elements,
+                tracer,
             },
             config.grpc_max_message_bytes,
         );
@@ -298,6 +320,7 @@ impl Server {
             watcher,
             loaded,
             monitoring,
+            exporter,
             shutdown_timeout: seconds(config.limits.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(3600)),
         })
@@ -348,6 +371,16 @@ impl Server {
                 (Ok::<(), ServeError>(()), Ok(()))
             }
         };
+        // The spans of the last requests (queued as they were answered) go before the log's flush,
+        // which may take the rest of the deadline.
+        if let Some(exporter) = self.exporter.take() {
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(std::time::Duration::from_secs(1));
+            exporter
+                .shutdown_by(tokio::time::Instant::now() + left)
+                .await;
+        }
         if let Some(monitoring) = &self.monitoring {
             // The log's flush gets what is left of the deadline, and at least a moment.
             let left = deadline

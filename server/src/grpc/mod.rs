@@ -38,6 +38,8 @@ pub struct GrpcState {
     pub budget: crate::budget::Budget,
     /// Elements of all BYTES inputs of one request together (`--max-bytes-elements`).
     pub max_bytes_elements: usize,
+    /// Trace spans of inference requests (`--otlp-endpoint`); off by default.
+    pub tracer: crate::otel::Tracer,
 }
 
 /// The tonic service with gzip and deflate both ways (what tritonclient.grpc's `compression_algorithm`
@@ -87,8 +89,14 @@ impl GrpcState {
         &self,
         request: convert::guard::Decoded,
         header_id: Option<&str>,
+        mut span: Option<&mut crate::otel::RequestSpan>,
     ) -> Result<pb::ModelInferResponse, Error> {
         use convert::guard::Decoded;
+        if let (Some(span), Decoded::Admitted { message, .. } | Decoded::Plain(message)) =
+            (span.as_deref_mut(), &request)
+        {
+            span.model(&message.model_name);
+        }
         let (request, served, mut permit) = match request {
             Decoded::Refused(e) => return Err(e),
             Decoded::Admitted {
@@ -123,6 +131,9 @@ impl GrpcState {
                 (message, served, permit)
             }
         };
+        if let Some(span) = span.as_deref_mut() {
+            span.version(served.version);
+        }
         let mut decoded = convert::infer_request(request)?;
         // The message is gone; the tensors stay until the answer.
         permit.shrink_to(
@@ -133,7 +144,7 @@ impl GrpcState {
                 .sum::<usize>(),
         );
         decoded.id = Some(request_id::resolve(decoded.id.take(), header_id)?);
-        let response = served.infer(decoded, Protocol::Grpc).await?;
+        let response = served.infer_traced(decoded, Protocol::Grpc, span).await?;
         drop(permit);
         Ok(convert::infer_response(response))
     }
@@ -210,12 +221,17 @@ impl GrpcInferenceService for GrpcState {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let trace = self
+            .tracer
+            .enabled()
+            .then(|| crate::otel::Incoming::from_headers(request.metadata().as_ref()));
         let incoming = request
             .into_inner()
             .map(|message| message.map(convert::guard::Decoded::Plain));
         Ok(Response::new(convert::guard::stream_infer(
             self.clone(),
             incoming,
+            trace,
         )))
     }
 

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::infer::Infer;
 use crate::metrics::Protocol;
 use crate::monitoring::{self, Monitoring};
+use crate::otel::{Operation, RequestSpan};
 use crate::readiness::Readiness;
 use crate::request_id;
 
@@ -49,6 +50,8 @@ pub struct HttpState {
     pub request_timeout: Option<std::time::Duration>,
     /// Feedback and drift reports; `None` with monitoring off.
     pub monitoring: Option<Arc<Monitoring>>,
+    /// Trace spans of inference requests (`--otlp-endpoint`); off by default.
+    pub tracer: crate::otel::Tracer,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -233,14 +236,42 @@ async fn model_config(State(state): State<HttpState>, Path(path): ModelPath) -> 
     Ok(Json(metadata::config(&served)).into_response())
 }
 
+/// An inference request, in its trace span when it is sampled (`traceparent`, `--otlp-*`).
 async fn infer(
     State(state): State<HttpState>,
     Path(path): ModelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    let Some(start) = state.tracer.sample_headers(&headers) else {
+        return infer_request(state, path, headers, body, None).await;
+    };
+    let operation = Operation::HttpInfer {
+        versioned: path.contains_key("version"),
+    };
+    let mut span = state.tracer.span(start, operation);
+    let result = infer_request(state, path, headers, body, span.as_mut()).await;
+    if let Some(span) = &mut span {
+        span.answered(result.as_ref().err());
+    }
+    result
+}
+
+async fn infer_request(
+    state: HttpState,
+    path: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+    mut span: Option<&mut RequestSpan>,
+) -> Result<Response> {
     let (model, version) = model_and_version(&path);
+    if let Some(span) = span.as_deref_mut() {
+        span.model(model);
+    }
     let served = state.infer.version(model, version)?;
+    if let Some(span) = span.as_deref_mut() {
+        span.version(served.version);
+    }
     let since = std::time::Instant::now();
     let refused = |e: Error, served: &crate::repository::ServedVersion| {
         crate::infer::count_refused(served, Protocol::Http, &e, since);
@@ -282,7 +313,7 @@ async fn infer(
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
-    let response = served.infer(request, Protocol::Http).await?;
+    let response = served.infer_traced(request, Protocol::Http, span).await?;
     let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
     if let Some(id) = response
         .id

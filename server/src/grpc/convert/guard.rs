@@ -42,6 +42,7 @@ use crate::budget::{Budget, Permit};
 use crate::error::Error;
 use crate::infer::count_refused;
 use crate::metrics::Protocol;
+use crate::otel;
 use crate::repository::ServedVersion;
 use crate::request_id;
 
@@ -96,6 +97,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
         let (state, max) = (self.state.clone(), self.max_message_bytes);
         match request.uri().path() {
             "/inference.GRPCInferenceService/ModelInfer" => {
+                // The span starts as the call arrives, before its message is read.
+                let mut request = request;
+                if state.tracer.enabled() {
+                    let start = state.tracer.sample_headers(request.headers());
+                    request.extensions_mut().insert(otel::Sampled(start));
+                }
                 Box::pin(async move { Ok(unary(state, max, request).await) })
             }
             "/inference.GRPCInferenceService/ModelStreamInfer" => {
@@ -156,10 +163,21 @@ async fn streaming(
 ) -> http::Response<tonic::body::Body> {
     let slot = Slot::default();
     let mut grpc = grpc::<pb::ModelStreamInferResponse>(&state, &slot, max);
+    // Each request of the stream is its own span, a child of the call's `traceparent`.
+    let trace = state
+        .tracer
+        .enabled()
+        .then(|| otel::Incoming::from_headers(request.headers()));
     let request = metered(request, &state.budget, slot, max);
     let service = tower::service_fn(move |request: Request<Streaming<Decoded>>| {
-        let state = state.clone();
-        async move { Ok::<_, Status>(Response::new(stream_infer(state, request.into_inner()))) }
+        let (state, trace) = (state.clone(), trace.clone());
+        async move {
+            Ok::<_, Status>(Response::new(stream_infer(
+                state,
+                request.into_inner(),
+                trace,
+            )))
+        }
     });
     grpc.streaming(service, request).await
 }
@@ -174,9 +192,24 @@ pub(in crate::grpc) async fn model_infer(
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let start = if state.tracer.enabled() {
+        match request.extensions().get::<otel::Sampled>() {
+            // Decided by the guarded service as the call arrived.
+            Some(sampled) => sampled.0.clone(),
+            // Served by tonic's generated service: decided now.
+            None => state.tracer.sample_headers(request.metadata().as_ref()),
+        }
+    } else {
+        None
+    };
+    let mut span = start.and_then(|s| state.tracer.span(s, otel::Operation::GrpcModelInfer));
     let reply = state
-        .infer_one(request.into_inner(), header_id.as_deref())
-        .await?;
+        .infer_one(request.into_inner(), header_id.as_deref(), span.as_mut())
+        .await;
+    if let Some(span) = &mut span {
+        span.answered(reply.as_ref().err());
+    }
+    let reply = reply?;
     let mut response = Response::new(reply);
     if let Ok(id) = response.get_ref().id.parse() {
         response.metadata_mut().insert(request_id::HEADER, id);
@@ -187,7 +220,11 @@ pub(in crate::grpc) async fn model_infer(
 /// ModelStreamInfer: each request is answered on the stream in its own response; a bad or refused request
 /// gets an `error_message` and the stream carries on. When shutdown starts the stream takes no more
 /// requests and ends once those it took are answered.
-pub(in crate::grpc) fn stream_infer<S>(state: GrpcState, mut incoming: S) -> ResponseStream
+pub(in crate::grpc) fn stream_infer<S>(
+    state: GrpcState,
+    mut incoming: S,
+    trace: Option<otel::Incoming>,
+) -> ResponseStream
 where
     S: Stream<Item = Result<Decoded, Status>> + Send + Unpin + 'static,
 {
@@ -213,12 +250,22 @@ where
                     break;
                 }
             };
+            // Its span starts as it is read, so a wait for the stream's concurrency is in it.
+            let span = trace
+                .as_ref()
+                .and_then(|trace| state.tracer.sample(trace))
+                .and_then(|s| state.tracer.span(s, otel::Operation::GrpcModelStreamInfer));
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
             let (state, tx) = (state.clone(), tx.clone());
             tokio::spawn(async move {
-                let reply = match state.infer_one(request, None).await {
+                let mut span = span;
+                let reply = state.infer_one(request, None, span.as_mut()).await;
+                if let Some(span) = &mut span {
+                    span.answered(reply.as_ref().err());
+                }
+                let reply = match reply {
                     Ok(response) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),
