@@ -9,9 +9,10 @@ canned response) under independent C load generators, side by side in one run, a
 - gRPC unary: `h2load`, 4 connections x 8 concurrent streams, a pre-framed ModelInferRequest of the same row
   (raw FP32 contents), `content-type: application/grpc`.
 
-Keel runs with its defaults (dynamic batching, embedded monitor, prediction log on) on ./models; both servers
-are release builds. Rounds alternate Keel and canned so drift of this shared machine hits both alike; the
-best round of each is reported (the least disturbed). Ratios come from one run: compare them, not the
+Keel runs with its defaults (dynamic batching, embedded monitor, prediction log on) on ./models, and again
+with `--monitor off` (no prediction log) for the cost of logging; all servers are release builds. Rounds
+alternate the servers' order so drift of this shared machine hits all alike; the best round of each is
+reported (the least disturbed). Ratios come from one run: compare them, not the
 absolute numbers, across machines. wrk and h2load (Debian: wrk, nghttp2-client) are installed when missing
 and we are root.
 """
@@ -163,27 +164,34 @@ def main():
         body_file = f.name
 
     env = dict(os.environ, NO_COLOR="1", KEEL_LOG="warn")
-    keel = Server("keel", [args.keel, "serve", "--model-repository", str(ROOT / "models"),
-                           "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
-                           "--metrics-addr", "127.0.0.1:0"], dict(env, KEEL_LOG="info"))
-    canned = Server("keel-canned", [args.canned, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"], env)
-    results = {"keel": {"http": [], "grpc": []}, "canned": {"http": [], "grpc": []}}
+    serve = [args.keel, "serve", "--model-repository", str(ROOT / "models"), "--http-addr", "127.0.0.1:0",
+             "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+    servers = {
+        "keel": Server("keel", serve, dict(env, KEEL_LOG="info")),
+        # The same Keel with the prediction log and monitor off: the cost of logging (target: on/off >= 0.97).
+        "keel_nolog": Server("keel --monitor off", [*serve, "--monitor", "off"], dict(env, KEEL_LOG="info")),
+        "canned": Server("keel-canned", [args.canned, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
+                         env),
+    }
+    results = {key: {"http": [], "grpc": []} for key in servers}
     try:
-        wait_ready(keel.http)
-        for server in (keel, canned):
+        for key in ("keel", "keel_nolog"):
+            wait_ready(servers[key].http)
+        for server in servers.values():
             check_grpc(server.grpc, body)
         for round_ in range(args.rounds):
-            for server in (keel, canned) if round_ % 2 == 0 else (canned, keel):
-                key = "keel" if server is keel else "canned"
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for key in order:
+                server = servers[key]
                 http = wrk(f"http://{server.http}/v2/models/{MODEL}/infer", request, args.duration)
                 grpc = h2load(server.grpc, body_file, args.duration)
                 results[key]["http"].append(http)
                 results[key]["grpc"].append(grpc)
-                print(f"round {round_ + 1} {key:7} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
+                print(f"round {round_ + 1} {key:10} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
                       f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms", flush=True)
     finally:
-        keel.stop()
-        canned.stop()
+        for server in servers.values():
+            server.stop()
         os.unlink(body_file)
 
     best = {k: {p: max(v[p], key=lambda r: r["rps"]) for p in v} for k, v in results.items()}
@@ -192,6 +200,8 @@ def main():
         "http_ratio": best["keel"]["http"]["rps"] / best["canned"]["http"]["rps"],
         "http_p99_ratio": best["keel"]["http"]["p99_ms"] / best["canned"]["http"]["p99_ms"],
         "grpc_ratio": best["keel"]["grpc"]["rps"] / best["canned"]["grpc"]["rps"],
+        "logging_http_ratio": best["keel"]["http"]["rps"] / best["keel_nolog"]["http"]["rps"],
+        "logging_grpc_ratio": best["keel"]["grpc"]["rps"] / best["keel_nolog"]["grpc"]["rps"],
         "errors": errors,
     }
     print()
@@ -203,6 +213,8 @@ def main():
           f"(p99 {summary['http_p99_ratio']:.2f}x) |")
     print(f"| gRPC unary, h2load 4 x 8 streams | {best['keel']['grpc']['rps'] / 1e3:.1f}k | "
           f"{best['canned']['grpc']['rps'] / 1e3:.1f}k | **{summary['grpc_ratio']:.2f}** |")
+    print(f"logging on / off: HTTP {summary['logging_http_ratio']:.3f}, gRPC {summary['logging_grpc_ratio']:.3f} "
+          f"(off: {best['keel_nolog']['http']['rps'] / 1e3:.1f}k, {best['keel_nolog']['grpc']['rps'] / 1e3:.1f}k)")
     print(f"errors (non-2xx, failed): {errors}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rounds": results, "best": best, "summary": summary}, indent=2))

@@ -1,12 +1,15 @@
-//! Model instances: each owns one backend session on its own OS thread, so blocking inference never runs
-//! on the async runtime. Instances pull batches from their version's scheduler queue; no lock is held
-//! across a backend call.
+//! Model instances: each owns one backend session on its own OS thread, so model compute never runs on
+//! the async runtime. Instances pull batches from their version's scheduler queue. The one exception is
+//! the direct run ([`crate::direct`]): while an instance is idle and nothing waits, a lone
+//! request of a model that computes in microseconds borrows its session for one call, on the caller's
+//! thread, instead of paying two thread hand-offs. The session sits behind a mutex for that; it is taken
+//! once per batch, never contended in the steady state.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -18,6 +21,18 @@ use crate::model_toml::ModelToml;
 use crate::scheduler::{BatchPolicy, BatchSource, Executed, Pending};
 use crate::signature::Signature;
 use crate::stats::{Phases, Stats};
+use crate::tensor::Tensor;
+
+/// An instance's backend session: the instance thread takes it for each batch; a direct run may borrow
+/// it while the thread waits for work. `None` once the thread has ended (it drops the session itself,
+/// on its own thread, since unloading a session can take a while).
+pub type Session = Arc<Mutex<Option<Box<dyn Backend>>>>;
+
+/// Locks a session; a panic is caught inside the lock (see [`execute`]), so a poisoned lock still holds a
+/// usable session.
+pub fn lock(session: &Session) -> MutexGuard<'_, Option<Box<dyn Backend>>> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What an instance thread needs to load its backend and serve.
 pub struct InstanceSpec {
@@ -29,15 +44,17 @@ pub struct InstanceSpec {
     pub policy: BatchPolicy,
     pub stats: Arc<Stats>,
     pub metrics: Arc<VersionMetrics>,
+    /// What a row costs to compute, learnt from every batch: decides whether a request may run directly.
+    pub cost: crate::direct::Cost,
 }
 
-/// Starts `count` instance threads on `queue` and waits until every one has loaded its backend. They
-/// exit by themselves once the queue is closed and drained.
+/// Starts `count` instance threads on `queue` and waits until every one has loaded its backend; returns
+/// their sessions. They exit by themselves once the queue is closed and drained.
 pub async fn start(
     spec: Arc<InstanceSpec>,
     count: usize,
     queue: crossbeam_channel::Receiver<Pending>,
-) -> Result<(), String> {
+) -> Result<Vec<Session>, String> {
     let mut loads = Vec::with_capacity(count);
     for i in 0..count {
         let (loaded_tx, loaded) = oneshot::channel();
@@ -52,47 +69,48 @@ pub async fn start(
                         return;
                     }
                 };
-                let _ = loaded_tx.send(Ok(()));
+                let session: Session = Arc::new(Mutex::new(Some(backend)));
+                let _ = loaded_tx.send(Ok(session.clone()));
                 let source = BatchSource::new(queue, spec.policy.clone(), spec.metrics.clone());
-                serve(backend, source, &spec);
+                serve(&session, source, &spec);
+                let backend = lock(&session).take();
+                drop(backend);
             })
             .map_err(|e| format!("cannot start an instance thread: {e}"))?;
         loads.push(loaded);
     }
     drop(queue);
+    let mut sessions = Vec::with_capacity(count);
     for loaded in loads {
-        loaded
-            .await
-            .map_err(|_| "an instance thread died while loading".to_string())??;
+        sessions.push(
+            loaded
+                .await
+                .map_err(|_| "an instance thread died while loading".to_string())??,
+        );
     }
-    Ok(())
+    Ok(sessions)
 }
 
-fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &InstanceSpec) {
+fn serve(session: &Session, mut source: BatchSource, spec: &InstanceSpec) {
     while let Some(batch) = source.next_batch() {
-        let started = Instant::now();
         let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
         let warmup = batch.iter().all(|p| p.warmup);
         let mut inputs = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
+        let mut guard = lock(session);
+        let started = Instant::now();
         for p in batch {
             waiting.push((p.reply, started - p.enqueued));
             inputs.push(p.inputs);
         }
-        // A panicking backend must not take the instance down: the batch fails, the thread serves on.
-        let result = panic::catch_unwind(AssertUnwindSafe(|| run(backend.as_mut(), inputs, &rows)))
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(
-                    "the backend panicked during inference".into(),
-                ))
-            });
+        let Some(backend) = guard.as_mut() else {
+            return;
+        };
+        let result = execute(backend.as_mut(), inputs, &rows);
+        drop(guard);
         let compute = started.elapsed();
         let total_rows: usize = rows.iter().sum();
-        if !warmup {
-            spec.metrics.compute_duration.observe(compute.as_secs_f64());
-            spec.metrics.batch_rows.observe(total_rows as f64);
-            spec.stats.record_execution(total_rows as u64);
-        }
+        spec.record(compute, total_rows, warmup);
         match result {
             Ok((outputs, phases)) => {
                 let batch_requests = waiting.len();
@@ -117,12 +135,37 @@ fn serve(mut backend: Box<dyn Backend>, mut source: BatchSource, spec: &Instance
     }
 }
 
-/// One backend call for the whole batch; a single request skips the concatenation and split.
+impl InstanceSpec {
+    /// Accounts for one executed batch (warm-up runs are left out).
+    pub fn record(&self, compute: Duration, rows: usize, warmup: bool) {
+        if !warmup {
+            self.cost.observe(compute, rows);
+            self.metrics.compute_duration.observe(compute.as_secs_f64());
+            self.metrics.batch_rows.observe(rows as f64);
+            self.stats.record_execution(rows as u64);
+        }
+    }
+}
+
+/// One backend call for the whole batch; a single request skips the concatenation and split. A panicking
+/// backend must not take the instance down: the batch fails, the instance serves on.
+pub fn execute(
+    backend: &mut dyn Backend,
+    inputs: Vec<Vec<Tensor>>,
+    rows: &[usize],
+) -> Result<(Vec<Vec<Tensor>>, Phases)> {
+    panic::catch_unwind(AssertUnwindSafe(|| run(backend, inputs, rows))).unwrap_or_else(|_| {
+        Err(Error::Internal(
+            "the backend panicked during inference".into(),
+        ))
+    })
+}
+
 fn run(
     backend: &mut dyn Backend,
-    mut inputs: Vec<Vec<crate::tensor::Tensor>>,
+    mut inputs: Vec<Vec<Tensor>>,
     rows: &[usize],
-) -> Result<(Vec<Vec<crate::tensor::Tensor>>, Phases)> {
+) -> Result<(Vec<Vec<Tensor>>, Phases)> {
     if inputs.len() == 1 {
         let (outputs, phases) = backend.infer(inputs.pop().unwrap_or_default())?;
         return Ok((vec![outputs], phases));

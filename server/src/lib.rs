@@ -1,13 +1,16 @@
 //! Keel's serving library: the model repository, backends, the inference core and its front ends.
-// No `unsafe` but calls into ONNX Runtime's C API (FFI), each allowed where it is: backend/onnxruntime.rs.
+// No `unsafe` but calls into C libraries (FFI), each allowed where it is: backend/onnxruntime.rs (ONNX
+// Runtime's C API), alloc.rs (mimalloc's mi_collect).
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod alloc;
 pub mod backend;
 pub mod batch;
 pub mod budget;
 pub mod check;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod grpc;
 pub mod http;

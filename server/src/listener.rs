@@ -181,9 +181,12 @@ impl Conn {
             }
             return self.poll_deadline(cx);
         };
+        // The idle deadline moves later with every request; moving the timer with it would cost a timer
+        // wheel update per request. A later deadline keeps the timer where it is: when that fires early,
+        // it is re-armed once. Only an earlier deadline (headers now due) moves it at once.
         let timer = match &mut self.timer {
             Some(timer) => {
-                if timer.deadline() != deadline {
+                if deadline < timer.deadline() {
                     timer.as_mut().reset(deadline);
                 }
                 timer
@@ -192,12 +195,19 @@ impl Conn {
                 .timer
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client sent nothing within its read deadline",
-            )),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) if timer.deadline() < deadline => {
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing within its read deadline",
+                    ));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

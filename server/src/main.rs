@@ -75,6 +75,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            // An idle worker hands back the memory a burst left in its heap (see alloc.rs).
+            .on_thread_park(keel_server::alloc::idle)
             .build()
     };
     match cli.command {

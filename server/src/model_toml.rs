@@ -137,6 +137,10 @@ pub struct DynamicBatching {
     pub max_queue_size: usize,
     /// Queue timeout for requests that set no `timeout` parameter; 0: none.
     pub default_timeout_us: u64,
+    /// A lone request (the version's only one in flight, nothing queued) whose expected compute is at most
+    /// this runs at once on an idle instance's session, on the thread that decoded it, instead of through
+    /// the queue ([`crate::direct`]); 0: every request takes the queue.
+    pub direct_run_max_us: u64,
 }
 
 impl Default for DynamicBatching {
@@ -146,6 +150,7 @@ impl Default for DynamicBatching {
             preferred_batch_sizes: Vec::new(),
             max_queue_size: 1024,
             default_timeout_us: 0,
+            direct_run_max_us: crate::direct::DEFAULT_MAX_US,
         }
     }
 }
@@ -302,6 +307,12 @@ impl ModelToml {
             MAX_QUEUE_DELAY_US,
         )?;
         within(
+            "[dynamic_batching] direct_run_max_us",
+            batching.direct_run_max_us,
+            0,
+            crate::direct::LIMIT_MAX_US,
+        )?;
+        within(
             "[dynamic_batching] default_timeout_us",
             batching.default_timeout_us,
             0,
@@ -407,6 +418,7 @@ mod tests {
             preferred_batch_sizes = [4, 8]
             max_queue_size = 16
             default_timeout_us = 100000
+            direct_run_max_us = 0
         "#;
         let cfg = ModelToml::parse(toml).unwrap();
         assert_eq!(cfg.backend, BackendChoice::Tract);
@@ -414,6 +426,7 @@ mod tests {
         assert_eq!(cfg.instances, Some(2));
         assert_eq!(cfg.dynamic_batching.preferred_batch_sizes, vec![4, 8]);
         assert_eq!(cfg.dynamic_batching.max_queue_size, 16);
+        assert_eq!(cfg.dynamic_batching.direct_run_max_us, 0);
         assert_eq!(
             ModelToml::parse("[dynamic_batching]\nmax_queue_delay_us = 7")
                 .unwrap()
@@ -540,6 +553,10 @@ mod tests {
                 "preferred_batch_sizes",
             ),
             ("[reload]\nwarmup_runs = 4000000000".into(), "warmup_runs"),
+            (
+                "[dynamic_batching]\ndirect_run_max_us = 1000001".into(),
+                "direct_run_max_us",
+            ),
             ("[inputs.x]\nshape = [-1, -7]".into(), "[inputs.x] shape"),
             ("[monitor]\nsample_rate = 2.0".into(), "sample_rate"),
         ];
@@ -550,6 +567,7 @@ mod tests {
         // The bounds themselves are accepted.
         let ok = format!(
             "instances = 256\n[dynamic_batching]\nmax_queue_delay_us = 60000000\nmax_queue_size = 1\n\
+             direct_run_max_us = 1000000\n\
              [reload]\nwarmup_runs = 0\n{}",
             mlflow("86400")
         );

@@ -2,14 +2,15 @@
 //! from. Submitting never blocks: a full queue is refused at once (429 / RESOURCE_EXHAUSTED), and a
 //! request's timeout is enforced while it waits, so an expired request never reaches the backend.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::batch;
+use crate::direct::Direct;
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
@@ -29,6 +30,9 @@ pub struct Executed {
     pub batch_rows: usize,
     pub batch_requests: usize,
 }
+
+/// How long an instance waits for work before it counts as idle.
+const IDLE: Duration = Duration::from_secs(1);
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -117,6 +121,8 @@ pub struct Scheduler {
     max_queue_size: usize,
     default_timeout: Option<Duration>,
     metrics: Arc<VersionMetrics>,
+    /// Set once the instances run, when lone requests may borrow an idle one (see [`crate::direct`]).
+    direct: OnceLock<Direct>,
 }
 
 impl Scheduler {
@@ -136,6 +142,7 @@ impl Scheduler {
                 max_queue_size,
                 default_timeout,
                 metrics,
+                direct: OnceLock::new(),
             },
             rx,
         )
@@ -150,6 +157,11 @@ impl Scheduler {
         self.enqueue(inputs, rows, timeout, false).await
     }
 
+    /// Lets lone requests run on idle instances from now on.
+    pub fn enable_direct(&self, direct: Direct) {
+        let _ = self.direct.set(direct);
+    }
+
     /// Runs a warm-up inference before the version takes traffic.
     pub async fn warm_up(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Executed> {
         self.enqueue(inputs, rows, None, true).await
@@ -162,6 +174,19 @@ impl Scheduler {
         timeout: Option<Duration>,
         warmup: bool,
     ) -> Result<Executed> {
+        let mut inputs = inputs;
+        // The version's only request in flight: it would run alone on an idle instance anyway. With
+        // company it takes the queue, where concurrent requests share one backend call.
+        if !warmup
+            && let Some(direct) = self.direct.get()
+            && self.metrics.inflight.get() <= 1
+            && self.waiting.load(Ordering::Acquire) == 0
+        {
+            match direct.try_run(inputs, rows) {
+                Ok(done) => return done,
+                Err(back) => inputs = back,
+            }
+        }
         let timeout = timeout.or(self.default_timeout);
         let now = Instant::now();
         let full = || {
@@ -248,7 +273,16 @@ impl BatchSource {
         let first = match self.carry.take() {
             Some(p) => p,
             None => loop {
-                let p = self.take(self.queue.recv().ok()?);
+                let p = match self.queue.recv_timeout(IDLE) {
+                    Ok(p) => p,
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                    // Idle for a while: hand back what the last burst left in this thread's heap.
+                    Err(RecvTimeoutError::Timeout) => {
+                        crate::alloc::idle();
+                        self.queue.recv().ok()?
+                    }
+                };
+                let p = self.take(p);
                 if p.claim(Instant::now()) {
                     break p;
                 }

@@ -340,3 +340,65 @@ async fn instances_and_unbatched_models_serve() {
     }
     s.server.shutdown().await.unwrap();
 }
+
+/// A lone request of a model that computes in microseconds runs on an idle instance's session at once
+/// (no queue hop: its queue time is exactly zero) once the version has measured its cost; an expensive
+/// model's, or one with `max_queue_delay`, still goes through the queue. Concurrent requests batching is
+/// covered above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_cheap_request_skips_the_queue() {
+    let cheap = workspace().join("models/breast-cancer/1/model.onnx");
+    let repo = TempRepo::new(
+        "direct",
+        &[
+            // A debug build runs even this model for ~200 µs: raise the limit so the test shows the
+            // mechanism, not this build's speed.
+            (
+                "cheap",
+                &cheap,
+                "[dynamic_batching]\ndirect_run_max_us = 100000\n",
+            ),
+            (
+                "waits",
+                &cheap,
+                "[dynamic_batching]\nmax_queue_delay_us = 100\ndirect_run_max_us = 100000\n",
+            ),
+            ("heavy", &slow_mlp(), ""),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let round = |n: usize| {
+        let s = &s;
+        async move {
+            for _ in 0..n {
+                for model in ["cheap", "waits"] {
+                    let (status, body) = s
+                        .post_json(&format!("/v2/models/{model}/infer"), &common::infer_body(1))
+                        .await;
+                    assert_eq!(status, 200, "{body}");
+                }
+                // 64 rows of the MLP take milliseconds: far above the default limit.
+                assert_eq!(post_mlp(s, "heavy", 64, Value::Null).await.0, 200);
+            }
+        }
+    };
+    let queued = |st: &Value| st["inference_stats"]["queue"]["ns"].as_u64().unwrap();
+    // The first runs measure the cost (a first run is slow while the backend sizes its buffers).
+    round(20).await;
+    let mut before = Vec::new();
+    for model in ["cheap", "waits", "heavy"] {
+        before.push(queued(&stats(&s, model).await));
+    }
+    round(10).await;
+    for ((model, direct), before) in [("cheap", true), ("waits", false), ("heavy", false)]
+        .into_iter()
+        .zip(before)
+    {
+        let st = stats(&s, model).await;
+        assert_eq!(st["inference_stats"]["queue"]["count"], 30, "{model}: {st}");
+        assert_eq!(st["execution_count"], 30, "{model}: {st}");
+        let waited = queued(&st) - before;
+        assert_eq!(waited == 0, direct, "{model}: {waited} ns in the queue");
+    }
+    s.server.shutdown().await.unwrap();
+}

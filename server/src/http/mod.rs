@@ -8,7 +8,6 @@ pub mod metadata;
 mod raw;
 pub mod serve;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -54,7 +53,11 @@ pub struct HttpState {
     pub tracer: crate::otel::Tracer,
 }
 
+/// Handlers share one state: axum clones it for every request, so it must cost one reference count.
+type Shared = Arc<HttpState>;
+
 pub fn router(state: HttpState) -> Router {
+    let state = Arc::new(state);
     // Health stays open for probes (Triton's "health" group); everything else needs the API token when
     // one is configured, except repository control, which checks the admin token itself.
     let open = Router::new()
@@ -139,11 +142,7 @@ async fn echo_request_id(request: Request, next: Next) -> Response {
 }
 
 /// Repository control is left out: cancelling a load half-way helps nobody.
-async fn request_deadline(
-    State(state): State<HttpState>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn request_deadline(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let Some(limit) = state.request_timeout else {
         return next.run(request).await;
     };
@@ -157,11 +156,7 @@ async fn request_deadline(
     }
 }
 
-async fn require_api_token(
-    State(state): State<HttpState>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_api_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -195,17 +190,21 @@ impl IntoResponse for Error {
     }
 }
 
-/// `{model}` and the optional `{version}` of a model route.
-type ModelPath = Path<HashMap<String, String>>;
-
-fn model_and_version(path: &HashMap<String, String>) -> (&str, Option<&str>) {
-    (
-        path.get("model").map(String::as_str).unwrap_or_default(),
-        path.get("version").map(String::as_str),
-    )
+/// `{model}` and the optional `{version}` of a model route (a struct, not a map: no hashing per request).
+#[derive(serde::Deserialize, Default)]
+struct ModelVersion {
+    #[serde(default)]
+    model: String,
+    version: Option<String>,
 }
 
-async fn server_ready(State(state): State<HttpState>) -> StatusCode {
+type ModelPath = Path<ModelVersion>;
+
+fn model_and_version(path: &ModelVersion) -> (&str, Option<&str>) {
+    (path.model.as_str(), path.version.as_deref())
+}
+
+async fn server_ready(State(state): State<Shared>) -> StatusCode {
     if state.ready.ready() {
         StatusCode::OK
     } else {
@@ -213,14 +212,14 @@ async fn server_ready(State(state): State<HttpState>) -> StatusCode {
     }
 }
 
-async fn model_metadata(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+async fn model_metadata(State(state): State<Shared>, Path(path): ModelPath) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
     let versions = state.infer.ready_version_names(model)?;
     Ok(Json(metadata::model(versions, &served)).into_response())
 }
 
-async fn model_ready(State(state): State<HttpState>, Path(path): ModelPath) -> Result<StatusCode> {
+async fn model_ready(State(state): State<Shared>, Path(path): ModelPath) -> Result<StatusCode> {
     let (model, version) = model_and_version(&path);
     match state.infer.version(model, version) {
         Ok(_) => Ok(StatusCode::OK),
@@ -230,7 +229,7 @@ async fn model_ready(State(state): State<HttpState>, Path(path): ModelPath) -> R
     }
 }
 
-async fn model_config(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+async fn model_config(State(state): State<Shared>, Path(path): ModelPath) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let served = state.infer.version(model, version)?;
     Ok(Json(metadata::config(&served)).into_response())
@@ -238,7 +237,7 @@ async fn model_config(State(state): State<HttpState>, Path(path): ModelPath) -> 
 
 /// An inference request, in its trace span when it is sampled (`traceparent`, `--otlp-*`).
 async fn infer(
-    State(state): State<HttpState>,
+    State(state): State<Shared>,
     Path(path): ModelPath,
     headers: HeaderMap,
     body: Body,
@@ -247,7 +246,7 @@ async fn infer(
         return infer_request(state, path, headers, body, None).await;
     };
     let operation = Operation::HttpInfer {
-        versioned: path.contains_key("version"),
+        versioned: path.version.is_some(),
     };
     let mut span = state.tracer.span(start, operation);
     let result = infer_request(state, path, headers, body, span.as_mut()).await;
@@ -258,8 +257,8 @@ async fn infer(
 }
 
 async fn infer_request(
-    state: HttpState,
-    path: HashMap<String, String>,
+    state: Shared,
+    path: ModelVersion,
     headers: HeaderMap,
     body: Body,
     mut span: Option<&mut RequestSpan>,
@@ -350,18 +349,16 @@ impl IntoResponse for codec::EncodedResponse {
     }
 }
 
-async fn statistics(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
-    let model = path.get("model").map(String::as_str);
-    let stats = state
-        .infer
-        .statistics(model, path.get("version").map(String::as_str))?;
+async fn statistics(State(state): State<Shared>, Path(path): ModelPath) -> Result<Response> {
+    let model = (!path.model.is_empty()).then_some(path.model.as_str());
+    let stats = state.infer.statistics(model, path.version.as_deref())?;
     Ok(Json(serde_json::json!({ "model_stats": stats })).into_response())
 }
 
 /// Admin endpoints read little: a body larger than this is refused.
 const ADMIN_BODY_BYTES: usize = 64 * 1024;
 
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<()> {
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<()> {
     state.admin.check(
         headers
             .get(header::AUTHORIZATION)
@@ -376,7 +373,7 @@ struct IndexRequest {
 }
 
 async fn repository_index(
-    State(state): State<HttpState>,
+    State(state): State<Shared>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -392,7 +389,7 @@ async fn repository_index(
 }
 
 async fn repository_load(
-    State(state): State<HttpState>,
+    State(state): State<Shared>,
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode> {
@@ -402,7 +399,7 @@ async fn repository_load(
 }
 
 async fn repository_unload(
-    State(state): State<HttpState>,
+    State(state): State<Shared>,
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode> {
@@ -411,7 +408,7 @@ async fn repository_unload(
     Ok(StatusCode::OK)
 }
 
-fn monitoring(state: &HttpState) -> Result<&Arc<Monitoring>> {
+fn monitoring(state: &Shared) -> Result<&Arc<Monitoring>> {
     state.monitoring.as_ref().ok_or_else(|| {
         Error::NotFound("monitoring is off: start keel serve without --monitor off".into())
     })
@@ -419,7 +416,7 @@ fn monitoring(state: &HttpState) -> Result<&Arc<Monitoring>> {
 
 /// Ground truth for logged predictions; joined with them by request id and row.
 async fn feedback(
-    State(state): State<HttpState>,
+    State(state): State<Shared>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -444,7 +441,7 @@ async fn feedback(
 }
 
 /// The embedded monitor's current window for one version: PSI, CSI, feedback metrics, alert states.
-async fn drift_report(State(state): State<HttpState>, Path(path): ModelPath) -> Result<Response> {
+async fn drift_report(State(state): State<Shared>, Path(path): ModelPath) -> Result<Response> {
     let (model, version) = model_and_version(&path);
     let version = crate::infer::parse_version(version.unwrap_or_default())?;
     let monitor = monitoring(&state)?

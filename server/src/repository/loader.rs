@@ -10,6 +10,7 @@ use tract_onnx::prelude::Framework;
 use super::scan::Fingerprint;
 use super::{Hooks, MODEL_FILE, ServedVersion, warmup};
 use crate::backend::BackendKind;
+use crate::direct::Direct;
 use crate::instance::{self, InstanceSpec};
 use crate::metrics::Metrics;
 use crate::model_toml::ModelToml;
@@ -72,8 +73,13 @@ pub async fn load_version(
         },
         stats: stats.clone(),
         metrics: version_metrics.clone(),
+        cost: Default::default(),
     };
-    instance::start(Arc::new(spec), config.instance_count(), queue).await?;
+    let spec = Arc::new(spec);
+    let sessions = instance::start(spec.clone(), config.instance_count(), queue).await?;
+    if let Some(direct) = Direct::new(sessions, spec, batching.direct_run_max_us) {
+        scheduler.enable_direct(direct);
+    }
     let mut served = ServedVersion {
         model: name.to_string(),
         version,

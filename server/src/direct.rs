@@ -1,0 +1,150 @@
+//! The direct run: a lone request computed on the calling thread with an idle instance's session, instead
+//! of a trip through the queue to the instance thread and back. For a model that computes in a few
+//! microseconds those two thread hand-offs (a futex wake each way, two context switches) cost more than
+//! the model.
+//!
+//! A request runs directly only when the result is the same as the scheduler's: it is the version's only
+//! request in flight and nothing is queued (it would have been a batch of one), the version has no
+//! `max_queue_delay` (it would not have waited for company), and the model is cheap enough that
+//! computing on an async worker cannot stall other connections: at most `[dynamic_batching]
+//! direct_run_max_us` (default [`DEFAULT_MAX_US`]) by the version's measured cost per row. Concurrent requests take the queue, where the instances batch them: one
+//! backend call for many requests costs less than one each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::instance::{self, InstanceSpec, Session};
+use crate::scheduler::Executed;
+use crate::tensor::Tensor;
+
+/// The longest a direct run may be expected to take, by default: about what decoding a 16 KiB JSON body
+/// costs on the same worker.
+pub const DEFAULT_MAX_US: u64 = 50;
+/// The most `direct_run_max_us` may allow: a second on an async worker is already far too long.
+pub const LIMIT_MAX_US: u64 = 1_000_000;
+
+/// A version's compute cost per row, learnt from its executed batches. A first run is often slow (ONNX
+/// Runtime sizes its buffers then), so warm-up runs teach nothing, and the estimate comes down fast (half
+/// way to each cheaper sample) and goes up by an eighth of the difference: one slow run of an expensive
+/// model already lifts it past the limit.
+#[derive(Debug)]
+pub struct Cost {
+    nanos_per_row: AtomicU64,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl Default for Cost {
+    fn default() -> Self {
+        Cost {
+            nanos_per_row: AtomicU64::new(UNKNOWN),
+        }
+    }
+}
+
+impl Cost {
+    pub fn observe(&self, compute: Duration, rows: usize) {
+        let sample = u64::try_from(compute.as_nanos() / rows.max(1) as u128).unwrap_or(UNKNOWN - 1);
+        let old = self.nanos_per_row.load(Ordering::Relaxed);
+        // Two instances may race here; either update is a fine estimate.
+        let new = if old == UNKNOWN {
+            sample
+        } else if sample < old {
+            old - (old - sample) / 2
+        } else {
+            old + (sample - old) / 8
+        };
+        self.nanos_per_row.store(new, Ordering::Relaxed);
+    }
+
+    /// The expected compute time of `rows` rows; `None` before the first batch.
+    pub fn estimate(&self, rows: usize) -> Option<Duration> {
+        let per_row = self.nanos_per_row.load(Ordering::Relaxed);
+        (per_row != UNKNOWN).then(|| Duration::from_nanos(per_row.saturating_mul(rows as u64)))
+    }
+}
+
+/// The sessions of a version's instances, lent to lone requests.
+pub struct Direct {
+    sessions: Vec<Session>,
+    spec: Arc<InstanceSpec>,
+    max: Duration,
+}
+
+impl Direct {
+    /// `None` when the version waits to form batches (`max_queue_delay`), which a request must not skip,
+    /// or when direct runs are off (`max_us` 0).
+    pub fn new(sessions: Vec<Session>, spec: Arc<InstanceSpec>, max_us: u64) -> Option<Direct> {
+        (spec.policy.max_queue_delay.is_zero() && max_us > 0).then(|| Direct {
+            sessions,
+            spec,
+            max: Duration::from_micros(max_us),
+        })
+    }
+
+    /// Runs `inputs` now on an idle session when the model is cheap enough; gives them back otherwise.
+    /// The caller has checked that no request is waiting.
+    pub fn try_run(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> std::result::Result<Result<Executed>, Vec<Tensor>> {
+        if self
+            .spec
+            .cost
+            .estimate(rows)
+            .is_none_or(|expected| expected > self.max)
+        {
+            return Err(inputs);
+        }
+        // An instance thread holds its session only while it computes: a free one is idle.
+        let Some(mut guard) = self.sessions.iter().find_map(|s| s.try_lock().ok()) else {
+            return Err(inputs);
+        };
+        let Some(backend) = guard.as_mut() else {
+            return Err(inputs);
+        };
+        let started = Instant::now();
+        let result = instance::execute(backend.as_mut(), vec![inputs], &[rows]);
+        drop(guard);
+        let compute = started.elapsed();
+        self.spec.record(compute, rows, false);
+        Ok(result.map(|(mut outputs, phases)| Executed {
+            outputs: outputs.pop().unwrap_or_default(),
+            queue: Duration::ZERO,
+            phases,
+            started,
+            compute,
+            batch_rows: rows,
+            batch_requests: 1,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_unknown_until_a_batch_ran_then_follows_the_batches() {
+        let cost = Cost::default();
+        assert_eq!(
+            cost.estimate(1),
+            None,
+            "no direct run before the first batch"
+        );
+        cost.observe(Duration::from_micros(640), 64);
+        assert_eq!(cost.estimate(1), Some(Duration::from_micros(10)));
+        assert_eq!(cost.estimate(256), Some(Duration::from_micros(2560)));
+        // A cheaper batch halves the distance, a dearer one moves it by an eighth.
+        cost.observe(Duration::from_micros(2), 1);
+        assert_eq!(cost.estimate(1), Some(Duration::from_micros(6)));
+        cost.observe(Duration::from_micros(14), 1);
+        assert_eq!(cost.estimate(1), Some(Duration::from_micros(7)));
+        // An empty batch counts as one row; huge values saturate instead of wrapping.
+        cost.observe(Duration::from_secs(1), 0);
+        assert!(cost.estimate(usize::MAX).unwrap() >= Duration::from_secs(1));
+    }
+}
