@@ -1,16 +1,20 @@
 //! Drift monitor ingest: breast-cancer-shaped prediction records (30 numeric features, one numeric
 //! output monitored) binned into the rolling window, with and without logging predictions for
-//! the feedback join; and one evaluation (PSI/CSI, gauges, rules) of that version.
+//! the feedback join; the same rows as columnar batches of 256-row requests (what the drain hands
+//! the embedded monitor), and expanded into records first (what it did before); and one
+//! evaluation (PSI/CSI, gauges, rules) of that version.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keel_monitor::{
     Baseline, Column, FeatureValue, ModelSpec, Monitor, MonitorConfig, MonitorSettings,
-    PredictionRecord, Task,
+    PredictionRecord, RowBatch, Task, TensorRows, Values,
 };
 use prometheus::Registry;
 
 const FEATURES: usize = 30;
 const RECORDS: usize = 4096;
+/// Rows per request of the columnar batches.
+const REQUEST_ROWS: usize = 256;
 const T0: u64 = 1_700_000_040_000;
 
 /// Deterministic values spread over a few units, different per feature.
@@ -65,6 +69,65 @@ fn records() -> Vec<PredictionRecord> {
         .collect()
 }
 
+/// The records' rows as requests of [`REQUEST_ROWS`] rows, tensors as the server copies them:
+/// input `[rows, 30]` FP32, label `[rows]` INT64, probability `[rows, 1]` FP32.
+struct Request {
+    id: String,
+    time_ms: u64,
+    rows: Vec<u32>,
+    input: Vec<f32>,
+    label: Vec<i64>,
+    probability: Vec<f32>,
+}
+
+fn requests() -> Vec<Request> {
+    (0..RECORDS / REQUEST_ROWS)
+        .map(|q| {
+            let first = q * REQUEST_ROWS;
+            let rows = first..first + REQUEST_ROWS;
+            let p = |r: usize| value(r + 7, 99).abs() / 100.0;
+            Request {
+                id: format!("request-{q:08}"),
+                time_ms: T0 + first as u64,
+                rows: (0..REQUEST_ROWS as u32).collect(),
+                input: rows
+                    .clone()
+                    .flat_map(|r| (0..FEATURES).map(move |f| (value(r + 3, f) * 1.1) as f32))
+                    .collect(),
+                label: rows.clone().map(|r| i64::from(p(r) > 0.5)).collect(),
+                probability: rows.map(|r| p(r) as f32).collect(),
+            }
+        })
+        .collect()
+}
+
+fn batch(r: &Request) -> RowBatch<'_> {
+    RowBatch {
+        model: "breast-cancer",
+        version: 1,
+        request_id: &r.id,
+        timestamp_ms: r.time_ms,
+        rows: &r.rows,
+        inputs: vec![TensorRows {
+            name: "input",
+            width: FEATURES,
+            values: Values::F32(&r.input),
+        }],
+        outputs: vec![
+            TensorRows {
+                name: "label",
+                width: 1,
+                values: Values::I64(&r.label),
+            },
+            TensorRows {
+                name: "probability",
+                width: 1,
+                values: Values::F32(&r.probability),
+            },
+        ],
+    }
+}
+
 fn monitor(task: Option<Task>) -> std::sync::Arc<Monitor> {
     let monitor = Monitor::new(MonitorConfig::default(), &Registry::new(), None).unwrap();
     monitor
@@ -94,6 +157,37 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ingest", name), &records, |b, records| {
             b.iter(|| monitor.ingest(records))
         });
+    }
+    let requests = requests();
+    for (name, task) in [
+        ("drift", None),
+        ("drift_and_feedback_log", Some(Task::Classifier)),
+    ] {
+        let monitor = monitor(task);
+        group.bench_with_input(
+            BenchmarkId::new("ingest_batches", name),
+            &requests,
+            |b, requests| {
+                b.iter(|| {
+                    let batches: Vec<RowBatch<'_>> = requests.iter().map(batch).collect();
+                    monitor.ingest_batches(&batches);
+                })
+            },
+        );
+        // The drain before columnar ingest: one record per row, then the record path.
+        group.bench_with_input(
+            BenchmarkId::new("records_then_ingest", name),
+            &requests,
+            |b, requests| {
+                b.iter(|| {
+                    let records: Vec<PredictionRecord> = requests
+                        .iter()
+                        .flat_map(|r| batch(r).records().collect::<Vec<_>>())
+                        .collect();
+                    monitor.ingest(&records);
+                })
+            },
+        );
     }
     let monitor = monitor(None);
     monitor.ingest(&records);

@@ -142,31 +142,42 @@ impl ColumnBins {
     /// a number.
     #[inline]
     pub fn bin_and_excess(&self, value: &FeatureValue) -> Option<(usize, Excess)> {
+        match value {
+            FeatureValue::Number(x) => Some(self.bin_number(*x)),
+            FeatureValue::Category(s) => self.bin_text(s),
+        }
+    }
+
+    /// [`ColumnBins::bin_and_excess`] of a number.
+    #[inline]
+    pub fn bin_number(&self, x: f64) -> (usize, Excess) {
         let nan = self.expected.len() - 1;
-        match (&self.binner, value) {
-            (Binner::Numeric { edges, min, max }, FeatureValue::Number(x)) => {
-                Some(numeric_bin_and_excess(edges, *min, *max, nan, *x))
+        match &self.binner {
+            Binner::Numeric { edges, min, max } => {
+                numeric_bin_and_excess(edges, *min, *max, nan, x)
             }
-            (Binner::Numeric { edges, min, max }, FeatureValue::Category(s)) => {
+            Binner::Categorical { .. } if x.is_nan() => (nan, 0.0),
+            Binner::Categorical {
+                by_number, other, ..
+            } => (number_category(by_number, x).unwrap_or(*other), 0.0),
+        }
+    }
+
+    /// [`ColumnBins::bin_and_excess`] of a string.
+    #[inline]
+    pub fn bin_text(&self, s: &str) -> Option<(usize, Excess)> {
+        let nan = self.expected.len() - 1;
+        match &self.binner {
+            Binner::Numeric { edges, min, max } => {
                 let x = s.trim().parse::<f64>().ok()?;
                 Some(numeric_bin_and_excess(edges, *min, *max, nan, x))
             }
-            (Binner::Categorical { .. }, FeatureValue::Number(x)) if x.is_nan() => Some((nan, 0.0)),
-            (
-                Binner::Categorical {
-                    by_number, other, ..
-                },
-                FeatureValue::Number(x),
-            ) => Some((number_category(by_number, *x).unwrap_or(*other), 0.0)),
-            (
-                Binner::Categorical {
-                    by_name,
-                    by_number,
-                    other,
-                },
-                FeatureValue::Category(s),
-            ) => Some((
-                match by_name.get(s.as_str()) {
+            Binner::Categorical {
+                by_name,
+                by_number,
+                other,
+            } => Some((
+                match by_name.get(s) {
                     Some(&i) => i,
                     None => s
                         .trim()
@@ -178,6 +189,37 @@ impl ColumnBins {
                 0.0,
             )),
         }
+    }
+
+    /// A numeric column's edges, training minimum and maximum (infinite when unknown) and NaN
+    /// bin, for loops that bin many numbers with them held in registers.
+    #[inline]
+    pub fn numeric(&self) -> Option<Numeric<'_>> {
+        match &self.binner {
+            Binner::Numeric { edges, min, max } => Some(Numeric {
+                edges,
+                min: *min,
+                max: *max,
+                nan: self.expected.len() - 1,
+            }),
+            Binner::Categorical { .. } => None,
+        }
+    }
+}
+
+/// What binning a number of a numeric column needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Numeric<'a> {
+    edges: &'a [f64],
+    min: f64,
+    max: f64,
+    nan: usize,
+}
+
+impl Numeric<'_> {
+    #[inline]
+    pub fn bin_and_excess(&self, x: f64) -> (usize, Excess) {
+        numeric_bin_and_excess(self.edges, self.min, self.max, self.nan, x)
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{Element, RowBatch};
 use crate::error::MonitorError;
 use crate::record::FeatureValue;
 use crate::window::Clock;
@@ -248,7 +249,34 @@ impl EstimateWindow {
             },
             None => return,
         };
-        let Some(confidence) = c.confidence(p) else {
+        self.add_probability(time_ms, p);
+    }
+
+    /// Counts the logged rows of a request like [`EstimateWindow::add`] counts each row's record.
+    pub fn add_batch(&mut self, batch: &RowBatch<'_>) {
+        let c = &self.calibration;
+        let Some(t) = batch.outputs.iter().find(|t| t.name == c.tensor) else {
+            return;
+        };
+        if c.index >= t.width {
+            return;
+        }
+        let index = c.index;
+        for at in 0..t.complete_rows(batch.len()) {
+            let p = match t.values.get(at * t.width + index) {
+                Some(Element::Number(x)) => x,
+                Some(Element::Text(b)) => match String::from_utf8_lossy(b).trim().parse::<f64>() {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            self.add_probability(batch.timestamp_ms, p);
+        }
+    }
+
+    fn add_probability(&mut self, time_ms: u64, p: f64) {
+        let Some(confidence) = self.calibration.confidence(p) else {
             return;
         };
         let buckets = &mut self.buckets;

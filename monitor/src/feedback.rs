@@ -68,13 +68,21 @@ impl FeedbackStore {
     /// The comparable form of a value; `None` for NaN.
     pub fn value(&self, v: &FeatureValue) -> Option<Value> {
         match v {
-            FeatureValue::Number(x) if x.is_nan() => None,
-            FeatureValue::Number(x) => Some(Value::Number(*x)),
-            FeatureValue::Category(s) => match s.trim().parse::<f64>() {
-                Ok(x) if x.is_nan() => None,
-                Ok(x) => Some(Value::Number(x)),
-                Err(_) => Some(Value::Text(self.hasher.hash_one(s.as_str()))),
-            },
+            FeatureValue::Number(x) => Self::number(*x),
+            FeatureValue::Category(s) => self.text(s),
+        }
+    }
+
+    /// [`FeedbackStore::value`] of a number.
+    pub fn number(x: f64) -> Option<Value> {
+        (!x.is_nan()).then_some(Value::Number(x))
+    }
+
+    /// [`FeedbackStore::value`] of a string.
+    pub fn text(&self, s: &str) -> Option<Value> {
+        match s.trim().parse::<f64>() {
+            Ok(x) => Self::number(x),
+            Err(_) => Some(Value::Text(self.hasher.hash_one(s))),
         }
     }
 

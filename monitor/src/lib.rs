@@ -1,10 +1,12 @@
-//! Keel's monitoring library. The server logs one [`PredictionRecord`] per served row; the drift
-//! monitor (rolling PSI/CSI against a baseline) consumes them. The monitor never depends on the server.
+//! Keel's monitoring library. The server logs one [`PredictionRecord`] per served row, or a
+//! request's rows as columns ([`RowBatch`]); the drift monitor (rolling PSI/CSI against a
+//! baseline) consumes either. The monitor never depends on the server.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod backoff;
 pub mod baseline;
+pub mod batch;
 mod bins;
 pub mod calibration;
 pub mod error;
@@ -28,6 +30,7 @@ pub mod webhook;
 mod window;
 
 pub use baseline::{Baseline, BaselineColumn, Column, Distribution, Kind};
+pub use batch::{RowBatch, TensorRows, Values};
 pub use calibration::{Calibration, EstimatedPerformance};
 pub use error::MonitorError;
 pub use event::{AlertEvent, AlertSink, Evidence};

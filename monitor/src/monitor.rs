@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::Registry;
 
+use crate::batch::RowBatch;
 use crate::error::MonitorError;
 use crate::event::AlertSink;
 use crate::feedback::{Evictions, FeedbackStore, Joined};
@@ -142,6 +143,41 @@ impl Monitor {
                     label = UNKNOWN_MODEL;
                     [("unknown_model", batch.len() as u64), ("future", 0)]
                 }
+            };
+            for (reason, count) in ignored {
+                if count > 0 {
+                    self.metrics
+                        .records_ignored
+                        .with_label_values(&[label, reason])
+                        .inc_by(count);
+                }
+            }
+        }
+    }
+
+    /// Counts requests' logged rows into their version's window, as [`Monitor::ingest`] counts
+    /// the same rows as records (ignored rows counted alike), column by column from the tensors.
+    pub fn ingest_batches(&self, batches: &[RowBatch<'_>]) {
+        let mut guard = self.lock();
+        let Inner {
+            models,
+            store,
+            evictions,
+        } = &mut *guard;
+        for batch in batches {
+            let state = models
+                .get_mut(batch.model)
+                .and_then(|v| v.get_mut(&batch.version));
+            let n = batch.len() as u64;
+            let (label, ignored) = match state {
+                Some(state) => {
+                    let (late, future) = state.ingest_batch(batch, store);
+                    (batch.model, [("late", late), ("future", future)])
+                }
+                None if evictions.contains_key(batch.model) => {
+                    (batch.model, [("unknown_version", n), ("future", 0)])
+                }
+                None => (UNKNOWN_MODEL, [("unknown_model", n), ("future", 0)]),
             };
             for (reason, count) in ignored {
                 if count > 0 {

@@ -141,6 +141,12 @@ impl DriftWindow {
     /// Counts a row at `time_ms`; returns its slot for [`DriftWindow::add`].
     #[inline]
     pub fn add_row(&mut self, time_ms: u64) -> Result<usize, Refused> {
+        self.add_rows(time_ms, 1)
+    }
+
+    /// Counts `n` rows at `time_ms`; returns their slot for [`DriftWindow::bucket_mut`].
+    #[inline]
+    pub fn add_rows(&mut self, time_ms: u64, n: u64) -> Result<usize, Refused> {
         let Self {
             clock,
             stride,
@@ -155,9 +161,19 @@ impl DriftWindow {
             evict(slot, *stride, counts, rows, evicted, total_rows);
             sums[slot * *sum_stride..(slot + 1) * *sum_stride].fill(0.0);
         })?;
-        rows[slot] += 1;
-        *total_rows += 1;
+        rows[slot] += n;
+        *total_rows += n;
         Ok(slot)
+    }
+
+    /// The bin counts and sums of `slot`'s bucket, to count many values into without an index
+    /// computation (and bounds check) per value.
+    #[inline]
+    pub fn bucket_mut(&mut self, slot: usize) -> (&mut [u64], &mut [f64]) {
+        (
+            &mut self.counts[slot * self.stride..(slot + 1) * self.stride],
+            &mut self.sums[slot * self.sum_stride..(slot + 1) * self.sum_stride],
+        )
     }
 
     /// Counts one value of the row placed in `slot` into bin `bin` (an index below `stride`).

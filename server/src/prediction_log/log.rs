@@ -258,6 +258,11 @@ impl PredictionLog {
         ))
     }
 
+    /// The log's bound in rows (`--prediction-log-capacity`).
+    pub(crate) fn capacity_rows(&self) -> usize {
+        self.budget.max_rows
+    }
+
     /// Rows dropped, by model and reason; the sinks count into it too.
     pub fn dropped(&self) -> &IntCounterVec {
         &self.dropped
@@ -508,7 +513,7 @@ mod tests {
         let ItemKind::Request(logged) = item.take() else {
             panic!("a request")
         };
-        let records: Vec<_> = logged.records().collect();
+        let records = logged.records();
         assert_eq!(records.len(), 8);
         assert!(records[0].request_id.len() == 32, "a random id is assigned");
         drop(logged);

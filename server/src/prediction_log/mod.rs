@@ -14,4 +14,4 @@ pub use rows::Captured;
 // The drain's side of the queue (the `monitoring` module), and the row expansion that the baseline
 // command reuses.
 pub(crate) use log::{ItemKind, LogItem, reason};
-pub(crate) use rows::values;
+pub(crate) use rows::{LoggedRequest, values};

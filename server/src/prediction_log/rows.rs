@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use keel_monitor::{FeatureValue, PredictionRecord};
+use keel_monitor::{FeatureValue, PredictionRecord, RowBatch, TensorRows, Values};
 
 use crate::signature::Signature;
 use crate::tensor::{Tensor, TensorData};
@@ -29,9 +29,6 @@ impl LogNames {
         })
     }
 }
-
-/// One row's values per tensor, as a record carries them.
-type RowValues = Vec<(String, Vec<FeatureValue>)>;
 
 /// Heap bytes a BYTES element costs besides its content (its `Vec`).
 const BYTES_ELEMENT_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
@@ -222,68 +219,59 @@ impl LoggedRequest {
             .any(|k| k.truncated)
     }
 
-    /// One record per sampled row.
-    pub fn records(&self) -> impl Iterator<Item = PredictionRecord> + '_ {
+    /// The sampled rows as columns, borrowing the copied tensors: what the embedded monitor bins.
+    pub fn batch(&self) -> RowBatch<'_> {
         let (c, names) = (&self.captured, &self.names);
-        c.sampled
-            .iter()
-            .enumerate()
-            .map(move |(at, &row)| PredictionRecord {
-                model: names.model.clone(),
-                version: self.version,
-                request_id: c.request_id.clone(),
-                row,
-                timestamp_ms: c.timestamp_ms,
-                inputs: row_values(&names.inputs, &c.inputs, at),
-                outputs: row_values(&names.outputs, &self.outputs, at),
-            })
+        RowBatch {
+            model: &names.model,
+            version: self.version,
+            request_id: &c.request_id,
+            timestamp_ms: c.timestamp_ms,
+            rows: &c.sampled,
+            inputs: tensor_rows(&names.inputs, &c.inputs),
+            outputs: tensor_rows(&names.outputs, &self.outputs),
+        }
+    }
+
+    /// One record per sampled row, for the sinks that take records.
+    pub fn records(&self) -> Vec<PredictionRecord> {
+        self.batch().records().collect()
     }
 }
 
-/// The `at`-th kept row of every tensor.
-fn row_values(names: &[String], tensors: &[Kept], at: usize) -> RowValues {
+fn tensor_rows<'a>(names: &'a [String], tensors: &'a [Kept]) -> Vec<TensorRows<'a>> {
     names
         .iter()
         .zip(tensors)
-        .map(|(name, kept)| {
-            let range = at * kept.width..(at + 1) * kept.width;
-            (name.clone(), values(&kept.data, range))
+        .map(|(name, kept)| TensorRows {
+            name,
+            width: kept.width,
+            values: column_values(&kept.data),
         })
         .collect()
 }
 
-pub(crate) fn values(data: &TensorData, range: std::ops::Range<usize>) -> Vec<FeatureValue> {
-    fn numbers<T: Copy>(
-        v: &[T],
-        range: std::ops::Range<usize>,
-        f: impl Fn(T) -> f64,
-    ) -> Vec<FeatureValue> {
-        v.get(range)
-            .unwrap_or_default()
-            .iter()
-            .map(|x| FeatureValue::Number(f(*x)))
-            .collect()
-    }
+/// A tensor's elements as the monitor reads them (borrowed, not converted).
+pub(crate) fn column_values(data: &TensorData) -> Values<'_> {
     match data {
-        TensorData::Bool(v) => numbers(v, range, |x| f64::from(u8::from(x))),
-        TensorData::Uint8(v) => numbers(v, range, f64::from),
-        TensorData::Uint16(v) => numbers(v, range, f64::from),
-        TensorData::Uint32(v) => numbers(v, range, f64::from),
-        TensorData::Uint64(v) => numbers(v, range, |x| x as f64),
-        TensorData::Int8(v) => numbers(v, range, f64::from),
-        TensorData::Int16(v) => numbers(v, range, f64::from),
-        TensorData::Int32(v) => numbers(v, range, f64::from),
-        TensorData::Int64(v) => numbers(v, range, |x| x as f64),
-        TensorData::Fp16(v) => numbers(v, range, |x| x.to_f64()),
-        TensorData::Fp32(v) => numbers(v, range, f64::from),
-        TensorData::Fp64(v) => numbers(v, range, |x| x),
-        TensorData::Bytes(v) => v
-            .get(range)
-            .unwrap_or_default()
-            .iter()
-            .map(|b| FeatureValue::Category(String::from_utf8_lossy(b).into_owned()))
-            .collect(),
+        TensorData::Bool(v) => Values::Bool(v),
+        TensorData::Uint8(v) => Values::U8(v),
+        TensorData::Uint16(v) => Values::U16(v),
+        TensorData::Uint32(v) => Values::U32(v),
+        TensorData::Uint64(v) => Values::U64(v),
+        TensorData::Int8(v) => Values::I8(v),
+        TensorData::Int16(v) => Values::I16(v),
+        TensorData::Int32(v) => Values::I32(v),
+        TensorData::Int64(v) => Values::I64(v),
+        TensorData::Fp16(v) => Values::F16(v),
+        TensorData::Fp32(v) => Values::F32(v),
+        TensorData::Fp64(v) => Values::F64(v),
+        TensorData::Bytes(v) => Values::Bytes(v),
     }
+}
+
+pub(crate) fn values(data: &TensorData, range: std::ops::Range<usize>) -> Vec<FeatureValue> {
+    column_values(data).feature_values(range)
 }
 
 #[cfg(test)]
@@ -310,7 +298,7 @@ mod tests {
         let held = crate::prediction_log::log::Held::unbounded();
         let captured = Captured::new("r".into(), 7, &[input], 2, vec![1], 1024, held);
         let logged = captured.finish(&names, 3, &[label]);
-        let records: Vec<_> = logged.records().collect();
+        let records = logged.records();
         assert_eq!(records.len(), 1);
         let r = &records[0];
         assert_eq!((r.row, r.version, r.timestamp_ms), (1, 3, 7));
