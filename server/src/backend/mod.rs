@@ -1,5 +1,6 @@
 //! Backends: one small synchronous trait, implemented by ONNX Runtime and by tract. A backend is created
-//! and used on its instance's own OS thread (see `instance`), never on the async runtime.
+//! and used on its instance's own OS thread (see `instance`); only a lone request of a model that computes
+//! in microseconds borrows an idle instance's backend on an async worker (see `direct`).
 
 pub mod onnxruntime;
 pub mod tract;
