@@ -54,10 +54,13 @@ class Server:
         self.name = name
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.monotonic() + 120
+        self.metrics = None
         for line in self.proc.stdout:
             match = re.search(r"http_addr=(\S+) grpc_addr=(\S+)", line)
             if match:
                 self.http, self.grpc = match.group(1), match.group(2)
+                metrics = re.search(r"metrics_addr=(\S+)", line)
+                self.metrics = metrics.group(1) if metrics else None
                 break
             if time.monotonic() > deadline:
                 break
@@ -143,7 +146,58 @@ def h2load(addr: str, body_file: str, duration: int) -> dict:
     failed = int(re.search(r"(\d+) failed", out).group(1))
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1)
     errors = failed + sum(int(status.group(i)) for i in (2, 3, 4))
-    return {"rps": rps, "mean_ms": parse_ms(mean), "errors": errors}
+    succeeded = int(re.search(r"(\d+) succeeded", out).group(1))
+    return {"rps": rps, "mean_ms": parse_ms(mean), "errors": errors, "succeeded": succeeded}
+
+
+def grpc_batch_body(rows: int) -> bytes:
+    """A ModelInferRequest of `rows` rows drawn uniformly within the training range of each feature
+    (models/breast-cancer/2/baseline.json), so the monitor bins realistic values; framed for gRPC."""
+    import random
+    from tritonclient.grpc import service_pb2
+    rng = random.Random(1)
+    features = json.loads((ROOT / "models/breast-cancer/2/baseline.json").read_text())["features"]
+    values = [rng.uniform(f["min"], f["max"]) for _ in range(rows) for f in features]
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend([rows, len(features)])
+    request.raw_input_contents.append(struct.pack(f"<{len(values)}f", *values))
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def counter(text: str, name: str, label: str = "") -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and label in line)
+
+
+def monitor_peak(server: "Server", duration: int, rows: int = 256) -> dict:
+    """Peak gRPC load of `rows`-row requests (h2load 4 x 8): the share of served rows that reach the
+    embedded monitor's drift window (`keel_monitor_records_total`), `sample_rate = 1`."""
+    import urllib.request
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as reply:
+            return reply.read().decode()
+
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(grpc_batch_body(rows))
+    try:
+        before = scrape()
+        load = h2load(server.grpc, f.name, duration)
+        time.sleep(2)  # the drain's last batch
+        after = scrape()
+    finally:
+        os.unlink(f.name)
+    # Keel's own count of the rows it served: h2load leaves its warm-up second out of its figures.
+    served = counter(after, "keel_inference_rows_total", f'model="{MODEL}"') - \
+        counter(before, "keel_inference_rows_total", f'model="{MODEL}"')
+    binned = counter(after, "keel_monitor_records_total", f'model="{MODEL}"') - \
+        counter(before, "keel_monitor_records_total", f'model="{MODEL}"')
+    dropped = counter(after, "keel_prediction_log_dropped_total") - counter(before, "keel_prediction_log_dropped_total")
+    return {"rps": load["rps"], "rows_per_s": load["rps"] * rows, "served_rows": served, "binned_rows": binned,
+            "dropped_rows": dropped, "binned_share": binned / served if served else 0.0}
 
 
 def main():
@@ -153,6 +207,8 @@ def main():
     parser.add_argument("--keel", default=str(ROOT / "target/release/keel"))
     parser.add_argument("--canned", default=str(ROOT / "target/release/keel-canned"))
     parser.add_argument("--out", default=str(ROOT / "target/bench-load.json"))
+    parser.add_argument("--peak", type=int, default=10, help="seconds of 256-row gRPC peak load for the "
+                        "monitor's share of rows (0: skip)")
     args = parser.parse_args()
     ensure_tools()
 
@@ -189,6 +245,7 @@ def main():
                 results[key]["grpc"].append(grpc)
                 print(f"round {round_ + 1} {key:10} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
                       f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms", flush=True)
+        peak = monitor_peak(servers["keel"], args.peak) if args.peak else None
     finally:
         for server in servers.values():
             server.stop()
@@ -215,9 +272,15 @@ def main():
           f"{best['canned']['grpc']['rps'] / 1e3:.1f}k | **{summary['grpc_ratio']:.2f}** |")
     print(f"logging on / off: HTTP {summary['logging_http_ratio']:.3f}, gRPC {summary['logging_grpc_ratio']:.3f} "
           f"(off: {best['keel_nolog']['http']['rps'] / 1e3:.1f}k, {best['keel_nolog']['grpc']['rps'] / 1e3:.1f}k)")
+    if peak:
+        summary["monitor_binned_share"] = peak["binned_share"]
+        print(f"monitor at peak (gRPC 256-row requests, h2load 4 x 8): {peak['rps']:.0f} req/s = "
+              f"{peak['rows_per_s'] / 1e6:.2f}M rows/s; {peak['binned_share'] * 100:.1f}% of the served rows reached "
+              f"the drift window ({peak['dropped_rows']:.0f} dropped, counted)")
     print(f"errors (non-2xx, failed): {errors}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rounds": results, "best": best, "summary": summary}, indent=2))
+    Path(args.out).write_text(json.dumps({"rounds": results, "best": best, "summary": summary, "peak": peak},
+                                         indent=2))
     print(f"written {args.out}")
     return 1 if errors else 0
 
