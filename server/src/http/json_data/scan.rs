@@ -126,16 +126,16 @@ fn run<T: Element>(
         Some(d) => d != depth,
     };
     if ragged {
-        T::parse(b, &mut pos)?;
+        T::parse(b, pos)?;
         return Err("ragged nested arrays (values at different depths)".into());
     }
     let limit = out.limit;
     let full = || format!("more elements than the shape's {limit}");
     if depth == 0 {
-        let value = T::parse(b, &mut pos)?;
+        let (value, end) = T::parse(b, pos)?;
         *out.buf.get_mut(out.len).ok_or_else(full)? = value;
         out.len += 1;
-        return Ok((skip_ws(b, pos), 1));
+        return Ok((skip_ws(b, end), 1));
     }
     // Locals, so that the loop keeps them in registers.
     let (buf, first) = (&mut out.buf[..], out.len);
@@ -148,13 +148,12 @@ fn run<T: Element>(
                 let v = T::quick(n.negative, n.mantissa, n.exponent, n.integer)?;
                 Some((v, n.end))
             });
-        let value = match quick {
-            Some((v, end)) => {
-                pos = end;
-                v
-            }
-            None => T::parse(b, &mut pos)?,
+        // Not inlined, and given `pos` by value: a `&mut pos` would keep it in memory for the whole loop.
+        let (value, end) = match quick {
+            Some(read) => read,
+            None => T::parse(b, pos)?,
         };
+        pos = end;
         *buf.get_mut(len).ok_or_else(full)? = value;
         len += 1;
         // A comma and the next number right after it: the common case, checked first.
@@ -211,17 +210,18 @@ const EOF_IN_VALUE: &str = "EOF while parsing a value";
 const MAX_DIGITS: usize = 19;
 
 impl Number {
-    /// The common number, `-?[0-9]{1,7}(\.[0-9]{1,16})?` not followed by an exponent, read faster than
-    /// [`Number::lex`] reads any (`None` for anything else, which `lex` then reads). Its end, where the
-    /// next element starts (the loop's critical path), is found first, in sixteen bytes at once; its
-    /// digits are read off that path, eight at a time.
+    /// The common number, `-?[0-9]{1,7}(\.[0-9]+)?` in at most 15 bytes and not followed by an exponent,
+    /// read faster than [`Number::lex`] reads any (`None` for anything else, which `lex` then reads).
+    /// Its end, where the next element starts (the loop's critical path), is found first, in sixteen
+    /// bytes at once; its digits are read off that path, eight at a time (at most 15 digits: the
+    /// mantissa is exact in an f64).
     #[inline(always)]
     fn lex_fast(b: &[u8], start: usize) -> Option<Number> {
-        // One bounds check for every load below: their offsets are at most 25 (the masks tell the
+        // One bounds check for every load below: their offsets are at most 15 (the masks tell the
         // compiler they stay within the window; they never change an offset).
-        let w: &[u8; 40] = b.get(start..start + 40)?.try_into().ok()?;
+        let w: &[u8; 24] = b.get(start..start + 24)?.try_into().ok()?;
         let at = |off: usize| {
-            let off = off & 31;
+            let off = off & 15;
             u64::from_le_bytes(w[off..off + 8].try_into().unwrap_or_default())
         };
         let (lo, hi) = (at(0), at(8));
@@ -230,48 +230,48 @@ impl Number {
         let ends = u128::from(not_plain_number(hi)) << 64 | u128::from(not_plain_number(lo));
         let len = (ends.trailing_zeros() / 8) as usize;
         // Sixteen bytes without an end, or an exponent (`e` or `E`) next: `lex`'s to read.
-        if len == 16 || w[len & 31] | 0x20 == b'e' {
+        if len == 16 || w[len & 15] | 0x20 == b'e' {
             return None;
         }
         let negative = lo as u8 == b'-';
-        let v = at(negative as usize);
-        let n = leading_digits(v);
+        let neg = negative as usize;
+        let x = at(neg);
+        let int = leading_digits(x);
         // One to seven digits, without a leading zero before another (see `lex`).
-        if (n == 0) | (n == 8) | ((n > 1) & (v as u8 == b'0')) {
+        if (int == 0) | (int == 8) | ((int > 1) & (x as u8 == b'0')) {
             return None;
         }
-        let mut mantissa = digits_value(v, n);
-        let mut off = negative as usize + n;
-        let mut exponent = 0i64;
-        let integer = off == len;
-        if !integer {
-            if w[off & 31] != b'.' {
+        let integer = neg + int == len;
+        let (mantissa, exponent) = if integer {
+            (digits_value(x, int), 0)
+        } else {
+            if w[(neg + int) & 15] != b'.' {
                 return None;
             }
-            off += 1;
-            let v = at(off);
-            let n = leading_digits(v);
-            if n == 0 {
+            // The digits without the point, to read them as one number: the integer digits, then the
+            // bytes after the point (the next eight, moved down a byte).
+            let keep = (1u64 << (8 * int)) - 1;
+            let digits = (x & keep) | (at(neg + 1) & !keep);
+            let n = leading_digits(digits);
+            let frac = n - int;
+            if frac == 0 {
                 return None;
             }
-            mantissa = mantissa * POW10_U64[n] + digits_value(v, n);
-            off += n;
-            exponent -= n as i64;
-            if n == 8 {
-                // Seven and sixteen digits would overflow: the second eight only when all fit.
-                let v = at(off);
-                let n = leading_digits(v);
-                if off - negative as usize + n > MAX_DIGITS + 1 {
+            if neg + 1 + n == len {
+                (digits_value(digits, n), -(frac as i64))
+            } else if n == 8 {
+                // The rest (fewer than eight: the number is at most 15 bytes).
+                let more = at(neg + 9);
+                let m = leading_digits(more);
+                if neg + 9 + m != len {
                     return None;
                 }
-                mantissa = mantissa * POW10_U64[n] + digits_value(v, n);
-                off += n;
-                exponent -= n as i64;
-            }
-            if off != len {
+                let mantissa = digits_value(digits, 8) * POW10_U64[m] + digits_value(more, m);
+                (mantissa, -((frac + m) as i64))
+            } else {
                 return None;
             }
-        }
+        };
         Some(Number {
             negative,
             mantissa,
@@ -534,29 +534,28 @@ pub(super) trait Element: Sized + Copy + Default {
         Err(format!("boolean {v} is not a valid {} value", Self::KIND))
     }
 
-    /// Reads the scalar at `b[*pos]` and moves `pos` past it.
-    #[inline(always)]
-    fn parse(b: &[u8], pos: &mut usize) -> Result<Self, String> {
-        match b.get(*pos) {
+    /// Reads the scalar at `b[pos]`: the value and where it ends.
+    #[inline(never)]
+    fn parse(b: &[u8], pos: usize) -> Result<(Self, usize), String> {
+        match b.get(pos) {
             // `-` to `9` in one comparison (`.` and `/` are refused by `lex`).
             Some(c) if c.wrapping_sub(b'-') <= b'9' - b'-' => {
-                let n = Number::lex(b, *pos)?;
-                *pos = n.end;
-                Self::from_number(&n, b)
+                let n = Number::lex(b, pos)?;
+                Ok((Self::from_number(&n, b)?, n.end))
             }
             Some(b't') => {
-                literal(b, pos, b"true")?;
-                Self::from_bool(true)
+                let end = literal(b, pos, b"true")?;
+                Ok((Self::from_bool(true)?, end))
             }
             Some(b'f') => {
-                literal(b, pos, b"false")?;
-                Self::from_bool(false)
+                let end = literal(b, pos, b"false")?;
+                Ok((Self::from_bool(false)?, end))
             }
             Some(b'n') => {
                 literal(b, pos, b"null")?;
                 Err(format!("null is not a valid {} value", Self::KIND))
             }
-            Some(b'"') => Err(match string(b, *pos) {
+            Some(b'"') => Err(match string(b, pos) {
                 Ok(s) => {
                     let shown: String = s.chars().take(32).collect();
                     format!("string {shown:?} is not a valid {} value", Self::KIND)
@@ -570,16 +569,13 @@ pub(super) trait Element: Sized + Copy + Default {
     }
 }
 
-/// `true`, `false` or `null` at `b[*pos]`.
-fn literal(b: &[u8], pos: &mut usize, word: &[u8]) -> Result<(), String> {
-    let end = *pos + word.len();
-    match b.get(*pos..end) {
-        Some(w) if w == word => {
-            *pos = end;
-            Ok(())
-        }
+/// `true`, `false` or `null` at `b[pos]`: where it ends.
+fn literal(b: &[u8], pos: usize, word: &[u8]) -> Result<usize, String> {
+    let end = pos + word.len();
+    match b.get(pos..end) {
+        Some(w) if w == word => Ok(end),
         Some(_) => Err("expected ident".into()),
-        None if word.starts_with(&b[*pos..]) => Err(EOF_IN_VALUE.into()),
+        None if word.starts_with(&b[pos..]) => Err(EOF_IN_VALUE.into()),
         None => Err("expected ident".into()),
     }
 }
@@ -766,7 +762,7 @@ mod tests {
         }
     }
 
-    /// Long enough arrays that the fast path reads the elements (it needs 40 bytes of text ahead).
+    /// Long enough arrays that the fast path reads the elements (it needs 24 bytes of text ahead).
     fn padded(element: &str) -> String {
         format!("[{element}, {}]", ["0"; 24].join(","))
     }
@@ -1061,6 +1057,45 @@ mod tests {
         for (text, got) in texts.iter().zip(got) {
             let want: f64 = text.parse().unwrap();
             assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_length_the_fast_path_splits() {
+        // Integer and fraction lengths on both sides of each eight-byte boundary, with and without a
+        // sign, followed by each delimiter: what Rust's parser reads.
+        let digits = "98765432109876543210987654321";
+        let mut texts = Vec::new();
+        for int in 1..=9 {
+            for frac in 0..=17 {
+                for sign in ["", "-"] {
+                    let mut t = format!("{sign}{}", &digits[..int]);
+                    if frac > 0 {
+                        t = format!("{t}.{}", &digits[int..int + frac]);
+                    }
+                    texts.push(t);
+                }
+            }
+        }
+        for sep in [",", " ,", ",\n"] {
+            let json = format!("[{}]", texts.join(sep));
+            for (t, got) in texts.iter().zip(ok::<f64>(&json)) {
+                assert_eq!(got, t.parse::<f64>().unwrap(), "{t}");
+            }
+            for (t, got) in texts.iter().zip(ok::<f32>(&json)) {
+                assert_eq!(got, t.parse::<f32>().unwrap(), "{t}");
+            }
+            let ints: Vec<&String> = texts.iter().filter(|t| !t.contains('.')).collect();
+            let json = format!(
+                "[{}]",
+                ints.iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(sep)
+            );
+            for (t, got) in ints.iter().zip(ok::<i64>(&json)) {
+                assert_eq!(got, t.parse::<i64>().unwrap(), "{t}");
+            }
         }
     }
 
