@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::json_data;
+use super::{data_spans, json_data};
 use crate::budget::Permit;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
@@ -224,37 +224,37 @@ pub fn decode_request_with(
     let json = std::str::from_utf8(json)
         .map_err(|e| Error::invalid(format!("request JSON is not UTF-8: {e}{hint}")))?;
 
-    let mut checks = Checks {
-        limits,
-        headers: limits.signature.map(InputHeaders::new),
-        binary_len: binary.len(),
-        binary_used: 0,
-        bytes_elements: 0,
-        tensor_bytes: 0,
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        refusal: None,
-    };
-    let mut de = serde_json::Deserializer::from_str(json);
-    let parsed = RequestSeed {
-        checks: &mut checks,
-    }
-    .deserialize(&mut de)
-    .and_then(|head| de.end().map(|()| head));
-    let head = match (parsed, checks.refusal.take()) {
-        (_, Some(refusal)) => return Err(refusal),
-        (Err(e), None) => {
-            // Bytes after the JSON: most likely binary data sent without the header.
-            let hint = if e.to_string().starts_with("trailing characters") {
-                hint
-            } else {
-                ""
-            };
-            return Err(Error::invalid(format!(
-                "malformed inference request: {e}{hint}"
-            )));
+    // The data values taken out first (see `data_spans`), so that serde_json does not scan them; a
+    // request it finds malformed that way is read again whole, for the message (and position) the request
+    // itself earns.
+    let spans = data_spans::find(json);
+    let from_spans = spans.as_ref().map(|s| {
+        let data = DataText::Spans {
+            json,
+            spans: &s.spans,
+        };
+        read_head(&s.json, data, limits, binary.len())
+    });
+    let (head, mut checks) = match from_spans {
+        Some(Ok(read)) => read,
+        Some(Err(Head::Refused(refusal))) => return Err(refusal),
+        Some(Err(Head::Malformed(_))) | None => {
+            match read_head(json, DataText::Raw, limits, binary.len()) {
+                Ok(read) => read,
+                Err(Head::Refused(refusal)) => return Err(refusal),
+                Err(Head::Malformed(e)) => {
+                    // Bytes after the JSON: most likely binary data sent without the header.
+                    let hint = if e.to_string().starts_with("trailing characters") {
+                        hint
+                    } else {
+                        ""
+                    };
+                    return Err(Error::invalid(format!(
+                        "malformed inference request: {e}{hint}"
+                    )));
+                }
+            }
         }
-        (Ok(head), None) => head,
     };
     if checks.binary_used != binary.len() {
         return Err(Error::invalid(format!(
@@ -302,8 +302,8 @@ pub fn decode_request_with(
                 TensorData::from_le_bytes(input.datatype, &binary[range], input.count)
                     .map_err(context)?
             }
-            Source::Json(raw) => {
-                json_data::decode(raw, input.datatype, input.count).map_err(context)?
+            Source::Json(text) => {
+                json_data::decode(text, input.datatype, input.count).map_err(context)?
             }
         };
         inputs.push(Tensor {
@@ -324,6 +324,70 @@ pub fn decode_request_with(
     })
 }
 
+/// Why the request's JSON was not read.
+enum Head {
+    /// A check refused it: the answer.
+    Refused(Error),
+    /// serde_json could not parse it.
+    Malformed(serde_json::Error),
+}
+
+/// Parses the request JSON `text` (everything but the tensor data), checking each input as it is read.
+fn read_head<'a, 's>(
+    text: &'a str,
+    data: DataText<'a>,
+    limits: DecodeLimits<'s>,
+    binary_len: usize,
+) -> std::result::Result<(RequestHead, Checks<'a, 's>), Head> {
+    let mut checks = Checks {
+        limits,
+        headers: limits.signature.map(InputHeaders::new),
+        data,
+        binary_len,
+        binary_used: 0,
+        bytes_elements: 0,
+        tensor_bytes: 0,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        refusal: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = RequestSeed {
+        checks: &mut checks,
+    }
+    .deserialize(&mut de)
+    .and_then(|head| de.end().map(|()| head));
+    match (parsed, checks.refusal.take()) {
+        (_, Some(refusal)) => Err(Head::Refused(refusal)),
+        (Err(e), None) => Err(Head::Malformed(e)),
+        (Ok(head), None) => Ok((head, checks)),
+    }
+}
+
+/// Where the text of each input's `data` is.
+#[derive(Clone, Copy)]
+enum DataText<'a> {
+    /// In the JSON serde_json parses.
+    Raw,
+    /// Taken out of it: serde_json reads each value's index in `spans`, ranges of `json`.
+    Spans {
+        json: &'a str,
+        spans: &'a [Range<usize>],
+    },
+}
+
+impl<'a> DataText<'a> {
+    fn text(self, raw: &'a RawValue) -> Option<&'a str> {
+        match self {
+            DataText::Raw => Some(raw.get()),
+            DataText::Spans { json, spans } => {
+                let span = spans.get(raw.get().parse::<usize>().ok()?)?;
+                json.get(span.clone())
+            }
+        }
+    }
+}
+
 /// An input whose header passed every check; its data is decoded last.
 struct PendingInput<'a> {
     name: String,
@@ -336,14 +400,15 @@ struct PendingInput<'a> {
 enum Source<'a> {
     /// A range of the binary part of the body.
     Binary(Range<usize>),
-    /// JSON `data`, not parsed yet.
-    Json(&'a RawValue),
+    /// The text of JSON `data`, not parsed yet.
+    Json(&'a str),
 }
 
 /// The checks made while the JSON is parsed, and what they let through.
 struct Checks<'a, 's> {
     limits: DecodeLimits<'s>,
     headers: Option<InputHeaders<'s>>,
+    data: DataText<'a>,
     binary_len: usize,
     binary_used: usize,
     bytes_elements: usize,
@@ -355,7 +420,8 @@ struct Checks<'a, 's> {
 }
 
 impl<'a> Checks<'a, '_> {
-    fn input(&mut self, input: InputJson<'a>) -> Result<()> {
+    /// Checks an input; `data` is the text of its `data`.
+    fn input(&mut self, input: InputJson<'a>, data: Option<&'a str>) -> Result<()> {
         let name = input.name;
         let context = |e: Error| Error::invalid(format!("input '{name}': {e}"));
         let datatype = DataType::parse(&input.datatype).map_err(context)?;
@@ -386,7 +452,7 @@ impl<'a> Checks<'a, '_> {
                     })?,
             ),
         };
-        let (source, count, payload) = match (binary_size, input.data) {
+        let (source, count, payload) = match (binary_size, data) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
                     "input '{name}' has both JSON data and binary_data_size"
@@ -411,9 +477,9 @@ impl<'a> Checks<'a, '_> {
                 self.binary_used += size;
                 (Source::Binary(start..start + size), count, size)
             }
-            (None, Some(raw)) => {
+            (None, Some(text)) => {
                 // Each element takes at least one character and a separator.
-                let most = raw.get().len() / 2 + 1;
+                let most = text.len() / 2 + 1;
                 let count = match declared {
                     Some(count) if count > most => {
                         return Err(context(Error::invalid(format!(
@@ -423,7 +489,7 @@ impl<'a> Checks<'a, '_> {
                     Some(count) => count,
                     None => element_count(&shape, most).map_err(context)?,
                 };
-                (Source::Json(raw), count, raw.get().len())
+                (Source::Json(text), count, text.len())
             }
         };
         if datatype == DataType::Bytes {
@@ -582,7 +648,18 @@ impl<'de, 's> Visitor<'de> for InputsSeed<'_, 'de, 's> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(input) = seq.next_element::<InputJson<'de>>()? {
-            if let Err(e) = self.checks.input(input) {
+            let data = match input.data {
+                None => None,
+                // Not an index where one was put: the request is read again whole (this cannot happen
+                // unless the walk and serde_json disagree on the document).
+                Some(raw) => Some(
+                    self.checks
+                        .data
+                        .text(raw)
+                        .ok_or_else(|| de::Error::custom("data not found"))?,
+                ),
+            };
+            if let Err(e) = self.checks.input(input, data) {
                 return Err(refuse(self.checks, e));
             }
         }
@@ -1150,6 +1227,72 @@ mod tests {
         };
         let err = decode_request_with(&[0; 8], Some(0), limits, Some(&mut permit));
         assert!(matches!(err, Err(Error::PayloadTooLarge(_))));
+    }
+
+    #[test]
+    fn data_is_read_apart_from_the_rest() {
+        let ok = |body: &str| match decode(body, None) {
+            Ok(d) => d.request.inputs,
+            Err(e) => panic!("{body}: {e}"),
+        };
+        // `data` before the header it needs, pretty-printed, or with a key spelled with an escape (which
+        // the walk leaves to serde_json): the same tensors.
+        let want = TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]);
+        for body in [
+            r#"{"inputs": [{"data": [[1, 2], [3, 4]], "name": "x", "shape": [2, 2], "datatype": "FP32"}]}"#,
+            "{\n  \"inputs\": [\n    {\n      \"name\": \"x\",\n      \"shape\": [2, 2],\n      \"datatype\": \"FP32\",\n      \"data\": [\n        [1.0, 2.0],\n        [3.0, 4.0]\n      ]\n    }\n  ]\n}",
+            r#"{"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "d\u0061ta": [1, 2, 3, 4]}]}"#,
+        ] {
+            assert_eq!(ok(body)[0].data, want, "{body}");
+        }
+        let inputs = ok(
+            r#"{"inputs": [{"name": "s", "shape": [1, 2], "datatype": "BYTES", "data": [["a,]\"[", "}"]]},
+            {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [5, 6]}]}"#,
+        );
+        assert_eq!(
+            inputs[0].data,
+            TensorData::Bytes(vec![b"a,]\"[".to_vec(), b"}".to_vec()])
+        );
+        assert_eq!(inputs[1].data, TensorData::Fp32(vec![5.0, 6.0]));
+        // Bad data is the input's fault, named; a request that does not parse is malformed, with
+        // serde_json's position in the request itself.
+        let x = |data: &str| {
+            format!(
+                r#"{{"inputs": [{{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": {data}}}]}}"#
+            )
+        };
+        for (body, needle) in [
+            (x("[1 2]"), "input 'x': FP32 data: expected `,` or `]`"),
+            (x("[1, 01]"), "input 'x': FP32 data: invalid number"),
+            (
+                x(r#"[1, "2"]"#),
+                r#"input 'x': FP32 data: string "2" is not a valid FP32 value"#,
+            ),
+            (
+                x("[1, 2, 3]"),
+                "input 'x': FP32 data: more elements than the shape's 2",
+            ),
+            (x("null"), "input 'x' has no data"),
+            (
+                x("[1, 2"),
+                "malformed inference request: expected `,` or `]` at line 1 column 77",
+            ),
+            (
+                x("[1, 2]}"),
+                "malformed inference request: expected `,` or `]` at line 1 column 79",
+            ),
+            (
+                x(r#"[1, 2], "data": [3, 4]"#),
+                "malformed inference request: duplicate field `data` at line 1 column 85",
+            ),
+            (
+                format!("{} 1", x("[1, 2]")),
+                "trailing characters at line 1 column 82 (binary tensor data needs",
+            ),
+        ] {
+            let err = refused(&body);
+            assert!(err.contains(needle), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -1,67 +1,75 @@
 //! The `data` field of a JSON input: flat or nested arrays, decoded straight into a typed vector without
-//! an intermediate `serde_json::Value` tree. Nested arrays must be rectangular; the element count is
-//! capped by the declared shape, so a lying request cannot make us allocate more than its body holds.
+//! an intermediate `serde_json::Value` tree. Nested arrays must be rectangular, every scalar at the same
+//! depth; the element count is capped by the declared shape, so a lying request cannot make us allocate
+//! more than its body holds. Numbers and booleans go through a hand-written single-pass scanner
+//! ([`scan`]); BYTES (strings, with their escapes) through serde_json.
+
+mod scan;
 
 use std::fmt;
-use std::marker::PhantomData;
 
-use half::f16;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DataType, TensorData};
 
-/// Decodes `raw` as `count` elements of `datatype`.
-pub fn decode(raw: &RawValue, datatype: DataType, count: usize) -> Result<TensorData> {
+/// Decodes `text`, one JSON value (not checked before: this is what checks it), as `count` elements of
+/// `datatype`.
+pub fn decode(text: &str, datatype: DataType, count: usize) -> Result<TensorData> {
     Ok(match datatype {
-        DataType::Bool => TensorData::Bool(flatten(raw, count)?),
-        DataType::Uint8 => TensorData::Uint8(flatten(raw, count)?),
-        DataType::Uint16 => TensorData::Uint16(flatten(raw, count)?),
-        DataType::Uint32 => TensorData::Uint32(flatten(raw, count)?),
-        DataType::Uint64 => TensorData::Uint64(flatten(raw, count)?),
-        DataType::Int8 => TensorData::Int8(flatten(raw, count)?),
-        DataType::Int16 => TensorData::Int16(flatten(raw, count)?),
-        DataType::Int32 => TensorData::Int32(flatten(raw, count)?),
-        DataType::Int64 => TensorData::Int64(flatten(raw, count)?),
-        DataType::Fp16 => TensorData::Fp16(flatten(raw, count)?),
-        DataType::Fp32 => TensorData::Fp32(flatten(raw, count)?),
-        DataType::Fp64 => TensorData::Fp64(flatten(raw, count)?),
-        DataType::Bytes => TensorData::Bytes(flatten(raw, count)?),
+        DataType::Bool => TensorData::Bool(scalars(text, count)?),
+        DataType::Uint8 => TensorData::Uint8(scalars(text, count)?),
+        DataType::Uint16 => TensorData::Uint16(scalars(text, count)?),
+        DataType::Uint32 => TensorData::Uint32(scalars(text, count)?),
+        DataType::Uint64 => TensorData::Uint64(scalars(text, count)?),
+        DataType::Int8 => TensorData::Int8(scalars(text, count)?),
+        DataType::Int16 => TensorData::Int16(scalars(text, count)?),
+        DataType::Int32 => TensorData::Int32(scalars(text, count)?),
+        DataType::Int64 => TensorData::Int64(scalars(text, count)?),
+        DataType::Fp16 => TensorData::Fp16(scalars(text, count)?),
+        DataType::Fp32 => TensorData::Fp32(scalars(text, count)?),
+        DataType::Fp64 => TensorData::Fp64(scalars(text, count)?),
+        DataType::Bytes => TensorData::Bytes(strings(text, count)?),
     })
 }
 
-fn flatten<T: JsonElement>(raw: &RawValue, count: usize) -> Result<Vec<T>> {
+fn scalars<T: scan::Element>(text: &str, count: usize) -> Result<Vec<T>> {
+    let out = scan::scan::<T>(text, count)
+        .map_err(|e| Error::invalid(format!("{} data: {e}", T::KIND)))?;
+    check_count(out.len(), count)?;
+    Ok(out)
+}
+
+fn check_count(got: usize, count: usize) -> Result<()> {
+    if got != count {
+        return Err(Error::invalid(format!(
+            "data has {got} elements, the shape needs {count}"
+        )));
+    }
+    Ok(())
+}
+
+/// BYTES: serde_json reads the strings (and their escapes).
+fn strings(text: &str, count: usize) -> Result<Vec<Vec<u8>>> {
     // The declared count is only a claim: reserve no more than the text can hold, at the fewest bytes an
-    // element takes ("0," for numbers, "\"\"," for strings), so a body that lies about its count costs
-    // what its own size bounds.
-    let fits = raw.get().len() / T::MIN_JSON_BYTES + 1;
+    // element takes (`"",`), so a body that lies about its count costs what its own size bounds.
+    let fits = text.len() / 3 + 1;
     let mut state = State {
         out: Vec::with_capacity(count.min(fits)),
         dims: Vec::new(),
         leaf_depth: None,
         limit: count,
     };
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut de = serde_json::Deserializer::from_str(text);
     Level {
         state: &mut state,
         depth: 0,
-        _t: PhantomData,
     }
     .deserialize(&mut de)
-    .map_err(|e| {
-        Error::invalid(format!(
-            "{} data: {}",
-            T::KIND,
-            strip_position(&e.to_string())
-        ))
-    })?;
-    if state.out.len() != count {
-        return Err(Error::invalid(format!(
-            "data has {} elements, the shape needs {count}",
-            state.out.len()
-        )));
-    }
+    // Nothing checked the text before: bytes after the value are refused here.
+    .and_then(|()| de.end())
+    .map_err(|e| Error::invalid(format!("BYTES data: {}", strip_position(&e.to_string()))))?;
+    check_count(state.out.len(), count)?;
     Ok(state.out)
 }
 
@@ -70,8 +78,8 @@ fn strip_position(msg: &str) -> &str {
     msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
 }
 
-struct State<T> {
-    out: Vec<T>,
+struct State {
+    out: Vec<Vec<u8>>,
     /// Length of the arrays seen at each depth: every array at one depth must have the same length.
     dims: Vec<Option<usize>>,
     /// Depth of the first scalar: every scalar must sit at the same depth.
@@ -79,16 +87,15 @@ struct State<T> {
     limit: usize,
 }
 
-struct Level<'s, T> {
-    state: &'s mut State<T>,
+struct Level<'s> {
+    state: &'s mut State,
     depth: usize,
-    _t: PhantomData<T>,
 }
 
-impl<T: JsonElement> Level<'_, T> {
-    fn leaf<E: de::Error>(self, value: Option<T>, got: fmt::Arguments) -> Result<(), E> {
-        let value = value
-            .ok_or_else(|| E::custom(format_args!("{got} is not a valid {} value", T::KIND)))?;
+impl Level<'_> {
+    fn leaf<E: de::Error>(self, value: Option<Vec<u8>>, got: fmt::Arguments) -> Result<(), E> {
+        let value =
+            value.ok_or_else(|| E::custom(format_args!("{got} is not a valid BYTES value")))?;
         match self.state.leaf_depth {
             None => self.state.leaf_depth = Some(self.depth),
             Some(d) if d != self.depth => {
@@ -109,18 +116,18 @@ impl<T: JsonElement> Level<'_, T> {
     }
 }
 
-impl<'de, T: JsonElement> DeserializeSeed<'de> for Level<'_, T> {
+impl<'de> DeserializeSeed<'de> for Level<'_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
+impl<'de> Visitor<'de> for Level<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} values in flat or nested arrays", T::KIND)
+        write!(f, "BYTES values in flat or nested arrays")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -129,7 +136,6 @@ impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
             .next_element_seed(Level {
                 state: &mut *self.state,
                 depth: self.depth + 1,
-                _t: PhantomData,
             })?
             .is_some()
         {
@@ -153,104 +159,25 @@ impl<'de, T: JsonElement> Visitor<'de> for Level<'_, T> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.leaf(T::from_bool(v), format_args!("boolean {v}"))
+        self.leaf(None, format_args!("boolean {v}"))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.leaf(T::from_u64(v), format_args!("number {v}"))
+        self.leaf(None, format_args!("number {v}"))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.leaf(T::from_i64(v), format_args!("number {v}"))
+        self.leaf(None, format_args!("number {v}"))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.leaf(T::from_f64(v), format_args!("number {v}"))
+        self.leaf(None, format_args!("number {v}"))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        let shown: String = v.chars().take(32).collect();
-        self.leaf(T::from_str(v), format_args!("string {shown:?}"))
+        self.leaf(Some(v.as_bytes().to_vec()), format_args!(""))
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         self.leaf(None, format_args!("null"))
     }
     fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(format_args!(
-            "an object is not a valid {} value",
-            T::KIND
-        )))
-    }
-}
-
-/// How one JSON scalar becomes an element; `None` rejects it.
-trait JsonElement: Sized {
-    const KIND: &'static str;
-    /// The fewest bytes of JSON one element takes, its separator included.
-    const MIN_JSON_BYTES: usize = 2;
-    fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        None
-    }
-    fn from_str(_: &str) -> Option<Self> {
-        None
-    }
-}
-
-impl JsonElement for bool {
-    const KIND: &'static str = "BOOL";
-    fn from_bool(v: bool) -> Option<Self> {
-        Some(v)
-    }
-}
-
-macro_rules! integer_element {
-    ($($t:ty => $kind:literal),*) => {$(
-        impl JsonElement for $t {
-            const KIND: &'static str = $kind;
-            fn from_u64(v: u64) -> Option<Self> {
-                <$t>::try_from(v).ok()
-            }
-            fn from_i64(v: i64) -> Option<Self> {
-                <$t>::try_from(v).ok()
-            }
-            /// Integral floats such as `3.0` are accepted; `3.5` is not.
-            fn from_f64(v: f64) -> Option<Self> {
-                (v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64).then(|| v as $t)
-            }
-        }
-    )*};
-}
-integer_element!(u8 => "UINT8", u16 => "UINT16", u32 => "UINT32", u64 => "UINT64",
-                 i8 => "INT8", i16 => "INT16", i32 => "INT32", i64 => "INT64");
-
-macro_rules! float_element {
-    ($($t:ty => $kind:literal, $conv:expr),*) => {$(
-        impl JsonElement for $t {
-            const KIND: &'static str = $kind;
-            fn from_u64(v: u64) -> Option<Self> {
-                Some($conv(v as f64))
-            }
-            fn from_i64(v: i64) -> Option<Self> {
-                Some($conv(v as f64))
-            }
-            fn from_f64(v: f64) -> Option<Self> {
-                Some($conv(v))
-            }
-        }
-    )*};
-}
-float_element!(f16 => "FP16", f16::from_f64, f32 => "FP32", |v: f64| v as f32, f64 => "FP64", |v: f64| v);
-
-impl JsonElement for Vec<u8> {
-    const MIN_JSON_BYTES: usize = 3;
-    const KIND: &'static str = "BYTES";
-    fn from_str(v: &str) -> Option<Self> {
-        Some(v.as_bytes().to_vec())
+        Err(de::Error::custom("an object is not a valid BYTES value"))
     }
 }
 
@@ -258,26 +185,22 @@ impl JsonElement for Vec<u8> {
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_string()).unwrap()
-    }
-
     #[test]
     fn flat_and_nested_decode_alike() {
-        let flat = decode(&raw("[1, 2.5, 3, 4]"), DataType::Fp32, 4).unwrap();
-        let nested = decode(&raw("[[1, 2.5], [3, 4]]"), DataType::Fp32, 4).unwrap();
+        let flat = decode("[1, 2.5, 3, 4]", DataType::Fp32, 4).unwrap();
+        let nested = decode("[[1, 2.5], [3, 4]]", DataType::Fp32, 4).unwrap();
         assert_eq!(flat, TensorData::Fp32(vec![1.0, 2.5, 3.0, 4.0]));
         assert_eq!(flat, nested);
         assert_eq!(
-            decode(&raw("[true,false]"), DataType::Bool, 2).unwrap(),
+            decode("[true,false]", DataType::Bool, 2).unwrap(),
             TensorData::Bool(vec![true, false])
         );
         assert_eq!(
-            decode(&raw(r#"["a","bc"]"#), DataType::Bytes, 2).unwrap(),
+            decode(r#"["a","bc"]"#, DataType::Bytes, 2).unwrap(),
             TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()])
         );
         assert_eq!(
-            decode(&raw("[-1, 2.0]"), DataType::Int64, 2).unwrap(),
+            decode("[-1, 2.0]", DataType::Int64, 2).unwrap(),
             TensorData::Int64(vec![-1, 2])
         );
     }
@@ -298,20 +221,42 @@ mod tests {
             ("[1]", DataType::Bool, 1, "not a valid BOOL"),
         ];
         for (json, dt, count, needle) in cases {
-            let err = decode(&raw(json), dt, count).unwrap_err().to_string();
+            let err = decode(json, dt, count).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
     }
 
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
-        let bomb = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-        // serde_json's recursion limit stops the walk at depth 128, long before the stack is at risk.
-        let err = decode(&raw(&bomb), DataType::Fp32, 1)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("recursion"), "{err}");
-        let shallow = format!("{}1{}", "[".repeat(100), "]".repeat(100));
-        assert!(decode(&raw(&shallow), DataType::Fp32, 1).is_ok());
+        // The scanner keeps its depth in a vector and stops at 128; serde_json (BYTES) has the same
+        // recursion limit, long before the stack is at risk.
+        for (element, dt) in [("1", DataType::Fp32), (r#""a""#, DataType::Bytes)] {
+            let bomb = format!("{}{element}{}", "[".repeat(100_000), "]".repeat(100_000));
+            let err = decode(&bomb, dt, 1).unwrap_err().to_string();
+            assert!(err.contains("recursion"), "{err}");
+            let shallow = format!("{}{element}{}", "[".repeat(100), "]".repeat(100));
+            assert!(decode(&shallow, dt, 1).is_ok());
+        }
+    }
+
+    #[test]
+    fn messages_name_the_type_and_the_reason() {
+        let err = |json: &str, dt, count| decode(json, dt, count).unwrap_err().to_string();
+        assert_eq!(
+            err("[1, 2 3]", DataType::Fp32, 3),
+            "FP32 data: expected `,` or `]`"
+        );
+        assert_eq!(
+            err("[1, 2]", DataType::Int8, 3),
+            "data has 2 elements, the shape needs 3"
+        );
+        assert_eq!(
+            err(r#"["a"] x"#, DataType::Bytes, 1),
+            "BYTES data: trailing characters"
+        );
+        assert_eq!(
+            err("[300]", DataType::Uint8, 1),
+            "UINT8 data: number 300 is not a valid UINT8 value"
+        );
     }
 }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod codec;
 pub mod compression;
+mod data_spans;
 pub mod json_data;
 pub mod metadata;
 mod raw;
