@@ -636,6 +636,33 @@ mod grpc {
     }
 
     #[tokio::test]
+    async fn responses_are_compressed_only_when_their_request_was() {
+        use tonic::codec::CompressionEncoding::{Deflate, Gzip};
+        let s = TestServer::start(&example_models()).await;
+        let coding = |r: &tonic::Response<pb::ModelInferResponse>| {
+            r.metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        // Accepting gzip, as every gRPC library says it does, but sending plain.
+        let mut plain = client(&s).await.accept_compressed(Gzip);
+        let reply = plain.model_infer(request(1)).await.unwrap();
+        assert_eq!(coding(&reply), None);
+        assert_eq!(reply.get_ref().raw_output_contents.len(), 2);
+        for (encoding, name) in [(Gzip, "gzip"), (Deflate, "deflate")] {
+            let mut compressed = client(&s)
+                .await
+                .send_compressed(encoding)
+                .accept_compressed(Gzip)
+                .accept_compressed(Deflate);
+            let reply = compressed.model_infer(request(1)).await.unwrap();
+            assert_eq!(coding(&reply).as_deref(), Some(name));
+            assert_eq!(reply.get_ref().raw_output_contents.len(), 2);
+        }
+        s.server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn inflight_budget_over_grpc() {
         let mut config = ServeConfig::local(example_models());
         config.limits.max_inflight_bytes = 64 * 1024;

@@ -43,8 +43,8 @@ pub struct GrpcState {
 }
 
 /// The tonic service with gzip and deflate both ways (what tritonclient.grpc's `compression_algorithm`
-/// sends; a response takes the first of them the client's `grpc-accept-encoding` lists) and the
-/// configured message size limit. ModelInfer and ModelStreamInfer are served by
+/// sends; a response is compressed only when its request was, see `convert::guard`) and the configured
+/// message size limit. ModelInfer and ModelStreamInfer are served by
 /// `convert::guard::grpc`, with the same codings.
 pub fn service(
     state: GrpcState,

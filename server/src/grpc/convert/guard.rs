@@ -93,8 +93,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let (state, max) = (self.state.clone(), self.max_message_bytes);
+        mirror_request_coding(request.headers_mut());
         match request.uri().path() {
             "/inference.GRPCInferenceService/ModelInfer" => {
                 // The span starts as the call arrives, before its message is read.
@@ -109,6 +110,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
                 Box::pin(async move { Ok(streaming(state, max, request).await) })
             }
             _ => tower::Service::call(&mut self.inner, request),
+        }
+    }
+}
+
+/// Responses are compressed only when the request was, with the request's coding. Every gRPC client
+/// library lists gzip and deflate in `grpc-accept-encoding` whether or not it compresses, and tonic
+/// compresses a response with the first coding listed that it can send: deflating a few hundred bytes
+/// costs more than sending them, and Triton does not compress responses unless configured to. The
+/// request's `grpc-encoding` (validated by tonic: one it cannot read gets UNIMPLEMENTED) becomes the only
+/// coding the response may use.
+fn mirror_request_coding(headers: &mut http::HeaderMap) {
+    const ACCEPT: &str = "grpc-accept-encoding";
+    match headers.get("grpc-encoding").cloned() {
+        Some(coding) if coding != "identity" => {
+            headers.insert(ACCEPT, coding);
+        }
+        _ => {
+            headers.remove(ACCEPT);
         }
     }
 }
