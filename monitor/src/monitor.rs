@@ -37,6 +37,42 @@ struct Inner {
     evictions: HashMap<String, Arc<Evictions>>,
 }
 
+impl Inner {
+    /// Counts `rows` rows of one (model, version) with `ingest` into that version's state. Rows the
+    /// window refuses, and all rows of a version or model not monitored here, are counted as ignored
+    /// by reason (see [`Monitor::ingest`]).
+    fn ingest_rows(
+        &mut self,
+        metrics: &Metrics,
+        model: &str,
+        version: u64,
+        rows: usize,
+        ingest: impl FnOnce(&mut VersionState, &mut FeedbackStore) -> (u64, u64),
+    ) {
+        let rows = rows as u64;
+        let state = self.models.get_mut(model).and_then(|v| v.get_mut(&version));
+        let (label, ignored) = match state {
+            Some(state) => {
+                let (late, future) = ingest(state, &mut self.store);
+                (model, [("late", late), ("future", future)])
+            }
+            // A model ever monitored here has a bounded name: it came with a version spec.
+            None if self.evictions.contains_key(model) => {
+                (model, [("unknown_version", rows), ("future", 0)])
+            }
+            None => (UNKNOWN_MODEL, [("unknown_model", rows), ("future", 0)]),
+        };
+        for (reason, count) in ignored {
+            if count > 0 {
+                metrics
+                    .records_ignored
+                    .with_label_values(&[label, reason])
+                    .inc_by(count);
+            }
+        }
+    }
+}
+
 impl Monitor {
     /// Registers the monitor's metrics in `registry` (once per registry); `alerts` receives rule
     /// transitions.
@@ -112,12 +148,7 @@ impl Monitor {
     /// `unknown_version`, `late`, `future`); those of a model never monitored here under the one
     /// label `model="_unknown"`, reason `unknown_model`.
     pub fn ingest(&self, records: &[PredictionRecord]) {
-        let mut guard = self.lock();
-        let Inner {
-            models,
-            store,
-            evictions,
-        } = &mut *guard;
+        let mut inner = self.lock();
         let mut rest = records;
         while let Some(first) = rest.first() {
             let run = rest
@@ -126,67 +157,28 @@ impl Monitor {
                 .unwrap_or(rest.len());
             let (batch, tail) = rest.split_at(run);
             rest = tail;
-            let state = models
-                .get_mut(first.model.as_str())
-                .and_then(|v| v.get_mut(&first.version));
-            let mut label = first.model.as_str();
-            let ignored = match state {
-                Some(state) => {
-                    let (late, future) = state.ingest(batch, store);
-                    [("late", late), ("future", future)]
-                }
-                // A model ever monitored here has a bounded name: it came with a version spec.
-                None if evictions.contains_key(label) => {
-                    [("unknown_version", batch.len() as u64), ("future", 0)]
-                }
-                None => {
-                    label = UNKNOWN_MODEL;
-                    [("unknown_model", batch.len() as u64), ("future", 0)]
-                }
-            };
-            for (reason, count) in ignored {
-                if count > 0 {
-                    self.metrics
-                        .records_ignored
-                        .with_label_values(&[label, reason])
-                        .inc_by(count);
-                }
-            }
+            inner.ingest_rows(
+                &self.metrics,
+                &first.model,
+                first.version,
+                batch.len(),
+                |state, store| state.ingest(batch, store),
+            );
         }
     }
 
     /// Counts requests' logged rows into their version's window, as [`Monitor::ingest`] counts
     /// the same rows as records (ignored rows counted alike), column by column from the tensors.
     pub fn ingest_batches(&self, batches: &[RowBatch<'_>]) {
-        let mut guard = self.lock();
-        let Inner {
-            models,
-            store,
-            evictions,
-        } = &mut *guard;
+        let mut inner = self.lock();
         for batch in batches {
-            let state = models
-                .get_mut(batch.model)
-                .and_then(|v| v.get_mut(&batch.version));
-            let n = batch.len() as u64;
-            let (label, ignored) = match state {
-                Some(state) => {
-                    let (late, future) = state.ingest_batch(batch, store);
-                    (batch.model, [("late", late), ("future", future)])
-                }
-                None if evictions.contains_key(batch.model) => {
-                    (batch.model, [("unknown_version", n), ("future", 0)])
-                }
-                None => (UNKNOWN_MODEL, [("unknown_model", n), ("future", 0)]),
-            };
-            for (reason, count) in ignored {
-                if count > 0 {
-                    self.metrics
-                        .records_ignored
-                        .with_label_values(&[label, reason])
-                        .inc_by(count);
-                }
-            }
+            inner.ingest_rows(
+                &self.metrics,
+                batch.model,
+                batch.version,
+                batch.len(),
+                |state, store| state.ingest_batch(batch, store),
+            );
         }
     }
 

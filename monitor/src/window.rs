@@ -177,7 +177,7 @@ impl DriftWindow {
     }
 
     /// Counts one value of the row placed in `slot` into bin `bin` (an index below `stride`).
-    #[inline]
+    #[cfg(test)]
     pub fn add(&mut self, slot: usize, bin: usize) {
         self.counts[slot * self.stride + bin] += 1;
     }
@@ -186,16 +186,6 @@ impl DriftWindow {
     #[cfg(test)]
     pub fn add_sum(&mut self, slot: usize, index: usize, x: f64) {
         self.sums[slot * self.sum_stride + index] += x;
-    }
-
-    /// Adds `a` to sum `index` and `b` to sum `index + 1` of the row placed in `slot`.
-    #[inline]
-    pub fn add_pair(&mut self, slot: usize, index: usize, a: f64, b: f64) {
-        let start = slot * self.sum_stride + index;
-        if let [x, y, ..] = &mut self.sums[start..] {
-            *x += a;
-            *y += b;
-        }
     }
 
     /// Sum `index` over the whole window (bucket by bucket, oldest slot first).
