@@ -176,11 +176,13 @@ impl Scheduler {
     ) -> Result<Executed> {
         let mut inputs = inputs;
         // The version's only request in flight: it would run alone on an idle instance anyway. With
-        // company it takes the queue, where concurrent requests share one backend call.
+        // company (now or as a rule lately) it takes the queue, where concurrent requests share one
+        // backend call.
         if !warmup
             && let Some(direct) = self.direct.get()
-            && self.metrics.inflight.get() <= 1
-            && self.waiting.load(Ordering::Acquire) == 0
+            && direct.arrived(
+                self.metrics.inflight.get() <= 1 && self.waiting.load(Ordering::Acquire) == 0,
+            )
         {
             match direct.try_run(inputs, rows) {
                 Ok(done) => return done,
