@@ -219,8 +219,8 @@ async fn a_full_queue_answers_429_at_once() {
     s.server.shutdown().await.unwrap();
 }
 
-/// While an instance is busy with a long batch, a request with a short timeout is answered with a timeout
-/// error, and is never computed: the statistics count only the long batch.
+/// While an instance is busy with long batches, a request with a short timeout is answered with a timeout
+/// error, and is never computed: the statistics count only the long batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_abandoned_requests_never_reach_the_backend() {
     let model = slow_mlp();
@@ -231,23 +231,30 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
             (
                 "mlp-default",
                 &model,
-                "[dynamic_batching]\ndefault_timeout_us = 20000\n",
+                "[dynamic_batching]\ndefault_timeout_us = 5000\n",
             ),
         ],
     );
     let s = TestServer::start(&repo.root).await;
     for (model, params) in [
-        ("mlp", json!({ "timeout": 20000 })),
+        ("mlp", json!({ "timeout": 5000 })),
         ("mlp-default", Value::Null),
     ] {
-        // Two full batches keep the single instance busy for a few hundred milliseconds; their own long
-        // timeout overrides the model's default.
-        let blockers: Vec<_> = (0..2)
+        // Three full batches (their own long timeout overrides the model's default); the requests below
+        // go in once one computes and another waits, so at least a whole batch (tens of milliseconds
+        // here) stands before them: a full batch takes no company, so neither is claimed before then.
+        let blockers: Vec<_> = (0..3)
             .map(|_| spawn_mlp(&s, model, 1024, json!({ "timeout": 60_000_000 })))
             .collect();
-        let inflight = format!("keel_inflight_requests{{model=\"{model}\",version=\"1\"}}");
-        while metric(&scrape(&s).await, &inflight) < 2.0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let series = format!("{{model=\"{model}\",version=\"1\"}}");
+        loop {
+            let text = scrape(&s).await;
+            if metric(&text, &format!("keel_inflight_requests{series}")) >= 3.0
+                && metric(&text, &format!("keel_queue_depth{series}")) >= 1.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let (status, err) = post_mlp(&s, model, 1, params.clone()).await;
         assert_eq!(status, 503, "{err}");
@@ -263,7 +270,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
             .post(s.url(&format!("/v2/models/{model}/infer")))
             .header("Inference-Header-Content-Length", json_len)
             .body(body)
-            .timeout(Duration::from_millis(20))
+            .timeout(Duration::from_millis(10))
             .send()
             .await;
         assert!(abandoned.is_err(), "the client timed out");
@@ -273,10 +280,10 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let st = stats(&s, model).await;
         assert_eq!(
-            st["inference_count"], 2048,
+            st["inference_count"], 3072,
             "{model}: only the blockers ran: {st}"
         );
-        assert_eq!(st["execution_count"], 2, "{model}: {st}");
+        assert_eq!(st["execution_count"], 3, "{model}: {st}");
         let text = scrape(&s).await;
         let labels = |outcome: &str| {
             format!(
@@ -285,7 +292,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         };
         assert_eq!(metric(&text, &labels("timeout")), 1.0, "{model}");
         assert_eq!(metric(&text, &labels("cancelled")), 1.0, "{model}");
-        assert_eq!(metric(&text, &labels("success")), 2.0, "{model}");
+        assert_eq!(metric(&text, &labels("success")), 3.0, "{model}");
     }
     s.server.shutdown().await.unwrap();
 }
