@@ -15,14 +15,22 @@
 //! end, a request often finds the others just answered and would run directly too, and the version
 //! would serve batches of one (measured: 12% fewer requests/s at 32 connections than with the queue).
 //! So a request runs directly only while recent requests have mostly arrived alone ([`Crowd`]).
+//!
+//! Under load the same versions are relayed ([`Direct::lead`]): a request joins the queue, then, if an
+//! instance is idle, computes the queued requests itself, in batches as an instance thread would form
+//! them, and answers the others. The instance threads wait on a doorbell rather than on the queue, so no
+//! request wakes one; one is rung only when no request could take the work (a request too large to
+//! compute on an async worker, a model not known to be cheap yet, or a relaying request that has
+//! computed [`LEAD_BATCHES`] batches for others and leaves the rest). A request that finds every session
+//! taken leaves its work to their holders: each looks at the queue again after giving its session back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::instance::{self, InstanceSpec, Session};
-use crate::scheduler::Executed;
+use crate::scheduler::{BatchSource, Executed, Now, Pending, Queue};
 use crate::tensor::Tensor;
 
 /// The longest a direct run may be expected to take, by default: about what decoding a 16 KiB JSON body
@@ -30,6 +38,15 @@ use crate::tensor::Tensor;
 pub const DEFAULT_MAX_US: u64 = 50;
 /// The most `direct_run_max_us` may allow: a second on an async worker is already far too long.
 pub const LIMIT_MAX_US: u64 = 1_000_000;
+/// How many batches a relaying request computes before it returns to its own connection, leaving what
+/// is still queued to the next request or, rung, an instance thread.
+pub const LEAD_BATCHES: usize = 4;
+
+/// Whether a version's queue is relayed by its requests: it runs direct runs and never waits to form
+/// batches.
+pub fn relayed(config: &crate::model_toml::DynamicBatching) -> bool {
+    config.max_queue_delay_us == 0 && config.direct_run_max_us > 0
+}
 
 /// A version's compute cost per row, learnt from its executed batches. A first run is often slow (ONNX
 /// Runtime sizes its buffers then), so warm-up runs teach nothing, and the estimate comes down fast (half
@@ -65,6 +82,16 @@ impl Cost {
         self.nanos_per_row.store(new, Ordering::Relaxed);
     }
 
+    /// The most rows expected to compute within `max`; 0 before the first batch.
+    pub fn rows_within(&self, max: Duration) -> usize {
+        match self.nanos_per_row.load(Ordering::Relaxed) {
+            UNKNOWN => 0,
+            per_row => {
+                usize::try_from(max.as_nanos() / u128::from(per_row.max(1))).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
     /// The expected compute time of `rows` rows; `None` before the first batch.
     pub fn estimate(&self, rows: usize) -> Option<Duration> {
         let per_row = self.nanos_per_row.load(Ordering::Relaxed);
@@ -94,24 +121,85 @@ impl Crowd {
     }
 }
 
-/// The sessions of a version's instances, lent to lone requests.
+/// The sessions of a version's instances, lent to lone requests and to requests relaying the queue.
 pub struct Direct {
     sessions: Vec<Session>,
     spec: Arc<InstanceSpec>,
     max: Duration,
     crowd: Crowd,
+    queue: crossbeam_channel::Receiver<Pending>,
 }
 
 impl Direct {
     /// `None` when the version waits to form batches (`max_queue_delay`), which a request must not skip,
     /// or when direct runs are off (`max_us` 0).
-    pub fn new(sessions: Vec<Session>, spec: Arc<InstanceSpec>, max_us: u64) -> Option<Direct> {
+    pub fn new(
+        sessions: Vec<Session>,
+        spec: Arc<InstanceSpec>,
+        max_us: u64,
+        queue: crossbeam_channel::Receiver<Pending>,
+    ) -> Option<Direct> {
         (spec.policy.max_queue_delay.is_zero() && max_us > 0).then(|| Direct {
             sessions,
             spec,
             max: Duration::from_micros(max_us),
             crowd: Crowd::default(),
+            queue,
         })
+    }
+
+    /// Whether requests are queued (read after a session was given back; see [`Direct::lead`]).
+    pub fn pending(&self) -> bool {
+        fence(Ordering::SeqCst);
+        !self.queue.is_empty()
+    }
+
+    /// Computes queued requests on an idle instance's session, on this thread, `rows` being the caller's
+    /// own request, already queued. False when an instance thread must take over (the caller rings): the
+    /// model is not known to be cheap enough, a queued request is too large, or work is left after
+    /// [`LEAD_BATCHES`] batches. True when nothing is left, or when every session was taken: each holder
+    /// looks at the queue again once it gives its session back, so the work is not stranded.
+    pub fn lead(&self, rows: usize, requeue: &crossbeam_channel::Sender<Pending>) -> bool {
+        let max_rows = self.spec.cost.rows_within(self.max);
+        if max_rows == 0 || rows > max_rows {
+            return false;
+        }
+        let queue = Queue {
+            pending: self.queue.clone(),
+            bell: None,
+        };
+        let mut source =
+            BatchSource::new(queue, self.spec.policy.clone(), self.spec.metrics.clone());
+        let mut batches = 0;
+        loop {
+            // Pairs with the holders' fence after they give a session back: either this sees the
+            // session free, or the holder sees this request queued.
+            fence(Ordering::SeqCst);
+            let Some(mut guard) = self.sessions.iter().find_map(|s| s.try_lock().ok()) else {
+                return true;
+            };
+            let Some(backend) = guard.as_mut() else {
+                return false;
+            };
+            loop {
+                match source.next_batch_now(max_rows, requeue) {
+                    Now::Batch(batch) => {
+                        instance::compute(backend.as_mut(), batch, &self.spec);
+                        batches += 1;
+                    }
+                    Now::Empty => break,
+                    Now::TooLarge => return false,
+                }
+                if batches >= LEAD_BATCHES && !source.carrying() {
+                    drop(guard);
+                    return source.is_empty();
+                }
+            }
+            drop(guard);
+            if source.is_empty() {
+                return true;
+            }
+        }
     }
 
     /// Counts a request's arrival (`alone`: the version's only one in flight, none queued); true when it

@@ -18,7 +18,7 @@ use crate::batch;
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::ModelToml;
-use crate::scheduler::{BatchPolicy, BatchSource, Executed, Pending};
+use crate::scheduler::{BatchPolicy, BatchSource, Executed, Pending, Queue};
 use crate::signature::Signature;
 use crate::stats::{Phases, Stats};
 use crate::tensor::Tensor;
@@ -53,12 +53,16 @@ pub struct InstanceSpec {
 pub async fn start(
     spec: Arc<InstanceSpec>,
     count: usize,
-    queue: crossbeam_channel::Receiver<Pending>,
+    queue: Queue,
 ) -> Result<Vec<Session>, String> {
     let mut loads = Vec::with_capacity(count);
     for i in 0..count {
         let (loaded_tx, loaded) = oneshot::channel();
-        let (spec, queue) = (spec.clone(), queue.clone());
+        let spec = spec.clone();
+        let queue = Queue {
+            pending: queue.pending.clone(),
+            bell: queue.bell.clone(),
+        };
         thread::Builder::new()
             .name(format!("keel-{}-{i}", spec.label))
             .spawn(move || {
@@ -93,43 +97,48 @@ pub async fn start(
 
 fn serve(session: &Session, mut source: BatchSource, spec: &InstanceSpec) {
     while let Some(batch) = source.next_batch() {
-        let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
-        let warmup = batch.iter().all(|p| p.warmup);
-        let mut inputs = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
         let mut guard = lock(session);
-        let started = Instant::now();
-        for p in batch {
-            waiting.push((p.reply, started - p.enqueued));
-            inputs.push(p.inputs);
-        }
         let Some(backend) = guard.as_mut() else {
             return;
         };
-        let result = execute(backend.as_mut(), inputs, &rows);
-        drop(guard);
-        let compute = started.elapsed();
-        let total_rows: usize = rows.iter().sum();
-        spec.record(compute, total_rows, warmup);
-        match result {
-            Ok((outputs, phases)) => {
-                let batch_requests = waiting.len();
-                for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(Executed {
-                        outputs,
-                        queue,
-                        phases,
-                        started,
-                        compute,
-                        batch_rows: total_rows,
-                        batch_requests,
-                    }));
-                }
+        compute(backend.as_mut(), batch, spec);
+    }
+}
+
+/// Computes a batch of claimed requests and answers each, on the caller's thread (an instance thread, or
+/// a request relaying the queue) while it holds the session.
+pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSpec) {
+    let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+    let warmup = batch.iter().all(|p| p.warmup);
+    let mut inputs = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    let started = Instant::now();
+    for p in batch {
+        waiting.push((p.reply, started - p.enqueued));
+        inputs.push(p.inputs);
+    }
+    let result = execute(backend, inputs, &rows);
+    let compute = started.elapsed();
+    let total_rows: usize = rows.iter().sum();
+    spec.record(compute, total_rows, warmup);
+    match result {
+        Ok((outputs, phases)) => {
+            let batch_requests = waiting.len();
+            for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {
+                let _ = reply.send(Ok(Executed {
+                    outputs,
+                    queue,
+                    phases,
+                    started,
+                    compute,
+                    batch_rows: total_rows,
+                    batch_requests,
+                }));
             }
-            Err(e) => {
-                for (reply, _) in waiting {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

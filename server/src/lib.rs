@@ -11,6 +11,7 @@ pub mod budget;
 pub mod check;
 pub mod config;
 pub mod direct;
+pub mod doorbell;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -1,8 +1,12 @@
 //! The per model version scheduler: one bounded queue that every instance of the version pulls batches
 //! from. Submitting never blocks: a full queue is refused at once (429 / RESOURCE_EXHAUSTED), and a
 //! request's timeout is enforced while it waits, so an expired request never reaches the backend.
+//!
+//! For a model that computes in microseconds the queue is relayed ([`crate::direct`]): the request that
+//! finds an instance idle computes what is queued itself, and the instance threads wait on a doorbell
+//! rung only when no request could take the work, instead of being woken by every request.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::batch;
 use crate::direct::Direct;
+use crate::doorbell::{Doorbell, Woken};
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
@@ -113,9 +118,18 @@ pub struct BatchPolicy {
     pub preferred_batch_sizes: Vec<usize>,
 }
 
+/// The receiving ends the instances share: the queue, and in a relayed version the doorbell the instance
+/// threads wait on instead of the queue (a thread blocked on the queue would be woken by every request).
+pub struct Queue {
+    pub pending: Receiver<Pending>,
+    pub bell: Option<Arc<Doorbell>>,
+}
+
 /// The submitting side, held by the served version.
 pub struct Scheduler {
     queue: Sender<Pending>,
+    /// Rung when queued work needs an instance thread (relayed versions only; see [`Queue`]).
+    bell: Option<Arc<Doorbell>>,
     /// Accepted requests not executing yet (see [`Slot`]), at most `max_queue_size`.
     waiting: Arc<AtomicUsize>,
     max_queue_size: usize,
@@ -126,25 +140,24 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// The queue and the receiving end the instances share.
-    pub fn new(
-        config: &DynamicBatching,
-        metrics: Arc<VersionMetrics>,
-    ) -> (Self, Receiver<Pending>) {
+    /// The queue and the receiving ends the instances share.
+    pub fn new(config: &DynamicBatching, metrics: Arc<VersionMetrics>) -> (Self, Queue) {
         let max_queue_size = config.max_queue_size.max(1);
         let (queue, rx) = crossbeam_channel::bounded(max_queue_size);
+        let bell = crate::direct::relayed(config).then(Arc::<Doorbell>::default);
         let default_timeout = (config.default_timeout_us > 0)
             .then(|| Duration::from_micros(config.default_timeout_us));
         (
             Scheduler {
                 queue,
+                bell: bell.clone(),
                 waiting: Arc::new(AtomicUsize::new(0)),
                 max_queue_size,
                 default_timeout,
                 metrics,
                 direct: OnceLock::new(),
             },
-            rx,
+            Queue { pending: rx, bell },
         )
     }
 
@@ -155,6 +168,22 @@ impl Scheduler {
         timeout: Option<Duration>,
     ) -> Result<Executed> {
         self.enqueue(inputs, rows, timeout, false).await
+    }
+
+    /// Relayed versions: computes the queue here if an instance is idle and the model is cheap enough
+    /// (`rows`: the caller's own request), else has an instance thread take it.
+    fn relay(&self, rows: usize) {
+        match self.direct.get() {
+            Some(direct) if direct.lead(rows, &self.queue) => {}
+            _ => self.ring(),
+        }
+    }
+
+    /// Has an instance thread drain the queue (relayed versions; the others' threads wait on the queue).
+    pub(crate) fn ring(&self) {
+        if let Some(bell) = &self.bell {
+            bell.ring();
+        }
     }
 
     /// Lets lone requests run on idle instances from now on.
@@ -185,7 +214,13 @@ impl Scheduler {
             )
         {
             match direct.try_run(inputs, rows) {
-                Ok(done) => return done,
+                Ok(done) => {
+                    // Requests that came meanwhile found the session taken and left the queue to it.
+                    if direct.pending() {
+                        self.relay(0);
+                    }
+                    return done;
+                }
                 Err(back) => inputs = back,
             }
         }
@@ -220,6 +255,13 @@ impl Scheduler {
                 ));
             }
         }
+        if warmup || self.direct.get().is_none() {
+            self.ring();
+        } else {
+            // Let this worker's other ready requests queue first: they join the batch computed next.
+            tokio::task::yield_now().await;
+            self.relay(rows);
+        }
         let stopped = || Error::Unavailable("the model instance stopped during inference".into());
         let Some(limit) = timeout else {
             return answer.await.map_err(|_| stopped())?;
@@ -245,26 +287,82 @@ impl Scheduler {
     }
 }
 
+/// The instance threads of a relayed version sleep on the bell, not on the queue: closing it is how they
+/// learn that the version is gone.
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Some(bell) = &self.bell {
+            bell.close();
+        }
+    }
+}
+
 /// The pulling side: each instance thread owns one, with the request it could not fit last time.
 pub struct BatchSource {
     queue: Receiver<Pending>,
+    bell: Option<Arc<Doorbell>>,
     policy: BatchPolicy,
     carry: Option<Pending>,
     metrics: Arc<VersionMetrics>,
 }
 
+/// What a request relaying the queue found in it ([`BatchSource::next_batch_now`]).
+pub enum Now {
+    Batch(Vec<Pending>),
+    /// Nothing left to claim.
+    Empty,
+    /// A request larger than the caller may compute, left queued for an instance thread.
+    TooLarge,
+}
+
 impl BatchSource {
-    pub fn new(
-        queue: Receiver<Pending>,
-        policy: BatchPolicy,
-        metrics: Arc<VersionMetrics>,
-    ) -> Self {
+    pub fn new(queue: Queue, policy: BatchPolicy, metrics: Arc<VersionMetrics>) -> Self {
         BatchSource {
-            queue,
+            queue: queue.pending,
+            bell: queue.bell,
             policy,
             carry: None,
             metrics,
         }
+    }
+
+    /// Whether nothing is queued or carried. Read after giving a session back: a request that found every
+    /// session taken left its work to their holders, and each looks again (see [`crate::direct`]).
+    pub fn is_empty(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.carry.is_none() && self.queue.is_empty()
+    }
+
+    /// Whether a request claimed for the next batch waits here.
+    pub fn carrying(&self) -> bool {
+        self.carry.is_some()
+    }
+
+    /// The next batch of what is queued now, without waiting, none of its requests above `max_rows` rows
+    /// (a request relaying the queue computes on an async worker). A larger request goes back to the
+    /// queue unclaimed, its timeout still running, for an instance thread.
+    pub fn next_batch_now(&mut self, max_rows: usize, requeue: &Sender<Pending>) -> Now {
+        let first = match self.carry.take() {
+            Some(p) => p,
+            None => loop {
+                let p = match self.queue.try_recv() {
+                    Ok(p) => self.take(p),
+                    Err(_) => return Now::Empty,
+                };
+                let p = if p.rows > max_rows {
+                    match self.set_aside(p, requeue) {
+                        Some(p) => p,
+                        None => return Now::TooLarge,
+                    }
+                } else {
+                    p
+                };
+                if p.claim(Instant::now()) {
+                    break p;
+                }
+            },
+        };
+        Now::Batch(self.fill(first, max_rows, Some(requeue)))
     }
 
     /// Blocks for the next request, then gathers what else fits in its batch. `None` once the queue is
@@ -275,46 +373,111 @@ impl BatchSource {
         let first = match self.carry.take() {
             Some(p) => p,
             None => loop {
-                let p = match self.queue.recv_timeout(IDLE) {
-                    Ok(p) => p,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                    // Idle for a while: hand back what the last burst left in this thread's heap.
-                    Err(RecvTimeoutError::Timeout) => {
-                        crate::alloc::idle();
-                        self.queue.recv().ok()?
-                    }
-                };
+                let p = self.wait()?;
                 let p = self.take(p);
                 if p.claim(Instant::now()) {
                     break p;
                 }
             },
         };
+        let batch = self.fill(first, usize::MAX, None);
+        // More than this batch is queued: a sleeping sibling takes it meanwhile, as a thread blocked on
+        // the queue would have been woken for it.
+        if let Some(bell) = &self.bell
+            && !self.queue.is_empty()
+        {
+            bell.ring();
+        }
+        Some(batch)
+    }
+
+    /// The next queued request, waiting for one; `None` once the queue is closed and drained.
+    fn wait(&self) -> Option<Pending> {
+        let Some(bell) = &self.bell else {
+            return match self.queue.recv_timeout(IDLE) {
+                Ok(p) => Some(p),
+                Err(RecvTimeoutError::Disconnected) => None,
+                // Idle for a while: hand back what the last burst left in this thread's heap.
+                Err(RecvTimeoutError::Timeout) => {
+                    crate::alloc::idle();
+                    self.queue.recv().ok()
+                }
+            };
+        };
+        let mut closed = false;
+        loop {
+            // A request that found this thread's session taken left its work to it: the fence makes
+            // this look see it (the request fences between queueing and trying the sessions).
+            fence(Ordering::SeqCst);
+            match self.queue.try_recv() {
+                Ok(p) => return Some(p),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if closed => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            // The scheduler rings after queueing what no request computes, and closes the bell when it
+            // goes: nothing can be queued after that, so what is queued then is the last.
+            match bell.wait(IDLE, || !self.queue.is_empty()) {
+                Woken::Work => {}
+                Woken::Idle => crate::alloc::idle(),
+                Woken::Closed => closed = true,
+            }
+        }
+    }
+
+    /// Puts a queued request, unclaimed, at the back of the queue for an instance thread; gives it back
+    /// when the queue filled up meanwhile (computing it here then beats refusing it).
+    fn set_aside(&mut self, p: Pending, requeue: &Sender<Pending>) -> Option<Pending> {
+        match requeue.try_send(p) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                None
+            }
+            Err(e) => Some(e.into_inner()),
+        }
+    }
+
+    /// Gathers what else fits in `first`'s batch, at most `max_rows` rows. A request relaying the queue
+    /// (`requeue`) sets aside one larger than `max_rows` instead of carrying it to its next batch.
+    fn fill(
+        &mut self,
+        first: Pending,
+        max_rows: usize,
+        requeue: Option<&Sender<Pending>>,
+    ) -> Vec<Pending> {
+        let max_rows = max_rows.min(self.policy.max_batch_size);
         let mut rows = first.rows;
         let mut batch = vec![first];
         if self.policy.max_batch_size == 0 {
             batch[0].slot.release();
-            return Some(batch);
+            return batch;
         }
         let wait_until = batch[0].enqueued + self.policy.max_queue_delay;
-        while rows < self.policy.max_batch_size
-            && !self.policy.preferred_batch_sizes.contains(&rows)
-        {
+        while rows < max_rows && !self.policy.preferred_batch_sizes.contains(&rows) {
             let next = match self.queue.try_recv() {
                 Ok(p) => p,
                 Err(TryRecvError::Disconnected) => break,
+                // Not waiting at all is not a wait with a past deadline: crossbeam spins and yields
+                // the thread before it looks at the deadline.
+                Err(TryRecvError::Empty) if Instant::now() >= wait_until => break,
                 Err(TryRecvError::Empty) => match self.queue.recv_deadline(wait_until) {
                     Ok(p) => p,
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 },
             };
-            let next = self.take(next);
+            let mut next = self.take(next);
+            if next.rows > max_rows
+                && let Some(requeue) = requeue
+            {
+                match self.set_aside(next, requeue) {
+                    Some(back) => next = back,
+                    None => break,
+                }
+            }
             if !next.claim(Instant::now()) {
                 continue;
             }
-            if rows + next.rows > self.policy.max_batch_size
-                || !batch::compatible(&batch[0].inputs, &next.inputs)
-            {
+            if rows + next.rows > max_rows || !batch::compatible(&batch[0].inputs, &next.inputs) {
                 self.carry = Some(next);
                 break;
             }
@@ -325,7 +488,7 @@ impl BatchSource {
         for p in &batch {
             p.slot.release();
         }
-        Some(batch)
+        batch
     }
 
     fn take(&self, p: Pending) -> Pending {
@@ -348,7 +511,7 @@ mod tests {
         }]
     }
 
-    fn scheduler(config: &DynamicBatching) -> (Scheduler, Receiver<Pending>, Arc<VersionMetrics>) {
+    fn scheduler(config: &DynamicBatching) -> (Scheduler, Queue, Arc<VersionMetrics>) {
         let metrics = Arc::new(Metrics::new().version("m", 1, "tract"));
         let (s, rx) = Scheduler::new(config, metrics.clone());
         (s, rx, metrics)
@@ -461,6 +624,54 @@ mod tests {
         );
         // The batch was dropped without an answer (no instance ran it): the first request hears so.
         assert!(first.await.unwrap().is_err());
+    }
+
+    /// A request relaying the queue takes batches of what is there without waiting, up to the rows it may
+    /// compute; a larger request goes back to the queue unclaimed (its timeout still runs) for an
+    /// instance thread.
+    #[test]
+    fn relaying_takes_what_fits_and_leaves_larger_requests_queued() {
+        let config = DynamicBatching {
+            max_queue_size: 16,
+            ..DynamicBatching::default()
+        };
+        let (s, queue, metrics) = scheduler(&config);
+        assert!(queue.bell.is_some(), "no max_queue_delay: relayed");
+        let mut answers = Vec::new();
+        for rows in [2, 3, 9, 1] {
+            let (p, answer) = pending(rows, 2);
+            s.queue.try_send(p).unwrap();
+            metrics.queue_depth.inc();
+            answers.push(answer);
+        }
+        let policy = BatchPolicy {
+            max_batch_size: 64,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: vec![],
+        };
+        let relay = Queue {
+            pending: queue.pending.clone(),
+            bell: None,
+        };
+        let mut source = BatchSource::new(relay, policy.clone(), metrics.clone());
+        let rows = |now: Now| match now {
+            Now::Batch(b) => b.iter().map(|p| p.rows).collect::<Vec<_>>(),
+            Now::Empty => vec![],
+            Now::TooLarge => vec![usize::MAX],
+        };
+        // 2 + 3 fit in 8; 9 does not fit at all: it goes back, behind 1, and again when it comes first.
+        assert_eq!(rows(source.next_batch_now(8, &s.queue)), vec![2, 3]);
+        assert_eq!(rows(source.next_batch_now(8, &s.queue)), vec![1]);
+        assert_eq!(rows(source.next_batch_now(8, &s.queue)), vec![usize::MAX]);
+        assert!(!source.carrying());
+        assert_eq!(metrics.queue_depth.get(), 1);
+        assert!(!source.is_empty());
+        // An instance thread, no limit but the batch size, takes it.
+        let mut instance = BatchSource::new(queue, policy, metrics.clone());
+        let batch = instance.next_batch().unwrap();
+        assert_eq!(batch.iter().map(|p| p.rows).collect::<Vec<_>>(), vec![9]);
+        assert!(source.is_empty());
+        assert_eq!(metrics.queue_depth.get(), 0);
     }
 
     #[test]

@@ -409,3 +409,97 @@ async fn a_lone_cheap_request_skips_the_queue() {
     }
     s.server.shutdown().await.unwrap();
 }
+
+/// Voluntary context switches of this process's threads whose name starts with `prefix` (Linux): how
+/// often they went to sleep and were woken.
+fn sleeps_of_threads(prefix: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Under concurrency a cheap model's queue is relayed: requests compute the queued batches themselves,
+/// so the instance threads are not woken for each batch (they sleep on their doorbell); batches still
+/// form, and each request still gets exactly its own rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_relays_the_queue_without_waking_the_instances() {
+    let lr = workspace().join("models/breast-cancer/2/model.onnx");
+    let repo = TempRepo::new(
+        "relay",
+        &[
+            // A debug build computes even this model slowly: raise the limit (see the test above).
+            ("r", &lr, "[dynamic_batching]\ndirect_run_max_us = 100000\n"),
+            ("alone", &lr, "max_batch_size = 0\n"),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let rows = breast_cancer_rows(100);
+    let request = |offset: usize, n: usize| {
+        json!({ "id": format!("{offset}-{n}"),
+                "inputs": [{ "name": "input", "shape": [n, 30], "datatype": "FP32", "data": rows[offset * 30..(offset + n) * 30] }] })
+    };
+    // The version learns its cost from its first batches.
+    for i in 0..10 {
+        let (status, body) = s.post_json("/v2/models/r/infer", &request(i, 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut expected = Vec::new();
+    for i in 0..200usize {
+        let body = request(i % 60, 1 + i % 7);
+        let (status, alone) = s.post_json("/v2/models/alone/infer", &body).await;
+        assert_eq!(status, 200, "{alone}");
+        expected.push((body, alone));
+    }
+    let before = stats(&s, "r").await["execution_count"].as_u64().unwrap();
+    let slept = sleeps_of_threads("keel-r-1-");
+    let mut tasks = Vec::new();
+    for (body, alone) in expected {
+        let (client, url) = (s.client.clone(), s.url("/v2/models/r/infer"));
+        tasks.push(tokio::spawn(async move {
+            let got: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (body["id"].clone(), got, alone)
+        }));
+    }
+    for task in tasks {
+        let (id, got, alone) = task.await.unwrap();
+        assert_eq!(got["id"], id);
+        assert_eq!(
+            got["outputs"][0]["data"], alone["outputs"][0]["data"],
+            "{id}"
+        );
+        let a = got["outputs"][1]["data"].as_array().unwrap();
+        let b = alone["outputs"][1]["data"].as_array().unwrap();
+        assert_eq!(a.len(), b.len(), "{id}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6);
+        }
+    }
+    let executions = stats(&s, "r").await["execution_count"].as_u64().unwrap() - before;
+    let woken = sleeps_of_threads("keel-r-1-") - slept;
+    assert!(executions < 200, "batched: {executions} batches");
+    // A thread blocked on the queue itself sleeps and wakes once per batch at least.
+    assert!(
+        woken * 4 < executions,
+        "instance threads slept {woken} times for {executions} batches"
+    );
+    s.server.shutdown().await.unwrap();
+}
