@@ -52,11 +52,8 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<Executed>>,
     /// A load-time warm-up run: computed like any request, but left out of statistics and metrics.
     pub warmup: bool,
-    /// QUEUED until either an instance claims it (RUNNING) or its waiting client gives up (EXPIRED):
-    /// one atomic step decides, so a request is never both answered "timed out" and computed.
-    state: Arc<AtomicU8>,
     /// Its place among the requests `max_queue_size` counts, given back when its batch starts executing,
-    /// when its client gives up, or when it is dropped.
+    /// when its client gives up, or when it is dropped; and its state, shared with its submitter.
     slot: Slot,
 }
 
@@ -65,7 +62,15 @@ pub struct Pending {
 #[derive(Clone)]
 struct Slot {
     waiting: Arc<AtomicUsize>,
-    released: Arc<AtomicBool>,
+    ticket: Arc<Ticket>,
+}
+
+/// What a queued request and its submitter share (one allocation per request).
+struct Ticket {
+    released: AtomicBool,
+    /// QUEUED until either an instance claims it (RUNNING) or its waiting client gives up (EXPIRED):
+    /// one atomic step decides, so a request is never both answered "timed out" and computed.
+    state: AtomicU8,
 }
 
 impl Slot {
@@ -78,12 +83,15 @@ impl Slot {
             .ok()?;
         Some(Slot {
             waiting: waiting.clone(),
-            released: Arc::new(AtomicBool::new(false)),
+            ticket: Arc::new(Ticket {
+                released: AtomicBool::new(false),
+                state: AtomicU8::new(QUEUED),
+            }),
         })
     }
 
     fn release(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
+        if !self.ticket.released.swap(true, Ordering::AcqRel) {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -103,6 +111,8 @@ impl Pending {
         !self.reply.is_closed()
             && self.deadline.is_none_or(|d| now < d)
             && self
+                .slot
+                .ticket
                 .state
                 .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -234,7 +244,6 @@ impl Scheduler {
         };
         let slot = Slot::take(&self.waiting, self.max_queue_size).ok_or_else(full)?;
         let (reply, answer) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(QUEUED));
         let deadline = timeout.map(|t| now + t);
         let pending = Pending {
             inputs,
@@ -243,7 +252,6 @@ impl Scheduler {
             deadline,
             reply,
             warmup,
-            state: state.clone(),
             slot: slot.clone(),
         };
         match self.queue.try_send(pending) {
@@ -271,7 +279,9 @@ impl Scheduler {
         match tokio::time::timeout(limit, &mut answer).await {
             Ok(result) => result.map_err(|_| stopped())?,
             Err(_)
-                if state
+                if slot
+                    .ticket
+                    .state
                     .compare_exchange(QUEUED, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok() =>
             {
@@ -553,7 +563,6 @@ mod tests {
             shape: vec![rows, width],
             data,
         }];
-        let state = Arc::new(AtomicU8::new(QUEUED));
         (
             Pending {
                 inputs,
@@ -562,7 +571,6 @@ mod tests {
                 deadline: None,
                 reply,
                 warmup: false,
-                state,
                 slot: Slot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap(),
             },
             answer,
