@@ -102,6 +102,26 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A batched answer to request `id` is the one the same request got computed alone: its own rows, labels
+/// equal, probabilities within float noise.
+fn assert_same_answer(id: &Value, got: &Value, alone: &Value) {
+    assert_eq!(got["id"], *id);
+    assert_eq!(
+        got["outputs"][0]["data"], alone["outputs"][0]["data"],
+        "labels of {id}"
+    );
+    assert_eq!(got["outputs"][1]["shape"], alone["outputs"][1]["shape"]);
+    let a = got["outputs"][1]["data"].as_array().unwrap();
+    let b = alone["outputs"][1]["data"].as_array().unwrap();
+    assert_eq!(a.len(), b.len(), "{id}");
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6,
+            "{id}: {x} vs {y}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     let lr = workspace().join("models/breast-cancer/2/model.onnx");
@@ -151,20 +171,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
     }
     for task in tasks {
         let (id, batched, alone) = task.await.unwrap();
-        assert_eq!(batched["id"], id);
-        assert_eq!(
-            batched["outputs"][0]["data"], alone["outputs"][0]["data"],
-            "labels of {id}"
-        );
-        assert_eq!(batched["outputs"][1]["shape"], alone["outputs"][1]["shape"]);
-        let a = batched["outputs"][1]["data"].as_array().unwrap();
-        let b = alone["outputs"][1]["data"].as_array().unwrap();
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6,
-                "{id}: {x} vs {y}"
-            );
-        }
+        assert_same_answer(&id, &batched, &alone);
     }
     let st = stats(&s, "batched").await;
     let executions = st["execution_count"].as_u64().unwrap();
@@ -481,17 +488,7 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
     }
     for task in tasks {
         let (id, got, alone) = task.await.unwrap();
-        assert_eq!(got["id"], id);
-        assert_eq!(
-            got["outputs"][0]["data"], alone["outputs"][0]["data"],
-            "{id}"
-        );
-        let a = got["outputs"][1]["data"].as_array().unwrap();
-        let b = alone["outputs"][1]["data"].as_array().unwrap();
-        assert_eq!(a.len(), b.len(), "{id}");
-        for (x, y) in a.iter().zip(b) {
-            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6);
-        }
+        assert_same_answer(&id, &got, &alone);
     }
     let executions = stats(&s, "r").await["execution_count"].as_u64().unwrap() - before;
     let woken = sleeps_of_threads("keel-r-1-") - slept;
