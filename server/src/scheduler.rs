@@ -38,6 +38,8 @@ pub struct Executed {
 
 /// How long an instance waits for work before it counts as idle.
 const IDLE: Duration = Duration::from_secs(1);
+/// How long an idle instance thread of a relayed version sleeps between looks when nothing rings.
+const ASLEEP: Duration = Duration::from_secs(3600);
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -415,6 +417,8 @@ impl BatchSource {
             };
         };
         let mut closed = false;
+        // Once idle (and its heap handed back), a thread sleeps until rung: nothing to do every second.
+        let mut timeout = IDLE;
         loop {
             // A request that found this thread's session taken left its work to it: the fence makes
             // this look see it (the request fences between queueing and trying the sessions).
@@ -427,9 +431,12 @@ impl BatchSource {
             }
             // The scheduler rings after queueing what no request computes, and closes the bell when it
             // goes: nothing can be queued after that, so what is queued then is the last.
-            match bell.wait(IDLE, || !self.queue.is_empty()) {
+            match bell.wait(timeout, || !self.queue.is_empty()) {
                 Woken::Work => {}
-                Woken::Idle => crate::alloc::idle(),
+                Woken::Idle => {
+                    crate::alloc::idle();
+                    timeout = ASLEEP;
+                }
                 Woken::Closed => closed = true,
             }
         }
