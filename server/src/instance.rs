@@ -7,6 +7,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -66,6 +67,7 @@ pub async fn start(
         thread::Builder::new()
             .name(format!("keel-{}-{i}", spec.label))
             .spawn(move || {
+                let _running = Running::start();
                 let backend = match spec.kind.load(&spec.path, &spec.signature, &spec.config) {
                     Ok(backend) => backend,
                     Err(e) => {
@@ -93,6 +95,39 @@ pub async fn start(
         );
     }
     Ok(sessions)
+}
+
+/// Instance threads alive in this process: each loads, runs and drops its session on its own, so the
+/// process must not exit under one (ONNX Runtime's globals are torn down at exit; a thread still
+/// inside a session then crashes the exit).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until every instance thread has ended (their versions are gone: each finishes its batch and
+/// drops its session), at most `limit`; false if some still run then.
+pub fn wait_stopped(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while RUNNING.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    true
 }
 
 fn serve(session: &Session, mut source: BatchSource, spec: &InstanceSpec) {

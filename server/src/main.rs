@@ -115,6 +115,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().await.context("shutting down")?;
+    // The versions are gone with the server; their instance threads end after the batch they compute
+    // (a warm-up one when the signal came during start-up). Exiting under one crashes the exit.
+    let stopped = tokio::task::spawn_blocking(|| {
+        keel_server::instance::wait_stopped(std::time::Duration::from_secs(10))
+    })
+    .await
+    .unwrap_or(false);
+    if !stopped {
+        tracing::warn!("a model instance was still computing after 10 s; exiting anyway");
+    }
     tracing::info!("stopped");
     Ok(())
 }
