@@ -226,6 +226,37 @@ async fn a_full_queue_answers_429_at_once() {
     s.server.shutdown().await.unwrap();
 }
 
+/// Starts full batches (1024 rows: each runs alone) until the version's one instance computes one while
+/// two more wait behind it; returns them and how many were started. A round whose batches do not overlap
+/// so (a slow box took longer to send one than to compute another) is waited out and started again.
+async fn fill_the_queue(
+    s: &TestServer,
+    model: &str,
+) -> (Vec<JoinHandle<reqwest::Result<u16>>>, u64) {
+    let series = format!("{{model=\"{model}\",version=\"1\"}}");
+    let mut started = 0;
+    for _ in 0..5 {
+        // Their own long timeout overrides the model's default.
+        let blockers: Vec<_> = (0..3)
+            .map(|_| spawn_mlp(s, model, 1024, json!({ "timeout": 60_000_000 })))
+            .collect();
+        started += 3;
+        while !blockers.iter().all(|b| b.is_finished()) {
+            let text = scrape(s).await;
+            if metric(&text, &format!("keel_inflight_requests{series}")) >= 3.0
+                && metric(&text, &format!("keel_queue_depth{series}")) >= 2.0
+            {
+                return (blockers, started);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for blocker in blockers {
+            assert_eq!(blocker.await.unwrap().unwrap(), 200);
+        }
+    }
+    panic!("{model}: three full batches never overlapped in five rounds");
+}
+
 /// While an instance is busy with long batches, a request with a short timeout is answered with a timeout
 /// error, and is never computed: the statistics count only the long batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,11 +265,11 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
     let repo = TempRepo::new(
         "timeouts",
         &[
-            ("mlp", &model, "max_batch_size = 1024\n"),
+            ("mlp", &model, "max_batch_size = 1024\ninstances = 1\n"),
             (
                 "mlp-default",
                 &model,
-                "[dynamic_batching]\ndefault_timeout_us = 5000\n",
+                "instances = 1\n[dynamic_batching]\ndefault_timeout_us = 5000\n",
             ),
         ],
     );
@@ -247,22 +278,9 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         ("mlp", json!({ "timeout": 5000 })),
         ("mlp-default", Value::Null),
     ] {
-        // Three full batches (their own long timeout overrides the model's default); the requests below
-        // go in once one computes and another waits, so at least a whole batch (tens of milliseconds
-        // here) stands before them: a full batch takes no company, so neither is claimed before then.
-        let blockers: Vec<_> = (0..3)
-            .map(|_| spawn_mlp(&s, model, 1024, json!({ "timeout": 60_000_000 })))
-            .collect();
-        let series = format!("{{model=\"{model}\",version=\"1\"}}");
-        loop {
-            let text = scrape(&s).await;
-            if metric(&text, &format!("keel_inflight_requests{series}")) >= 3.0
-                && metric(&text, &format!("keel_queue_depth{series}")) >= 1.0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // Two whole batches (tens of milliseconds each here) stand before the requests below: a full
+        // batch takes no company, so neither is claimed before then.
+        let (blockers, started) = fill_the_queue(&s, model).await;
         let (status, err) = post_mlp(&s, model, 1, params.clone()).await;
         assert_eq!(status, 503, "{err}");
         assert!(
@@ -287,10 +305,11 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let st = stats(&s, model).await;
         assert_eq!(
-            st["inference_count"], 3072,
+            st["inference_count"],
+            1024 * started,
             "{model}: only the blockers ran: {st}"
         );
-        assert_eq!(st["execution_count"], 3, "{model}: {st}");
+        assert_eq!(st["execution_count"], started, "{model}: {st}");
         let text = scrape(&s).await;
         let labels = |outcome: &str| {
             format!(
@@ -299,7 +318,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
         };
         assert_eq!(metric(&text, &labels("timeout")), 1.0, "{model}");
         assert_eq!(metric(&text, &labels("cancelled")), 1.0, "{model}");
-        assert_eq!(metric(&text, &labels("success")), 3.0, "{model}");
+        assert_eq!(metric(&text, &labels("success")), started as f64, "{model}");
     }
     s.server.shutdown().await.unwrap();
 }
@@ -468,31 +487,43 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
         assert_eq!(status, 200, "{alone}");
         expected.push((body, alone));
     }
-    let before = stats(&s, "r").await["execution_count"].as_u64().unwrap();
-    let slept = sleeps_of_threads("keel-r-1-");
-    let mut tasks = Vec::new();
-    for (body, alone) in expected {
-        let (client, url) = (s.client.clone(), s.url("/v2/models/r/infer"));
-        tasks.push(tokio::spawn(async move {
-            let got: Value = client
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (body["id"].clone(), got, alone)
-        }));
-    }
-    for task in tasks {
-        let (id, got, alone) = task.await.unwrap();
-        assert_same_answer(&id, &got, &alone);
-    }
-    let executions = stats(&s, "r").await["execution_count"].as_u64().unwrap() - before;
-    let woken = sleeps_of_threads("keel-r-1-") - slept;
-    assert!(executions < 200, "batched: {executions} batches");
+    // A burst's requests open their connections as they go: on a loaded box they may arrive too far
+    // apart to meet. The next burst reuses those connections.
+    let mut bursts = 0;
+    let (executions, woken) = loop {
+        bursts += 1;
+        let before = stats(&s, "r").await["execution_count"].as_u64().unwrap();
+        let slept = sleeps_of_threads("keel-r-1-");
+        let mut tasks = Vec::new();
+        for (body, alone) in expected.iter().cloned() {
+            let (client, url) = (s.client.clone(), s.url("/v2/models/r/infer"));
+            tasks.push(tokio::spawn(async move {
+                let got: Value = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (body["id"].clone(), got, alone)
+            }));
+        }
+        for task in tasks {
+            let (id, got, alone) = task.await.unwrap();
+            assert_same_answer(&id, &got, &alone);
+        }
+        let executions = stats(&s, "r").await["execution_count"].as_u64().unwrap() - before;
+        let woken = sleeps_of_threads("keel-r-1-") - slept;
+        if executions < 200 || bursts == 3 {
+            break (executions, woken);
+        }
+    };
+    assert!(
+        executions < 200,
+        "batched: {executions} batches in burst {bursts}"
+    );
     // A thread blocked on the queue itself sleeps and wakes once per batch at least.
     assert!(
         woken * 4 < executions,

@@ -60,7 +60,11 @@ impl TestServer {
         TestServer {
             server,
             base,
-            client: reqwest::Client::new(),
+            // No test waits forever on a server that stopped answering.
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client"),
         }
     }
 
