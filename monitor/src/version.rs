@@ -21,6 +21,8 @@ use crate::window::DriftWindow;
 
 mod ingest;
 
+pub(crate) use ingest::Tally;
+
 /// Features and outputs named in alert events.
 const TOP_FEATURES: usize = 5;
 

@@ -166,6 +166,11 @@ impl DriftWindow {
         Ok(slot)
     }
 
+    /// The lengths of a bucket's counts and sums (see [`DriftWindow::bucket_mut`]).
+    pub fn bucket_len(&self) -> (usize, usize) {
+        (self.stride, self.sum_stride)
+    }
+
     /// The bin counts and sums of `slot`'s bucket, to count many values into without an index
     /// computation (and bounds check) per value.
     #[inline]

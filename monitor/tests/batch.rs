@@ -261,7 +261,7 @@ fn request(rng: &mut fastrand::Rng, i: usize, version: u64, time_ms: u64, rows: 
 /// short tensor (its last rows missing) and an empty request.
 fn requests(seed: u64) -> Vec<Request> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut out: Vec<Request> = (0..60)
+    let mut out: Vec<Request> = (0..160)
         .map(|i| {
             let version = [1, 1, 2][i % 3];
             let time = T0 + 15 * MINUTE + (i as u64 % 7) * MINUTE + rng.u64(0..1000);
@@ -318,16 +318,24 @@ fn columnar_ingest_counts_what_records_count() {
         // Runs of the same (model, version), as the drain hands them over.
         by_records.ingest(&records);
         let (by_batches, by_batches_registry) = setup();
-        by_batches.ingest_batches(&batches[..10]);
-        by_batches.ingest_batches(&batches[10..]);
+        for run in batches.chunks(10) {
+            by_batches.ingest_batches(run);
+        }
+        // All at once: enough rows that two threads tally them.
+        let (at_once, at_once_registry) = setup();
+        assert!(records.len() > 8192, "{}", records.len());
+        at_once.ingest_batches(&batches);
 
         let now = T0 + 22 * MINUTE;
         by_records.evaluate(now);
         by_batches.evaluate(now);
+        at_once.evaluate(now);
         let report = reports(&by_batches);
         assert_eq!(reports(&by_records), report, "seed {seed}");
+        assert_eq!(reports(&at_once), report, "seed {seed}");
         let text = exposition(&by_batches_registry);
         assert_eq!(exposition(&by_records_registry), text, "seed {seed}");
+        assert_eq!(exposition(&at_once_registry), text, "seed {seed}");
         for needle in [
             "keel_monitor_values_skipped_total",
             "reason=\"late\"",

@@ -2,7 +2,7 @@
 //! sinks' path) or a request's rows column by column straight from its tensors (the embedded
 //! monitor's path). Both count the same rows alike; `monitor/tests/batch.rs` holds them to it.
 
-use super::{Tracked, VersionState};
+use super::{Group, Tracked, VersionState};
 use crate::batch::{Element, RowBatch, TensorRows};
 use crate::bins::Excess;
 use crate::feedback::FeedbackStore;
@@ -87,7 +87,12 @@ impl VersionState {
     /// window, feedback and estimate contents), but column by column straight from the tensors:
     /// one window placement per request and no allocation per row. Returns how many rows were
     /// refused as older than the window and as too far in the future.
-    pub fn ingest_batch(&mut self, batch: &RowBatch<'_>, store: &mut FeedbackStore) -> (u64, u64) {
+    pub fn ingest_batch(
+        &mut self,
+        batch: &RowBatch<'_>,
+        tallied: Option<Tally<'_>>,
+        store: &mut FeedbackStore,
+    ) -> (u64, u64) {
         let n = batch.len();
         if n == 0 {
             return (0, 0);
@@ -112,29 +117,20 @@ impl VersionState {
             ..
         } = self;
         let (counts, sums) = window.bucket_mut(slot);
-        let mut skipped = 0;
-        for (groups, tensors) in [
-            (&*input_groups, &batch.inputs),
-            (&*output_groups, &batch.outputs),
-        ] {
-            for group in groups {
-                let members = group.members.len() as u64;
-                let Some(tensor) = tensors.iter().find(|t| t.name == group.tensor) else {
-                    skipped += members * n as u64;
-                    continue;
-                };
-                let rows = tensor.complete_rows(n);
-                // A row the tensor does not hold completely has no value in any of its columns.
-                skipped += members * (n - rows) as u64;
-                for &(index, column) in &group.members {
-                    if index >= tensor.width {
-                        skipped += rows as u64;
-                        continue;
-                    }
-                    skipped += count_column(&columns[column], tensor, index, rows, counts, sums);
+        let skipped = match tallied {
+            // Counted beforehand into a zeroed bucket of the same layout (see `Monitor::ingest_batches`).
+            Some(tally) => {
+                for (count, add) in counts.iter_mut().zip(tally.counts) {
+                    *count += add;
                 }
+                // Replayed in their order: the same additions as counting in place, to the last bit.
+                for &(at, d) in tally.out_of_range {
+                    sums.out_of_range(at, d);
+                }
+                tally.skipped
             }
-        }
+            None => count_batch(columns, input_groups, output_groups, batch, counts, sums),
+        };
         if let Some(estimate) = estimate {
             estimate.add_batch(batch);
         }
@@ -164,6 +160,99 @@ impl VersionState {
     }
 }
 
+/// A request's values counted ahead into a zeroed bucket of its version's layout
+/// ([`VersionState::tally`]), for [`VersionState::ingest_batch`] to add to the bucket its time falls in.
+pub(crate) struct Tally<'a> {
+    pub counts: &'a [u64],
+    /// Out-of-range values as (sum index, distance), in the order met.
+    pub out_of_range: &'a [(usize, f64)],
+    pub skipped: u64,
+}
+
+impl VersionState {
+    /// The sizes of a bucket's counts and sums, for the scratch of [`VersionState::tally`].
+    pub fn bucket_len(&self) -> (usize, usize) {
+        self.window.bucket_len()
+    }
+
+    /// Counts `batch`'s values into `counts` (zeroed, [`VersionState::bucket_len`]) and lists its
+    /// out-of-range values in `out_of_range`, without touching the window: a pure function of the
+    /// batch, so threads may tally requests side by side. Returns how many values had no bin.
+    pub fn tally(
+        &self,
+        batch: &RowBatch<'_>,
+        counts: &mut [u64],
+        out_of_range: &mut Vec<(usize, f64)>,
+    ) -> u64 {
+        count_batch(
+            &self.columns,
+            &self.input_groups,
+            &self.output_groups,
+            batch,
+            counts,
+            out_of_range,
+        )
+    }
+}
+
+/// Where out-of-range values go: a bucket's sums, or a list replayed into them later.
+pub(crate) trait OutOfRange {
+    /// A value `d` beyond the range, tallied at sums `at` (count) and `at + 1` (summed distance).
+    fn out_of_range(&mut self, at: usize, d: f64);
+}
+
+impl OutOfRange for [f64] {
+    #[inline]
+    fn out_of_range(&mut self, at: usize, d: f64) {
+        self[at] += 1.0;
+        self[at + 1] += d;
+    }
+}
+
+impl OutOfRange for Vec<(usize, f64)> {
+    #[inline]
+    fn out_of_range(&mut self, at: usize, d: f64) {
+        self.push((at, d));
+    }
+}
+
+/// Counts every monitored column of `batch` into `counts` and `sums` (a bucket's layout); returns
+/// how many values had no bin (a missing tensor, a short row, a string that is no number).
+fn count_batch(
+    columns: &[Tracked],
+    input_groups: &[Group],
+    output_groups: &[Group],
+    batch: &RowBatch<'_>,
+    counts: &mut [u64],
+    sums: &mut (impl OutOfRange + ?Sized),
+) -> u64 {
+    let n = batch.len();
+    let mut skipped = 0;
+    for (groups, tensors) in [
+        (input_groups, &batch.inputs),
+        (output_groups, &batch.outputs),
+    ] {
+        for group in groups {
+            let members = group.members.len() as u64;
+            let Some(tensor) = tensors.iter().find(|t| t.name == group.tensor) else {
+                skipped += members * n as u64;
+                continue;
+            };
+            let rows = tensor.complete_rows(n);
+            // A row the tensor does not hold completely has no value in any of its columns.
+            skipped += members * (n - rows) as u64;
+            for &(index, column) in &group.members {
+                if index >= tensor.width {
+                    skipped += rows as u64;
+                    continue;
+                }
+                skipped += count_column(&columns[column], tensor, index, rows, counts, sums);
+            }
+        }
+    }
+    skipped
+}
+
 /// The values of the named tensor in a record; empty when absent (its columns count as skipped).
 #[inline]
 fn find<'a>(tensors: &'a [(String, Vec<FeatureValue>)], name: &str) -> &'a [FeatureValue] {
@@ -185,7 +274,7 @@ fn count_column(
     index: usize,
     rows: usize,
     counts: &mut [u64],
-    sums: &mut [f64],
+    sums: &mut (impl OutOfRange + ?Sized),
 ) -> u64 {
     let counts = &mut counts[t.offset..t.offset + t.bins.len()];
     let width = tensor.width;
@@ -221,7 +310,13 @@ fn count_column(
 /// training range (a nonzero excess implies the column has one), into the bucket's out-of-range
 /// sums; an infinite value counts there but adds nothing to the distance.
 #[inline]
-fn count(t: &Tracked, counts: &mut [u64], sums: &mut [f64], bin: usize, excess: Excess) {
+fn count(
+    t: &Tracked,
+    counts: &mut [u64],
+    sums: &mut (impl OutOfRange + ?Sized),
+    bin: usize,
+    excess: Excess,
+) {
     counts[bin] += 1;
     if excess != 0.0
         && let Some(r) = t.range
@@ -233,7 +328,6 @@ fn count(t: &Tracked, counts: &mut [u64], sums: &mut [f64], bin: usize, excess: 
             0.0
         };
         let at = 4 * r + 2 * side;
-        sums[at] += 1.0;
-        sums[at + 1] += d;
+        sums.out_of_range(at, d);
     }
 }
