@@ -139,8 +139,26 @@ pub struct Conn {
     io: Io,
     activity: Arc<Activity>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Set once this side has shut down writing (see [`AsyncWrite::poll_shutdown`]).
+    linger: Option<Linger>,
     _permit: OwnedSemaphorePermit,
 }
+
+/// A lingering close: after its last bytes and FIN, the connection reads (and discards) what the
+/// client still sends, until the client closes too, goes quiet for [`LINGER_QUIET`], or
+/// [`LINGER_MAX`] has passed. Closing a socket with unread bytes makes the kernel send a reset, and a
+/// reset can destroy the response just sent: a gRPC client that had acknowledged the response's data
+/// (a WINDOW_UPDATE the server never read) lost its trailers this way when Keel closed the connection
+/// at shutdown, and the answered request failed with UNAVAILABLE.
+struct Linger {
+    until: tokio::time::Instant,
+    quiet: Pin<Box<Sleep>>,
+}
+
+/// How long a lingering close waits for more bytes after the last ones.
+const LINGER_QUIET: Duration = Duration::from_millis(500);
+/// The longest a lingering close takes.
+const LINGER_MAX: Duration = Duration::from_secs(2);
 
 impl Conn {
     fn new(io: Io, limits: ConnLimits, permit: OwnedSemaphorePermit) -> Self {
@@ -148,6 +166,7 @@ impl Conn {
             io,
             activity: Arc::new(Activity::new(limits)),
             timer: None,
+            linger: None,
             _permit: permit,
         }
     }
@@ -277,11 +296,42 @@ impl AsyncWrite for Conn {
         }
     }
 
+    /// Shuts down writing, then lingers (see [`Linger`]); ready when the connection may be closed.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            })?;
+            let now = tokio::time::Instant::now();
+            this.linger = Some(Linger {
+                until: now + LINGER_MAX,
+                quiet: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
+            });
         }
+        let Some(linger) = &mut this.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            let polled = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_read(cx, &mut buf),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut buf),
+            };
+            match polled {
+                // More bytes: discarded, and the quiet spell starts again (within the limit).
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let again = (tokio::time::Instant::now() + LINGER_QUIET).min(linger.until);
+                    linger.quiet.as_mut().reset(again);
+                }
+                // The client closed too (or the connection broke): nothing left to reset.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        linger.quiet.as_mut().poll(cx).map(Ok)
     }
 }
 
@@ -455,6 +505,66 @@ mod tests {
             Some(idle_from + Duration::from_secs(15)),
             "the next request's headers are due from its first byte"
         );
+    }
+
+    /// A connection on 127.0.0.1 and its client end.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        (
+            Conn::new(Io::Plain(server), limits(Protocol::Grpc), permit),
+            client,
+        )
+    }
+
+    /// The server answers and closes; the client acknowledges after the server's FIN (as an HTTP/2
+    /// client acknowledges the response's data). The server reads that before it closes, so the client
+    /// sees an orderly end, not a reset that could destroy the answer it has not read yet.
+    #[tokio::test]
+    async fn a_closing_connection_reads_what_the_client_still_sends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, mut client) = pair().await;
+        let server = tokio::spawn(async move {
+            conn.write_all(b"answer").await.unwrap();
+            conn.shutdown().await.unwrap();
+            Instant::now()
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"answer");
+        client.write_all(b"late acknowledgement").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut more = [0u8; 16];
+        assert_eq!(
+            client.read(&mut more).await.unwrap(),
+            0,
+            "an orderly end, no reset"
+        );
+        let closed = Instant::now();
+        drop(client);
+        let done = server.await.unwrap();
+        assert!(
+            done >= closed,
+            "the server lingered until the client closed"
+        );
+        assert!(done - closed < LINGER_QUIET, "and no longer");
+    }
+
+    /// A client that neither sends nor closes holds a closing connection for one quiet spell only.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_holds_a_closing_connection_for_one_quiet_spell() {
+        use tokio::io::AsyncWriteExt;
+        let (mut conn, _client) = pair().await;
+        let start = Instant::now();
+        conn.shutdown().await.unwrap();
+        assert_eq!(start.elapsed(), LINGER_QUIET);
     }
 
     #[tokio::test(start_paused = true)]
