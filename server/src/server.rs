@@ -13,7 +13,7 @@ use crate::backend::onnxruntime;
 use crate::config::ServeConfig;
 use crate::grpc::auth::ApiTokenLayer;
 use crate::grpc::deadline::DeadlineLayer;
-use crate::grpc::{self, GrpcState};
+use crate::grpc::{self, GrpcShared, GrpcState};
 use crate::http::{self, HttpState};
 use crate::infer::Infer;
 use crate::listener::{ConnLimits, Incoming};
@@ -231,7 +231,7 @@ impl Server {
             stopped.clone(),
         ));
         let grpc_service = grpc::convert::guard::service(
-            GrpcState {
+            GrpcState::new(GrpcShared {
                 infer: infer.clone(),
                 admin,
                 ready: ready.clone(),
@@ -239,7 +239,7 @@ impl Server {
                 budget,
                 max_bytes_elements: config.limits.max_bytes_elements,
                 tracer,
-            },
+            }),
             config.grpc_max_message_bytes,
         );
         let api_layer = api.enabled().then(|| ApiTokenLayer::new(api));

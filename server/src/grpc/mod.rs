@@ -6,6 +6,7 @@ pub mod convert;
 pub mod deadline;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::codec::CompressionEncoding;
@@ -26,8 +27,26 @@ use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServi
 /// Requests of one ModelStreamInfer stream that may run at once; more wait, which pushes back on the client.
 const STREAM_CONCURRENCY: usize = 64;
 
+/// What every gRPC call needs, behind one `Arc`: each call clones the state a few times (tonic's service,
+/// the codec, the handler), and one shared count per clone is cheaper than one per field.
 #[derive(Clone)]
-pub struct GrpcState {
+pub struct GrpcState(Arc<GrpcShared>);
+
+impl GrpcState {
+    pub fn new(shared: GrpcShared) -> Self {
+        GrpcState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for GrpcState {
+    type Target = GrpcShared;
+
+    fn deref(&self) -> &GrpcShared {
+        &self.0
+    }
+}
+
+pub struct GrpcShared {
     pub infer: Infer,
     pub admin: AdminAuth,
     pub ready: Readiness,

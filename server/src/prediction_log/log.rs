@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use keel_monitor::FeedbackRecord;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::rows::{Captured, LogNames, LoggedRequest};
+use super::rows::{Captured, LogId, LogNames, LoggedRequest};
 use crate::signature::Signature;
 use crate::tensor::Tensor;
 
@@ -382,10 +382,15 @@ impl VersionLog {
             return None;
         }
         let rate = self.sample_rate;
-        let sampled: Vec<u32> = (0..rows)
-            .filter(|_| rate >= 1.0 || fastrand::f64() < rate)
-            .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
-            .collect();
+        let sampled = if rate >= 1.0 {
+            super::rows::all_rows(rows)
+        } else {
+            (0..rows)
+                .filter(|_| fastrand::f64() < rate)
+                .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
+                .collect::<Vec<u32>>()
+                .into()
+        };
         if sampled.is_empty() {
             return None;
         }
@@ -406,13 +411,14 @@ impl VersionLog {
         };
         // The front ends always pass one; a random one covers direct callers.
         let id = match request_id {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => crate::request_id::random(),
+            Some(id) if !id.is_empty() => LogId::new(id),
+            _ => LogId::Heap(crate::request_id::random()),
         };
         Some(Captured::new(
             id,
             now_ms(),
             inputs,
+            self.names.outputs(),
             rows,
             sampled,
             max_elements,

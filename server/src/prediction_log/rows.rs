@@ -3,7 +3,8 @@
 //! every row is sampled and none is cut) and which rows they were. Turning them into per-row
 //! records happens on the drain thread, so a large request is not held up by the log.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use keel_monitor::{FeatureValue, PredictionRecord, RowBatch, TensorRows, Values};
 
@@ -19,6 +20,11 @@ pub struct LogNames {
 }
 
 impl LogNames {
+    /// How many output tensors the version answers with.
+    pub fn outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
     pub fn new(model: &str, signature: &Signature) -> Arc<Self> {
         let names =
             |specs: &[crate::signature::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect();
@@ -97,17 +103,67 @@ fn copy_rows(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usiz
     }
 }
 
+/// A request id as the log keeps it: inline when short (a generated id is 32 hex digits), so most
+/// captures allocate nothing for it.
+pub enum LogId {
+    Inline(u8, [u8; INLINE_ID]),
+    Heap(String),
+}
+
+const INLINE_ID: usize = 32;
+
+impl LogId {
+    pub fn new(id: &str) -> LogId {
+        let mut bytes = [0; INLINE_ID];
+        match bytes.get_mut(..id.len()) {
+            Some(inline) => {
+                inline.copy_from_slice(id.as_bytes());
+                LogId::Inline(id.len() as u8, bytes)
+            }
+            None => LogId::Heap(id.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `str`, so it is UTF-8.
+            LogId::Inline(len, bytes) => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+            LogId::Heap(id) => id,
+        }
+    }
+}
+
+/// Requests of at most this many rows, all sampled, share one list of their row numbers.
+const ALL_ROWS: usize = 4096;
+static ALL: LazyLock<Vec<u32>> = LazyLock::new(|| (0..ALL_ROWS as u32).collect());
+
+/// Rows `0..rows`, all of a request: borrowed from one shared list when it is long enough.
+pub fn all_rows(rows: usize) -> Cow<'static, [u32]> {
+    match ALL.get(..rows) {
+        Some(rows) => Cow::Borrowed(rows),
+        None => Cow::Owned(
+            (0..rows)
+                .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
+                .collect(),
+        ),
+    }
+}
+
 /// The sampled rows of one request, inputs captured before they go to the backend: only the
 /// sampled rows' elements are copied, at most `max_elements` per tensor and row.
 pub struct Captured {
-    request_id: String,
+    request_id: LogId,
     timestamp_ms: u64,
     /// Rows of the request (dimension 0 of every tensor; 1 for models without batching).
     rows: usize,
-    sampled: Vec<u32>,
+    sampled: Cow<'static, [u32]>,
     max_elements: usize,
-    /// In signature order, as validated requests are.
-    inputs: Vec<Kept>,
+    /// The inputs in signature order, as validated requests are; once finished, the outputs after
+    /// them (one allocation for both).
+    kept: Vec<Kept>,
+    inputs: usize,
     /// The share of the log's bound this capture holds, given back when it is dropped.
     pub(super) held: super::log::Held,
 }
@@ -116,9 +172,8 @@ pub struct Captured {
 pub struct LoggedRequest {
     names: Arc<LogNames>,
     version: u64,
+    /// Its outputs (in signature order, as every backend returns them) follow its inputs in `kept`.
     captured: Captured,
-    /// In signature order, as every backend returns them.
-    outputs: Vec<Kept>,
 }
 
 impl Captured {
@@ -139,28 +194,33 @@ impl Captured {
     }
 
     /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
-    /// tensor's rows cut to `max_elements` elements.
+    /// tensor's rows cut to `max_elements` elements; `outputs`: how many tensors will answer it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        request_id: String,
+        request_id: LogId,
         timestamp_ms: u64,
         inputs: &[Tensor],
+        outputs: usize,
         rows: usize,
-        sampled: Vec<u32>,
+        sampled: Cow<'static, [u32]>,
         max_elements: usize,
         held: super::log::Held,
     ) -> Self {
         let max_elements = max_elements.max(1);
-        let inputs = inputs
-            .iter()
-            .map(|t| copy_rows(&t.data, rows, &sampled, max_elements))
-            .collect();
+        let mut kept = Vec::with_capacity(inputs.len() + outputs);
+        kept.extend(
+            inputs
+                .iter()
+                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements)),
+        );
         Captured {
             request_id,
             timestamp_ms,
             rows,
             sampled,
             max_elements,
-            inputs,
+            inputs: kept.len(),
+            kept,
             held,
         }
     }
@@ -182,16 +242,21 @@ impl Captured {
     }
 
     /// Completes the capture with the sampled rows of the outputs that answered the request.
-    pub fn finish(self, names: &Arc<LogNames>, version: u64, outputs: &[Tensor]) -> LoggedRequest {
-        let outputs = outputs
-            .iter()
-            .map(|t| copy_rows(&t.data, self.rows, &self.sampled, self.max_elements))
-            .collect();
+    pub fn finish(
+        mut self,
+        names: &Arc<LogNames>,
+        version: u64,
+        outputs: &[Tensor],
+    ) -> LoggedRequest {
+        let (rows, max_elements) = (self.rows, self.max_elements);
+        for t in outputs {
+            let kept = copy_rows(&t.data, rows, &self.sampled, max_elements);
+            self.kept.push(kept);
+        }
         LoggedRequest {
             names: names.clone(),
             version,
             captured: self,
-            outputs,
         }
     }
 }
@@ -212,24 +277,21 @@ impl LoggedRequest {
 
     /// Whether some tensor's rows were cut to `max_elements`.
     pub fn truncated(&self) -> bool {
-        self.captured
-            .inputs
-            .iter()
-            .chain(&self.outputs)
-            .any(|k| k.truncated)
+        self.captured.kept.iter().any(|k| k.truncated)
     }
 
     /// The sampled rows as columns, borrowing the copied tensors: what the embedded monitor bins.
     pub fn batch(&self) -> RowBatch<'_> {
         let (c, names) = (&self.captured, &self.names);
+        let (inputs, outputs) = c.kept.split_at(c.inputs.min(c.kept.len()));
         RowBatch {
             model: &names.model,
             version: self.version,
-            request_id: &c.request_id,
+            request_id: c.request_id.as_str(),
             timestamp_ms: c.timestamp_ms,
             rows: &c.sampled,
-            inputs: tensor_rows(&names.inputs, &c.inputs),
-            outputs: tensor_rows(&names.outputs, &self.outputs),
+            inputs: tensor_rows(&names.inputs, inputs),
+            outputs: tensor_rows(&names.outputs, outputs),
         }
     }
 
@@ -296,7 +358,16 @@ mod tests {
             outputs: vec!["label".into()],
         });
         let held = crate::prediction_log::log::Held::unbounded();
-        let captured = Captured::new("r".into(), 7, &[input], 2, vec![1], 1024, held);
+        let captured = Captured::new(
+            LogId::new("r"),
+            7,
+            &[input],
+            1,
+            2,
+            vec![1].into(),
+            1024,
+            held,
+        );
         let logged = captured.finish(&names, 3, &[label]);
         let records = logged.records();
         assert_eq!(records.len(), 1);
@@ -314,6 +385,26 @@ mod tests {
             vec![("label".into(), vec![FeatureValue::Category("b".into())])]
         );
         assert!(!logged.truncated());
+    }
+
+    #[test]
+    fn ids_up_to_32_bytes_stay_inline_and_read_back_as_given() {
+        for id in [
+            "",
+            "r",
+            "é-ü",
+            &"x".repeat(32),
+            &"y".repeat(33),
+            "0123456789abcdef0123456789abcdeé",
+        ] {
+            let kept = LogId::new(id);
+            assert_eq!(kept.as_str(), id);
+            assert_eq!(matches!(kept, LogId::Inline(..)), id.len() <= 32, "{id}");
+        }
+        assert_eq!(&all_rows(3)[..], [0, 1, 2]);
+        assert!(matches!(all_rows(4096), Cow::Borrowed(_)));
+        assert_eq!(all_rows(5000).len(), 5000);
+        assert_eq!(all_rows(5000)[4999], 4999);
     }
 
     #[test]
