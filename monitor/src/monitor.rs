@@ -74,6 +74,10 @@ impl Inner {
     }
 }
 
+/// Whether a second thread can run beside this one (asked once: it reads the cgroup's CPU quota).
+static SEVERAL_CORES: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+
 /// Rows in one call to [`Monitor::ingest_batches`] from which two threads count them.
 const PARALLEL_ROWS: usize = 8192;
 /// Rows per request, on average, from which two threads count them: small requests cost more to
@@ -282,9 +286,9 @@ impl Monitor {
         let rows: usize = batches.iter().map(RowBatch::len).sum();
         let tallies = (rows >= PARALLEL_ROWS
             && rows >= PARALLEL_ROWS_PER_REQUEST * batches.len()
-            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
-        .then(|| Tallies::count(&inner, batches))
-        .flatten();
+            && *SEVERAL_CORES)
+            .then(|| Tallies::count(&inner, batches))
+            .flatten();
         for (i, batch) in batches.iter().enumerate() {
             let tally = tallies.as_ref().and_then(|t| t.get(i));
             inner.ingest_rows(
