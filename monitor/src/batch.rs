@@ -126,6 +126,49 @@ impl Values<'_> {
         }
     }
 
+    /// For each `(index, column)` of `members` with `index < width`, calls `f(column, x)` with
+    /// element `index` of the first row as a number: the type is matched once for all of them (a
+    /// single-row request's columns, where matching per value cost more than binning it). False,
+    /// calling nothing, for strings.
+    #[inline]
+    pub(crate) fn for_each_in_first_row(
+        &self,
+        members: &[(usize, usize)],
+        width: usize,
+        mut f: impl FnMut(usize, f64),
+    ) -> bool {
+        fn each<T: Copy>(
+            v: &[T],
+            members: &[(usize, usize)],
+            width: usize,
+            to: impl Fn(T) -> f64,
+            f: &mut impl FnMut(usize, f64),
+        ) {
+            let row = v.get(..width).unwrap_or_default();
+            for &(index, column) in members {
+                if let Some(&x) = row.get(index) {
+                    f(column, to(x));
+                }
+            }
+        }
+        match self {
+            Values::Bool(v) => each(v, members, width, |x| f64::from(u8::from(x)), &mut f),
+            Values::U8(v) => each(v, members, width, f64::from, &mut f),
+            Values::U16(v) => each(v, members, width, f64::from, &mut f),
+            Values::U32(v) => each(v, members, width, f64::from, &mut f),
+            Values::U64(v) => each(v, members, width, |x| x as f64, &mut f),
+            Values::I8(v) => each(v, members, width, f64::from, &mut f),
+            Values::I16(v) => each(v, members, width, f64::from, &mut f),
+            Values::I32(v) => each(v, members, width, f64::from, &mut f),
+            Values::I64(v) => each(v, members, width, |x| x as f64, &mut f),
+            Values::F16(v) => each(v, members, width, |x| x.to_f64(), &mut f),
+            Values::F32(v) => each(v, members, width, f64::from, &mut f),
+            Values::F64(v) => each(v, members, width, |x| x, &mut f),
+            Values::Bytes(_) => return false,
+        }
+        true
+    }
+
     /// Calls `f` with element `index` of each of the first `rows` rows (`width` elements each) as a
     /// number; false, calling nothing, for bytes. One match per column, then a loop the compiler
     /// specialises per element type: this is the monitor's hot loop.

@@ -241,6 +241,17 @@ fn count_batch(
             let rows = tensor.complete_rows(n);
             // A row the tensor does not hold completely has no value in any of its columns.
             skipped += members * (n - rows) as u64;
+            if rows == 1
+                && tensor
+                    .values
+                    .for_each_in_first_row(&group.members, tensor.width, |column, x| {
+                        count_number(&columns[column], counts, sums, x)
+                    })
+            {
+                let beyond = group.members.iter().filter(|(i, _)| *i >= tensor.width);
+                skipped += beyond.count() as u64;
+                continue;
+            }
             for &(index, column) in &group.members {
                 if index >= tensor.width {
                     skipped += rows as u64;
@@ -304,6 +315,20 @@ fn count_column(
         }
     }
     skipped
+}
+
+/// Counts a number into its column's bin of a bucket (`counts` is the whole bucket), as
+/// [`count_column`] does for each of a column's numbers.
+#[inline]
+fn count_number(t: &Tracked, counts: &mut [u64], sums: &mut (impl OutOfRange + ?Sized), x: f64) {
+    let counts = &mut counts[t.offset..t.offset + t.bins.len()];
+    match t.bins.numeric() {
+        Some(numeric) => {
+            let (bin, excess) = numeric.bin_and_excess(x);
+            count(t, counts, sums, bin, excess);
+        }
+        None => counts[t.bins.bin_number(x).0] += 1,
+    }
 }
 
 /// Counts one value into its bin of a bucket (`counts` is the column's part of it) and, outside the

@@ -19,7 +19,7 @@ use keel_monitor::{ModelSpec, Monitor, PredictionRecord, RowBatch};
 use prometheus::IntCounterVec;
 
 use super::sidecar_client::SidecarHandle;
-use crate::prediction_log::{ItemKind, LogItem, LoggedRequest, PredictionLog, reason};
+use crate::prediction_log::{Chunk, ItemKind, LogItem, PredictionLog, reason};
 
 /// Items (requests, feedback posts) handed to the sinks at once.
 const BATCH_ITEMS: usize = 4096;
@@ -129,6 +129,8 @@ impl Drain {
             }
             let since = last_look.elapsed();
             last_look = Instant::now();
+            // The chunks the request path is still filling: rows wait at most one pause.
+            self.log.flush();
             let (batch, full) = take_batch(items);
             let rows = batch.iter().map(LogItem::rows).sum();
             if !batch.is_empty() {
@@ -183,6 +185,7 @@ impl Drain {
     /// Delivers what is queued until `deadline`, counts what is left as dropped, closes the log
     /// (later pushes are counted, not queued) and finishes the files.
     fn finish(&mut self, items: &Receiver<LogItem>, deadline: Instant) {
+        self.log.flush();
         loop {
             let (batch, _) = take_batch(items);
             if batch.is_empty() {
@@ -215,22 +218,22 @@ impl Drain {
         // Records only for the sinks that take them: the embedded monitor bins the tensors.
         let wants_records = self.sinks.sidecar.is_some() || self.sinks.parquet.is_some();
         let mut records: Vec<PredictionRecord> = Vec::new();
-        let mut chunk: Vec<LoggedRequest> = Vec::new();
+        let mut chunks: Vec<Box<Chunk>> = Vec::new();
         let mut chunk_rows = 0;
         for item in batch {
             match item.take() {
-                ItemKind::Request(r) => {
-                    chunk_rows += r.rows();
-                    chunk.push(*r);
+                ItemKind::Requests(c) => {
+                    chunk_rows += c.rows();
+                    chunks.push(c);
                     if chunk_rows >= CHUNK_ROWS {
-                        self.ingest(&mut chunk, wants_records.then_some(&mut records));
+                        self.ingest(&mut chunks, wants_records.then_some(&mut records));
                         chunk_rows = 0;
                     }
                 }
                 ItemKind::Feedback(f) => feedback.extend(f),
             }
         }
-        self.ingest(&mut chunk, wants_records.then_some(&mut records));
+        self.ingest(&mut chunks, wants_records.then_some(&mut records));
         if !records.is_empty() {
             if let Some(sidecar) = &self.sinks.sidecar {
                 sidecar.records(&records, &self.sinks.dropped);
@@ -256,25 +259,26 @@ impl Drain {
         }
     }
 
-    /// Hands `requests` to the embedded monitor as columnar batches and, when `records` is given,
-    /// expands them into it; then drops them, giving their share of the log's bound back.
-    fn ingest(
-        &self,
-        requests: &mut Vec<LoggedRequest>,
-        records: Option<&mut Vec<PredictionRecord>>,
-    ) {
+    /// Hands the requests of `chunks` to the embedded monitor as columnar batches and, when
+    /// `records` is given, expands them into it; then drops them, giving their share of the log's
+    /// bound back.
+    // Boxed as they came through the queue, and go back to it for reuse.
+    #[allow(clippy::vec_box)]
+    fn ingest(&self, chunks: &mut Vec<Box<Chunk>>, records: Option<&mut Vec<PredictionRecord>>) {
         if let Some(monitor) = &self.sinks.monitor
-            && !requests.is_empty()
+            && !chunks.is_empty()
         {
-            let batches: Vec<RowBatch<'_>> = requests.iter().map(|r| r.batch()).collect();
+            let batches: Vec<RowBatch<'_>> = chunks.iter().flat_map(|c| c.batches()).collect();
             monitor.ingest_batches(&batches);
         }
         if let Some(records) = records {
-            for r in requests.iter() {
-                records.extend(r.batch().records());
+            for batch in chunks.iter().flat_map(|c| c.batches()) {
+                records.extend(batch.records());
             }
         }
-        requests.clear();
+        for chunk in chunks.drain(..) {
+            self.log.recycle(chunk);
+        }
     }
 }
 

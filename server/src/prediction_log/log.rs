@@ -8,15 +8,18 @@
 //! under `reason="shutdown"`: an item not delivered counts itself when dropped, so no path loses
 //! rows uncounted.
 
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use keel_monitor::FeedbackRecord;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::rows::{Captured, LogId, LogNames, LoggedRequest};
+use super::chunk::Chunk;
+use super::queue::{Queue, Sent};
+use super::rows::{Captured, LogCounters, LogId, LogNames};
 use crate::signature::Signature;
 use crate::tensor::Tensor;
 
@@ -57,7 +60,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    fn new(limits: &LogLimits) -> Self {
+    pub(super) fn new(limits: &LogLimits) -> Self {
         Budget {
             rows: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -66,19 +69,22 @@ impl Budget {
         }
     }
 
-    /// Takes `rows` and `bytes`, or nothing and the reason they do not fit.
-    fn take(self: &Arc<Self>, rows: usize, bytes: usize) -> Result<Held, &'static str> {
-        let queued = self.rows.fetch_add(rows, Ordering::AcqRel);
-        if queued.saturating_add(rows) > self.max_rows {
-            self.rows.fetch_sub(rows, Ordering::AcqRel);
+    /// Takes `rows` and `bytes` of `budget`, or nothing and the reason they do not fit.
+    pub(super) fn take<B: Deref<Target = Budget>>(
+        budget: B,
+        rows: usize,
+        bytes: usize,
+    ) -> Result<Held<B>, &'static str> {
+        let queued = budget.rows.fetch_add(rows, Ordering::AcqRel);
+        if queued.saturating_add(rows) > budget.max_rows {
+            budget.rows.fetch_sub(rows, Ordering::AcqRel);
             return Err(reason::QUEUE_FULL);
         }
-        let held = Held {
-            budget: self.clone(),
+        let mut held = Held {
+            budget,
             rows,
             bytes: 0,
         };
-        let mut held = held;
         held.grow(bytes)?;
         Ok(held)
     }
@@ -92,15 +98,16 @@ impl Budget {
     }
 }
 
-/// A share of the log's bound, given back when dropped.
+/// A share of the log's bound, given back when dropped. A request's capture borrows the budget (no
+/// shared count per request); a chunk or a feedback item owns a reference.
 #[derive(Debug)]
-pub struct Held {
-    budget: Arc<Budget>,
+pub struct Held<B: Deref<Target = Budget> = Arc<Budget>> {
+    budget: B,
     rows: usize,
     bytes: usize,
 }
 
-impl Held {
+impl<B: Deref<Target = Budget>> Held<B> {
     /// Takes `bytes` more, or nothing (the share stays as it was).
     fn grow(&mut self, bytes: usize) -> Result<(), &'static str> {
         let queued = self.budget.bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -112,61 +119,85 @@ impl Held {
         Ok(())
     }
 
+    /// Gives `bytes` of the share back.
+    fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        self.budget.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.bytes -= bytes;
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 }
 
-#[cfg(test)]
 impl Held {
-    /// A share of an unbounded budget, for tests of what holds one.
-    pub(super) fn unbounded() -> Held {
-        let budget = Arc::new(Budget::new(&LogLimits {
-            rows: usize::MAX,
-            bytes: usize::MAX,
-            max_elements: usize::MAX,
-        }));
+    /// An empty share of `budget`.
+    pub(super) fn none(budget: &Arc<Budget>) -> Held {
         Held {
-            budget,
+            budget: budget.clone(),
             rows: 0,
             bytes: 0,
         }
     }
+
+    /// Takes over `other`'s share (of the same bound).
+    pub(super) fn absorb<B: Deref<Target = Budget>>(&mut self, mut other: Held<B>) {
+        debug_assert!(std::ptr::eq(&*self.budget, &*other.budget));
+        self.rows += std::mem::take(&mut other.rows);
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
 }
 
-impl Drop for Held {
+impl<B: Deref<Target = Budget>> Drop for Held<B> {
     fn drop(&mut self) {
-        self.budget.rows.fetch_sub(self.rows, Ordering::AcqRel);
-        self.budget.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.rows > 0 {
+            self.budget.rows.fetch_sub(self.rows, Ordering::AcqRel);
+        }
+        if self.bytes > 0 {
+            self.budget.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 
 /// What the drain thread receives.
 pub enum ItemKind {
-    Request(Box<LoggedRequest>),
+    Requests(Box<Chunk>),
     Feedback(Vec<FeedbackRecord>),
 }
 
 /// A queued item. Until the drain thread takes its content ([`LogItem::take`]) it counts its rows
-/// as dropped (`reason="shutdown"`) if it is dropped: whatever path loses it, the rows are counted.
+/// as dropped (`reason="shutdown"`) if it is dropped: whatever path loses it, the rows are counted
+/// (a chunk counts its own, per version).
 pub struct LogItem {
     kind: Option<ItemKind>,
-    rows: u64,
-    /// Where its rows count when it is dropped undelivered.
-    lost: IntCounter,
-    /// The feedback's share of the bound (a request's is in its capture).
+    /// Feedback: where its rows count when it is dropped undelivered.
+    lost: Option<IntCounter>,
+    /// The feedback's share of the bound (a chunk holds its requests').
     _held: Option<Held>,
 }
 
 impl LogItem {
+    pub(super) fn requests(chunk: Box<Chunk>) -> Self {
+        LogItem {
+            kind: Some(ItemKind::Requests(chunk)),
+            lost: None,
+            _held: None,
+        }
+    }
+
     pub fn rows(&self) -> usize {
-        self.rows as usize
+        match &self.kind {
+            Some(ItemKind::Requests(c)) => c.rows(),
+            Some(ItemKind::Feedback(f)) => f.len(),
+            None => 0,
+        }
     }
 
     /// Bytes of the log's bound it holds.
     pub fn bytes(&self) -> usize {
         match (&self.kind, &self._held) {
-            (Some(ItemKind::Request(r)), _) => r.bytes(),
+            (Some(ItemKind::Requests(c)), _) => c.bytes(),
             (_, Some(held)) => held.bytes(),
             _ => 0,
         }
@@ -174,31 +205,29 @@ impl LogItem {
 
     /// Its content, now delivered: dropping it no longer counts anything.
     pub fn take(mut self) -> ItemKind {
-        self.rows = 0;
-        self.kind.take().unwrap_or(ItemKind::Feedback(Vec::new()))
-    }
-
-    /// Counts its rows under another reason than `shutdown`, and nothing more when dropped.
-    fn count_as(mut self, counter: &IntCounter) {
-        counter.inc_by(self.rows);
-        self.rows = 0;
+        self.lost = None;
+        match self.kind.take() {
+            Some(ItemKind::Requests(mut chunk)) => {
+                chunk.delivered();
+                ItemKind::Requests(chunk)
+            }
+            Some(kind) => kind,
+            None => ItemKind::Feedback(Vec::new()),
+        }
     }
 }
 
 impl Drop for LogItem {
     fn drop(&mut self) {
-        if self.rows > 0 {
-            self.lost.inc_by(self.rows);
+        if let (Some(lost), Some(ItemKind::Feedback(f))) = (&self.lost, &self.kind) {
+            lost.inc_by(f.len() as u64);
         }
     }
 }
 
 #[derive(Clone)]
 pub struct PredictionLog {
-    tx: Sender<LogItem>,
-    /// Kept to empty the queue (counting its rows) if an item arrives after the shutdown.
-    rx: Receiver<LogItem>,
-    closed: Arc<AtomicBool>,
+    queue: Arc<Queue>,
     budget: Arc<Budget>,
     max_elements: usize,
     records: IntCounterVec,
@@ -240,13 +269,11 @@ impl PredictionLog {
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(truncated.clone()))?;
         // Items are at least one row each, so this never limits below the row bound.
-        let (tx, rx) = crossbeam_channel::bounded(limits.rows.clamp(1, 1 << 16));
+        let (queue, rx) = Queue::new(limits.rows.clamp(1, 1 << 16));
         let budget = Arc::new(Budget::new(&limits));
         Ok((
             PredictionLog {
-                tx,
-                rx: rx.clone(),
-                closed: Arc::new(AtomicBool::new(false)),
+                queue,
                 budget: budget.clone(),
                 max_elements: limits.max_elements.max(1),
                 records,
@@ -271,19 +298,23 @@ impl PredictionLog {
     /// The handle one model version uses.
     pub fn for_version(&self, model: &str, signature: &Signature, sample_rate: f64) -> VersionLog {
         let dropped = |reason: &str| self.dropped.with_label_values(&[model, reason]);
-        VersionLog {
-            names: LogNames::new(model, signature),
-            log: self.clone(),
-            sample_rate: sample_rate.clamp(0.0, 1.0),
+        let counters = LogCounters {
             records: self.records.with_label_values(&[model]),
             truncated: self.truncated.with_label_values(&[model]),
             queue_full: dropped(reason::QUEUE_FULL),
             queue_bytes: dropped(reason::QUEUE_BYTES),
             shutdown: dropped(reason::SHUTDOWN),
+        };
+        VersionLog {
+            names: LogNames::new(model, signature, counters),
+            log: self.clone(),
+            sample_rate: sample_rate.clamp(0.0, 1.0),
+            output_row_bytes: output_row_bytes(signature, self.max_elements),
         }
     }
 
-    /// Feedback shares the queue (and its bound) so the file sink sees it in order with predictions.
+    /// Feedback shares the queue (and its bound) so the file sink sees it in order with predictions
+    /// (the chunks in the making are queued first).
     pub fn push_feedback(&self, items: Vec<FeedbackRecord>) -> bool {
         let model = items.first().map(|f| f.model.clone()).unwrap_or_default();
         let rows = items.len();
@@ -299,7 +330,7 @@ impl PredictionLog {
                     }
             })
             .sum();
-        let held = match self.budget.take(rows, bytes) {
+        let held = match Budget::take(self.budget.clone(), rows, bytes) {
             Ok(held) => held,
             Err(why) => {
                 dropped(why).inc_by(rows as u64);
@@ -308,66 +339,63 @@ impl PredictionLog {
         };
         let item = LogItem {
             kind: Some(ItemKind::Feedback(items)),
-            rows: rows as u64,
-            lost: dropped(reason::SHUTDOWN),
+            lost: Some(dropped(reason::SHUTDOWN)),
             _held: Some(held),
         };
-        self.send(item, &dropped(reason::QUEUE_FULL))
-    }
-
-    /// Queues `item`; when it cannot be, counts its rows (`full` for a full channel).
-    fn send(&self, item: LogItem, full: &IntCounter) -> bool {
-        if self.closed.load(Ordering::SeqCst) {
-            // Dropping it counts it as `shutdown`.
-            return false;
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                if self.closed.load(Ordering::SeqCst) {
-                    // The drain may have finished before this item arrived: nobody else will
-                    // take it out, so empty the queue here; dropped items count themselves.
-                    while self.rx.try_recv().is_ok() {}
-                    return false;
-                }
-                true
-            }
-            Err(TrySendError::Full(item)) => {
-                item.count_as(full);
+        self.queue.flush();
+        match self.queue.send(item) {
+            Sent::Queued => true,
+            Sent::Full(item) => {
+                dropped(reason::QUEUE_FULL).inc_by(rows as u64);
+                drop(item.take());
                 false
             }
-            // Not while this handle holds a receiver; dropping counts it as `shutdown`.
-            Err(TrySendError::Disconnected(_)) => false,
+            Sent::Closed => false,
         }
+    }
+
+    /// Queues the requests logged so far that wait in partly filled chunks.
+    pub(crate) fn flush(&self) {
+        self.queue.flush();
+    }
+
+    /// Takes back a chunk the drain has delivered (and gives its share of the bound back).
+    pub(crate) fn recycle(&self, chunk: Box<Chunk>) {
+        self.queue.recycle(chunk);
     }
 
     /// After the drain's last look at the queue: from now on pushes are counted, not queued.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        while self.rx.try_recv().is_ok() {}
+        self.queue.close();
     }
 }
 
-/// One model version's logging: its sampling rate and counters.
+/// One model version's logging: its sampling rate, names and counters.
 pub struct VersionLog {
     names: Arc<LogNames>,
     log: PredictionLog,
     sample_rate: f64,
-    records: IntCounter,
-    truncated: IntCounter,
-    queue_full: IntCounter,
-    queue_bytes: IntCounter,
-    shutdown: IntCounter,
+    /// Bytes the logged outputs of one row take, when the signature fixes them: taken from the
+    /// bound with the inputs', so that the push after the model ran needs no second take.
+    output_row_bytes: Option<usize>,
+}
+
+/// Bytes one logged row of `signature`'s outputs takes (each cut to `max_elements`), when every
+/// output has a fixed element size and shape past the batch dimension.
+fn output_row_bytes(signature: &Signature, max_elements: usize) -> Option<usize> {
+    let skip = usize::from(signature.max_batch_size > 0);
+    signature.outputs.iter().try_fold(0usize, |sum, spec| {
+        let size = spec.datatype.size()?;
+        let elements = spec
+            .shape
+            .iter()
+            .skip(skip)
+            .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
+        sum.checked_add(elements.min(max_elements).checked_mul(size)?)
+    })
 }
 
 impl VersionLog {
-    fn dropped(&self, reason: &str) -> &IntCounter {
-        match reason {
-            reason::QUEUE_BYTES => &self.queue_bytes,
-            reason::SHUTDOWN => &self.shutdown,
-            _ => &self.queue_full,
-        }
-    }
-
     /// Captures the sampled rows of a request about to run; `None` when no row is sampled, or
     /// when they do not fit in the log's bound (then they are counted as dropped and nothing is
     /// copied). Only the sampled rows are copied, each tensor's rows cut to
@@ -377,7 +405,7 @@ impl VersionLog {
         request_id: Option<&str>,
         inputs: &[Tensor],
         rows: usize,
-    ) -> Option<Captured> {
+    ) -> Option<Captured<'_>> {
         if self.sample_rate <= 0.0 {
             return None;
         }
@@ -394,18 +422,23 @@ impl VersionLog {
         if sampled.is_empty() {
             return None;
         }
-        if self.log.closed.load(Ordering::Relaxed) {
+        if self.log.queue.is_closed() {
             // After shutdown nothing is queued: no copy either.
-            self.shutdown.inc_by(sampled.len() as u64);
+            self.names.shutdown.inc_by(sampled.len() as u64);
             return None;
         }
         let max_elements = self.log.max_elements;
         let id_len = request_id.map_or(32, str::len);
-        let bytes = Captured::input_bytes("", inputs, rows, &sampled, max_elements) + id_len;
-        let held = match self.log.budget.take(sampled.len(), bytes) {
+        let outputs = self
+            .output_row_bytes
+            .map_or(0, |b| b.saturating_mul(sampled.len()));
+        let bytes = Captured::input_bytes("", inputs, rows, &sampled, max_elements)
+            .saturating_add(id_len)
+            .saturating_add(outputs);
+        let held = match Budget::take(&*self.log.budget, sampled.len(), bytes) {
             Ok(held) => held,
             Err(why) => {
-                self.dropped(why).inc_by(sampled.len() as u64);
+                self.names.dropped(why).inc_by(sampled.len() as u64);
                 return None;
             }
         };
@@ -414,41 +447,26 @@ impl VersionLog {
             Some(id) if !id.is_empty() => LogId::new(id),
             _ => LogId::Heap(crate::request_id::random()),
         };
-        Some(Captured::new(
-            id,
-            now_ms(),
-            inputs,
-            self.names.outputs(),
-            rows,
-            sampled,
-            max_elements,
-            held,
-        ))
+        let mut captured = Captured::new(id, now_ms(), inputs, rows, sampled, max_elements, held);
+        captured.outputs_held = outputs;
+        Some(captured)
     }
 
-    /// Queues a captured request with the sampled rows of the outputs that answered it, if they
-    /// fit in the log's byte bound (else its rows are counted as dropped).
-    pub fn push(&self, mut captured: Captured, version: u64, outputs: &[Tensor]) {
-        let n = captured.len() as u64;
+    /// Adds a captured request with the sampled rows of the outputs that answered it to this
+    /// thread's chunk, if they fit in the log's byte bound (else its rows are counted as dropped).
+    pub fn push(&self, mut captured: Captured<'_>, version: u64, outputs: &[Tensor]) {
+        // Usually exactly what the capture took for them already.
         let output_bytes = captured.output_bytes(outputs);
-        if let Err(why) = captured.held.grow(output_bytes) {
-            self.dropped(why).inc_by(n);
+        let held = std::mem::take(&mut captured.outputs_held);
+        if output_bytes < held {
+            captured.held.shrink(held - output_bytes);
+        } else if let Err(why) = captured.held.grow(output_bytes - held) {
+            self.names.dropped(why).inc_by(captured.len() as u64);
             return;
         }
-        let request = captured.finish(&self.names, version, outputs);
-        let truncated = request.truncated();
-        let item = LogItem {
-            kind: Some(ItemKind::Request(Box::new(request))),
-            rows: n,
-            lost: self.shutdown.clone(),
-            _held: None,
-        };
-        if self.log.send(item, &self.queue_full) {
-            self.records.inc_by(n);
-            if truncated {
-                self.truncated.inc_by(n);
-            }
-        }
+        self.log
+            .queue
+            .add(|chunk| chunk.add(captured, &self.names, version, outputs, &self.log.budget));
     }
 }
 
@@ -512,17 +530,20 @@ mod tests {
         version.push(captured, 1, &[]);
         // The second capture already does not fit: nothing of it is copied.
         assert!(version.capture(None, &request(8), 8).is_none());
-        assert_eq!(version.records.get(), 8);
+        // Queued (and counted) when the drain looks: here, at once.
+        assert_eq!(version.names.records.get(), 0);
+        log.flush();
+        assert_eq!(version.names.records.get(), 8);
         assert_eq!(count(&log, "queue_full"), 8);
         assert_eq!(budget.held().0, 8);
         let item = rx.try_recv().unwrap();
-        let ItemKind::Request(logged) = item.take() else {
-            panic!("a request")
+        let ItemKind::Requests(chunk) = item.take() else {
+            panic!("requests")
         };
-        let records = logged.records();
+        let records = chunk.records();
         assert_eq!(records.len(), 8);
         assert!(records[0].request_id.len() == 32, "a random id is assigned");
-        drop(logged);
+        drop(chunk);
         assert_eq!(
             budget.held(),
             (0, 0),
@@ -559,7 +580,8 @@ mod tests {
         assert!(version.capture(Some("b"), &inputs, 8).is_none());
         assert_eq!(count(&log, "queue_bytes"), 8);
         version.push(first, 1, &outputs);
-        assert_eq!(version.records.get(), 8);
+        log.flush();
+        assert_eq!(version.names.records.get(), 8);
         let held = budget.held();
         assert!(held.1 >= 3200 + 32 && held.1 <= 5000, "{held:?}");
         // Outputs too large for what is left: the whole request is dropped, its share returned.
@@ -585,13 +607,19 @@ mod tests {
         let sampled = captured.len();
         assert!((50..150).contains(&sampled), "{sampled}");
         let (_, bytes) = budget.held();
-        assert_eq!(bytes, 1 + sampled * 4 + sampled * 10 * 4, "{bytes}");
+        // Id, row numbers, inputs, and the outputs' 4 bytes a row (fixed by the signature).
+        assert_eq!(
+            bytes,
+            1 + sampled * 4 + sampled * 10 * 4 + sampled * 4,
+            "{bytes}"
+        );
         version.push(captured, 1, &[tensor("y", 200, 1)]);
-        assert_eq!(version.truncated.get(), sampled as u64);
-        let ItemKind::Request(logged) = rx.try_recv().unwrap().take() else {
-            panic!("a request")
+        log.flush();
+        assert_eq!(version.names.truncated.get(), sampled as u64);
+        let ItemKind::Requests(chunk) = rx.try_recv().unwrap().take() else {
+            panic!("requests")
         };
-        for record in logged.records() {
+        for record in chunk.records() {
             let row = record.row as usize;
             let x = &record.inputs[0].1;
             assert_eq!(x.len(), 10);
@@ -605,7 +633,7 @@ mod tests {
             );
         }
         // Nothing sampled: nothing copied, nothing held.
-        drop(logged);
+        drop(chunk);
         let none = log.for_version("m", &signature(1000), 1e-9);
         assert!(none.capture(Some("r"), &inputs, 200).is_none());
         assert_eq!(budget.held(), (0, 0));
@@ -618,12 +646,15 @@ mod tests {
         let version = log.for_version("m", &signature(1), 1.0);
         let captured = version.capture(Some("a"), &request(3), 3).unwrap();
         version.push(captured, 1, &[]);
-        // Queued, never delivered: dropping the queue counts it.
+        log.flush();
+        let captured = version.capture(Some("b"), &request(4), 4).unwrap();
+        version.push(captured, 1, &[]);
+        // One request queued, one waiting in its chunk, neither delivered: closing counts both.
         drop(rx);
         log.close();
-        assert_eq!(count(&log, "shutdown"), 3);
-        assert!(version.capture(Some("b"), &request(2), 2).is_none());
-        assert_eq!(count(&log, "shutdown"), 5);
+        assert_eq!(count(&log, "shutdown"), 7);
+        assert!(version.capture(Some("c"), &request(2), 2).is_none());
+        assert_eq!(count(&log, "shutdown"), 9);
         assert!(!log.push_feedback(vec![FeedbackRecord {
             model: "m".into(),
             request_id: "a".into(),
@@ -631,7 +662,7 @@ mod tests {
             truth: keel_monitor::FeatureValue::Number(1.0),
             timestamp_ms: 0,
         }]));
-        assert_eq!(count(&log, "shutdown"), 6);
-        assert_eq!(version.records.get(), 3);
+        assert_eq!(count(&log, "shutdown"), 10);
+        assert_eq!(version.names.records.get(), 3);
     }
 }

@@ -6,34 +6,58 @@
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
-use keel_monitor::{FeatureValue, PredictionRecord, RowBatch, TensorRows, Values};
+use keel_monitor::{FeatureValue, Values};
+use prometheus::IntCounter;
 
 use crate::signature::Signature;
 use crate::tensor::{Tensor, TensorData};
 
-/// A version's model and tensor names, shared by all its logged requests so the request path copies
-/// only tensor data.
+/// A version's model and tensor names and its counters, shared by all its logged requests so the
+/// request path copies only tensor data.
 pub struct LogNames {
-    model: String,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
+    pub(super) model: String,
+    pub(super) inputs: Vec<String>,
+    pub(super) outputs: Vec<String>,
+    pub(super) records: IntCounter,
+    pub(super) truncated: IntCounter,
+    pub(super) queue_full: IntCounter,
+    pub(super) queue_bytes: IntCounter,
+    pub(super) shutdown: IntCounter,
 }
 
 impl LogNames {
-    /// How many output tensors the version answers with.
-    pub fn outputs(&self) -> usize {
-        self.outputs.len()
-    }
-
-    pub fn new(model: &str, signature: &Signature) -> Arc<Self> {
+    pub fn new(model: &str, signature: &Signature, counters: LogCounters) -> Arc<Self> {
         let names =
             |specs: &[crate::signature::TensorSpec]| specs.iter().map(|s| s.name.clone()).collect();
         Arc::new(LogNames {
             model: model.to_string(),
             inputs: names(&signature.inputs),
             outputs: names(&signature.outputs),
+            records: counters.records,
+            truncated: counters.truncated,
+            queue_full: counters.queue_full,
+            queue_bytes: counters.queue_bytes,
+            shutdown: counters.shutdown,
         })
     }
+
+    /// Rows dropped for `reason` (one of the request path's: queue_full, queue_bytes, shutdown).
+    pub(super) fn dropped(&self, reason: &str) -> &IntCounter {
+        match reason {
+            super::log::reason::QUEUE_BYTES => &self.queue_bytes,
+            super::log::reason::SHUTDOWN => &self.shutdown,
+            _ => &self.queue_full,
+        }
+    }
+}
+
+/// One version's `keel_prediction_log_*` counters.
+pub struct LogCounters {
+    pub records: IntCounter,
+    pub truncated: IntCounter,
+    pub queue_full: IntCounter,
+    pub queue_bytes: IntCounter,
+    pub shutdown: IntCounter,
 }
 
 /// Heap bytes a BYTES element costs besides its content (its `Vec`).
@@ -41,16 +65,16 @@ const BYTES_ELEMENT_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
 
 /// The sampled rows of one tensor, each cut to at most `max_elements` elements: a copy of only
 /// what will be logged.
-struct Kept {
+pub(super) struct Kept {
     /// `width` elements per sampled row, rows in sampling order.
-    data: TensorData,
-    width: usize,
+    pub(super) data: TensorData,
+    pub(super) width: usize,
     /// The tensor's rows were wider than `width`.
-    truncated: bool,
+    pub(super) truncated: bool,
 }
 
 /// Elements per row of a tensor of `rows` rows, and how many of them are logged.
-fn widths(data: &TensorData, rows: usize, max_elements: usize) -> (usize, usize) {
+pub(super) fn widths(data: &TensorData, rows: usize, max_elements: usize) -> (usize, usize) {
     let per_row = data.len() / rows.max(1);
     (per_row, per_row.min(max_elements))
 }
@@ -74,6 +98,16 @@ fn copy_bytes(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usi
 /// Copies rows `sampled` of `data` (a tensor of `rows` rows), each cut to `max_elements`.
 fn copy_rows(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usize) -> Kept {
     let (per_row, width) = widths(data, rows, max_elements);
+    copy_rows_cut(data, per_row, width, sampled)
+}
+
+/// Copies rows `sampled` of `data` (rows of `per_row` elements), each cut to `width`.
+pub(super) fn copy_rows_cut(
+    data: &TensorData,
+    per_row: usize,
+    width: usize,
+    sampled: &[u32],
+) -> Kept {
     fn pick<T: Clone>(v: &[T], per_row: usize, width: usize, sampled: &[u32]) -> Vec<T> {
         if width == per_row && sampled.len() * per_row == v.len() && !sampled.is_empty() {
             // Every row sampled, none cut (sampling keeps row order): one copy of the whole.
@@ -153,30 +187,23 @@ pub fn all_rows(rows: usize) -> Cow<'static, [u32]> {
 
 /// The sampled rows of one request, inputs captured before they go to the backend: only the
 /// sampled rows' elements are copied, at most `max_elements` per tensor and row.
-pub struct Captured {
-    request_id: LogId,
-    timestamp_ms: u64,
+pub struct Captured<'a> {
+    pub(super) request_id: LogId,
+    pub(super) timestamp_ms: u64,
     /// Rows of the request (dimension 0 of every tensor; 1 for models without batching).
-    rows: usize,
-    sampled: Cow<'static, [u32]>,
-    max_elements: usize,
-    /// The inputs in signature order, as validated requests are; once finished, the outputs after
-    /// them (one allocation for both).
-    kept: Vec<Kept>,
-    inputs: usize,
+    pub(super) rows: usize,
+    pub(super) sampled: Cow<'static, [u32]>,
+    pub(super) max_elements: usize,
+    /// The inputs in signature order, as validated requests are.
+    pub(super) kept: Vec<Kept>,
+    pub(super) inputs: usize,
     /// The share of the log's bound this capture holds, given back when it is dropped.
-    pub(super) held: super::log::Held,
+    pub(super) held: super::log::Held<&'a super::log::Budget>,
+    /// Bytes of `held` taken for the outputs.
+    pub(super) outputs_held: usize,
 }
 
-/// A served request as the log keeps it until the drain thread expands it.
-pub struct LoggedRequest {
-    names: Arc<LogNames>,
-    version: u64,
-    /// Its outputs (in signature order, as every backend returns them) follow its inputs in `kept`.
-    captured: Captured,
-}
-
-impl Captured {
+impl<'a> Captured<'a> {
     /// Bytes a capture of rows `sampled` of `inputs` takes: tensor data, row indexes and id.
     pub fn input_bytes(
         request_id: &str,
@@ -194,20 +221,18 @@ impl Captured {
     }
 
     /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
-    /// tensor's rows cut to `max_elements` elements; `outputs`: how many tensors will answer it.
-    #[allow(clippy::too_many_arguments)]
+    /// tensor's rows cut to `max_elements` elements.
     pub fn new(
         request_id: LogId,
         timestamp_ms: u64,
         inputs: &[Tensor],
-        outputs: usize,
         rows: usize,
         sampled: Cow<'static, [u32]>,
         max_elements: usize,
-        held: super::log::Held,
+        held: super::log::Held<&'a super::log::Budget>,
     ) -> Self {
         let max_elements = max_elements.max(1);
-        let mut kept = Vec::with_capacity(inputs.len() + outputs);
+        let mut kept = Vec::with_capacity(inputs.len());
         kept.extend(
             inputs
                 .iter()
@@ -222,6 +247,7 @@ impl Captured {
             inputs: kept.len(),
             kept,
             held,
+            outputs_held: 0,
         }
     }
 
@@ -233,84 +259,13 @@ impl Captured {
         self.sampled.is_empty()
     }
 
-    /// Bytes the sampled rows of `outputs` will take once copied by [`Self::finish`].
+    /// Bytes the sampled rows of `outputs` will take once copied (`Chunk::add`).
     pub fn output_bytes(&self, outputs: &[Tensor]) -> usize {
         outputs
             .iter()
             .map(|t| copy_bytes(&t.data, self.rows, &self.sampled, self.max_elements))
             .sum()
     }
-
-    /// Completes the capture with the sampled rows of the outputs that answered the request.
-    pub fn finish(
-        mut self,
-        names: &Arc<LogNames>,
-        version: u64,
-        outputs: &[Tensor],
-    ) -> LoggedRequest {
-        let (rows, max_elements) = (self.rows, self.max_elements);
-        for t in outputs {
-            let kept = copy_rows(&t.data, rows, &self.sampled, max_elements);
-            self.kept.push(kept);
-        }
-        LoggedRequest {
-            names: names.clone(),
-            version,
-            captured: self,
-        }
-    }
-}
-
-impl LoggedRequest {
-    pub fn rows(&self) -> usize {
-        self.captured.sampled.len()
-    }
-
-    pub fn model(&self) -> &str {
-        &self.names.model
-    }
-
-    /// Bytes of the log's bound this request holds.
-    pub fn bytes(&self) -> usize {
-        self.captured.held.bytes()
-    }
-
-    /// Whether some tensor's rows were cut to `max_elements`.
-    pub fn truncated(&self) -> bool {
-        self.captured.kept.iter().any(|k| k.truncated)
-    }
-
-    /// The sampled rows as columns, borrowing the copied tensors: what the embedded monitor bins.
-    pub fn batch(&self) -> RowBatch<'_> {
-        let (c, names) = (&self.captured, &self.names);
-        let (inputs, outputs) = c.kept.split_at(c.inputs.min(c.kept.len()));
-        RowBatch {
-            model: &names.model,
-            version: self.version,
-            request_id: c.request_id.as_str(),
-            timestamp_ms: c.timestamp_ms,
-            rows: &c.sampled,
-            inputs: tensor_rows(&names.inputs, inputs),
-            outputs: tensor_rows(&names.outputs, outputs),
-        }
-    }
-
-    /// One record per sampled row, for the sinks that take records.
-    pub fn records(&self) -> Vec<PredictionRecord> {
-        self.batch().records().collect()
-    }
-}
-
-fn tensor_rows<'a>(names: &'a [String], tensors: &'a [Kept]) -> Vec<TensorRows<'a>> {
-    names
-        .iter()
-        .zip(tensors)
-        .map(|(name, kept)| TensorRows {
-            name,
-            width: kept.width,
-            values: column_values(&kept.data),
-        })
-        .collect()
 }
 
 /// A tensor's elements as the monitor reads them (borrowed, not converted).
@@ -339,53 +294,6 @@ pub(crate) fn values(data: &TensorData, range: std::ops::Range<usize>) -> Vec<Fe
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_split_every_tensor() {
-        let input = Tensor {
-            name: "x".into(),
-            shape: vec![2, 2],
-            data: TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]),
-        };
-        let label = Tensor {
-            name: "label".into(),
-            shape: vec![2],
-            data: TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec()]),
-        };
-        let names = Arc::new(LogNames {
-            model: "m".into(),
-            inputs: vec!["x".into()],
-            outputs: vec!["label".into()],
-        });
-        let held = crate::prediction_log::log::Held::unbounded();
-        let captured = Captured::new(
-            LogId::new("r"),
-            7,
-            &[input],
-            1,
-            2,
-            vec![1].into(),
-            1024,
-            held,
-        );
-        let logged = captured.finish(&names, 3, &[label]);
-        let records = logged.records();
-        assert_eq!(records.len(), 1);
-        let r = &records[0];
-        assert_eq!((r.row, r.version, r.timestamp_ms), (1, 3, 7));
-        assert_eq!(
-            r.inputs,
-            vec![(
-                "x".into(),
-                vec![FeatureValue::Number(3.0), FeatureValue::Number(4.0)]
-            )]
-        );
-        assert_eq!(
-            r.outputs,
-            vec![("label".into(), vec![FeatureValue::Category("b".into())])]
-        );
-        assert!(!logged.truncated());
-    }
 
     #[test]
     fn ids_up_to_32_bytes_stay_inline_and_read_back_as_given() {

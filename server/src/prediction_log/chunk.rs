@@ -1,0 +1,632 @@
+//! Logged requests gathered into one queue item. A runtime worker adds the requests it serves to a
+//! chunk of its own (see `stash.rs`) and queues the chunk when it is full or the worker goes idle, so
+//! the queue, the drain thread and the allocator see one item per chunk rather than per request.
+//!
+//! Small tensors are copied into one vector per element type (the chunk's arenas): a chunk of 64
+//! single-row requests is a handful of allocations, freed together on the drain thread. Freeing each
+//! request's own vectors there (five per request) cost more than the logging itself: mimalloc hands
+//! memory freed by another thread back to its owner through a shared list, a cache miss per block on
+//! each side. Larger tensors keep the vector they were copied into.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use keel_monitor::{PredictionRecord, RowBatch, TensorRows, Values};
+
+use super::log::Held;
+use super::rows::{Captured, Kept, LogId, LogNames, column_values, widths};
+use crate::tensor::{Tensor, TensorData};
+
+/// A chunk is queued once it holds this many requests...
+pub const ENTRIES: usize = 64;
+/// ...or this many bytes of the log's bound.
+pub const BYTES: usize = 64 << 10;
+/// Tensors up to this many bytes are copied into the arenas; larger ones keep their own vector.
+const ARENA_TENSOR: usize = 4 << 10;
+
+/// One logged request.
+struct Entry {
+    /// Its version's names: `Chunk::names[names]`.
+    names: usize,
+    version: u64,
+    id: LogId,
+    timestamp_ms: u64,
+    /// The request's row numbers of the logged rows.
+    sampled: Cow<'static, [u32]>,
+    /// Its inputs are `slots[first..first + inputs]`, its outputs the `outputs` slots after them.
+    first: usize,
+    inputs: usize,
+    outputs: usize,
+    /// Some tensor's rows were cut to `--prediction-log-max-elements`.
+    truncated: bool,
+}
+
+/// Where one logged tensor's elements are.
+enum Slot {
+    /// `arenas[arena][start..end]`.
+    Arena {
+        arena: usize,
+        start: usize,
+        end: usize,
+        width: usize,
+    },
+    Own(Kept),
+}
+
+/// Logged requests, in the order they were added, and their tensors.
+pub struct Chunk {
+    entries: Vec<Entry>,
+    /// The versions of its requests (a shared count per version, not per request).
+    names: Vec<Arc<LogNames>>,
+    slots: Vec<Slot>,
+    /// One vector per element type in use.
+    arenas: Vec<TensorData>,
+    rows: usize,
+    /// The requests' share of the log's bound, given back when the chunk is dropped.
+    held: Option<Held>,
+    /// Taken by the drain (or counted under another reason): dropping it counts nothing.
+    delivered: bool,
+}
+
+impl Chunk {
+    /// An empty chunk with room for `entries` requests.
+    pub fn with_capacity(entries: usize) -> Self {
+        Chunk {
+            entries: Vec::with_capacity(entries),
+            names: Vec::new(),
+            slots: Vec::with_capacity(entries * 3),
+            arenas: Vec::new(),
+            rows: 0,
+            held: None,
+            delivered: false,
+        }
+    }
+
+    /// Logged rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of the log's bound it holds.
+    pub fn bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, Held::bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Time to queue it.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= ENTRIES || self.bytes() >= BYTES
+    }
+
+    /// Adds a captured request with the sampled rows of the outputs that answered it.
+    pub fn add(
+        &mut self,
+        captured: Captured<'_>,
+        names: &Arc<LogNames>,
+        version: u64,
+        outputs: &[Tensor],
+        budget: &Arc<super::log::Budget>,
+    ) {
+        let Captured {
+            request_id,
+            timestamp_ms,
+            rows,
+            sampled,
+            max_elements,
+            kept,
+            inputs,
+            held,
+            ..
+        } = captured;
+        self.held
+            .get_or_insert_with(|| Held::none(budget))
+            .absorb(held);
+        let first = self.slots.len();
+        let mut truncated = false;
+        for k in kept {
+            truncated |= k.truncated;
+            let slot = self.keep(k);
+            self.slots.push(slot);
+        }
+        for t in outputs {
+            let (per_row, width) = widths(&t.data, rows, max_elements);
+            truncated |= width < per_row;
+            let slot = self.copy(&t.data, per_row, width, &sampled);
+            self.slots.push(slot);
+        }
+        self.rows += sampled.len();
+        let names = match self.names.iter().rposition(|n| Arc::ptr_eq(n, names)) {
+            Some(i) => i,
+            None => {
+                self.names.push(names.clone());
+                self.names.len() - 1
+            }
+        };
+        self.entries.push(Entry {
+            names,
+            version,
+            id: request_id,
+            timestamp_ms,
+            sampled,
+            first,
+            inputs,
+            outputs: outputs.len(),
+            truncated,
+        });
+    }
+
+    /// The arena for `like`'s element type, made when missing; `None` for strings (each element
+    /// is its own vector anyway).
+    fn arena(&mut self, like: &TensorData, elements: usize) -> Option<usize> {
+        if matches!(like, TensorData::Bytes(_)) {
+            return None;
+        }
+        let datatype = like.datatype();
+        if let Some(i) = self.arenas.iter().position(|a| a.datatype() == datatype) {
+            return Some(i);
+        }
+        let mut arena = like.slice(0..0);
+        // Room for a chunk of such requests at once: no growth for the usual uniform traffic.
+        arena.reserve((elements * ENTRIES).min(BYTES));
+        self.arenas.push(arena);
+        Some(self.arenas.len() - 1)
+    }
+
+    /// A copied input's slot: appended to an arena when small, else kept as it is.
+    fn keep(&mut self, kept: Kept) -> Slot {
+        let arena = if kept.data.byte_len() <= ARENA_TENSOR {
+            self.arena(&kept.data, kept.data.len())
+        } else {
+            None
+        };
+        match arena {
+            Some(arena) => {
+                let start = self.arenas[arena].len();
+                if append(
+                    &mut self.arenas[arena],
+                    &kept.data,
+                    kept.width,
+                    kept.width,
+                    None,
+                ) {
+                    let end = self.arenas[arena].len();
+                    return Slot::Arena {
+                        arena,
+                        start,
+                        end,
+                        width: kept.width,
+                    };
+                }
+                Slot::Own(kept)
+            }
+            None => Slot::Own(kept),
+        }
+    }
+
+    /// An output's slot: rows `sampled` of `data`, each cut to `width` of its `per_row` elements.
+    fn copy(&mut self, data: &TensorData, per_row: usize, width: usize, sampled: &[u32]) -> Slot {
+        let bytes = data.byte_len() / data.len().max(1) * width * sampled.len();
+        if bytes <= ARENA_TENSOR
+            && let Some(arena) = self.arena(data, width * sampled.len())
+        {
+            let start = self.arenas[arena].len();
+            if append(&mut self.arenas[arena], data, per_row, width, Some(sampled)) {
+                let end = self.arenas[arena].len();
+                return Slot::Arena {
+                    arena,
+                    start,
+                    end,
+                    width,
+                };
+            }
+        }
+        Slot::Own(super::rows::copy_rows_cut(data, per_row, width, sampled))
+    }
+
+    fn tensor_rows<'a>(&'a self, names: &'a [String], slots: &'a [Slot]) -> Vec<TensorRows<'a>> {
+        names
+            .iter()
+            .zip(slots)
+            .map(|(name, slot)| match slot {
+                Slot::Arena {
+                    arena,
+                    start,
+                    end,
+                    width,
+                } => TensorRows {
+                    name,
+                    width: *width,
+                    values: range_values(&self.arenas[*arena], *start..*end),
+                },
+                Slot::Own(kept) => TensorRows {
+                    name,
+                    width: kept.width,
+                    values: column_values(&kept.data),
+                },
+            })
+            .collect()
+    }
+
+    /// Each request's logged rows as columns, borrowing the copies: what the embedded monitor bins.
+    pub fn batches(&self) -> impl Iterator<Item = RowBatch<'_>> {
+        self.entries.iter().map(|e| {
+            let names = &self.names[e.names];
+            let inputs = self
+                .slots
+                .get(e.first..e.first + e.inputs)
+                .unwrap_or_default();
+            let outputs = self
+                .slots
+                .get(e.first + e.inputs..e.first + e.inputs + e.outputs)
+                .unwrap_or_default();
+            RowBatch {
+                model: &names.model,
+                version: e.version,
+                request_id: e.id.as_str(),
+                timestamp_ms: e.timestamp_ms,
+                rows: &e.sampled,
+                inputs: self.tensor_rows(&names.inputs, inputs),
+                outputs: self.tensor_rows(&names.outputs, outputs),
+            }
+        })
+    }
+
+    /// One record per logged row, for the sinks that take records.
+    pub fn records(&self) -> Vec<PredictionRecord> {
+        self.batches()
+            .flat_map(|b| b.records().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Adds each request's rows to a counter of its version's log, once per version.
+    pub(super) fn count(&self, counter: impl Fn(&LogNames) -> &prometheus::IntCounter) {
+        for (names, rows, _) in self.tallies() {
+            counter(&names).inc_by(rows);
+        }
+    }
+
+    /// Rows, and rows with a cut tensor, per version.
+    pub(super) fn tallies(&self) -> Vec<(Arc<LogNames>, u64, u64)> {
+        let mut out: Vec<(Arc<LogNames>, u64, u64)> =
+            self.names.iter().map(|n| (n.clone(), 0, 0)).collect();
+        for e in &self.entries {
+            let rows = e.sampled.len() as u64;
+            if let Some((_, n, t)) = out.get_mut(e.names) {
+                *n += rows;
+                if e.truncated {
+                    *t += rows;
+                }
+            }
+        }
+        out
+    }
+
+    /// Empties it for reuse, giving its share of the log's bound back; false when its arenas grew
+    /// too large to keep.
+    pub(super) fn clear(&mut self) -> bool {
+        self.entries.clear();
+        self.names.clear();
+        self.slots.clear();
+        self.rows = 0;
+        self.held = None;
+        self.delivered = false;
+        self.arenas.retain(|a| {
+            let capacity = crate::with_tensor_data!(a, v => v.capacity());
+            capacity * a.datatype().size().unwrap_or(1) <= 2 * BYTES
+        });
+        for arena in &mut self.arenas {
+            crate::with_tensor_data!(arena, v => v.clear());
+        }
+        self.slots.capacity() <= 4 * ENTRIES
+    }
+
+    /// From now on dropping it counts nothing: it was delivered, or counted under another reason.
+    pub(super) fn delivered(&mut self) {
+        self.delivered = true;
+    }
+}
+
+/// Rows not delivered count as `reason="shutdown"`, whatever path lost them.
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.count(|names| &names.shutdown);
+        }
+    }
+}
+
+/// Appends to `arena` rows `sampled` (all rows when `None`) of `data` (rows of `per_row`
+/// elements), each cut to `width`; false (nothing appended) when their element types differ.
+fn append(
+    arena: &mut TensorData,
+    data: &TensorData,
+    per_row: usize,
+    width: usize,
+    sampled: Option<&[u32]>,
+) -> bool {
+    fn pick<T: Clone>(
+        out: &mut Vec<T>,
+        v: &[T],
+        per_row: usize,
+        width: usize,
+        rows: Option<&[u32]>,
+    ) {
+        match rows {
+            None => out.extend_from_slice(v),
+            Some(rows) if width == per_row && rows.len() * per_row == v.len() => {
+                // Every row sampled, none cut (sampling keeps row order): the whole at once.
+                out.extend_from_slice(v)
+            }
+            Some(rows) => {
+                for &r in rows {
+                    let start = r as usize * per_row;
+                    out.extend_from_slice(v.get(start..start + width).unwrap_or_default());
+                }
+            }
+        }
+    }
+    macro_rules! append {
+        ($($variant:ident),*) => {
+            match (arena, data) {
+                $((TensorData::$variant(a), TensorData::$variant(v)) => pick(a, v, per_row, width, sampled),)*
+                _ => return false,
+            }
+        };
+    }
+    append!(
+        Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64
+    );
+    true
+}
+
+/// Elements `range` of an arena, as the monitor reads them.
+fn range_values(data: &TensorData, range: std::ops::Range<usize>) -> Values<'_> {
+    macro_rules! cut {
+        ($($variant:ident => $values:ident),*) => {
+            match data {
+                $(TensorData::$variant(v) => Values::$values(v.get(range).unwrap_or_default()),)*
+            }
+        };
+    }
+    cut!(
+        Bool => Bool, Uint8 => U8, Uint16 => U16, Uint32 => U32, Uint64 => U64, Int8 => I8,
+        Int16 => I16, Int32 => I32, Int64 => I64, Fp16 => F16, Fp32 => F32, Fp64 => F64,
+        Bytes => Bytes
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_monitor::FeatureValue;
+    use prometheus::IntCounter;
+
+    use super::*;
+    use crate::prediction_log::log::{Budget, LogLimits};
+    use crate::prediction_log::rows::{LogCounters, all_rows};
+    use crate::signature::{Signature, TensorSpec};
+    use crate::tensor::DataType;
+
+    fn counter() -> IntCounter {
+        IntCounter::new("c", "c").unwrap()
+    }
+
+    fn names(inputs: &[&str], outputs: &[&str]) -> Arc<LogNames> {
+        let spec = |name: &&str| TensorSpec {
+            name: name.to_string(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, -1],
+        };
+        let signature = Signature {
+            inputs: inputs.iter().map(spec).collect(),
+            outputs: outputs.iter().map(spec).collect(),
+            max_batch_size: 8,
+        };
+        let counters = LogCounters {
+            records: counter(),
+            truncated: counter(),
+            queue_full: counter(),
+            queue_bytes: counter(),
+            shutdown: counter(),
+        };
+        LogNames::new("m", &signature, counters)
+    }
+
+    fn budget() -> Arc<Budget> {
+        Arc::new(Budget::new(&LogLimits {
+            rows: usize::MAX,
+            bytes: usize::MAX,
+            max_elements: usize::MAX,
+        }))
+    }
+
+    fn tensor(name: &str, shape: Vec<usize>, data: TensorData) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape,
+            data,
+        }
+    }
+
+    fn capture<'a>(
+        budget: &'a Budget,
+        id: &str,
+        inputs: &[Tensor],
+        rows: usize,
+        sampled: Cow<'static, [u32]>,
+        max_elements: usize,
+    ) -> Captured<'a> {
+        let held = Budget::take(budget, sampled.len(), 100).unwrap();
+        Captured::new(LogId::new(id), 7, inputs, rows, sampled, max_elements, held)
+    }
+
+    /// Every element of `t` in rows `sampled`, each row cut to `max_elements`, as records list them.
+    fn expected(t: &Tensor, rows: usize, row: u32, max_elements: usize) -> Vec<FeatureValue> {
+        let per_row = t.data.len() / rows;
+        let start = row as usize * per_row;
+        super::super::rows::values(&t.data, start..start + per_row.min(max_elements))
+    }
+
+    #[test]
+    fn rows_split_every_tensor() {
+        let budget = budget();
+        let input = tensor("x", vec![2, 2], TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+        let label = tensor(
+            "label",
+            vec![2],
+            TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec()]),
+        );
+        let names = names(&["x"], &["label"]);
+        let mut chunk = Chunk::with_capacity(1);
+        let captured = capture(&budget, "r", &[input], 2, vec![1].into(), 1024);
+        chunk.add(captured, &names, 3, &[label], &budget);
+        let records = chunk.records();
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!((r.row, r.version, r.timestamp_ms), (1, 3, 7));
+        assert_eq!(
+            r.inputs,
+            vec![(
+                "x".into(),
+                vec![FeatureValue::Number(3.0), FeatureValue::Number(4.0)]
+            )]
+        );
+        assert_eq!(
+            r.outputs,
+            vec![("label".into(), vec![FeatureValue::Category("b".into())])]
+        );
+        chunk.delivered();
+    }
+
+    /// Requests of several types and sizes in one chunk: small tensors share the arenas, large ones
+    /// and strings keep their vectors, and every row reads back as it was, rows and cuts included.
+    #[test]
+    fn arenas_and_own_vectors_read_back_alike() {
+        let budget = budget();
+        let names_a = names(&["x", "flags"], &["p", "label"]);
+        let names_b = names(&["x", "flags"], &["p", "label"]);
+        let mut chunk = Chunk::with_capacity(4);
+        let mut want = Vec::new();
+        // (rows, width of x, sampled rows, max elements): one row; a sample; cut rows; a tensor
+        // larger than an arena slot (2,000 rows x 3 floats = 24 KB).
+        let cases: [(usize, usize, Vec<u32>, usize); 4] = [
+            (1, 30, vec![0], 1024),
+            (5, 4, vec![1, 3], 1024),
+            (3, 6, vec![0, 1, 2], 4),
+            (2000, 3, (0..2000).step_by(7).collect(), 1024),
+        ];
+        for (i, (rows, width, sampled, max_elements)) in cases.into_iter().enumerate() {
+            let x = tensor(
+                "x",
+                vec![rows, width],
+                TensorData::Fp32((0..rows * width).map(|v| v as f32 + i as f32).collect()),
+            );
+            let flags = tensor(
+                "flags",
+                vec![rows, 2],
+                TensorData::Int64((0..rows as i64 * 2).map(|v| -v).collect()),
+            );
+            let p = tensor(
+                "p",
+                vec![rows, 2],
+                TensorData::Fp64((0..rows * 2).map(|v| v as f64 / 3.0).collect()),
+            );
+            let label = tensor(
+                "label",
+                vec![rows],
+                TensorData::Bytes((0..rows).map(|r| format!("c{r}").into_bytes()).collect()),
+            );
+            let names = if i % 2 == 0 { &names_a } else { &names_b };
+            let inputs = [x, flags];
+            let outputs = [p, label];
+            let id = format!("r{i}");
+            let captured = capture(
+                &budget,
+                &id,
+                &inputs,
+                rows,
+                sampled.clone().into(),
+                max_elements,
+            );
+            chunk.add(captured, names, i as u64, &outputs, &budget);
+            for &row in &sampled {
+                let tensors = |ts: &[Tensor]| {
+                    ts.iter()
+                        .map(|t| (t.name.clone(), expected(t, rows, row, max_elements)))
+                        .collect::<Vec<_>>()
+                };
+                want.push((
+                    id.clone(),
+                    i as u64,
+                    row,
+                    tensors(&inputs),
+                    tensors(&outputs),
+                ));
+            }
+        }
+        assert!(chunk.slots.iter().any(|s| matches!(s, Slot::Own(_))));
+        assert!(chunk.slots.iter().any(|s| matches!(s, Slot::Arena { .. })));
+        assert_eq!(
+            chunk.arenas.len(),
+            3,
+            "FP32, INT64 and FP64 share one arena each"
+        );
+        assert_eq!(chunk.rows(), want.len());
+        let got: Vec<_> = chunk
+            .records()
+            .into_iter()
+            .map(|r| (r.request_id, r.version, r.row, r.inputs, r.outputs))
+            .collect();
+        assert_eq!(got, want);
+        // Rows per version, and the cut request's rows as truncated.
+        let tallies: Vec<_> = chunk
+            .tallies()
+            .into_iter()
+            .map(|(_, n, t)| (n, t))
+            .collect();
+        assert_eq!(tallies, [(1 + 3, 3), (2 + 286, 0)]);
+        chunk.delivered();
+    }
+
+    #[test]
+    fn an_undelivered_chunk_counts_its_rows_as_shutdown_and_a_reused_one_starts_empty() {
+        let budget = budget();
+        let names = names(&["x"], &[]);
+        let input = tensor("x", vec![3, 1], TensorData::Fp32(vec![1.0, 2.0, 3.0]));
+        let mut chunk = Chunk::with_capacity(2);
+        chunk.add(
+            capture(
+                &budget,
+                "a",
+                std::slice::from_ref(&input),
+                3,
+                all_rows(3),
+                8,
+            ),
+            &names,
+            1,
+            &[],
+            &budget,
+        );
+        assert_eq!(budget.held().0, 3);
+        assert!(chunk.clear(), "a small chunk is kept for reuse");
+        assert_eq!(budget.held(), (0, 0), "clearing gives the share back");
+        assert!(chunk.is_empty() && chunk.records().is_empty());
+        chunk.add(
+            capture(&budget, "b", &[input], 3, all_rows(3), 8),
+            &names,
+            1,
+            &[],
+            &budget,
+        );
+        drop(chunk);
+        assert_eq!(names.shutdown.get(), 3);
+        assert_eq!(budget.held(), (0, 0));
+    }
+}
