@@ -138,17 +138,22 @@ impl Queue {
             build(&mut chunk);
             return self.send_chunk(chunk);
         }
+        let slot = &self.slots[slot_index()].0;
         let full = {
-            let mut slot = self.slots[slot_index()]
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
             let chunk = slot.get_or_insert_with(|| self.new_chunk());
             build(chunk);
             if chunk.is_full() { slot.take() } else { None }
         };
         if let Some(chunk) = full {
             self.send_chunk(chunk);
+        } else if self.closed.load(Ordering::SeqCst) {
+            // Closed while this request was added, maybe after `close` emptied this slot: nobody
+            // else will, so send it here (counted as `shutdown`).
+            let chunk = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(chunk) = chunk {
+                self.send_chunk(chunk);
+            }
         }
     }
 
