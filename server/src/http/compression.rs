@@ -9,9 +9,7 @@
 use std::io::{Read, Write};
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flate2::Compression;
@@ -110,16 +108,17 @@ pub fn response_coding(headers: &HeaderMap) -> Option<Coding> {
     best.and_then(|(_, coding)| coding)
 }
 
-/// Router middleware: refuses a request body in a coding Keel cannot decode (415, before the handler
-/// reads a byte of it), and compresses a successful, non-empty response the client asked to have
-/// compressed. Error answers stay uncompressed JSON, as Triton sends them (tritonclient reads an error
-/// body without looking at its coding).
-pub async fn layer(request: Request, next: Next) -> Response {
-    if let Err(coding) = request_coding(request.headers()) {
-        return unsupported(&coding);
-    }
-    let wanted = response_coding(request.headers());
-    let mut response = next.run(request).await;
+/// 415 for a request body in a coding Keel cannot decode, before the handler reads a byte of it.
+pub fn refuse(headers: &HeaderMap) -> Option<Response> {
+    request_coding(headers)
+        .err()
+        .map(|coding| unsupported(&coding))
+}
+
+/// Compresses a successful, non-empty response in `wanted`, the coding the client asked for
+/// ([`response_coding`]). Error answers stay uncompressed JSON, as Triton sends them (tritonclient
+/// reads an error body without looking at its coding).
+pub async fn compress_response(mut response: Response, wanted: Option<Coding>) -> Response {
     let Some(coding) = wanted else {
         return response;
     };

@@ -4,6 +4,7 @@ pub mod body;
 pub mod codec;
 pub mod compression;
 mod data_spans;
+mod edge;
 pub mod json_data;
 pub mod metadata;
 mod raw;
@@ -12,7 +13,7 @@ pub mod serve;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +28,7 @@ use crate::monitoring::{self, Monitoring};
 use crate::otel::{Operation, RequestSpan};
 use crate::readiness::Readiness;
 use crate::request_id;
+pub use edge::Edge;
 
 /// Bodies above this size are decoded on the blocking pool so a large JSON parse cannot stall the
 /// runtime's workers.
@@ -57,7 +59,7 @@ pub struct HttpState {
 /// Handlers share one state: axum clones it for every request, so it must cost one reference count.
 type Shared = Arc<HttpState>;
 
-pub fn router(state: HttpState) -> Router {
+pub fn router(state: HttpState) -> Edge {
     let state = Arc::new(state);
     // Health stays open for probes (Triton's "health" group); everything else needs the API token when
     // one is configured, except repository control, which checks the admin token itself.
@@ -97,19 +99,15 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer));
-    if state.request_timeout.is_some() {
-        api = api.route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_deadline,
-        ));
-    }
     if state.api.enabled() {
         api = api.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_api_token,
         ));
     }
-    open.merge(api)
+    let request_timeout = state.request_timeout;
+    let router = open
+        .merge(api)
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -117,44 +115,9 @@ pub fn router(state: HttpState) -> Router {
                 Json(serde_json::json!({ "error": "method not allowed on this endpoint" })),
             )
         })
-        // axum's own rejections (a path that is not UTF-8, say) are plain text: every error is JSON.
-        .layer(axum::middleware::map_response(codec::json_error_body))
-        .layer(axum::middleware::from_fn(echo_request_id))
-        // The infer handler enforces its own, configurable limit with a JSON error.
-        .layer(DefaultBodyLimit::disable())
-        // Outermost: 415 for a body coding Keel cannot read, before anything reads it; compressed
-        // answers for clients that ask (`Accept-Encoding`).
-        .layer(axum::middleware::from_fn(compression::layer))
-        .with_state(state)
-}
-
-/// A client's `x-request-id` comes back on every answer, errors included, so a client can match a
-/// refusal to its request; a successful inference sets the id it used itself.
-async fn echo_request_id(request: Request, next: Next) -> Response {
-    let id = request.headers().get(request_id::HEADER).cloned();
-    let mut response = next.run(request).await;
-    if let Some(id) = id {
-        response
-            .headers_mut()
-            .entry(request_id::HEADER)
-            .or_insert(id);
-    }
-    response
-}
-
-/// Repository control is left out: cancelling a load half-way helps nobody.
-async fn request_deadline(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let Some(limit) = state.request_timeout else {
-        return next.run(request).await;
-    };
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => Error::Timeout(format!(
-            "the request took longer than {} s (--request-timeout)",
-            limit.as_secs_f64()
-        ))
-        .into_response(),
-    }
+        .with_state(state);
+    // What applies to every request is done around the router, not as its layers (see edge.rs).
+    Edge::new(router, request_timeout)
 }
 
 async fn require_api_token(State(state): State<Shared>, request: Request, next: Next) -> Response {

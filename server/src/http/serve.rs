@@ -8,9 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::Request;
+use axum::http::{Request, Response};
 use hyper::body::{Frame, Incoming as IncomingBody, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -20,12 +19,33 @@ use tower::ServiceExt;
 
 use crate::listener::{BusyGuard, Conn, Incoming};
 
-/// Serves `router` on every connection of `incoming` until `stopped`; then closes idle connections at
+/// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
+/// with what surrounds it ([`super::Edge`]).
+pub trait Answer: Clone + Send + Sync + 'static {
+    fn answer(self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Answer for axum::Router {
+    async fn answer(self, request: Request<Body>) -> Response<Body> {
+        match self.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl Answer for super::Edge {
+    fn answer(self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
+        self.call(request)
+    }
+}
+
+/// Serves `answer` on every connection of `incoming` until `stopped`; then closes idle connections at
 /// once, lets the others finish their request, and returns when all have closed. The caller bounds that
 /// wait with the shutdown deadline.
 pub async fn serve(
     mut incoming: Incoming,
-    router: Router,
+    answer: impl Answer,
     body_timeout: Option<Duration>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -35,7 +55,7 @@ pub async fn serve(
         tokio::select! {
             conn = incoming.next() => match conn {
                 Some(conn) => {
-                    connections.spawn(connection(conn, router.clone(), body_timeout, for_connections.clone()));
+                    connections.spawn(connection(conn, answer.clone(), body_timeout, for_connections.clone()));
                 }
                 None => break,
             },
@@ -50,17 +70,17 @@ pub async fn serve(
 
 async fn connection(
     conn: Conn,
-    router: Router,
+    answer: impl Answer,
     body_timeout: Option<Duration>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let activity = conn.activity().clone();
     let service = hyper::service::service_fn(move |request: Request<IncomingBody>| {
         let busy = activity.begin();
-        let router = router.clone();
+        let answer = answer.clone();
         async move {
-            let request = request.map(|body| DeadlineBody::new(body, body_timeout));
-            let response = router.oneshot(request).await?;
+            let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
+            let response = answer.answer(request).await;
             Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _busy: busy }))
         }
     });
