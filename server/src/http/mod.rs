@@ -203,9 +203,11 @@ async fn model_config(State(state): State<Shared>, Path(path): ModelPath) -> Res
 async fn infer(
     State(state): State<Shared>,
     Path(path): ModelPath,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response> {
+    // The request taken whole: axum's `HeaderMap` extractor would clone the headers.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let Some(start) = state.tracer.sample_headers(&headers) else {
         return infer_request(state, path, headers, body, None).await;
     };
