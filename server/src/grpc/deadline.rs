@@ -40,30 +40,51 @@ pub struct Deadline<S> {
 impl<S, B, RB> tower::Service<Request<B>> for Deadline<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Default + Send + 'static,
+    RB: Default,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let limit = self.limit;
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "the call took longer than {} s (--request-timeout)",
-                    limit.as_secs_f64()
-                ))
-                .into_http()),
-            }
-        })
+        DeadlineFuture {
+            call: tokio::time::timeout(self.limit, self.inner.call(request)),
+            limit: self.limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The call's future with its deadline, unboxed: boxing it cost an allocation and a move of
+    /// tonic's future per call.
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F, RB, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: Default,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.call.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(tonic::Status::deadline_exceeded(format!(
+                "the call took longer than {} s (--request-timeout)",
+                this.limit.as_secs_f64()
+            ))
+            .into_http())),
+        }
     }
 }
