@@ -173,8 +173,10 @@ impl Chunk {
             return Some(i);
         }
         let mut arena = like.slice(0..0);
-        // Room for a chunk of such requests at once: no growth for the usual uniform traffic.
-        arena.reserve((elements * ENTRIES).min(BYTES));
+        // Room for a chunk of such requests at once (no growth for the usual uniform traffic), but
+        // no more than a chunk's bytes.
+        let size = datatype.size().unwrap_or(1).max(1);
+        arena.reserve(elements.saturating_mul(ENTRIES).min(BYTES / size));
         self.arenas.push(arena);
         Some(self.arenas.len() - 1)
     }

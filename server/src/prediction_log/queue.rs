@@ -18,8 +18,9 @@ use super::log::{ItemKind, LogItem};
 /// Chunks in the making at once, one per thread that logs (runtime workers, mostly).
 const SLOTS: usize = 16;
 
-/// Emptied chunks kept for reuse: at most this many.
-const SPARE: usize = 2 * SLOTS;
+/// Emptied chunks kept for reuse: at most one per slot (each keeps at most a few arenas of up to
+/// 128 KiB; a chunk of 64 single-row requests of 30 floats is about 30 KiB in all).
+const SPARE: usize = SLOTS;
 
 /// A slot on its own cache line, so two threads' slots never share one.
 #[repr(align(128))]
