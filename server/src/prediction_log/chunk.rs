@@ -183,8 +183,9 @@ impl Chunk {
 
     /// A copied input's slot: appended to an arena when small, else kept as it is.
     fn keep(&mut self, kept: Kept) -> Slot {
-        let arena = if kept.data.byte_len() <= ARENA_TENSOR {
-            self.arena(&kept.data, kept.data.len())
+        let elements = kept.data.len();
+        let arena = if fits_arena(&kept.data, elements) {
+            self.arena(&kept.data, elements)
         } else {
             None
         };
@@ -214,8 +215,7 @@ impl Chunk {
 
     /// An output's slot: rows `sampled` of `data`, each cut to `width` of its `per_row` elements.
     fn copy(&mut self, data: &TensorData, per_row: usize, width: usize, sampled: &[u32]) -> Slot {
-        let bytes = data.byte_len() / data.len().max(1) * width * sampled.len();
-        if bytes <= ARENA_TENSOR
+        if fits_arena(data, width * sampled.len())
             && let Some(arena) = self.arena(data, width * sampled.len())
         {
             let start = self.arenas[arena].len();
@@ -342,6 +342,14 @@ impl Drop for Chunk {
             self.count(|names| &names.shutdown);
         }
     }
+}
+
+/// Whether `elements` of `data`'s type go into an arena: fixed-size types up to [`ARENA_TENSOR`]
+/// bytes (strings never: each is its own vector anyway, and sizing them would read every one).
+fn fits_arena(data: &TensorData, elements: usize) -> bool {
+    data.datatype()
+        .size()
+        .is_some_and(|size| size.saturating_mul(elements) <= ARENA_TENSOR)
 }
 
 /// Appends to `arena` rows `sampled` (all rows when `None`) of `data` (rows of `per_row`
