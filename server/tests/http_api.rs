@@ -376,6 +376,44 @@ async fn unknown_routes_and_wrong_methods_answer_json_errors() {
     s.server.shutdown().await.unwrap();
 }
 
+/// Plain inference paths skip the router (edge.rs); percent-encoded and malformed ones go through it.
+/// Both ways answer alike.
+#[tokio::test]
+async fn inference_paths_answer_alike_with_or_without_the_router() {
+    let s = TestServer::start(&example_models()).await;
+    let body = infer_body(1);
+    let (status, plain) = s.post_json("/v2/models/breast-cancer/infer", &body).await;
+    assert_eq!(status, 200, "{plain}");
+    for path in [
+        "/v2/models/breast%2Dcancer/infer",
+        "/v2/models/breast-cancer/versions/2/infer",
+        "/v2/models/breast-cancer/versions/%32/infer",
+    ] {
+        let (status, reply) = s.post_json(path, &body).await;
+        assert_eq!(status, 200, "{path}: {reply}");
+        assert_eq!(reply["model_name"], plain["model_name"], "{path}");
+        assert_eq!(reply["model_version"], "2", "{path}");
+        assert_eq!(reply["outputs"], plain["outputs"], "{path}");
+    }
+    let (status, reply) = s
+        .post_json("/v2/models/breast-cancer/versions/1/infer", &body)
+        .await;
+    assert_eq!((status, &reply["model_version"]), (200, &json!("1")));
+    for (path, expected) in [
+        ("/v2/models/no-such-model/infer", 404),
+        ("/v2/models/no%2Dsuch/infer", 404),
+        ("/v2/models//infer", 404),
+        ("/v2/models/breast-cancer/versions//infer", 400),
+        ("/v2/models/breast-cancer/versions/9/infer", 404),
+        ("/v2/models/breast-cancer/versions/x/infer", 400),
+    ] {
+        let (status, reply) = s.post_json(path, &body).await;
+        assert_eq!(status, expected, "{path}: {reply}");
+        assert!(reply["error"].is_string(), "{path}: {reply}");
+    }
+    s.server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn request_ids_are_random_unless_the_client_sends_one() {
     let s = TestServer::start(&example_models()).await;

@@ -5,16 +5,18 @@
 //! These were router layers. axum wraps every route in every layer, and a routed request clones each
 //! layer's boxed inner service and boxes a future per layer: about 5 µs per request (a fifth of Keel's
 //! CPU per request at 32 connections, measured with the layers and without). Here they cost a few
-//! header lookups and, with a deadline, one timer.
+//! header lookups and, with a deadline, one timer. Inference requests skip the router too: their path
+//! is read here and their handler called directly.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, ServiceExt};
 
-use super::{codec, compression};
+use super::{Shared, codec, compression};
 use crate::error::Error;
 use crate::request_id;
 
@@ -25,13 +27,16 @@ pub struct Edge {
     router: <DefaultBodyLimit as Layer<Router>>::Service,
     /// The most an API request (inference, feedback, metadata) may take; `None`: no limit.
     request_timeout: Option<Duration>,
+    /// For inference requests, which go to their handler without the router (`super::infer_target`).
+    state: Shared,
 }
 
 impl Edge {
-    pub fn new(router: Router, request_timeout: Option<Duration>) -> Self {
+    pub fn new(router: Router, request_timeout: Option<Duration>, state: Shared) -> Self {
         Edge {
             router: DefaultBodyLimit::disable().layer(router),
             request_timeout,
+            state,
         }
     }
 
@@ -47,7 +52,14 @@ impl Edge {
         let deadline = self
             .request_timeout
             .filter(|_| !health_or_control(request.uri().path()));
-        let routed = self.router.oneshot(request);
+        let routed = async move {
+            if request.method() == Method::POST
+                && super::infer_target(request.uri().path()).is_some()
+            {
+                return Ok(super::infer_direct(&self.state, request).await);
+            }
+            self.router.oneshot(request).await
+        };
         let response = match deadline {
             None => routed.await,
             Some(limit) => match tokio::time::timeout(limit, routed).await {
@@ -105,6 +117,30 @@ fn health_or_control(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::health_or_control;
+    use crate::http::infer_target;
+
+    #[test]
+    fn inference_paths_skip_the_router_only_when_nothing_needs_decoding() {
+        assert_eq!(infer_target("/v2/models/m/infer"), Some(("m", None)));
+        assert_eq!(
+            infer_target("/v2/models/m/versions/2/infer"),
+            Some(("m", Some("2")))
+        );
+        for routed in [
+            "/v2/models//infer",
+            "/v2/models/m/versions//infer",
+            "/v2/models/m%2Dx/infer",
+            "/v2/models/m/versions/%32/infer",
+            "/v2/models/m/x/infer",
+            "/v2/models/m/versions/2/x/infer",
+            "/v2/models/m/infer/",
+            "/v2/models/m",
+            "/v2/models/infer",
+            "/v2/model/m/infer",
+        ] {
+            assert_eq!(infer_target(routed), None, "{routed}");
+        }
+    }
 
     #[test]
     fn health_and_control_paths_are_told_from_api_paths() {

@@ -115,26 +115,32 @@ pub fn router(state: HttpState) -> Edge {
                 Json(serde_json::json!({ "error": "method not allowed on this endpoint" })),
             )
         })
-        .with_state(state);
+        .with_state(state.clone());
     // What applies to every request is done around the router, not as its layers (see edge.rs).
-    Edge::new(router, request_timeout)
+    Edge::new(router, request_timeout, state)
 }
 
 async fn require_api_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let header = request
-        .headers()
+    match api_refusal(&state, request.headers()) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
+}
+
+/// 401 when the API token is configured and the request does not carry it.
+fn api_refusal(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    if !state.api.enabled() {
+        return None;
+    }
+    let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.api.check(header) {
-        Ok(()) => next.run(request).await,
-        Err(e) => {
-            let mut response = e.into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
-    }
+    let e = state.api.check(header).err()?;
+    let mut response = e.into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
 }
 
 impl IntoResponse for Error {
@@ -199,23 +205,64 @@ async fn model_config(State(state): State<Shared>, Path(path): ModelPath) -> Res
     Ok(Json(metadata::config(&served)).into_response())
 }
 
-/// An inference request, in its trace span when it is sampled (`traceparent`, `--otlp-*`).
+/// The infer route as the router reaches it: paths it had to decode (see [`infer_target`] for the
+/// usual way in).
 async fn infer(
     State(state): State<Shared>,
     Path(path): ModelPath,
     request: Request,
 ) -> Result<Response> {
+    let (model, version) = model_and_version(&path);
     // The request taken whole: axum's `HeaderMap` extractor would clone the headers.
     let (parts, body) = request.into_parts();
-    let headers = parts.headers;
+    infer_at(&state, model, version, parts.headers, body).await
+}
+
+/// `POST /v2/models/{model}[/versions/{version}]/infer`, read from the path by the edge so the busiest
+/// route skips the router (matching, a map of path parameters, a boxed service and future per
+/// request). `None` for everything else, and for segments that are empty or percent-encoded: those
+/// go through the router, which decodes them or answers 404 as for any other path.
+pub(crate) fn infer_target(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    let target = match rest.split_once("/versions/") {
+        Some((model, version)) => (model, Some(version)),
+        None => (rest, None),
+    };
+    (plain(target.0) && target.1.is_none_or(plain)).then_some(target)
+}
+
+/// The infer route reached from the edge: the token check the router's API layer would make, then the
+/// route's work. The caller has checked the method and [`infer_target`].
+pub(crate) async fn infer_direct(state: &Shared, request: Request) -> Response {
+    if let Some(refused) = api_refusal(state, request.headers()) {
+        return refused;
+    }
+    let (parts, body) = request.into_parts();
+    let Some((model, version)) = infer_target(parts.uri.path()) else {
+        return Error::NotFound("no such endpoint".into()).into_response();
+    };
+    infer_at(state, model, version, parts.headers, body)
+        .await
+        .into_response()
+}
+
+/// An inference request, in its trace span when it is sampled (`traceparent`, `--otlp-*`).
+async fn infer_at(
+    state: &Shared,
+    model: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let Some(start) = state.tracer.sample_headers(&headers) else {
-        return infer_request(state, path, headers, body, None).await;
+        return infer_request(state, model, version, headers, body, None).await;
     };
     let operation = Operation::HttpInfer {
-        versioned: path.version.is_some(),
+        versioned: version.is_some(),
     };
     let mut span = state.tracer.span(start, operation);
-    let result = infer_request(state, path, headers, body, span.as_mut()).await;
+    let result = infer_request(state, model, version, headers, body, span.as_mut()).await;
     if let Some(span) = &mut span {
         span.answered(result.as_ref().err());
     }
@@ -223,13 +270,13 @@ async fn infer(
 }
 
 async fn infer_request(
-    state: Shared,
-    path: ModelVersion,
+    state: &Shared,
+    model: &str,
+    version: Option<&str>,
     headers: HeaderMap,
     body: Body,
     mut span: Option<&mut RequestSpan>,
 ) -> Result<Response> {
-    let (model, version) = model_and_version(&path);
     if let Some(span) = span.as_deref_mut() {
         span.model(model);
     }
