@@ -223,10 +223,11 @@ async fn infer(
 /// request). `None` for everything else, and for segments that are empty or percent-encoded: those
 /// go through the router, which decodes them or answers 404 as for any other path.
 pub(crate) fn infer_target(path: &str) -> Option<(&str, Option<&str>)> {
+    // Byte tests, not substring searches: this runs on every request.
     let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
-    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
-    let target = match rest.split_once("/versions/") {
-        Some((model, version)) => (model, Some(version)),
+    let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
+    let target = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => (&rest[..i], Some(rest[i + 1..].strip_prefix("versions/")?)),
         None => (rest, None),
     };
     (plain(target.0) && target.1.is_none_or(plain)).then_some(target)
