@@ -5,7 +5,7 @@
 //! These were router layers. axum wraps every route in every layer, and a routed request clones each
 //! layer's boxed inner service and boxes a future per layer: about 5 µs per request (a fifth of Keel's
 //! CPU per request at 32 connections, measured with the layers and without). Here they cost a few
-//! header lookups and, with a deadline, one timer. Inference requests skip the router too: their path
+//! header lookups and, with a deadline, the connection's timer (deadline.rs). Inference requests skip the router too: their path
 //! is read here and their handler called directly.
 
 use std::time::Duration;
@@ -16,6 +16,9 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, ServiceExt};
 
+use tokio::time::Instant;
+
+use super::deadline::{ConnTimer, Elapsed};
 use super::{Shared, codec, compression};
 use crate::error::Error;
 use crate::request_id;
@@ -41,7 +44,7 @@ impl Edge {
     }
 
     /// Answers one request.
-    pub async fn call(self, request: Request) -> Response {
+    pub async fn call(self, request: Request, timer: ConnTimer) -> Response {
         // Before anything reads the body.
         if let Some(refused) = compression::refuse(request.headers()) {
             return refused;
@@ -62,9 +65,9 @@ impl Edge {
         };
         let response = match deadline {
             None => routed.await,
-            Some(limit) => match tokio::time::timeout(limit, routed).await {
+            Some(limit) => match timer.limit(routed, Instant::now() + limit).await {
                 Ok(response) => response,
-                Err(_) => Ok(Error::Timeout(format!(
+                Err(Elapsed) => Ok(Error::Timeout(format!(
                     "the request took longer than {} s (--request-timeout)",
                     limit.as_secs_f64()
                 ))

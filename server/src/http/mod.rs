@@ -4,6 +4,7 @@ pub mod body;
 pub mod codec;
 pub mod compression;
 mod data_spans;
+mod deadline;
 mod edge;
 pub mod json_data;
 pub mod metadata;

@@ -17,16 +17,22 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+use super::deadline::ConnTimer;
 use crate::listener::{BusyGuard, Conn, Incoming};
 
 /// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
 /// with what surrounds it ([`super::Edge`]).
 pub trait Answer: Clone + Send + Sync + 'static {
-    fn answer(self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+    /// `timer`: the connection's, for a request deadline.
+    fn answer(
+        self,
+        request: Request<Body>,
+        timer: ConnTimer,
+    ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 impl Answer for axum::Router {
-    async fn answer(self, request: Request<Body>) -> Response<Body> {
+    async fn answer(self, request: Request<Body>, _: ConnTimer) -> Response<Body> {
         match self.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -35,8 +41,12 @@ impl Answer for axum::Router {
 }
 
 impl Answer for super::Edge {
-    fn answer(self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
-        self.call(request)
+    fn answer(
+        self,
+        request: Request<Body>,
+        timer: ConnTimer,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.call(request, timer)
     }
 }
 
@@ -75,12 +85,14 @@ async fn connection(
     mut stopped: watch::Receiver<bool>,
 ) {
     let activity = conn.activity().clone();
+    let timer = ConnTimer::default();
     let service = hyper::service::service_fn(move |request: Request<IncomingBody>| {
         let busy = activity.begin();
         let answer = answer.clone();
+        let timer = timer.clone();
         async move {
             let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
-            let response = answer.answer(request).await;
+            let response = answer.answer(request, timer).await;
             Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _busy: busy }))
         }
     });
