@@ -21,8 +21,9 @@
 //! them, and answers the others. The instance threads wait on a doorbell rather than on the queue, so no
 //! request wakes one; one is rung only when no request could take the work (a request too large to
 //! compute on an async worker or above [`RELAY_MAX_ROWS`], a model not known to be cheap yet, or a
-//! relaying request that has computed [`LEAD_BATCHES`] batches for others and leaves the rest). A request that finds every session
-//! taken leaves its work to their holders: each looks at the queue again after giving its session back.
+//! relaying request that has computed [`LEAD_ROUNDS`] rounds of [`LEAD_BATCHES`] batches for others,
+//! yielding between rounds, and leaves the rest). A request that finds every session taken leaves its
+//! work to their holders: each looks at the queue again after giving its session back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
@@ -38,9 +39,25 @@ use crate::tensor::Tensor;
 pub const DEFAULT_MAX_US: u64 = 50;
 /// The most `direct_run_max_us` may allow: a second on an async worker is already far too long.
 pub const LIMIT_MAX_US: u64 = 1_000_000;
-/// How many batches a relaying request computes before it returns to its own connection, leaving what
-/// is still queued to the next request or, rung, an instance thread.
+/// How many batches a relaying request computes before it lets its worker's other tasks run
+/// ([`Lead::Left`]).
 pub const LEAD_BATCHES: usize = 4;
+/// How many rounds of [`LEAD_BATCHES`] a relaying request computes, yielding to its worker's other tasks
+/// between them, before it returns to its own connection and rings an instance thread for what is
+/// still queued. Ringing costs a thread wake-up and its sleep again (about 40 µs of CPU on the 2-core
+/// development VM); a yield lets another request take over the lead on the same worker.
+pub const LEAD_ROUNDS: usize = 4;
+
+/// What a relaying request left behind ([`Direct::lead`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// Nothing queued that a session holder will not see.
+    Done,
+    /// Requests still queued after [`LEAD_BATCHES`] batches.
+    Left,
+    /// Work that only an instance thread may take.
+    Ring,
+}
 
 /// The most rows a relayed batch holds, and so the largest request a request relays: larger ones go to
 /// the instance threads, whose two hand-offs are small next to such a request's own decoding and
@@ -162,14 +179,15 @@ impl Direct {
     }
 
     /// Computes queued requests on an idle instance's session, on this thread, `rows` being the caller's
-    /// own request, already queued. False when an instance thread must take over (the caller rings): the
-    /// model is not known to be cheap enough, a queued request is too large, or work is left after
-    /// [`LEAD_BATCHES`] batches. True when nothing is left, or when every session was taken: each holder
-    /// looks at the queue again once it gives its session back, so the work is not stranded.
-    pub fn lead(&self, rows: usize, requeue: &crossbeam_channel::Sender<Pending>) -> bool {
+    /// own request, already queued, at most [`LEAD_BATCHES`] batches. [`Lead::Done`] when nothing is
+    /// left, or when every session was taken (each holder looks at the queue again after giving its
+    /// session back); [`Lead::Left`] after its batches with work still queued; [`Lead::Ring`] when an
+    /// instance thread must take over: the model is not known to be cheap enough, or a queued request
+    /// is too large.
+    pub fn lead(&self, rows: usize, requeue: &crossbeam_channel::Sender<Pending>) -> Lead {
         let max_rows = self.spec.cost.rows_within(self.max).min(RELAY_MAX_ROWS);
         if max_rows == 0 || rows > max_rows {
-            return false;
+            return Lead::Ring;
         }
         let queue = Queue {
             pending: self.queue.clone(),
@@ -183,10 +201,10 @@ impl Direct {
             // session free, or the holder sees this request queued.
             fence(Ordering::SeqCst);
             let Some(mut guard) = self.sessions.iter().find_map(|s| s.try_lock().ok()) else {
-                return true;
+                return Lead::Done;
             };
             let Some(backend) = guard.as_mut() else {
-                return false;
+                return Lead::Ring;
             };
             loop {
                 match source.next_batch_now(max_rows, requeue) {
@@ -195,16 +213,20 @@ impl Direct {
                         batches += 1;
                     }
                     Now::Empty => break,
-                    Now::TooLarge => return false,
+                    Now::TooLarge => return Lead::Ring,
                 }
                 if batches >= LEAD_BATCHES && !source.carrying() {
                     drop(guard);
-                    return source.is_empty();
+                    return if source.is_empty() {
+                        Lead::Done
+                    } else {
+                        Lead::Left
+                    };
                 }
             }
             drop(guard);
             if source.is_empty() {
-                return true;
+                return Lead::Done;
             }
         }
     }

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use tokio::sync::oneshot;
 
 use crate::batch;
-use crate::direct::Direct;
+use crate::direct::{Direct, LEAD_ROUNDS, Lead};
 use crate::doorbell::{Doorbell, Woken};
 use crate::error::{Error, Result};
 use crate::metrics::VersionMetrics;
@@ -184,10 +184,20 @@ impl Scheduler {
 
     /// Relayed versions: computes the queue here if an instance is idle and the model is cheap enough
     /// (`rows`: the caller's own request), else has an instance thread take it.
-    fn relay(&self, rows: usize) {
-        match self.direct.get() {
-            Some(direct) if direct.lead(rows, &self.queue) => {}
-            _ => self.ring(),
+    async fn relay(&self, rows: usize) {
+        let Some(direct) = self.direct.get() else {
+            return self.ring();
+        };
+        for _ in 0..LEAD_ROUNDS {
+            match direct.lead(rows, &self.queue) {
+                Lead::Done => return,
+                Lead::Ring => return self.ring(),
+                // Let this worker's other tasks run; one of them may take the lead meanwhile.
+                Lead::Left => tokio::task::yield_now().await,
+            }
+        }
+        if direct.pending() {
+            self.ring();
         }
     }
 
@@ -229,7 +239,7 @@ impl Scheduler {
                 Ok(done) => {
                     // Requests that came meanwhile found the session taken and left the queue to it.
                     if direct.pending() {
-                        self.relay(0);
+                        self.relay(0).await;
                     }
                     return done;
                 }
@@ -270,7 +280,7 @@ impl Scheduler {
         } else {
             // Let this worker's other ready requests queue first: they join the batch computed next.
             tokio::task::yield_now().await;
-            self.relay(rows);
+            self.relay(rows).await;
         }
         let stopped = || Error::Unavailable("the model instance stopped during inference".into());
         let Some(limit) = timeout else {
@@ -639,6 +649,76 @@ mod tests {
         );
         // The batch was dropped without an answer (no instance ran it): the first request hears so.
         assert!(first.await.unwrap().is_err());
+    }
+
+    /// Answers each request with its own inputs.
+    struct Echo(Arc<AtomicUsize>);
+
+    impl crate::backend::Backend for Echo {
+        fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, crate::stats::Phases)> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok((inputs, crate::stats::Phases::default()))
+        }
+    }
+
+    /// A relaying request computes `LEAD_BATCHES` batches and then says work is left (its caller yields
+    /// and looks again, or rings) rather than computing on; the next look takes the rest. Each request
+    /// gets its own rows back.
+    #[tokio::test]
+    async fn a_relay_computes_its_batches_then_says_what_is_left() {
+        use crate::direct::{LEAD_BATCHES, Lead};
+        let config = DynamicBatching {
+            max_queue_size: 64,
+            ..DynamicBatching::default()
+        };
+        let (s, queue, metrics) = scheduler(&config);
+        let spec = Arc::new(crate::instance::InstanceSpec {
+            label: "m-1".into(),
+            kind: crate::backend::BackendKind::Tract,
+            path: std::path::PathBuf::new(),
+            signature: crate::signature::Signature {
+                inputs: vec![],
+                outputs: vec![],
+                max_batch_size: 2,
+            },
+            config: crate::model_toml::ModelToml::default(),
+            policy: BatchPolicy {
+                max_batch_size: 2,
+                max_queue_delay: Duration::ZERO,
+                preferred_batch_sizes: vec![],
+            },
+            stats: Arc::default(),
+            metrics: metrics.clone(),
+            cost: crate::direct::Cost::default(),
+        });
+        spec.cost.observe(Duration::from_micros(1), 1);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let session: crate::instance::Session =
+            Arc::new(std::sync::Mutex::new(Some(Box::new(Echo(calls.clone())))));
+        let direct = Direct::new(vec![session], spec, 50, queue.pending.clone()).unwrap();
+        // Ten one-row requests in batches of two: four batches take eight.
+        let mut answers = Vec::new();
+        for i in 0..10 {
+            let (mut p, answer) = pending(1, 2);
+            p.inputs[0].data = TensorData::Fp32(vec![i as f32; 2]);
+            s.queue.try_send(p).unwrap();
+            metrics.queue_depth.inc();
+            answers.push(answer);
+        }
+        assert_eq!(direct.lead(1, &s.queue), Lead::Left);
+        assert_eq!(calls.load(Ordering::Relaxed), LEAD_BATCHES);
+        assert!(direct.pending());
+        assert_eq!(direct.lead(1, &s.queue), Lead::Done);
+        assert_eq!(calls.load(Ordering::Relaxed), 5);
+        assert!(!direct.pending());
+        for (i, answer) in answers.into_iter().enumerate() {
+            let executed = answer.await.unwrap().unwrap();
+            assert_eq!(
+                executed.outputs[0].data,
+                TensorData::Fp32(vec![i as f32; 2])
+            );
+        }
+        assert_eq!(metrics.queue_depth.get(), 0);
     }
 
     /// A request relaying the queue takes batches of what is there without waiting, up to the rows it may
