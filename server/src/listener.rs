@@ -175,13 +175,6 @@ impl Conn {
         &self.activity
     }
 
-    fn tcp(&self) -> &TcpStream {
-        match &self.io {
-            Io::Plain(tcp) => tcp,
-            Io::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
     /// Pending until the connection's deadline, if it has one; then an error that closes it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let Some(deadline) = self.activity.deadline() else {
@@ -335,14 +328,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp().connect_info()
-    }
-}
-
 /// A listener's accepted (and, with TLS, handshaken) connections. Dropping it stops the accept loop and
 /// closes the listening socket.
 pub struct Incoming {
@@ -371,14 +356,6 @@ impl Incoming {
     /// The next connection; `None` once the listener has stopped.
     pub async fn next(&mut self) -> Option<Conn> {
         self.rx.recv().await.map(|(conn, _)| conn)
-    }
-
-    /// For tonic's `serve_with_incoming*`.
-    pub fn into_stream(
-        self,
-    ) -> impl tokio_stream::Stream<Item = io::Result<Conn>> + Send + 'static {
-        use tokio_stream::StreamExt;
-        tokio_stream::wrappers::ReceiverStream::new(self.rx).map(|(conn, _)| Ok(conn))
     }
 }
 

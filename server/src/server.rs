@@ -54,8 +54,6 @@ pub enum StartError {
 pub enum ServeError {
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
-    #[error("gRPC server: {0}")]
-    Grpc(tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(tokio::task::JoinError),
 }
@@ -70,7 +68,7 @@ pub struct Server {
     ready: Readiness,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
-    grpc: JoinHandle<Result<(), ServeError>>,
+    grpc: JoinHandle<()>,
     /// The repository's first load, then its poller.
     watcher: JoinHandle<()>,
     /// Turns true once the first load has finished (whatever its outcome).
@@ -164,9 +162,6 @@ impl Server {
         let infer = Infer::new(repository.clone());
         let ready = Readiness::new(repository.clone(), config.strict_readiness);
         let (stop, stopped) = watch::channel(false);
-        let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
 
         let (http_listener, _) = bind(config.http_addr).await?;
         let (grpc_listener, _) = bind(config.grpc_addr).await?;
@@ -243,24 +238,23 @@ impl Server {
             config.grpc_max_message_bytes,
         );
         let api_layer = api.enabled().then(|| ApiTokenLayer::new(api));
-        let grpc_stopped = until_stopped(stopped.clone());
-        let grpc_limits = config.limits.clone();
-        let grpc = tokio::spawn(async move {
-            let deadline = seconds(grpc_limits.request_timeout).map(DeadlineLayer::new);
-            tonic::transport::Server::builder()
-                .max_concurrent_streams(Some(grpc_limits.grpc_max_concurrent_streams.max(1)))
-                .http2_keepalive_interval(seconds(grpc_limits.grpc_keepalive))
-                .http2_keepalive_timeout(seconds(grpc_limits.grpc_keepalive))
-                .layer(tower::util::option_layer(deadline))
-                .layer(tower::util::MapResponseLayer::new(
-                    grpc::canonical_size_status,
-                ))
-                .layer(tower::util::option_layer(api_layer))
-                .add_service(grpc_service)
-                .serve_with_incoming_shutdown(grpc_incoming.into_stream(), grpc_stopped)
-                .await
-                .map_err(ServeError::Grpc)
-        });
+        let grpc_service = tower::ServiceBuilder::new()
+            .layer(DeadlineLayer::new(seconds(limits.request_timeout)))
+            .layer(tower::util::MapResponseLayer::new(
+                grpc::canonical_size_status,
+            ))
+            .layer(tower::util::option_layer(api_layer))
+            .service(grpc_service);
+        let http2 = grpc::serve::Http2 {
+            max_concurrent_streams: limits.grpc_max_concurrent_streams,
+            keepalive: seconds(limits.grpc_keepalive),
+        };
+        let grpc = tokio::spawn(grpc::serve::serve(
+            grpc_incoming,
+            grpc_service,
+            http2,
+            stopped.clone(),
+        ));
         let metrics_limits = ConnLimits {
             max_connections: limits.max_connections,
             header: seconds(limits.header_read_timeout),
@@ -354,11 +348,11 @@ impl Server {
             tokio::join!(&mut self.http, &mut self.grpc, &mut self.watcher)
         })
         .await;
-        let (http, grpc) = match drained {
+        match drained {
             Ok((http, grpc, watcher)) => {
                 watcher.map_err(ServeError::Task)?;
                 http.map_err(ServeError::Task)?;
-                (Ok(()), grpc.map_err(ServeError::Task)?)
+                grpc.map_err(ServeError::Task)?;
             }
             Err(_) => {
                 tracing::warn!(
@@ -368,9 +362,8 @@ impl Server {
                 self.http.abort();
                 self.grpc.abort();
                 self.watcher.abort();
-                (Ok::<(), ServeError>(()), Ok(()))
             }
-        };
+        }
         // The spans of the last requests (queued as they were answered) go before the log's flush,
         // which may take the rest of the deadline.
         if let Some(exporter) = self.exporter.take() {
@@ -391,12 +384,11 @@ impl Server {
                 .shutdown_by(std::time::Instant::now() + left)
                 .await;
         }
-        let metrics = tokio::task::spawn_blocking(move || self.metrics_thread.join())
+        tokio::task::spawn_blocking(move || self.metrics_thread.join())
             .await
             .map_err(ServeError::Task)?
             .unwrap_or_else(|_| Err(std::io::Error::other("the metrics thread panicked")))
-            .map_err(ServeError::Http);
-        http.and(grpc).and(metrics)
+            .map_err(ServeError::Http)
     }
 }
 

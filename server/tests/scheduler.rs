@@ -531,3 +531,82 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+/// The client's deadline (`grpc-timeout`) ends a gRPC call on the server: DEADLINE_EXCEEDED naming it,
+/// with no `--request-timeout` to cut it first. Sent over a bare HTTP/2 connection, since gRPC clients
+/// also enforce their deadline themselves and would answer first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_ends_at_the_clients_deadline() {
+    use keel_server::grpc::pb;
+    use prost::Message;
+
+    let repo = TempRepo::new("grpc-deadline", &[("mlp", &slow_mlp(), "")]);
+    let mut config = keel_server::ServeConfig::local(&repo.root);
+    config.limits.request_timeout = 0.0;
+    let s = TestServer::start_with(config).await;
+    let rows = 64;
+    let request = pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, 512],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0u8; rows * 512 * 4]],
+        ..Default::default()
+    };
+    let message = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend((message.len() as u32).to_be_bytes());
+    framed.extend(message);
+
+    let tcp = tokio::net::TcpStream::connect(s.server.grpc_addr())
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let call = |timeout: &str| {
+        axum::http::Request::post(format!(
+            "http://{}/inference.GRPCInferenceService/ModelInfer",
+            s.server.grpc_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let (response, mut body) = client.send_request(call("5m"), false).unwrap();
+    body.send_data(framed.clone().into(), true).unwrap();
+    let response = response.await.unwrap();
+    let took = started.elapsed();
+    // A trailers-only answer: the status is in the headers.
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(header("grpc-status").as_deref(), Some("4"), "{response:?}");
+    let message = header("grpc-message").unwrap_or_default();
+    assert!(message.contains("grpc-timeout"), "{message}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The same call with time enough is answered.
+    let mut client = client.ready().await.unwrap();
+    let (response, mut body) = client.send_request(call("60S"), false).unwrap();
+    body.send_data(framed.into(), true).unwrap();
+    let mut response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let data = response.body_mut();
+    while let Some(chunk) = data.data().await {
+        // The answer is larger than the stream's window: read bytes must be handed back.
+        let chunk = chunk.unwrap();
+        data.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    let trailers = data.trailers().await.unwrap().unwrap_or_default();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    s.server.shutdown().await.unwrap();
+}

@@ -1,21 +1,25 @@
-//! `--request-timeout` on gRPC: a call whose handler has not answered by then gets DEADLINE_EXCEEDED, as
-//! gRPC's own servers say (tonic's built-in timeout answers CANCELLED). For ModelStreamInfer the handler
-//! answers as soon as the stream is set up, so the limit never cuts a stream short.
+//! Deadlines on gRPC calls: `--request-timeout`, and the client's own deadline (the `grpc-timeout`
+//! header), whichever comes first. A call whose handler has not answered by then gets DEADLINE_EXCEEDED,
+//! as gRPC's own servers say (tonic's built-in timeout, which Keel's server no longer runs, answered
+//! CANCELLED). For ModelStreamInfer the handler answers as soon as the stream is set up, so neither
+//! cuts a stream short.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{Request, Response};
+use axum::http::{HeaderMap, Request, Response};
+use tokio::time::Sleep;
 
 #[derive(Clone, Copy)]
 pub struct DeadlineLayer {
-    limit: Duration,
+    /// `--request-timeout`; `None`: only the client's deadline applies.
+    limit: Option<Duration>,
 }
 
 impl DeadlineLayer {
-    pub fn new(limit: Duration) -> Self {
+    pub fn new(limit: Option<Duration>) -> Self {
         DeadlineLayer { limit }
     }
 }
@@ -34,7 +38,14 @@ impl<S> tower::Layer<S> for DeadlineLayer {
 #[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
-    limit: Duration,
+    limit: Option<Duration>,
+}
+
+/// Whose deadline cut a call short.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cause {
+    Server(Duration),
+    Client(Duration),
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Deadline<S>
@@ -51,11 +62,40 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let cause = match (self.limit, client_timeout(request.headers())) {
+            (Some(server), Some(client)) if client < server => Some(Cause::Client(client)),
+            (Some(server), _) => Some(Cause::Server(server)),
+            (None, client) => client.map(Cause::Client),
+        };
+        let sleep = cause.map(|c| match c {
+            Cause::Server(d) | Cause::Client(d) => tokio::time::sleep(d),
+        });
         DeadlineFuture {
-            call: tokio::time::timeout(self.limit, self.inner.call(request)),
-            limit: self.limit,
+            call: self.inner.call(request),
+            sleep,
+            cause,
         }
     }
+}
+
+/// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` `M` `S`
+/// `m` `u` `n`). A malformed value is ignored, as tonic ignored it.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 pin_project_lite::pin_project! {
@@ -63,8 +103,10 @@ pin_project_lite::pin_project! {
     /// tonic's future per call.
     pub struct DeadlineFuture<F> {
         #[pin]
-        call: tokio::time::Timeout<F>,
-        limit: Duration,
+        call: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        cause: Option<Cause>,
     }
 }
 
@@ -77,14 +119,102 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.call.poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(_)) => Poll::Ready(Ok(tonic::Status::deadline_exceeded(format!(
-                "the call took longer than {} s (--request-timeout)",
-                this.limit.as_secs_f64()
-            ))
-            .into_http())),
+        if let Poll::Ready(result) = this.call.poll(cx) {
+            return Poll::Ready(result);
         }
+        let Some(sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if sleep.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let message = match *this.cause {
+            Some(Cause::Client(d)) => format!(
+                "the client's deadline (grpc-timeout, {} s) passed",
+                d.as_secs_f64()
+            ),
+            Some(Cause::Server(d)) => format!(
+                "the call took longer than {} s (--request-timeout)",
+                d.as_secs_f64()
+            ),
+            // A sleep is made only with a cause.
+            None => "the call's deadline passed".to_owned(),
+        };
+        Poll::Ready(Ok(tonic::Status::deadline_exceeded(message).into_http()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use axum::http::{HeaderMap, HeaderValue, Request, Response};
+    use tower::{Layer, ServiceExt};
+
+    use super::{DeadlineLayer, client_timeout};
+
+    #[test]
+    fn grpc_timeout_values_are_read_as_the_protocol_spells_them() {
+        let read = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            client_timeout(&h)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "100", "123456789S", "1x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_timeout(&HeaderMap::new()), None);
+    }
+
+    /// A handler that never answers: whichever deadline comes first ends the call with
+    /// DEADLINE_EXCEEDED (grpc-status 4), naming whose it was.
+    #[tokio::test(start_paused = true)]
+    async fn the_earlier_of_the_server_limit_and_the_client_deadline_ends_a_call() {
+        let never = tower::service_fn(|_: Request<()>| async {
+            std::future::pending::<Result<Response<String>, Infallible>>().await
+        });
+        let call = |limit: Option<Duration>, header: Option<&'static str>| {
+            let svc = DeadlineLayer::new(limit).layer(never);
+            let mut request = Request::new(());
+            if let Some(v) = header {
+                request
+                    .headers_mut()
+                    .insert("grpc-timeout", HeaderValue::from_static(v));
+            }
+            async move {
+                let start = tokio::time::Instant::now();
+                let response = svc.oneshot(request).await.unwrap();
+                let status = response.headers()["grpc-status"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let message = response.headers()["grpc-message"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                (start.elapsed(), status, message)
+            }
+        };
+        let (took, status, message) = call(Some(Duration::from_secs(60)), Some("50m")).await;
+        assert_eq!((took, status.as_str()), (Duration::from_millis(50), "4"));
+        assert!(message.contains("grpc-timeout"), "{message}");
+        let (took, status, message) = call(Some(Duration::from_secs(1)), Some("5S")).await;
+        assert_eq!((took, status.as_str()), (Duration::from_secs(1), "4"));
+        assert!(message.contains("request-timeout"), "{message}");
+        let (took, _, message) = call(None, Some("2S")).await;
+        assert_eq!(took, Duration::from_secs(2));
+        assert!(message.contains("grpc-timeout"), "{message}");
+        // No deadline at all: the call waits.
+        let svc = DeadlineLayer::new(None).layer(never);
+        let waited =
+            tokio::time::timeout(Duration::from_secs(3600), svc.oneshot(Request::new(()))).await;
+        assert!(waited.is_err());
     }
 }

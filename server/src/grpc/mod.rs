@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod deadline;
+pub mod serve;
 
 use std::pin::Pin;
 use std::sync::Arc;
