@@ -8,9 +8,10 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Parser;
 use keel_benches::canned;
+use keel_server::grpc::serve::{Http2, serve};
+use keel_server::listener::{ConnLimits, Incoming};
+use keel_server::tls::Protocol as TlsProtocol;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// The same allocator as `keel`, so the comparison measures the model path, not malloc.
 #[global_allocator]
@@ -62,20 +63,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     let http = axum::serve(http_listener, canned::http::router()).into_future();
-    let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
-        let tcp = conn?;
-        tcp.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(tcp)
-    });
-    let grpc = tonic::transport::Server::builder()
-        .add_service(canned::grpc::service())
-        .serve_with_incoming(incoming);
+    // Keel's gRPC stack: its listener and its HTTP/2 serving loop (server/src/grpc/serve.rs), with
+    // Keel's defaults and no deadlines.
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let limits = ConnLimits {
+        max_connections: 65_536,
+        header: None,
+        idle: None,
+        protocol: TlsProtocol::Grpc,
+    };
+    let incoming = Incoming::spawn(grpc_listener, None, limits, stopped.clone())?;
+    let http2 = Http2 {
+        max_concurrent_streams: 256,
+        keepalive: None,
+    };
+    let grpc = serve(incoming, canned::grpc::service(), http2, stopped);
 
     println!("http_addr={http_addr} grpc_addr={grpc_addr}");
     // Nothing to drain: a canned answer is never worth waiting for, so a signal simply exits.
     tokio::select! {
         r = http => r.context("HTTP server")?,
-        r = grpc => r.context("gRPC server")?,
+        () = grpc => anyhow::bail!("the gRPC server stopped"),
         r = stop_signal() => r?,
     }
     Ok(())
