@@ -5,11 +5,11 @@
 //!
 //! A request runs directly only when the result is the same as the scheduler's: it is the version's only
 //! request in flight and nothing is queued (it would have been a batch of one), the version has no
-//! `max_queue_delay` (it would not have waited for company), and the model is cheap enough that
-//! computing on an async worker cannot stall other connections: at most `[dynamic_batching]
-//! direct_run_max_us` (default [`DEFAULT_MAX_US`]) by the version's measured cost per row. Concurrent
-//! requests take the queue, where the instances batch them: one backend call for many requests costs less
-//! than one each.
+//! `max_queue_delay` (it would not have waited for company), and its cost is known from earlier batches.
+//! A run expected within `[dynamic_batching] direct_run_max_us` (default [`DEFAULT_MAX_US`]) computes on
+//! the async worker as it is; one up to [`IN_PLACE_FACTOR`] times longer first hands the worker's other
+//! tasks to another thread (`block_in_place`), so it stalls no connection either. Concurrent requests take the queue, where the
+//! instances batch them: one backend call for many requests costs less than one each.
 //!
 //! Being alone at one instant is not enough: under load, with each worker running its request to the
 //! end, a request often finds the others just answered and would run directly too, and the version
@@ -39,6 +39,11 @@ use crate::tensor::Tensor;
 pub const DEFAULT_MAX_US: u64 = 50;
 /// The most `direct_run_max_us` may allow: a second on an async worker is already far too long.
 pub const LIMIT_MAX_US: u64 = 1_000_000;
+/// A lone request expected to compute up to this many times `direct_run_max_us` (1 ms by default) still
+/// runs directly, after handing its worker's other tasks over. Beyond that the queue's two wake-ups are
+/// a small share of the compute, and a request computing in place cannot be cut off at its deadline
+/// (it is answered late instead), so longer runs take the queue.
+pub const IN_PLACE_FACTOR: u32 = 20;
 /// How many batches a relaying request computes before it lets its worker's other tasks run
 /// ([`Lead::Left`]).
 pub const LEAD_BATCHES: usize = 4;
@@ -237,19 +242,23 @@ impl Direct {
         self.crowd.arrived(alone)
     }
 
-    /// Runs `inputs` now on an idle session when the model is cheap enough; gives them back otherwise.
-    /// The caller has checked that no request is waiting.
+    /// Runs `inputs` now on an idle session once the version's cost is known and within
+    /// [`IN_PLACE_FACTOR`] times `direct_run_max_us`; gives them back otherwise. The caller has checked
+    /// that no request is waiting. A run expected to take longer than `direct_run_max_us` first hands
+    /// this async worker's other tasks to another thread (`block_in_place`), so it stalls no
+    /// connection; the request itself is answered without a wake-up on its path, where the queue would
+    /// cost two (about 80 µs on the 2-core VM). On a current-thread runtime, which cannot hand its tasks
+    /// over, such a request takes the queue.
     pub fn try_run(
         &self,
         inputs: Vec<Tensor>,
         rows: usize,
     ) -> std::result::Result<Result<Executed>, Vec<Tensor>> {
-        if self
-            .spec
-            .cost
-            .estimate(rows)
-            .is_none_or(|expected| expected > self.max)
-        {
+        let Some(expected) = self.spec.cost.estimate(rows) else {
+            return Err(inputs);
+        };
+        let on_worker = expected <= self.max;
+        if !on_worker && (expected > self.max * IN_PLACE_FACTOR || !can_hand_over()) {
             return Err(inputs);
         }
         // An instance thread holds its session only while it computes: a free one is idle.
@@ -260,7 +269,12 @@ impl Direct {
             return Err(inputs);
         };
         let started = Instant::now();
-        let result = instance::execute(backend.as_mut(), vec![inputs], &[rows]);
+        let run = || instance::execute(backend.as_mut(), vec![inputs], &[rows]);
+        let result = if on_worker {
+            run()
+        } else {
+            tokio::task::block_in_place(run)
+        };
         drop(guard);
         let compute = started.elapsed();
         self.spec.record(compute, rows, false);
@@ -274,6 +288,13 @@ impl Direct {
             batch_requests: 1,
         }))
     }
+}
+
+/// Whether `block_in_place` may be called here: on a multi-threaded runtime (a current-thread one
+/// panics).
+fn can_hand_over() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -374,12 +374,12 @@ async fn instances_and_unbatched_models_serve() {
     s.server.shutdown().await.unwrap();
 }
 
-/// A lone request of a model that computes in microseconds runs on an idle instance's session at once
-/// (no queue hop: its queue time is exactly zero) once the version has measured its cost; an expensive
-/// model's, or one with `max_queue_delay`, still goes through the queue. Concurrent requests batching is
-/// covered above.
+/// A lone request runs on an idle instance's session at once (no queue hop: its queue time is exactly
+/// zero) once the version has measured its cost, a cheap model's on its async worker; an expensive
+/// model's, far above `direct_run_max_us`, or one with `max_queue_delay`, still goes through the queue.
+/// Concurrent requests batching is covered above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_cheap_request_skips_the_queue() {
+async fn a_lone_request_skips_the_queue_once_its_cost_is_known() {
     let cheap = workspace().join("models/breast-cancer/1/model.onnx");
     let repo = TempRepo::new(
         "direct",
@@ -433,6 +433,61 @@ async fn a_lone_cheap_request_skips_the_queue() {
         let waited = queued(&st) - before;
         assert_eq!(waited == 0, direct, "{model}: {waited} ns in the queue");
     }
+    s.server.shutdown().await.unwrap();
+}
+
+/// A lone request expected to compute longer than `direct_run_max_us` (but within 20 times that) runs
+/// directly only after handing its async worker's other tasks to another thread: with a single worker,
+/// requests on other connections are answered while it computes. (Computing on the worker as it is
+/// would stall them all until it ends.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_costly_lone_request_stalls_no_other_connection() {
+    let repo = TempRepo::new(
+        "in_place",
+        &[
+            // 64 rows on the worker as it is, 1,024 rows (hundreds of ms) handed over.
+            (
+                "heavy",
+                &slow_mlp(),
+                "[dynamic_batching]\ndirect_run_max_us = 50000\n",
+            ),
+            (
+                "cheap",
+                &workspace().join("models/breast-cancer/1/model.onnx"),
+                "",
+            ),
+        ],
+    );
+    let s = TestServer::start(&repo.root).await;
+    let body = common::infer_body(1);
+    let cheap = || s.post_json("/v2/models/cheap/infer", &body);
+    // Learn the MLP's cost, so that its lone requests run directly.
+    for _ in 0..5 {
+        assert_eq!(post_mlp(&s, "heavy", 64, Value::Null).await.0, 200);
+    }
+    let before = stats(&s, "heavy").await;
+    let heavy = spawn_mlp(&s, "heavy", 1024, Value::Null);
+    // The longest wait for an answer on the other connection while the MLP request is in flight.
+    let (mut last, mut longest) = (Instant::now(), Duration::ZERO);
+    while !heavy.is_finished() {
+        let (status, body) = cheap().await;
+        assert_eq!(status, 200, "{body}");
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+    }
+    assert_eq!(heavy.await.unwrap().unwrap(), 200);
+    let after = stats(&s, "heavy").await;
+    let ns = |st: &Value, phase: &str| st["inference_stats"][phase]["ns"].as_u64().unwrap();
+    assert_eq!(ns(&after, "queue"), ns(&before, "queue"), "it ran directly");
+    let computed = Duration::from_nanos(ns(&after, "compute_infer") - ns(&before, "compute_infer"));
+    assert!(
+        computed > Duration::from_millis(20),
+        "{computed:?}: too short to tell"
+    );
+    assert!(
+        longest < computed / 4,
+        "another connection waited {longest:?} during {computed:?} of compute"
+    );
     s.server.shutdown().await.unwrap();
 }
 
