@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -277,6 +278,17 @@ def main():
           f"{best['canned']['grpc']['rps'] / 1e3:.1f}k | **{summary['grpc_ratio']:.2f}** |")
     print(f"logging on / off: HTTP {summary['logging_http_ratio']:.3f}, gRPC {summary['logging_grpc_ratio']:.3f} "
           f"(off: {best['keel_nolog']['http']['rps'] / 1e3:.1f}k, {best['keel_nolog']['grpc']['rps'] / 1e3:.1f}k)")
+    # The same ratios round by round (each round runs the servers back to back), and their medians: how
+    # far one round moves on a shared box, next to the best-of figures above.
+    summary["per_round"] = {}
+    for name, top, bottom in [("keel / canned", "keel", "canned"), ("logging on / off", "keel", "keel_nolog")]:
+        line = []
+        for proto in ("http", "grpc"):
+            ratios = [a["rps"] / b["rps"] for a, b in zip(results[top][proto], results[bottom][proto])]
+            summary["per_round"][f"{name} {proto}"] = ratios
+            line.append(f"{proto.upper() if proto == 'http' else 'gRPC'} "
+                        f"{' '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})")
+        print(f"{name}, round by round: {'; '.join(line)}")
     if peak:
         summary["monitor_binned_share"] = peak["binned_share"]
         print(f"monitor at peak (gRPC 256-row requests, h2load 4 x 8): {peak['rps']:.0f} req/s = "

@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, Streaming};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -230,7 +231,11 @@ pub(in crate::grpc) async fn model_infer(
     }
     let reply = reply?;
     let mut response = Response::new(reply);
-    if let Ok(id) = response.get_ref().id.parse() {
+    if let Ok(mut id) = response.get_ref().id.parse::<MetadataValue<Ascii>>() {
+        // Never indexed by HPACK: each id is new, so adding it to the connection's header table would
+        // only evict the entries that repeat (measured: HPACK's encoder and table were 2.2 µs of a call
+        // with it indexed, against 0.8 µs in keel-canned, which sends no id).
+        id.set_sensitive(true);
         response.metadata_mut().insert(request_id::HEADER, id);
     }
     Ok(response)
