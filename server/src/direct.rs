@@ -8,8 +8,9 @@
 //! `max_queue_delay` (it would not have waited for company), and its cost is known from earlier batches.
 //! A run expected within `[dynamic_batching] direct_run_max_us` (default [`DEFAULT_MAX_US`]) computes on
 //! the async worker as it is; one up to [`IN_PLACE_FACTOR`] times longer first hands the worker's other
-//! tasks to another thread (`block_in_place`), so it stalls no connection either. Concurrent requests take the queue, where the
-//! instances batch them: one backend call for many requests costs less than one each.
+//! tasks to another thread (`block_in_place`), so it stalls no connection either. Concurrent requests
+//! take the queue, where the instances batch them: one backend call for many requests costs less than
+//! one each.
 //!
 //! Being alone at one instant is not enough: under load, with each worker running its request to the
 //! end, a request often finds the others just answered and would run directly too, and the version

@@ -445,11 +445,12 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
     let repo = TempRepo::new(
         "in_place",
         &[
-            // 64 rows on the worker as it is, 1,024 rows (hundreds of ms) handed over.
+            // 64 rows on the worker as it is, 1,024 rows (hundreds of ms, in place up to 2 s) handed
+            // over.
             (
                 "heavy",
                 &slow_mlp(),
-                "[dynamic_batching]\ndirect_run_max_us = 50000\n",
+                "[dynamic_batching]\ndirect_run_max_us = 100000\n",
             ),
             (
                 "cheap",
@@ -484,8 +485,9 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
         computed > Duration::from_millis(20),
         "{computed:?}: too short to tell"
     );
+    // Computing on the worker as it is, the other connection waits the whole compute and more.
     assert!(
-        longest < computed / 4,
+        longest < computed / 2,
         "another connection waited {longest:?} during {computed:?} of compute"
     );
     s.server.shutdown().await.unwrap();
