@@ -293,7 +293,7 @@ impl Direct {
 
 /// Whether `block_in_place` may be called here: on a multi-threaded runtime (a current-thread one
 /// panics).
-fn can_hand_over() -> bool {
+pub(crate) fn can_hand_over() -> bool {
     use tokio::runtime::{Handle, RuntimeFlavor};
     Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }

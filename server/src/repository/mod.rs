@@ -499,10 +499,10 @@ async fn blocking<T: Send + 'static>(
 /// Runs `work`, which blocks briefly but borrows, without stalling the other tasks of an async worker
 /// (`block_in_place` on the multi-threaded runtime; as is elsewhere).
 fn in_place<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
+    if crate::direct::can_hand_over() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 
