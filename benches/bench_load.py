@@ -12,9 +12,11 @@ canned response) under independent C load generators, side by side in one run, a
 Keel runs with its defaults (dynamic batching, embedded monitor, prediction log on) on ./models, and again
 with `--monitor off` (no prediction log) for the cost of logging; all servers are release builds. Rounds
 alternate the servers' order so drift of this shared machine hits all alike; the best round of each is
-reported (the least disturbed). Ratios come from one run: compare them, not the
-absolute numbers, across machines. wrk and h2load (Debian: wrk, nghttp2-client) are installed when missing
-and we are root.
+reported (the least disturbed). Ratios come from one run: compare them, not the absolute numbers, across
+machines. On a virtual machine the hypervisor may give some of the CPU to other guests (steal time, from
+/proc/stat); each measurement records its share, and the round-by-round medians are given again over the
+rounds where no measurement lost more than `--max-steal` of the CPU. wrk and h2load (Debian: wrk,
+nghttp2-client) are installed when missing and we are root.
 """
 
 import argparse
@@ -113,6 +115,33 @@ def check_grpc(addr: str, body: bytes):
         assert reply.outputs, reply
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far (/proc/stat's first line, in ticks), or None where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the CPU time between two `cpu_ticks` that the hypervisor gave to other guests."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    # user nice system idle iowait irq softirq steal; guest time is already counted in user.
+    delta = [b - a for a, b in zip(before[:8], after[:8])]
+    total = sum(delta)
+    return delta[7] / total if total > 0 else None
+
+
+def measured(run, *args) -> dict:
+    """`run(*args)`'s result with the CPU share stolen while it ran (`steal`, None if unknown)."""
+    before = cpu_ticks()
+    result = run(*args)
+    result["steal"] = steal_share(before, cpu_ticks())
+    return result
+
+
 def wrk(url: str, body: str, duration: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n'
@@ -191,7 +220,7 @@ def monitor_peak(server: "Server", duration: int, rows: int = 256) -> dict:
         f.write(grpc_batch_body(rows))
     try:
         before = scrape()
-        load = h2load(server.grpc, f.name, duration)
+        load = measured(h2load, server.grpc, f.name, duration)
         time.sleep(2)  # the drain's last batch
         after = scrape()
     finally:
@@ -203,7 +232,11 @@ def monitor_peak(server: "Server", duration: int, rows: int = 256) -> dict:
         counter(before, "keel_monitor_records_total", f'model="{MODEL}"')
     dropped = counter(after, "keel_prediction_log_dropped_total") - counter(before, "keel_prediction_log_dropped_total")
     return {"rps": load["rps"], "rows_per_s": load["rps"] * rows, "served_rows": served, "binned_rows": binned,
-            "dropped_rows": dropped, "binned_share": binned / served if served else 0.0}
+            "dropped_rows": dropped, "binned_share": binned / served if served else 0.0, "steal": load["steal"]}
+
+
+def percent(share: float | None) -> str:
+    return "?" if share is None else f"{share * 100:.1f}%"
 
 
 def main():
@@ -213,6 +246,8 @@ def main():
     parser.add_argument("--keel", default=str(ROOT / "target/release/keel"))
     parser.add_argument("--canned", default=str(ROOT / "target/release/keel-canned"))
     parser.add_argument("--out", default=str(ROOT / "target/bench-load.json"))
+    parser.add_argument("--max-steal", type=float, default=0.02, help="the largest share of the CPU the "
+                        "hypervisor may take from a round's measurements for it to count as quiet")
     parser.add_argument("--peak", type=int, default=10, help="seconds of 256-row gRPC peak load for the "
                         "monitor's share of rows (0: skip)")
     args = parser.parse_args()
@@ -245,12 +280,13 @@ def main():
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for key in order:
                 server = servers[key]
-                http = wrk(f"http://{server.http}/v2/models/{MODEL}/infer", request, args.duration)
-                grpc = h2load(server.grpc, body_file, args.duration)
+                http = measured(wrk, f"http://{server.http}/v2/models/{MODEL}/infer", request, args.duration)
+                grpc = measured(h2load, server.grpc, body_file, args.duration)
                 results[key]["http"].append(http)
                 results[key]["grpc"].append(grpc)
                 print(f"round {round_ + 1} {key:10} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
-                      f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms", flush=True)
+                      f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms"
+                      f"   steal {percent(http['steal'])} / {percent(grpc['steal'])}", flush=True)
         peak = monitor_peak(servers["keel"], args.peak) if args.peak else None
     finally:
         for server in servers.values():
@@ -281,19 +317,33 @@ def main():
     # The same ratios round by round (each round runs the servers back to back), and their medians: how
     # far one round moves on a shared box, next to the best-of figures above.
     summary["per_round"] = {}
+    summary["quiet_rounds"] = {}
     for name, top, bottom in [("keel / canned", "keel", "canned"), ("logging on / off", "keel", "keel_nolog")]:
-        line = []
+        line, quiet_line = [], []
         for proto in ("http", "grpc"):
-            ratios = [a["rps"] / b["rps"] for a, b in zip(results[top][proto], results[bottom][proto])]
+            pairs = list(zip(results[top][proto], results[bottom][proto]))
+            ratios = [a["rps"] / b["rps"] for a, b in pairs]
             summary["per_round"][f"{name} {proto}"] = ratios
-            line.append(f"{proto.upper() if proto == 'http' else 'gRPC'} "
-                        f"{' '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})")
+            label = "HTTP" if proto == "http" else "gRPC"
+            line.append(f"{label} {' '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})")
+            # A round counts as quiet when neither side of the ratio lost more than --max-steal of the CPU.
+            quiet = [r for r, (a, b) in zip(ratios, pairs)
+                     if max(a["steal"] or 0, b["steal"] or 0) <= args.max_steal]
+            summary["quiet_rounds"][f"{name} {proto}"] = quiet
+            quiet_line.append(f"{label} {len(quiet)} of {len(ratios)}"
+                              + (f", median {statistics.median(quiet):.3f}" if quiet else ""))
         print(f"{name}, round by round: {'; '.join(line)}")
+        print(f"{name}, rounds with at most {args.max_steal * 100:.0f}% of the CPU stolen: {'; '.join(quiet_line)}")
+    steals = [r["steal"] for k in results.values() for runs in k.values() for r in runs if r["steal"] is not None]
+    if steals:
+        summary["steal_max"] = max(steals)
+        print(f"CPU stolen by the hypervisor per measurement: {percent(min(steals))} to {percent(max(steals))}")
     if peak:
         summary["monitor_binned_share"] = peak["binned_share"]
         print(f"monitor at peak (gRPC 256-row requests, h2load 4 x 8): {peak['rps']:.0f} req/s = "
               f"{peak['rows_per_s'] / 1e6:.2f}M rows/s; {peak['binned_share'] * 100:.1f}% of the served rows reached "
-              f"the drift window ({peak['dropped_rows']:.0f} dropped, counted)")
+              f"the drift window ({peak['dropped_rows']:.0f} dropped, counted; {percent(peak['steal'])} of the CPU "
+              "stolen)")
     print(f"errors (non-2xx, failed): {errors}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rounds": results, "best": best, "summary": summary, "peak": peak},
