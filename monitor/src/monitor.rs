@@ -74,9 +74,24 @@ impl Inner {
     }
 }
 
-/// Whether a second thread can run beside this one (asked once: it reads the cgroup's CPU quota).
-static SEVERAL_CORES: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+/// The second thread that tallies half of a large run, started once, on the first run that needs it,
+/// where a second core can run beside the drain (asked once: it reads the cgroup's CPU quota). `None`
+/// on one core, or when no thread could be started: the drain counts in place.
+///
+/// It lives as long as the process because a thread started per run cost more than its half of the
+/// counting: at 256-row requests, dozens of thread starts and exits a second made mimalloc hand the
+/// serving threads fresh pages, each first touched as a zeroed 2 MiB huge page (docs/performance.md).
+static TALLY_HELPER: std::sync::LazyLock<Option<rayon_core::ThreadPool>> =
+    std::sync::LazyLock::new(|| {
+        if !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+            return None;
+        }
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "keel-monitor-tally".into())
+            .build()
+            .ok()
+    });
 
 /// Rows in one call to [`Monitor::ingest_batches`] from which two threads count them.
 const PARALLEL_ROWS: usize = 8192;
@@ -105,9 +120,12 @@ struct Span {
 }
 
 impl Tallies {
-    /// Tallies `batches`, the second half on a scoped thread of its own; `None` when no thread
-    /// could be started.
-    fn count(inner: &Inner, batches: &[RowBatch<'_>]) -> Option<Tallies> {
+    /// Tallies `batches`, the second half on `helper`'s thread; `None` when the helper failed.
+    fn count(
+        helper: &rayon_core::ThreadPool,
+        inner: &Inner,
+        batches: &[RowBatch<'_>],
+    ) -> Option<Tallies> {
         let state = |b: &RowBatch<'_>| inner.models.get(b.model).and_then(|v| v.get(&b.version));
         let half = batches.len() / 2;
         let mut spans = Vec::with_capacity(batches.len());
@@ -153,17 +171,20 @@ impl Tallies {
             out_of_range
         };
         let tally = &tally;
-        let (first, second) = std::thread::scope(|scope| {
-            let helper = std::thread::Builder::new()
-                .name("keel-monitor-tally".into())
-                .spawn_scoped(scope, move || tally(batches_b, spans_b, counts_b, second));
-            let first = tally(batches_a, spans_a, counts_a, 0);
-            (first, helper.ok().and_then(|h| h.join().ok()))
+        let mut helped = None;
+        let first = helper.in_place_scope(|scope| {
+            let helped = &mut helped;
+            scope.spawn(move |_| {
+                // A panic there leaves `helped` empty and the caller counts in place, as it does
+                // without a helper, rather than taking the drain thread down with it.
+                let half = || tally(batches_b, spans_b, counts_b, second);
+                *helped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(half)).ok();
+            });
+            tally(batches_a, spans_a, counts_a, 0)
         });
-        // No thread to be had: the caller counts in place.
         Some(Tallies {
             counts,
-            out_of_range: [first, second?],
+            out_of_range: [first, helped?],
             spans,
         })
     }
@@ -284,11 +305,10 @@ impl Monitor {
     pub fn ingest_batches(&self, batches: &[RowBatch<'_>]) {
         let mut inner = self.lock();
         let rows: usize = batches.iter().map(RowBatch::len).sum();
-        let tallies = (rows >= PARALLEL_ROWS
-            && rows >= PARALLEL_ROWS_PER_REQUEST * batches.len()
-            && *SEVERAL_CORES)
-            .then(|| Tallies::count(&inner, batches))
-            .flatten();
+        let tallies = (rows >= PARALLEL_ROWS && rows >= PARALLEL_ROWS_PER_REQUEST * batches.len())
+            .then(|| TALLY_HELPER.as_ref())
+            .flatten()
+            .and_then(|helper| Tallies::count(helper, &inner, batches));
         for (i, batch) in batches.iter().enumerate() {
             let tally = tallies.as_ref().and_then(|t| t.get(i));
             inner.ingest_rows(

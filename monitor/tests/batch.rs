@@ -383,6 +383,51 @@ fn columnar_ingest_counts_what_records_count() {
     }
 }
 
+/// The ids of this process's threads named `name` (Linux: `/proc/self/task/*/comm`, which keeps a
+/// name's first 15 bytes).
+fn threads_named(name: &str) -> Vec<String> {
+    let name = &name[..name.len().min(15)];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| task.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn large_runs_share_one_long_lived_tally_thread() {
+    if !std::path::Path::new("/proc/self/task").exists() {
+        return;
+    }
+    // A thread started and ended per run made mimalloc fault fresh huge pages into the serving
+    // threads; the helper must be the same thread, still there between runs.
+    let several = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let mut seen = Vec::new();
+    for seed in 0..3 {
+        let requests = requests(seed);
+        let batches: Vec<RowBatch<'_>> = requests.iter().map(Request::batch).collect();
+        let (monitor, _registry) = setup();
+        monitor.ingest_batches(&batches);
+        let helpers = threads_named("keel-monitor-tally");
+        assert_eq!(
+            helpers.len(),
+            usize::from(several),
+            "seed {seed}: {helpers:?}"
+        );
+        if seed > 0 {
+            assert_eq!(helpers, seen, "seed {seed}: a new tally thread");
+        }
+        seen = helpers;
+    }
+}
+
 #[test]
 fn records_of_a_batch_split_its_columns_by_row() {
     let input = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
