@@ -303,9 +303,21 @@ impl Monitor {
     /// thread adds them to the window request by request, in order, as if it had counted them. At a
     /// 256-row peak one thread alone bins fewer rows than two cores serve.
     pub fn ingest_batches(&self, batches: &[RowBatch<'_>]) {
+        self.ingest_batches_with(batches, true);
+    }
+
+    /// [`Monitor::ingest_batches`] on this thread alone, however large the run: for a caller that
+    /// keeps up by itself, where a second thread would only take a core from the requests being
+    /// served (the same counts either way).
+    pub fn ingest_batches_in_place(&self, batches: &[RowBatch<'_>]) {
+        self.ingest_batches_with(batches, false);
+    }
+
+    fn ingest_batches_with(&self, batches: &[RowBatch<'_>], helper: bool) {
         let mut inner = self.lock();
         let rows: usize = batches.iter().map(RowBatch::len).sum();
-        let tallies = (rows >= PARALLEL_ROWS && rows >= PARALLEL_ROWS_PER_REQUEST * batches.len())
+        let large = rows >= PARALLEL_ROWS && rows >= PARALLEL_ROWS_PER_REQUEST * batches.len();
+        let tallies = (helper && large)
             .then(|| TALLY_HELPER.as_ref())
             .flatten()
             .and_then(|helper| Tallies::count(helper, &inner, batches));

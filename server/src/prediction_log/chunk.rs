@@ -6,13 +6,15 @@
 //! single-row requests is a handful of allocations, freed together on the drain thread. Freeing each
 //! request's own vectors there (five per request) cost more than the logging itself: mimalloc hands
 //! memory freed by another thread back to its owner through a shared list, a cache miss per block on
-//! each side. Larger tensors keep the vector they were copied into.
+//! each side. Larger tensors keep the vector they were copied into, one reused from an earlier chunk
+//! (`buffers.rs`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use keel_monitor::{PredictionRecord, RowBatch, TensorRows, Values};
 
+use super::buffers::Buffers;
 use super::log::Held;
 use super::rows::{Captured, Kept, LogId, LogNames, column_values, widths};
 use crate::tensor::{Tensor, TensorData};
@@ -62,6 +64,8 @@ pub struct Chunk {
     /// One vector per element type in use.
     arenas: Vec<TensorData>,
     rows: usize,
+    /// Requests its first request's size lets it hold before it is full.
+    expected: usize,
     /// The requests' share of the log's bound, given back when the chunk is dropped.
     held: Option<Held>,
     /// Taken by the drain (or counted under another reason): dropping it counts nothing.
@@ -77,6 +81,7 @@ impl Chunk {
             slots: Vec::with_capacity(entries * 3),
             arenas: Vec::new(),
             rows: 0,
+            expected: ENTRIES,
             held: None,
             delivered: false,
         }
@@ -125,6 +130,10 @@ impl Chunk {
             held,
             ..
         } = captured;
+        if self.entries.is_empty() {
+            // Requests like this one that fit in the chunk's bytes: its arenas' room (see `arena`).
+            self.expected = ENTRIES.min(BYTES.div_ceil(held.bytes().max(1)));
+        }
         self.held
             .get_or_insert_with(|| Held::none(budget))
             .absorb(held);
@@ -174,9 +183,14 @@ impl Chunk {
         }
         let mut arena = like.slice(0..0);
         // Room for a chunk of such requests at once (no growth for the usual uniform traffic), but
-        // no more than a chunk's bytes.
+        // no more than a chunk's bytes: a chunk of large requests fills after a few, and room for 64
+        // of their outputs was memory the request path faulted in and never used.
         let size = datatype.size().unwrap_or(1).max(1);
-        arena.reserve(elements.saturating_mul(ENTRIES).min(BYTES / size));
+        arena.reserve(
+            elements
+                .saturating_mul(self.expected.max(1))
+                .min(BYTES / size),
+        );
         self.arenas.push(arena);
         Some(self.arenas.len() - 1)
     }
@@ -310,12 +324,32 @@ impl Chunk {
         out
     }
 
+    /// Bytes its vectors hold, used or not: what keeping it for reuse keeps.
+    pub(super) fn capacity_bytes(&self) -> usize {
+        let arenas: usize = self
+            .arenas
+            .iter()
+            .map(|a| {
+                crate::with_tensor_data!(a, v => v.capacity()) * a.datatype().size().unwrap_or(1)
+            })
+            .sum();
+        std::mem::size_of::<Self>()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.names.capacity() * std::mem::size_of::<Arc<LogNames>>()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + arenas
+    }
+
     /// Empties it for reuse, giving its share of the log's bound back; false when its arenas grew
     /// too large to keep.
-    pub(super) fn clear(&mut self) -> bool {
+    pub(super) fn clear(&mut self, buffers: &Buffers) -> bool {
         self.entries.clear();
         self.names.clear();
-        self.slots.clear();
+        for slot in self.slots.drain(..) {
+            if let Slot::Own(kept) = slot {
+                buffers.give(kept.data);
+            }
+        }
         self.rows = 0;
         self.held = None;
         self.delivered = false;
@@ -346,7 +380,7 @@ impl Drop for Chunk {
 
 /// Whether `elements` of `data`'s type go into an arena: fixed-size types up to [`ARENA_TENSOR`]
 /// bytes (strings never: each is its own vector anyway, and sizing them would read every one).
-fn fits_arena(data: &TensorData, elements: usize) -> bool {
+pub(super) fn fits_arena(data: &TensorData, elements: usize) -> bool {
     data.datatype()
         .size()
         .is_some_and(|size| size.saturating_mul(elements) <= ARENA_TENSOR)

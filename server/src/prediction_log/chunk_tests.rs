@@ -59,7 +59,16 @@ fn capture<'a>(
     max_elements: usize,
 ) -> Captured<'a> {
     let held = Budget::take(budget, sampled.len(), 100).unwrap();
-    Captured::new(LogId::new(id), 7, inputs, rows, sampled, max_elements, held)
+    Captured::new(
+        LogId::new(id),
+        7,
+        inputs,
+        rows,
+        sampled,
+        max_elements,
+        held,
+        None,
+    )
 }
 
 /// Every element of `t` in rows `sampled`, each row cut to `max_elements`, as records list them.
@@ -211,7 +220,10 @@ fn an_undelivered_chunk_counts_its_rows_as_shutdown_and_a_reused_one_starts_empt
         &budget,
     );
     assert_eq!(budget.held().0, 3);
-    assert!(chunk.clear(), "a small chunk is kept for reuse");
+    assert!(
+        chunk.clear(&Buffers::default()),
+        "a small chunk is kept for reuse"
+    );
     assert_eq!(budget.held(), (0, 0), "clearing gives the share back");
     assert!(chunk.is_empty() && chunk.records().is_empty());
     chunk.add(
@@ -224,4 +236,35 @@ fn an_undelivered_chunk_counts_its_rows_as_shutdown_and_a_reused_one_starts_empt
     drop(chunk);
     assert_eq!(names.shutdown.get(), 3);
     assert_eq!(budget.held(), (0, 0));
+}
+
+#[test]
+fn a_chunk_of_large_requests_makes_room_in_its_arenas_for_the_few_it_will_hold() {
+    let budget = budget();
+    let names = names(&["x"], &["y"]);
+    let rows = 256;
+    let x = tensor("x", vec![rows, 30], TensorData::Fp32(vec![0.5; rows * 30]));
+    let y = tensor("y", vec![rows, 2], TensorData::Fp32(vec![0.25; rows * 2]));
+    // 32 KiB of the log's bound: two such requests fill a chunk.
+    let held = Budget::take(&*budget, rows, rows * 32 * 4).unwrap();
+    let captured = Captured::new(
+        LogId::new("r"),
+        7,
+        &[x],
+        rows,
+        all_rows(rows),
+        usize::MAX,
+        held,
+        None,
+    );
+    let mut chunk = Chunk::with_capacity(ENTRIES);
+    chunk.add(captured, &names, 1, &[y], &budget);
+    let arenas: Vec<usize> = chunk
+        .arenas
+        .iter()
+        .map(|a| crate::with_tensor_data!(a, v => v.capacity()))
+        .collect();
+    // The input has its own vector; the output's arena has room for two requests' rows, not 64's
+    // (memory the request path would fault in and never use).
+    assert_eq!(arenas, [2 * rows * 2]);
 }

@@ -447,7 +447,16 @@ impl VersionLog {
             Some(id) if !id.is_empty() => LogId::new(id),
             _ => LogId::Heap(crate::request_id::random()),
         };
-        let mut captured = Captured::new(id, now_ms(), inputs, rows, sampled, max_elements, held);
+        let mut captured = Captured::new(
+            id,
+            now_ms(),
+            inputs,
+            rows,
+            sampled,
+            max_elements,
+            held,
+            Some(&self.log.queue.buffers),
+        );
         captured.outputs_held = outputs;
         Some(captured)
     }
@@ -519,6 +528,51 @@ mod tests {
 
     fn count(log: &PredictionLog, reason: &str) -> u64 {
         log.dropped().with_label_values(&["m", reason]).get()
+    }
+
+    /// The data pointer of a capture's first input copy.
+    fn copy_address(captured: &Captured<'_>) -> *const f32 {
+        match &captured.kept[0].data {
+            TensorData::Fp32(v) => v.as_ptr(),
+            other => panic!("fp32, not {}", other.datatype()),
+        }
+    }
+
+    #[test]
+    fn large_copies_reuse_the_vectors_of_delivered_requests() {
+        let registry = Registry::new();
+        let (log, rx, _) = PredictionLog::new(limits(100_000, 1 << 30, 1024), &registry).unwrap();
+        let version = log.for_version("m", &signature(30), 1.0);
+        // 256 rows of 30 floats: too large for a chunk's arenas, so the copy is a vector of its own.
+        let inputs = vec![tensor("x", 256, 30)];
+        let first = version.capture(None, &inputs, 256).unwrap();
+        let address = copy_address(&first);
+        version.push(first, 1, &[]);
+        log.flush();
+        let ItemKind::Requests(mut chunk) = rx.try_recv().unwrap().take() else {
+            panic!("requests")
+        };
+        let records = chunk.records();
+        assert_eq!(records.len(), 256);
+        assert_eq!(records[255].inputs[0].1.len(), 30);
+        chunk.delivered();
+        log.recycle(chunk);
+        let second = version.capture(None, &inputs, 256).unwrap();
+        assert_eq!(
+            copy_address(&second),
+            address,
+            "the second capture copies into the first one's vector"
+        );
+        let TensorData::Fp32(copied) = &second.kept[0].data else {
+            unreachable!()
+        };
+        let TensorData::Fp32(sent) = &inputs[0].data else {
+            unreachable!()
+        };
+        assert_eq!(copied, sent, "and holds exactly the new request's rows");
+        // A capture while the vector is still in flight gets one of its own.
+        let third = version.capture(None, &inputs, 256).unwrap();
+        assert_ne!(copy_address(&third), address);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (`chunk.rs`, `queue.rs`), queued when full or when the drain looks. What drains the queue (the sinks: embedded monitor, sidecar, Parquet files) lives in
 //! the `monitoring` module, which takes the receiving end from [`PredictionLog::new`].
 
+mod buffers;
 mod chunk;
 mod log;
 mod queue;

@@ -12,15 +12,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::buffers::Buffers;
 use super::chunk::{self, Chunk};
 use super::log::{ItemKind, LogItem};
 
 /// Chunks in the making at once, one per thread that logs (runtime workers, mostly).
 const SLOTS: usize = 16;
 
-/// Emptied chunks kept for reuse: at most one per slot (each keeps at most a few arenas of up to
-/// 128 KiB; a chunk of 64 single-row requests of 30 floats is about 30 KiB in all).
-const SPARE: usize = SLOTS;
+/// Emptied chunks kept for reuse, at most this many and [`SPARE_BYTES`] of capacity. Chunks are
+/// recycled only after the drain's next look, so what one look takes must come back: at 256-row
+/// requests a chunk holds two of them and a look up to 64, and a new chunk's vectors were fresh
+/// pages for the request path to fault in. A chunk of 64 single-row requests of 30 floats is about
+/// 30 KiB in all; each keeps at most a few arenas of up to 128 KiB.
+const SPARE: usize = 64;
+const SPARE_BYTES: usize = 4 << 20;
 
 /// A slot on its own cache line, so two threads' slots never share one.
 #[repr(align(128))]
@@ -62,8 +67,17 @@ pub(super) struct Queue {
     slots: [Slot; SLOTS],
     /// Chunks the drain has emptied: reused, so a chunk's vectors are allocated (and their pages
     /// faulted in) once, not per chunk.
+    spare: Mutex<Spare>,
+    /// Large captured tensors' vectors, back from delivered chunks for the next captures.
+    pub(super) buffers: Buffers,
+}
+
+/// Emptied chunks and their capacity in bytes.
+#[derive(Default)]
+struct Spare {
     #[allow(clippy::vec_box)] // boxed as the queue carries them
-    spare: Mutex<Vec<Box<Chunk>>>,
+    chunks: Vec<Box<Chunk>>,
+    bytes: usize,
 }
 
 impl Queue {
@@ -75,7 +89,8 @@ impl Queue {
             rx: rx.clone(),
             closed: AtomicBool::new(false),
             slots: Default::default(),
-            spare: Mutex::new(Vec::new()),
+            spare: Mutex::default(),
+            buffers: Buffers::default(),
         };
         (Arc::new(queue), rx)
     }
@@ -160,23 +175,31 @@ impl Queue {
 
     /// An empty chunk, reused when there is one.
     fn new_chunk(&self) -> Box<Chunk> {
-        let spare = self
-            .spare
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let spare = {
+            let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            let chunk = spare.chunks.pop();
+            if let Some(chunk) = &chunk {
+                spare.bytes -= chunk.capacity_bytes();
+            }
+            chunk
+        };
         spare.unwrap_or_else(|| Box::new(Chunk::with_capacity(chunk::ENTRIES)))
     }
 
     /// Takes back a delivered chunk, emptied, for reuse.
     pub(super) fn recycle(&self, mut chunk: Box<Chunk>) {
-        if !chunk.clear() {
+        if !chunk.clear(&self.buffers) {
             return;
         }
+        let bytes = chunk.capacity_bytes();
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < SPARE {
-            spare.push(chunk);
+        if spare.chunks.len() < SPARE && spare.bytes + bytes <= SPARE_BYTES {
+            spare.bytes += bytes;
+            spare.chunks.push(chunk);
+            return;
         }
+        // Freed outside the lock.
+        drop(spare);
     }
 
     /// Queues every partly filled chunk: the drain calls it before each look at the queue.
@@ -283,6 +306,27 @@ mod tests {
         chunks.sort();
         // Three threads take three of the 16 slots in turn: never the same one.
         assert_eq!(chunks, [5, 5, 5]);
+    }
+
+    #[test]
+    fn delivered_chunks_are_kept_for_reuse_up_to_a_bound() {
+        let (queue, _rx) = Queue::new(16);
+        for _ in 0..SPARE + 10 {
+            queue.recycle(Box::new(Chunk::with_capacity(chunk::ENTRIES)));
+        }
+        let (kept, bytes) = {
+            let spare = queue.spare.lock().unwrap();
+            let sum: usize = spare.chunks.iter().map(|c| c.capacity_bytes()).sum();
+            (spare.chunks.len(), (spare.bytes, sum))
+        };
+        assert_eq!(kept, SPARE);
+        assert_eq!(bytes.0, bytes.1, "the kept capacity is accounted exactly");
+        assert!(bytes.0 <= SPARE_BYTES);
+        for _ in 0..SPARE {
+            drop(queue.new_chunk());
+        }
+        let spare = queue.spare.lock().unwrap();
+        assert_eq!((spare.chunks.len(), spare.bytes), (0, 0));
     }
 
     #[test]

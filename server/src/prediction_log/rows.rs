@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock};
 use keel_monitor::{FeatureValue, Values};
 use prometheus::IntCounter;
 
+use super::buffers::Buffers;
 use crate::signature::Signature;
 use crate::tensor::{Tensor, TensorData};
 
@@ -95,10 +96,21 @@ fn copy_bytes(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usi
     }
 }
 
-/// Copies rows `sampled` of `data` (a tensor of `rows` rows), each cut to `max_elements`.
-fn copy_rows(data: &TensorData, rows: usize, sampled: &[u32], max_elements: usize) -> Kept {
+/// Copies rows `sampled` of `data` (a tensor of `rows` rows), each cut to `max_elements`; a copy
+/// too large for a chunk's arenas goes into a vector from `buffers` when one fits.
+fn copy_rows(
+    data: &TensorData,
+    rows: usize,
+    sampled: &[u32],
+    max_elements: usize,
+    buffers: Option<&Buffers>,
+) -> Kept {
     let (per_row, width) = widths(data, rows, max_elements);
-    copy_rows_cut(data, per_row, width, sampled)
+    let elements = sampled.len() * width;
+    let reuse = buffers
+        .filter(|_| !super::chunk::fits_arena(data, elements))
+        .and_then(|b| b.take(data.datatype(), elements));
+    copy_rows_into(data, per_row, width, sampled, reuse)
 }
 
 /// Copies rows `sampled` of `data` (rows of `per_row` elements), each cut to `width`.
@@ -108,12 +120,32 @@ pub(super) fn copy_rows_cut(
     width: usize,
     sampled: &[u32],
 ) -> Kept {
-    fn pick<T: Clone>(v: &[T], per_row: usize, width: usize, sampled: &[u32]) -> Vec<T> {
+    copy_rows_into(data, per_row, width, sampled, None)
+}
+
+/// [`copy_rows_cut`] into `reuse` (emptied first) when it is a vector of `data`'s type.
+fn copy_rows_into(
+    data: &TensorData,
+    per_row: usize,
+    width: usize,
+    sampled: &[u32],
+    reuse: Option<TensorData>,
+) -> Kept {
+    fn pick<T: Clone>(
+        v: &[T],
+        per_row: usize,
+        width: usize,
+        sampled: &[u32],
+        reuse: Option<Vec<T>>,
+    ) -> Vec<T> {
+        let mut out = reuse.unwrap_or_default();
+        out.clear();
         if width == per_row && sampled.len() * per_row == v.len() && !sampled.is_empty() {
             // Every row sampled, none cut (sampling keeps row order): one copy of the whole.
-            return v.to_vec();
+            out.extend_from_slice(v);
+            return out;
         }
-        let mut out = Vec::with_capacity(sampled.len() * width);
+        out.reserve_exact(sampled.len() * width);
         for &r in sampled {
             let start = r as usize * per_row;
             out.extend_from_slice(v.get(start..start + width).unwrap_or_default());
@@ -123,7 +155,13 @@ pub(super) fn copy_rows_cut(
     macro_rules! copy {
         ($($variant:ident),*) => {
             match data {
-                $(TensorData::$variant(v) => TensorData::$variant(pick(v, per_row, width, sampled)),)*
+                $(TensorData::$variant(v) => {
+                    let reuse = match reuse {
+                        Some(TensorData::$variant(r)) => Some(r),
+                        _ => None,
+                    };
+                    TensorData::$variant(pick(v, per_row, width, sampled, reuse))
+                })*
             }
         };
     }
@@ -221,8 +259,10 @@ impl<'a> Captured<'a> {
     }
 
     /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
-    /// tensor's rows cut to `max_elements` elements.
-    pub fn new(
+    /// tensor's rows cut to `max_elements` elements; large copies reuse vectors from `buffers`.
+    // Each is one part of what is captured; a struct to carry them would be built only to call this.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
         request_id: LogId,
         timestamp_ms: u64,
         inputs: &[Tensor],
@@ -230,13 +270,14 @@ impl<'a> Captured<'a> {
         sampled: Cow<'static, [u32]>,
         max_elements: usize,
         held: super::log::Held<&'a super::log::Budget>,
+        buffers: Option<&Buffers>,
     ) -> Self {
         let max_elements = max_elements.max(1);
         let mut kept = Vec::with_capacity(inputs.len());
         kept.extend(
             inputs
                 .iter()
-                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements)),
+                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements, buffers)),
         );
         Captured {
             request_id,
@@ -323,7 +364,7 @@ mod tests {
             copy_bytes(&bytes, 3, &[0, 2], 3),
             (1 + 2 + 8 + 9 + 10) + 6 * BYTES_ELEMENT_OVERHEAD
         );
-        let kept = copy_rows(&bytes, 3, &[0, 2], 3);
+        let kept = copy_rows(&bytes, 3, &[0, 2], 3, None);
         assert!(kept.truncated);
         assert_eq!(kept.width, 3);
         assert_eq!(kept.data.len(), 6);
@@ -333,12 +374,12 @@ mod tests {
         assert_eq!(items[3].len(), 8);
         let floats = TensorData::Fp16(vec![half::f16::from_f32(1.0); 10]);
         assert_eq!(copy_bytes(&floats, 5, &[1, 4], 100), 2 * 2 * 2);
-        let all = copy_rows(&floats, 5, &[0, 1, 2, 3, 4], 100);
+        let all = copy_rows(&floats, 5, &[0, 1, 2, 3, 4], 100, None);
         assert!(!all.truncated);
         assert_eq!(all.data, floats);
         // A model without batching: the whole tensor is one row.
         let wide = TensorData::Fp32(vec![0.5; 1_000_000]);
-        let kept = copy_rows(&wide, 1, &[0], 1024);
+        let kept = copy_rows(&wide, 1, &[0], 1024, None);
         assert_eq!(
             (kept.data.len(), kept.width, kept.truncated),
             (1024, 1024, true)
