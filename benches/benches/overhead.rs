@@ -12,6 +12,12 @@
 //! dropping the response are outside the clock in every variant, as a front end's decode and encode are
 //! not the core's cost.
 //!
+//! With `KEEL_OVERHEAD_BLOCKS=N` (and an optional `KEEL_OVERHEAD_FILTER`, a substring of
+//! `model-vN/rows`) it runs no criterion and alternates instead blocks of [`BLOCK_CALLS`] calls of the
+//! three variants, N blocks each, printing the medians of each block's difference from the raw block
+//! before it. On a shared VM the variants measured one after another (criterion) drift apart by more
+//! than the overhead; paired blocks see the same neighbours.
+//!
 //! Skips (exit 0) when ONNX Runtime cannot be loaded: set ORT_DYLIB_PATH to libonnxruntime.so, or create
 //! `.venv` with `make serve`.
 
@@ -22,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use keel_server::ServeConfig;
-use keel_server::backend::{BackendKind, onnxruntime};
+use keel_server::backend::{Backend, BackendKind, onnxruntime};
 use keel_server::config::MonitorMode;
 use keel_server::infer::InferRequest;
 use keel_server::metrics::{Metrics, Protocol};
@@ -143,13 +149,41 @@ fn keel_loop(rt: &Runtime, served: &Arc<ServedVersion>, inputs: &[Tensor], iters
     rt.block_on(task).expect("the bench task")
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (plain, _) = load(&rt, MonitorMode::Off);
-    let (logged, _monitoring) = load(&rt, MonitorMode::Embedded);
+/// Times `raw.infer` one request after another on a fresh thread of its own, as an instance runs its
+/// backend, so neither side gets the bench's main thread and its state.
+fn raw_loop(raw: &mut Box<dyn Backend>, inputs: &[Tensor], iters: u64) -> Duration {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let batch = inputs.to_vec();
+                let start = Instant::now();
+                let result = raw.infer(batch);
+                total += start.elapsed();
+                black_box(result.expect("inference"));
+            }
+            total
+        })
+        .join()
+        .expect("the raw loop")
+    })
+}
+
+/// One model version at one size, with everything the three variants need.
+struct Case<'a> {
+    name: String,
+    rows: usize,
+    raw: &'a mut Box<dyn Backend>,
+    plain: &'a Arc<ServedVersion>,
+    logged: &'a Arc<ServedVersion>,
+    inputs: Vec<Tensor>,
+}
+
+/// Loads what both modes measure and calls `each` per model version and size: every version ONNX
+/// Runtime serves, with the raw backend loaded from the same file.
+fn cases(rt: &Runtime, mut each: impl FnMut(Case<'_>)) {
+    let (plain, _) = load(rt, MonitorMode::Off);
+    let (logged, _monitoring) = load(rt, MonitorMode::Embedded);
     let dataset = dataset();
     for entry in plain.models().values() {
         if let Some(why) = &entry.error {
@@ -171,44 +205,89 @@ fn bench(c: &mut Criterion) {
             let with_log = logged
                 .ready_version(&served.model, Some(served.version))
                 .expect("both repositories load the same versions");
-            let mut group = c.benchmark_group(format!("overhead/{name}"));
             for rows in ROWS {
                 let Some(inputs) = request(served, rows, &dataset) else {
                     eprintln!("overhead: skipping {name} at {rows} rows: cannot build its inputs");
                     continue;
                 };
-                group.throughput(Throughput::Elements(rows as u64));
-                group.bench_function(BenchmarkId::new("raw", rows), |b| {
-                    b.iter_custom(|iters| {
-                        // On a fresh thread of its own, as an instance runs its backend, so neither
-                        // side gets the bench's main thread and its state.
-                        std::thread::scope(|s| {
-                            s.spawn(|| {
-                                let mut total = Duration::ZERO;
-                                for _ in 0..iters {
-                                    let batch = inputs.clone();
-                                    let start = Instant::now();
-                                    let result = raw.infer(batch);
-                                    total += start.elapsed();
-                                    black_box(result.expect("inference"));
-                                }
-                                total
-                            })
-                            .join()
-                            .expect("the raw loop")
-                        })
-                    })
-                });
-                group.bench_function(BenchmarkId::new("keel", rows), |b| {
-                    b.iter_custom(|iters| keel_loop(&rt, served, &inputs, iters))
-                });
-                group.bench_function(BenchmarkId::new("keel+log", rows), |b| {
-                    b.iter_custom(|iters| keel_loop(&rt, &with_log, &inputs, iters))
+                each(Case {
+                    name: name.clone(),
+                    rows,
+                    raw: &mut raw,
+                    plain: served,
+                    logged: &with_log,
+                    inputs,
                 });
             }
-            group.finish();
         }
     }
+}
+
+/// Calls per block in the paired mode: long enough to average out a tick, short enough that the
+/// neighbours of a raw block and the Keel blocks after it are the same.
+const BLOCK_CALLS: u64 = 200;
+
+/// The paired mode (`KEEL_OVERHEAD_BLOCKS`, see the module's documentation).
+fn blocks(rt: &Runtime, blocks: usize, filter: Option<&str>) {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+    cases(rt, |case| {
+        let label = format!("{}/{}", case.name, case.rows);
+        if filter.is_some_and(|f| !label.contains(f)) {
+            return;
+        }
+        let per_call = |d: Duration| d.as_secs_f64() * 1e6 / BLOCK_CALLS as f64;
+        let (mut raw, mut plain, mut logged) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..blocks {
+            let r = per_call(raw_loop(case.raw, &case.inputs, BLOCK_CALLS));
+            let k = per_call(keel_loop(rt, case.plain, &case.inputs, BLOCK_CALLS));
+            let l = per_call(keel_loop(rt, case.logged, &case.inputs, BLOCK_CALLS));
+            raw.push(r);
+            plain.push(k - r);
+            logged.push(l - r);
+        }
+        println!(
+            "{label}: raw {:.1} µs, keel {:+.1}, keel+log {:+.1} (medians of {blocks} paired blocks)",
+            median(raw),
+            median(plain),
+            median(logged)
+        );
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    cases(&rt, |case| {
+        let Case {
+            name,
+            rows,
+            raw,
+            plain,
+            logged,
+            inputs,
+        } = case;
+        let mut group = c.benchmark_group(format!("overhead/{name}"));
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(BenchmarkId::new("raw", rows), |b| {
+            b.iter_custom(|iters| raw_loop(raw, &inputs, iters))
+        });
+        group.bench_function(BenchmarkId::new("keel", rows), |b| {
+            b.iter_custom(|iters| keel_loop(&rt, plain, &inputs, iters))
+        });
+        group.bench_function(BenchmarkId::new("keel+log", rows), |b| {
+            b.iter_custom(|iters| keel_loop(&rt, logged, &inputs, iters))
+        });
+        group.finish();
+    });
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 criterion_group!(benches, bench);
@@ -218,6 +297,13 @@ fn main() {
     if let Err(why) = onnxruntime::init(None) {
         eprintln!("overhead: skipped, ONNX Runtime is unavailable: {why}");
         return;
+    }
+    if let Some(n) = std::env::var("KEEL_OVERHEAD_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let filter = std::env::var("KEEL_OVERHEAD_FILTER").ok();
+        return blocks(&runtime(), n, filter.as_deref());
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
