@@ -326,12 +326,11 @@ impl Chunk {
 
     /// Bytes its vectors hold, used or not: what keeping it for reuse keeps.
     pub(super) fn capacity_bytes(&self) -> usize {
+        // Arenas never hold strings (see `arena`).
         let arenas: usize = self
             .arenas
             .iter()
-            .map(|a| {
-                crate::with_tensor_data!(a, v => v.capacity()) * a.datatype().size().unwrap_or(1)
-            })
+            .filter_map(super::buffers::capacity_bytes)
             .sum();
         std::mem::size_of::<Self>()
             + self.entries.capacity() * std::mem::size_of::<Entry>()
@@ -353,10 +352,8 @@ impl Chunk {
         self.rows = 0;
         self.held = None;
         self.delivered = false;
-        self.arenas.retain(|a| {
-            let capacity = crate::with_tensor_data!(a, v => v.capacity());
-            capacity * a.datatype().size().unwrap_or(1) <= 2 * BYTES
-        });
+        self.arenas
+            .retain(|a| super::buffers::capacity_bytes(a).is_some_and(|b| b <= 2 * BYTES));
         for arena in &mut self.arenas {
             crate::with_tensor_data!(arena, v => v.clear());
         }
