@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
         let id = format!("{requests}x{rows}");
         let inputs: Vec<Vec<Tensor>> = (0..requests).map(|_| request(rows)).collect();
         group.bench_with_input(BenchmarkId::new("concat", &id), &inputs, |b, inputs| {
-            b.iter_batched(|| inputs.clone(), concat, criterion::BatchSize::SmallInput)
+            b.iter(|| concat(inputs))
         });
         let counts = vec![rows; requests];
         group.bench_with_input(BenchmarkId::new("split", &id), &counts, |b, counts| {

@@ -2,7 +2,7 @@
 //! backend call, and each output is cut back into the row ranges of the requests that made it.
 
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::Tensor;
 
 /// Whether two requests' inputs can share a batch: every input must agree on all dimensions but the first.
 pub fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
@@ -12,20 +12,31 @@ pub fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
             .all(|(x, y)| x.shape.get(1..) == y.shape.get(1..))
 }
 
-/// Concatenates each input across requests (all in signature order, all [`compatible`]).
-pub fn concat(mut requests: Vec<Vec<Tensor>>) -> Vec<Tensor> {
-    let mut rest = requests.split_off(1);
-    let mut batch = requests.pop().unwrap_or_default();
-    for (i, tensor) in batch.iter_mut().enumerate() {
-        let extra: usize = rest.iter().map(|r| r[i].data.len()).sum();
-        tensor.data.reserve(extra);
-        for request in &mut rest {
-            let other = std::mem::replace(&mut request[i].data, TensorData::Bool(Vec::new()));
-            tensor.shape[0] += request[i].shape[0];
-            tensor.data.append(other);
-        }
-    }
-    batch
+/// Concatenates each input across requests (all in signature order, all [`compatible`]) into new
+/// tensors: the requests keep theirs, for the prediction log.
+pub fn concat(requests: &[Vec<Tensor>]) -> Vec<Tensor> {
+    let Some(first) = requests.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, tensor)| {
+            let mut data = tensor.data.slice(0..0);
+            data.reserve(requests.iter().map(|r| r[i].data.len()).sum());
+            let mut shape = tensor.shape.clone();
+            shape[0] = 0;
+            for request in requests {
+                shape[0] += request[i].shape[0];
+                data.extend_from(&request[i].data);
+            }
+            Tensor {
+                name: tensor.name.clone(),
+                shape,
+                data,
+            }
+        })
+        .collect()
 }
 
 /// Cuts every output into consecutive row ranges of `rows[i]` rows, one set of outputs per request.
@@ -62,6 +73,7 @@ pub fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::TensorData;
 
     fn tensor(rows: usize, first: f32) -> Tensor {
         let data = (0..rows * 3).map(|i| first + i as f32).collect();
@@ -79,8 +91,8 @@ mod tests {
             vec![tensor(3, 100.0)],
             vec![tensor(2, 200.0)],
         ];
-        let expected = requests.clone();
-        let batch = concat(requests);
+        let batch = concat(&requests);
+        let expected = requests;
         assert_eq!(batch[0].shape, vec![6, 3]);
         assert_eq!(batch[0].data.len(), 18);
         let back = split(batch, &[1, 3, 2]).unwrap();

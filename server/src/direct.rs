@@ -270,7 +270,8 @@ impl Direct {
             return Err(inputs);
         };
         let started = Instant::now();
-        let run = || instance::execute(backend.as_mut(), vec![inputs], &[rows]);
+        let inputs = [inputs];
+        let mut run = || instance::execute(backend.as_mut(), &inputs, &[rows]);
         let result = if on_worker {
             run()
         } else {
@@ -279,8 +280,10 @@ impl Direct {
         drop(guard);
         let compute = started.elapsed();
         self.spec.record(compute, rows, false);
+        let [inputs] = inputs;
         Ok(result.map(|(mut outputs, phases)| Executed {
             outputs: outputs.pop().unwrap_or_default(),
+            inputs,
             queue: Duration::ZERO,
             phases,
             started,

@@ -142,11 +142,7 @@ impl ServedVersion {
         if let Some(span) = span.as_deref_mut() {
             span.request(request.id.as_deref(), rows);
         }
-        let captured = self
-            .log
-            .as_ref()
-            .and_then(|log| log.capture(request.id.as_deref(), &inputs, rows as usize));
-        let executed = self
+        let mut executed = self
             .scheduler
             .submit(inputs, rows as usize, request.timeout)
             .await?;
@@ -159,8 +155,14 @@ impl ServedVersion {
                 batch_requests: executed.batch_requests,
             });
         }
-        if let (Some(log), Some(captured)) = (&self.log, captured) {
-            log.push(captured, self.version, &executed.outputs);
+        // Captured after the run, from the inputs the backend borrowed: large tensors logged whole
+        // are kept, not copied.
+        if let Some(log) = &self.log {
+            let inputs = std::mem::take(&mut executed.inputs);
+            if let Some(captured) = log.capture_owned(request.id.as_deref(), inputs, rows as usize)
+            {
+                log.push(captured, self.version, &executed.outputs);
+            }
         }
         self.stats.record_phases(executed.queue, executed.phases);
         self.metrics

@@ -152,16 +152,18 @@ pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSp
         waiting.push((p.reply, started - p.enqueued));
         inputs.push(p.inputs);
     }
-    let result = execute(backend, inputs, &rows);
+    let result = execute(backend, &inputs, &rows);
     let compute = started.elapsed();
     let total_rows: usize = rows.iter().sum();
     spec.record(compute, total_rows, warmup);
     match result {
         Ok((outputs, phases)) => {
             let batch_requests = waiting.len();
-            for ((reply, queue), outputs) in waiting.into_iter().zip(outputs) {
+            for (((reply, queue), outputs), inputs) in waiting.into_iter().zip(outputs).zip(inputs)
+            {
                 let _ = reply.send(Ok(Executed {
                     outputs,
+                    inputs,
                     queue,
                     phases,
                     started,
@@ -195,7 +197,7 @@ impl InstanceSpec {
 /// backend must not take the instance down: the batch fails, the instance serves on.
 pub fn execute(
     backend: &mut dyn Backend,
-    inputs: Vec<Vec<Tensor>>,
+    inputs: &[Vec<Tensor>],
     rows: &[usize],
 ) -> Result<(Vec<Vec<Tensor>>, Phases)> {
     panic::catch_unwind(AssertUnwindSafe(|| run(backend, inputs, rows))).unwrap_or_else(|_| {
@@ -207,17 +209,17 @@ pub fn execute(
 
 fn run(
     backend: &mut dyn Backend,
-    mut inputs: Vec<Vec<Tensor>>,
+    inputs: &[Vec<Tensor>],
     rows: &[usize],
 ) -> Result<(Vec<Vec<Tensor>>, Phases)> {
-    if inputs.len() == 1 {
-        let (outputs, phases) = backend.infer(inputs.pop().unwrap_or_default())?;
+    if let [alone] = inputs {
+        let (outputs, phases) = backend.infer(alone)?;
         return Ok((vec![outputs], phases));
     }
     let start = Instant::now();
     let joined = batch::concat(inputs);
     let joined_at = start.elapsed();
-    let (outputs, mut phases) = backend.infer(joined)?;
+    let (outputs, mut phases) = backend.infer(&joined)?;
     let split_start = Instant::now();
     let per_request = batch::split(outputs, rows)?;
     phases.input += joined_at;

@@ -25,6 +25,9 @@ use crate::tensor::Tensor;
 /// A finished execution, as one request sees it: its outputs and where the time went.
 pub struct Executed {
     pub outputs: Vec<Tensor>,
+    /// The request's inputs, given back after the run (backends borrow them), so the prediction log
+    /// keeps them without a copy.
+    pub inputs: Vec<Tensor>,
     pub queue: Duration,
     pub phases: Phases,
     /// When its batch started on the instance, and how long the batch ran (the instance's own clock
@@ -655,9 +658,9 @@ mod tests {
     struct Echo(Arc<AtomicUsize>);
 
     impl crate::backend::Backend for Echo {
-        fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, crate::stats::Phases)> {
+        fn infer(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, crate::stats::Phases)> {
             self.0.fetch_add(1, Ordering::Relaxed);
-            Ok((inputs, crate::stats::Phases::default()))
+            Ok((inputs.to_vec(), crate::stats::Phases::default()))
         }
     }
 
@@ -717,8 +720,18 @@ mod tests {
                 executed.outputs[0].data,
                 TensorData::Fp32(vec![i as f32; 2])
             );
+            // The backend borrowed the batch: each request has its own inputs back, for the log.
+            assert_eq!(executed.inputs[0].shape[0], 1);
+            assert_eq!(executed.inputs[0].data, TensorData::Fp32(vec![i as f32; 2]));
         }
         assert_eq!(metrics.queue_depth.get(), 0);
+        // A lone request run directly has its inputs back too.
+        let (p, _) = pending(1, 2);
+        let sent = p.inputs.clone();
+        let Ok(Ok(executed)) = direct.try_run(p.inputs, 1) else {
+            panic!("a direct run")
+        };
+        assert_eq!(executed.inputs, sent);
     }
 
     /// A request relaying the queue takes batches of what is there without waiting, up to the rows it may

@@ -220,12 +220,12 @@ impl TensorData {
         with_tensor_data!(self, v => v.reserve(additional))
     }
 
-    /// Moves `other`'s elements to the end of `self`; both must have the same datatype.
-    pub fn append(&mut self, other: TensorData) {
+    /// Copies `other`'s elements to the end of `self`; both must have the same datatype.
+    pub fn extend_from(&mut self, other: &TensorData) {
         macro_rules! join {
             ($($variant:ident),*) => {
                 match (self, other) {
-                    $((TensorData::$variant(a), TensorData::$variant(mut b)) => a.append(&mut b),)*
+                    $((TensorData::$variant(a), TensorData::$variant(b)) => a.extend_from_slice(b),)*
                     (a, b) => panic!("appending {} to {}", b.datatype(), a.datatype()),
                 }
             };

@@ -15,8 +15,10 @@ use crate::tensor::Tensor;
 
 pub trait Backend: Send {
     /// Runs one batch. `inputs` are in signature order and already validated; the result holds every
-    /// output of the signature, in signature order, and the time each phase took.
-    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, Phases)>;
+    /// output of the signature, in signature order, and the time each phase took. The inputs are
+    /// borrowed so the request keeps them: the prediction log takes them after the run instead of
+    /// copying them before it.
+    fn infer(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Phases)>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

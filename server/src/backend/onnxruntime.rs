@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor};
+use ort::value::{DynValue, PrimitiveTensorElementType, TensorRef};
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -129,11 +129,11 @@ impl OrtBackend {
 }
 
 impl Backend for OrtBackend {
-    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<(Vec<Tensor>, Phases)> {
+    fn infer(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Phases)> {
         let start = Instant::now();
         let values = inputs
-            .into_iter()
-            .map(|t| Ok((t.name.clone(), SessionInputValue::from(to_value(t)?))))
+            .iter()
+            .map(|t| Ok((t.name.as_str(), to_value(t)?)))
             .collect::<Result<Vec<_>>>()?;
         let converted = Instant::now();
         let results = self
@@ -161,16 +161,19 @@ impl Backend for OrtBackend {
     }
 }
 
-fn primitive<T: PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
-    shape: Vec<usize>,
-    data: Vec<T>,
-) -> ort::Result<DynValue> {
-    Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+/// A view of `data` for ONNX Runtime: the run reads the request's own vector, no copy.
+fn primitive<'t, T: PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+    shape: &'t [usize],
+    data: &'t [T],
+) -> ort::Result<SessionInputValue<'t>> {
+    Ok(SessionInputValue::from(
+        TensorRef::from_array_view((shape, data))?.into_dyn(),
+    ))
 }
 
-fn to_value(t: Tensor) -> Result<DynValue> {
-    let shape = t.shape;
-    let value = match t.data {
+fn to_value(t: &Tensor) -> Result<SessionInputValue<'_>> {
+    let shape = t.shape.as_slice();
+    let value = match &t.data {
         TensorData::Bool(v) => primitive(shape, v),
         TensorData::Uint8(v) => primitive(shape, v),
         TensorData::Uint16(v) => primitive(shape, v),
@@ -183,15 +186,17 @@ fn to_value(t: Tensor) -> Result<DynValue> {
         TensorData::Fp16(v) => primitive(shape, v),
         TensorData::Fp32(v) => primitive(shape, v),
         TensorData::Fp64(v) => primitive(shape, v),
-        TensorData::Bytes(v) => return string_tensor(&t.name, shape, v),
+        TensorData::Bytes(v) => {
+            return string_tensor(&t.name, t.shape.clone(), v).map(SessionInputValue::from);
+        }
     };
     value.map_err(|e| Error::Internal(format!("input '{}': {e}", t.name)))
 }
 
 /// A BYTES input as an ONNX Runtime string tensor, element by element by length (see [`strings`]), so
 /// any bytes pass, NUL and non-UTF-8 included, as Triton passes them.
-fn string_tensor(input: &str, shape: Vec<usize>, items: Vec<Vec<u8>>) -> Result<DynValue> {
-    strings::tensor(shape, &items).map_err(|e| Error::Internal(format!("input '{input}': {e}")))
+fn string_tensor(input: &str, shape: Vec<usize>, items: &[Vec<u8>]) -> Result<DynValue> {
+    strings::tensor(shape, items).map_err(|e| Error::Internal(format!("input '{input}': {e}")))
 }
 
 /// String tensors through ONNX Runtime's C API by length. `ort`'s own helpers go through `CString` (no

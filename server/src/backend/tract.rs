@@ -88,10 +88,10 @@ impl TractBackend {
 }
 
 impl Backend for TractBackend {
-    fn infer(&mut self, inputs: Vec<KeelTensor>) -> Result<(Vec<KeelTensor>, Phases)> {
+    fn infer(&mut self, inputs: &[KeelTensor]) -> Result<(Vec<KeelTensor>, Phases)> {
         let start = Instant::now();
         let values = inputs
-            .into_iter()
+            .iter()
             .map(to_tract)
             .collect::<Result<TVec<TValue>>>()?;
         let converted = Instant::now();
@@ -133,15 +133,20 @@ fn tract_datum_type(dt: DataType) -> DatumType {
     }
 }
 
-fn array<T: Datum>(shape: &[usize], data: Vec<T>) -> Result<TValue> {
+/// tract owns its tensors: the request's elements are copied (ONNX Runtime reads them in place).
+fn array<T: Datum + Clone>(shape: &[usize], data: &[T]) -> Result<TValue> {
+    owned(shape, data.to_vec())
+}
+
+fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> Result<TValue> {
     tract_ndarray::ArrayD::from_shape_vec(shape, data)
         .map(|a| a.into_tvalue())
         .map_err(|e| Error::Internal(format!("tensor layout: {e}")))
 }
 
-fn to_tract(t: KeelTensor) -> Result<TValue> {
+fn to_tract(t: &KeelTensor) -> Result<TValue> {
     let shape = &t.shape;
-    match t.data {
+    match &t.data {
         TensorData::Bool(v) => array(shape, v),
         TensorData::Uint8(v) => array(shape, v),
         TensorData::Uint16(v) => array(shape, v),
@@ -156,13 +161,15 @@ fn to_tract(t: KeelTensor) -> Result<TValue> {
         TensorData::Fp64(v) => array(shape, v),
         TensorData::Bytes(v) => {
             let strings = v
-                .into_iter()
+                .iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    String::from_utf8(item).map_err(|e| not_utf8(&t.name, index, e.utf8_error()))
+                    std::str::from_utf8(item)
+                        .map(str::to_string)
+                        .map_err(|e| not_utf8(&t.name, index, e))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            array(shape, strings)
+            owned(shape, strings)
         }
     }
 }

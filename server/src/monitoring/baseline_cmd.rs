@@ -101,7 +101,7 @@ pub fn run(args: &BaselineArgs) -> Result<PathBuf, String> {
             shape: vec![n, width],
             data,
         };
-        let (result, _) = backend.infer(vec![tensor]).map_err(|e| e.to_string())?;
+        let (result, _) = backend.infer(&[tensor]).map_err(|e| e.to_string())?;
         outputs.resize(result.len(), Vec::new());
         for (column, tensor) in outputs.iter_mut().zip(&result) {
             let per_row = tensor.data.len() / n.max(1);

@@ -1,7 +1,8 @@
-//! What the request path hands the prediction log: a copy of the sampled rows of the request's
+//! What the request path hands the prediction log after the run: the sampled rows of the request's
 //! tensors (each row cut to `--prediction-log-max-elements` elements per tensor; one memcpy when
-//! every row is sampled and none is cut) and which rows they were. Turning them into per-row
-//! records happens on the drain thread, so a large request is not held up by the log.
+//! every row is sampled and none is cut, and no copy at all for a large input logged whole, whose
+//! vector the log keeps) and which rows they were. Turning them into per-row records happens on the
+//! drain thread, so a large request is not held up by the log.
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -111,6 +112,35 @@ fn copy_rows(
         .filter(|_| !super::chunk::fits_arena(data, elements))
         .and_then(|b| b.take(data.datatype(), elements));
     copy_rows_into(data, per_row, width, sampled, reuse)
+}
+
+/// Rows `sampled` of a request's own `data` after its run: its vector itself when it is logged
+/// whole (every row, none cut), too large for a chunk's arenas and without much spare capacity (the
+/// log's byte bound counts elements, so a kept vector holds at most a quarter more); a copy
+/// otherwise, as [`copy_rows`] makes.
+fn keep_rows(
+    data: TensorData,
+    rows: usize,
+    sampled: &[u32],
+    max_elements: usize,
+    buffers: Option<&Buffers>,
+) -> Kept {
+    let (per_row, width) = widths(&data, rows, max_elements);
+    let len = data.len();
+    let whole = width == per_row && !sampled.is_empty() && sampled.len() * per_row == len;
+    let spare = crate::with_tensor_data!(&data, v => v.capacity() - v.len());
+    if whole
+        && !matches!(data, TensorData::Bytes(_))
+        && !super::chunk::fits_arena(&data, len)
+        && spare <= len / 4
+    {
+        return Kept {
+            data,
+            width,
+            truncated: false,
+        };
+    }
+    copy_rows(&data, rows, sampled, max_elements, buffers)
 }
 
 /// Copies rows `sampled` of `data` (rows of `per_row` elements), each cut to `width`.
@@ -223,8 +253,24 @@ pub fn all_rows(rows: usize) -> Cow<'static, [u32]> {
     }
 }
 
-/// The sampled rows of one request, inputs captured before they go to the backend: only the
-/// sampled rows' elements are copied, at most `max_elements` per tensor and row.
+/// The tensors a capture is taken from: borrowed, so copied, or the request's own after its run
+/// (backends borrow them), whose vectors the log keeps instead of copying when it logs them whole.
+pub enum Source<'t> {
+    Borrowed(&'t [Tensor]),
+    Owned(Vec<Tensor>),
+}
+
+impl Source<'_> {
+    pub fn tensors(&self) -> &[Tensor] {
+        match self {
+            Source::Borrowed(tensors) => tensors,
+            Source::Owned(tensors) => tensors,
+        }
+    }
+}
+
+/// The sampled rows of one request's inputs: only the sampled rows' elements, at most
+/// `max_elements` per tensor and row.
 pub struct Captured<'a> {
     pub(super) request_id: LogId,
     pub(super) timestamp_ms: u64,
@@ -259,13 +305,14 @@ impl<'a> Captured<'a> {
     }
 
     /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
-    /// tensor's rows cut to `max_elements` elements; large copies reuse vectors from `buffers`.
+    /// tensor's rows cut to `max_elements` elements; owned vectors logged whole are kept, and large
+    /// copies reuse vectors from `buffers`.
     // Each is one part of what is captured; a struct to carry them would be built only to call this.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         request_id: LogId,
         timestamp_ms: u64,
-        inputs: &[Tensor],
+        inputs: Source<'_>,
         rows: usize,
         sampled: Cow<'static, [u32]>,
         max_elements: usize,
@@ -273,12 +320,16 @@ impl<'a> Captured<'a> {
         buffers: Option<&Buffers>,
     ) -> Self {
         let max_elements = max_elements.max(1);
-        let mut kept = Vec::with_capacity(inputs.len());
-        kept.extend(
-            inputs
+        let kept: Vec<Kept> = match inputs {
+            Source::Borrowed(tensors) => tensors
                 .iter()
-                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements, buffers)),
-        );
+                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements, buffers))
+                .collect(),
+            Source::Owned(tensors) => tensors
+                .into_iter()
+                .map(|t| keep_rows(t.data, rows, &sampled, max_elements, buffers))
+                .collect(),
+        };
         Captured {
             request_id,
             timestamp_ms,
