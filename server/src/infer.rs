@@ -159,8 +159,7 @@ impl ServedVersion {
         // are kept, not copied.
         if let Some(log) = &self.log {
             let inputs = std::mem::take(&mut executed.inputs);
-            if let Some(captured) = log.capture_owned(request.id.as_deref(), inputs, rows as usize)
-            {
+            if let Some(captured) = log.capture(request.id.as_deref(), inputs, rows as usize) {
                 log.push(captured, self.version, &executed.outputs);
             }
         }

@@ -335,7 +335,7 @@ mod tests {
         }];
         for i in 0..100 {
             let captured = version
-                .capture(Some(&format!("r{i}")), &inputs, 10)
+                .capture(Some(&format!("r{i}")), inputs.to_vec(), 10)
                 .unwrap();
             version.push(captured, 1, &[]);
         }
@@ -361,7 +361,7 @@ mod tests {
             0
         );
         // A late request, after the log shut down: counted, not copied nor queued.
-        assert!(version.capture(Some("late"), &inputs, 10).is_none());
+        assert!(version.capture(Some("late"), inputs.to_vec(), 10).is_none());
         assert_eq!(
             counted(&registry, "keel_prediction_log_dropped_total", "shutdown"),
             10

@@ -5,7 +5,7 @@ use prometheus::IntCounter;
 
 use super::*;
 use crate::prediction_log::log::{Budget, LogLimits};
-use crate::prediction_log::rows::{LogCounters, Source, all_rows};
+use crate::prediction_log::rows::{LogCounters, all_rows};
 use crate::signature::{Signature, TensorSpec};
 use crate::tensor::DataType;
 
@@ -62,7 +62,7 @@ fn capture<'a>(
     Captured::new(
         LogId::new(id),
         7,
-        Source::Borrowed(inputs),
+        inputs.to_vec(),
         rows,
         sampled,
         max_elements,
@@ -250,7 +250,7 @@ fn a_chunk_of_large_requests_makes_room_in_its_arenas_for_the_few_it_will_hold()
     let captured = Captured::new(
         LogId::new("r"),
         7,
-        Source::Borrowed(&[x]),
+        vec![x],
         rows,
         all_rows(rows),
         usize::MAX,

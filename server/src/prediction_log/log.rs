@@ -19,7 +19,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::chunk::Chunk;
 use super::queue::{Queue, Sent};
-use super::rows::{Captured, LogCounters, LogId, LogNames, Source};
+use super::rows::{Captured, LogCounters, LogId, LogNames};
 use crate::signature::Signature;
 use crate::tensor::Tensor;
 
@@ -396,34 +396,15 @@ fn output_row_bytes(signature: &Signature, max_elements: usize) -> Option<usize>
 }
 
 impl VersionLog {
-    /// Captures the sampled rows of a request; `None` when no row is sampled, or when they do not
-    /// fit in the log's bound (then they are counted as dropped and nothing is copied). Only the
-    /// sampled rows are copied, each tensor's rows cut to `--prediction-log-max-elements` elements.
+    /// Captures the sampled rows of a request after its run, from its own inputs (backends borrow
+    /// them); `None` when no row is sampled, or when they do not fit in the log's bound (then they are
+    /// counted as dropped and nothing is kept). Only the sampled rows are copied, each tensor's rows
+    /// cut to `--prediction-log-max-elements` elements, and a large tensor logged whole is kept as it
+    /// is (a 256 x 30 FP32 request: 30 KiB the request path no longer writes, nor reads again).
     pub fn capture(
         &self,
         request_id: Option<&str>,
-        inputs: &[Tensor],
-        rows: usize,
-    ) -> Option<Captured<'_>> {
-        self.capture_from(request_id, Source::Borrowed(inputs), rows)
-    }
-
-    /// [`Self::capture`] of a request's own inputs after its run: a large tensor logged whole is
-    /// kept as it is instead of copied (a 256 x 30 FP32 request: 30 KiB the request path no longer
-    /// writes, nor reads again).
-    pub fn capture_owned(
-        &self,
-        request_id: Option<&str>,
         inputs: Vec<Tensor>,
-        rows: usize,
-    ) -> Option<Captured<'_>> {
-        self.capture_from(request_id, Source::Owned(inputs), rows)
-    }
-
-    fn capture_from(
-        &self,
-        request_id: Option<&str>,
-        inputs: Source<'_>,
         rows: usize,
     ) -> Option<Captured<'_>> {
         if self.sample_rate <= 0.0 {
@@ -452,7 +433,7 @@ impl VersionLog {
         let outputs = self
             .output_row_bytes
             .map_or(0, |b| b.saturating_mul(sampled.len()));
-        let bytes = Captured::input_bytes("", inputs.tensors(), rows, &sampled, max_elements)
+        let bytes = Captured::input_bytes("", &inputs, rows, &sampled, max_elements)
             .saturating_add(id_len)
             .saturating_add(outputs);
         let held = match Budget::take(&*self.log.budget, sampled.len(), bytes) {
@@ -561,11 +542,12 @@ mod tests {
     #[test]
     fn large_copies_reuse_the_vectors_of_delivered_requests() {
         let registry = Registry::new();
-        let (log, rx, _) = PredictionLog::new(limits(100_000, 1 << 30, 1024), &registry).unwrap();
+        // Rows cut to 16 of their 30 elements: a copy, not the request's own vector.
+        let (log, rx, _) = PredictionLog::new(limits(100_000, 1 << 30, 16), &registry).unwrap();
         let version = log.for_version("m", &signature(30), 1.0);
-        // 256 rows of 30 floats: too large for a chunk's arenas, so the copy is a vector of its own.
-        let inputs = vec![tensor("x", 256, 30)];
-        let first = version.capture(None, &inputs, 256).unwrap();
+        // 256 rows of 16 floats: too large for a chunk's arenas, so the copy is a vector of its own.
+        let inputs = [tensor("x", 256, 30)];
+        let first = version.capture(None, inputs.to_vec(), 256).unwrap();
         let address = copy_address(&first);
         version.push(first, 1, &[]);
         log.flush();
@@ -574,10 +556,10 @@ mod tests {
         };
         let records = chunk.records();
         assert_eq!(records.len(), 256);
-        assert_eq!(records[255].inputs[0].1.len(), 30);
+        assert_eq!(records[255].inputs[0].1.len(), 16);
         chunk.delivered();
         log.recycle(chunk);
-        let second = version.capture(None, &inputs, 256).unwrap();
+        let second = version.capture(None, inputs.to_vec(), 256).unwrap();
         assert_eq!(
             copy_address(&second),
             address,
@@ -589,9 +571,14 @@ mod tests {
         let TensorData::Fp32(sent) = &inputs[0].data else {
             unreachable!()
         };
-        assert_eq!(copied, sent, "and holds exactly the new request's rows");
+        let cut: Vec<f32> = sent
+            .chunks(30)
+            .flat_map(|row| &row[..16])
+            .copied()
+            .collect();
+        assert_eq!(copied, &cut, "and holds exactly the new request's rows");
         // A capture while the vector is still in flight gets one of its own.
-        let third = version.capture(None, &inputs, 256).unwrap();
+        let third = version.capture(None, inputs.to_vec(), 256).unwrap();
         assert_ne!(copy_address(&third), address);
     }
 
@@ -608,7 +595,7 @@ mod tests {
         let inputs = vec![tensor("x", 256, 30)];
         let sent = inputs.clone();
         let own = address(&inputs);
-        let captured = version.capture_owned(Some("r"), inputs, 256).unwrap();
+        let captured = version.capture(Some("r"), inputs, 256).unwrap();
         assert_eq!(copy_address(&captured), own, "kept, not copied");
         version.push(captured, 1, &[]);
         log.flush();
@@ -625,14 +612,14 @@ mod tests {
         // and a vector with more than a quarter of spare capacity (the byte bound counts elements).
         let small = vec![tensor("x", 4, 30)];
         let small_at = address(&small);
-        let captured = version.capture_owned(None, small, 4).unwrap();
+        let captured = version.capture(None, small, 4).unwrap();
         assert_ne!(copy_address(&captured), small_at);
         let (cut_log, _rx, _) =
             PredictionLog::new(limits(100_000, 1 << 30, 8), &Registry::new()).unwrap();
         let cut = cut_log.for_version("m", &signature(30), 1.0);
         let wide = vec![tensor("x", 256, 30)];
         let wide_at = address(&wide);
-        let captured = cut.capture_owned(None, wide, 256).unwrap();
+        let captured = cut.capture(None, wide, 256).unwrap();
         assert_ne!(copy_address(&captured), wide_at);
         assert_eq!(captured.kept[0].data.len(), 256 * 8);
         let mut roomy = vec![tensor("x", 256, 30)];
@@ -640,7 +627,7 @@ mod tests {
             v.reserve_exact(256 * 30);
         }
         let roomy_at = address(&roomy);
-        let captured = version.capture_owned(None, roomy, 256).unwrap();
+        let captured = version.capture(None, roomy, 256).unwrap();
         assert_ne!(copy_address(&captured), roomy_at);
     }
 
@@ -649,10 +636,10 @@ mod tests {
         let registry = Registry::new();
         let (log, rx, budget) = PredictionLog::new(limits(10, 1 << 20, 1024), &registry).unwrap();
         let version = log.for_version("m", &signature(1), 1.0);
-        let captured = version.capture(None, &request(8), 8).unwrap();
+        let captured = version.capture(None, request(8), 8).unwrap();
         version.push(captured, 1, &[]);
         // The second capture already does not fit: nothing of it is copied.
-        assert!(version.capture(None, &request(8), 8).is_none());
+        assert!(version.capture(None, request(8), 8).is_none());
         // Queued (and counted) when the drain looks: here, at once.
         assert_eq!(version.names.records.get(), 0);
         log.flush();
@@ -680,12 +667,12 @@ mod tests {
         let (log, _rx, _) = PredictionLog::new(limits(100_000, 1 << 30, 1024), &registry).unwrap();
         assert!(
             log.for_version("m", &signature(1), 0.0)
-                .capture(Some("r"), &request(100), 100)
+                .capture(Some("r"), request(100), 100)
                 .is_none()
         );
         let kept = log
             .for_version("m", &signature(1), 0.25)
-            .capture(Some("r"), &request(10_000), 10_000)
+            .capture(Some("r"), request(10_000), 10_000)
             .map_or(0, |c| c.len());
         assert!((2_000..3_000).contains(&kept), "{kept}");
     }
@@ -698,9 +685,9 @@ mod tests {
         let version = log.for_version("m", &signature(100), 1.0);
         let inputs = [tensor("x", 8, 100)];
         let outputs = [tensor("y", 8, 1)];
-        let first = version.capture(Some("a"), &inputs, 8).unwrap();
+        let first = version.capture(Some("a"), inputs.to_vec(), 8).unwrap();
         assert!(budget.held().1 >= 3200);
-        assert!(version.capture(Some("b"), &inputs, 8).is_none());
+        assert!(version.capture(Some("b"), inputs.to_vec(), 8).is_none());
         assert_eq!(count(&log, "queue_bytes"), 8);
         version.push(first, 1, &outputs);
         log.flush();
@@ -709,14 +696,14 @@ mod tests {
         assert!(held.1 >= 3200 + 32 && held.1 <= 5000, "{held:?}");
         // Outputs too large for what is left: the whole request is dropped, its share returned.
         let small = version
-            .capture(Some("c"), &[tensor("x", 1, 100)], 1)
+            .capture(Some("c"), vec![tensor("x", 1, 100)], 1)
             .unwrap();
         version.push(small, 1, &[tensor("y", 1, 1000)]);
         assert_eq!(count(&log, "queue_bytes"), 9);
         assert_eq!(budget.held(), held);
         drop(rx.try_recv().unwrap().take());
         assert_eq!(budget.held(), (0, 0));
-        assert!(version.capture(Some("d"), &inputs, 8).is_some());
+        assert!(version.capture(Some("d"), inputs.to_vec(), 8).is_some());
     }
 
     #[test]
@@ -726,7 +713,7 @@ mod tests {
         let version = log.for_version("m", &signature(1000), 0.5);
         // 200 rows of 1,000 floats: sampled rows only, each cut to 10 elements.
         let inputs = [tensor("x", 200, 1000)];
-        let captured = version.capture(Some("r"), &inputs, 200).unwrap();
+        let captured = version.capture(Some("r"), inputs.to_vec(), 200).unwrap();
         let sampled = captured.len();
         assert!((50..150).contains(&sampled), "{sampled}");
         let (_, bytes) = budget.held();
@@ -758,7 +745,7 @@ mod tests {
         // Nothing sampled: nothing copied, nothing held.
         drop(chunk);
         let none = log.for_version("m", &signature(1000), 1e-9);
-        assert!(none.capture(Some("r"), &inputs, 200).is_none());
+        assert!(none.capture(Some("r"), inputs.to_vec(), 200).is_none());
         assert_eq!(budget.held(), (0, 0));
     }
 
@@ -767,16 +754,16 @@ mod tests {
         let registry = Registry::new();
         let (log, rx, _) = PredictionLog::new(limits(1000, 1 << 20, 1024), &registry).unwrap();
         let version = log.for_version("m", &signature(1), 1.0);
-        let captured = version.capture(Some("a"), &request(3), 3).unwrap();
+        let captured = version.capture(Some("a"), request(3), 3).unwrap();
         version.push(captured, 1, &[]);
         log.flush();
-        let captured = version.capture(Some("b"), &request(4), 4).unwrap();
+        let captured = version.capture(Some("b"), request(4), 4).unwrap();
         version.push(captured, 1, &[]);
         // One request queued, one waiting in its chunk, neither delivered: closing counts both.
         drop(rx);
         log.close();
         assert_eq!(count(&log, "shutdown"), 7);
-        assert!(version.capture(Some("c"), &request(2), 2).is_none());
+        assert!(version.capture(Some("c"), request(2), 2).is_none());
         assert_eq!(count(&log, "shutdown"), 9);
         assert!(!log.push_feedback(vec![FeedbackRecord {
             model: "m".into(),

@@ -259,7 +259,7 @@ mod tests {
             shape: vec![1, 1],
             data: TensorData::Fp32(vec![1.0]),
         };
-        let captured = version.capture(Some("r"), &[x], 1).unwrap();
+        let captured = version.capture(Some("r"), vec![x], 1).unwrap();
         version.push(captured, 1, &[]);
     }
 

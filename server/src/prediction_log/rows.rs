@@ -253,22 +253,6 @@ pub fn all_rows(rows: usize) -> Cow<'static, [u32]> {
     }
 }
 
-/// The tensors a capture is taken from: borrowed, so copied, or the request's own after its run
-/// (backends borrow them), whose vectors the log keeps instead of copying when it logs them whole.
-pub enum Source<'t> {
-    Borrowed(&'t [Tensor]),
-    Owned(Vec<Tensor>),
-}
-
-impl Source<'_> {
-    pub fn tensors(&self) -> &[Tensor] {
-        match self {
-            Source::Borrowed(tensors) => tensors,
-            Source::Owned(tensors) => tensors,
-        }
-    }
-}
-
 /// The sampled rows of one request's inputs: only the sampled rows' elements, at most
 /// `max_elements` per tensor and row.
 pub struct Captured<'a> {
@@ -305,14 +289,14 @@ impl<'a> Captured<'a> {
     }
 
     /// Captures rows `sampled` (in increasing order) of `inputs` (a request of `rows` rows), each
-    /// tensor's rows cut to `max_elements` elements; owned vectors logged whole are kept, and large
-    /// copies reuse vectors from `buffers`.
+    /// tensor's rows cut to `max_elements` elements; vectors logged whole are kept, and large copies
+    /// reuse vectors from `buffers`.
     // Each is one part of what is captured; a struct to carry them would be built only to call this.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         request_id: LogId,
         timestamp_ms: u64,
-        inputs: Source<'_>,
+        inputs: Vec<Tensor>,
         rows: usize,
         sampled: Cow<'static, [u32]>,
         max_elements: usize,
@@ -320,16 +304,10 @@ impl<'a> Captured<'a> {
         buffers: Option<&Buffers>,
     ) -> Self {
         let max_elements = max_elements.max(1);
-        let kept: Vec<Kept> = match inputs {
-            Source::Borrowed(tensors) => tensors
-                .iter()
-                .map(|t| copy_rows(&t.data, rows, &sampled, max_elements, buffers))
-                .collect(),
-            Source::Owned(tensors) => tensors
-                .into_iter()
-                .map(|t| keep_rows(t.data, rows, &sampled, max_elements, buffers))
-                .collect(),
-        };
+        let kept: Vec<Kept> = inputs
+            .into_iter()
+            .map(|t| keep_rows(t.data, rows, &sampled, max_elements, buffers))
+            .collect();
         Captured {
             request_id,
             timestamp_ms,
