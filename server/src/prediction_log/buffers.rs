@@ -32,6 +32,12 @@ pub(super) fn capacity_bytes(data: &TensorData) -> Option<usize> {
     Some(crate::with_tensor_data!(data, v => v.capacity()) * size)
 }
 
+/// Whether a vector with room for `capacity` elements may hold `elements` for the log: at most a
+/// quarter more, since the log's byte bound counts the elements it keeps, not the room around them.
+pub(super) fn snug(capacity: usize, elements: usize) -> bool {
+    capacity <= elements.saturating_add(elements / 4)
+}
+
 impl Buffers {
     /// An empty vector of `datatype` with room for `elements` and at most a quarter more: the log's
     /// byte bound counts what is copied, so a capture must not hold much more than that.
@@ -39,9 +45,7 @@ impl Buffers {
         let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let fits = |data: &TensorData| {
             let capacity = crate::with_tensor_data!(data, v => v.capacity());
-            data.datatype() == datatype
-                && capacity >= elements
-                && capacity <= elements.saturating_add(elements / 4)
+            data.datatype() == datatype && capacity >= elements && snug(capacity, elements)
         };
         let index = pool.items.iter().rposition(fits)?;
         let data = pool.items.swap_remove(index);

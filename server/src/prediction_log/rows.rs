@@ -128,11 +128,11 @@ fn keep_rows(
     let (per_row, width) = widths(&data, rows, max_elements);
     let len = data.len();
     let whole = width == per_row && !sampled.is_empty() && sampled.len() * per_row == len;
-    let spare = crate::with_tensor_data!(&data, v => v.capacity() - v.len());
+    let capacity = crate::with_tensor_data!(&data, v => v.capacity());
     if whole
         && !matches!(data, TensorData::Bytes(_))
         && !super::chunk::fits_arena(&data, len)
-        && spare <= len / 4
+        && super::buffers::snug(capacity, len)
     {
         return Kept {
             data,
