@@ -662,6 +662,145 @@ mod grpc {
         s.server.shutdown().await.unwrap();
     }
 
+    /// One ModelInfer call over a bare HTTP/2 stream, the request body sent in `pieces`; the answer's
+    /// `grpc-status` (from the trailers, or the headers of a trailers-only answer), its message, and the
+    /// response message if there is one.
+    async fn call_in_pieces(
+        s: &TestServer,
+        pieces: Vec<Vec<u8>>,
+    ) -> (String, String, Option<pb::ModelInferResponse>) {
+        use prost::Message;
+        let tcp = tokio::net::TcpStream::connect(s.server.grpc_addr())
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let call = axum::http::Request::post(format!(
+            "http://{}/inference.GRPCInferenceService/ModelInfer",
+            s.server.grpc_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (response, mut body) = client.send_request(call, pieces.is_empty()).unwrap();
+        let last = pieces.len().saturating_sub(1);
+        for (i, piece) in pieces.into_iter().enumerate() {
+            body.send_data(piece.into(), i == last).unwrap();
+            // Each piece its own DATA frame, read by the server before the next is sent.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let get = |headers: &axum::http::HeaderMap, name: &str| {
+            headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        };
+        if let Some(status) = get(response.headers(), "grpc-status") {
+            let message =
+                percent_decoded(&get(response.headers(), "grpc-message").unwrap_or_default());
+            return (status, message, None);
+        }
+        let mut data = Vec::new();
+        let stream = response.body_mut();
+        while let Some(chunk) = stream.data().await {
+            let chunk = chunk.unwrap();
+            stream.flow_control().release_capacity(chunk.len()).unwrap();
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = stream.trailers().await.unwrap().unwrap_or_default();
+        let status = get(&trailers, "grpc-status").unwrap_or_default();
+        let message = percent_decoded(&get(&trailers, "grpc-message").unwrap_or_default());
+        let reply = (data.len() >= 5).then(|| {
+            let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+            assert_eq!(data.len(), 5 + len, "one message");
+            pb::ModelInferResponse::decode(&data[5..]).unwrap()
+        });
+        (status, message, reply)
+    }
+
+    /// `grpc-message` as sent: percent-encoded.
+    fn percent_decoded(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend((message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// A unary request is one message however its bytes are cut into DATA frames (the header split
+    /// too). Bodies that are not one plain message are answered as tonic answers them: a compressed
+    /// flag without `grpc-encoding`, a body with no message, two messages.
+    #[tokio::test]
+    async fn unary_requests_are_read_whatever_their_framing() {
+        use prost::Message;
+        let s = TestServer::start(&example_models()).await;
+        let message = request(3).encode_to_vec();
+        let wire = framed(0, &message);
+        let cuts: [&[usize]; 4] = [&[], &[2], &[1, 3, 4], &[5, 17, wire.len() - 1]];
+        for cut in cuts {
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for &to in cut.iter().chain([&wire.len()]) {
+                pieces.push(wire[from..to].to_vec());
+                from = to;
+            }
+            let (status, message, reply) = call_in_pieces(&s, pieces).await;
+            assert_eq!(status, "0", "cut at {cut:?}: {message}");
+            let reply = reply.expect("a response message");
+            assert_eq!(reply.outputs[1].shape, vec![3, 2], "cut at {cut:?}");
+            assert_eq!(reply.raw_output_contents.len(), 2);
+            assert_eq!(reply.id.len(), 32, "a generated request id");
+        }
+        let (status, message, _) = call_in_pieces(&s, vec![framed(1, &message)]).await;
+        assert_eq!(status, "13", "{message}");
+        assert!(message.contains("compressed-flag"), "{message}");
+        let (status, message, _) = call_in_pieces(&s, vec![]).await;
+        assert_eq!(status, "13", "{message}");
+        assert!(message.contains("Missing request message"), "{message}");
+        let two = [framed(0, &message_of(1)), framed(0, &message_of(2))].concat();
+        let (status, message, reply) = call_in_pieces(&s, vec![two]).await;
+        assert_eq!(status, "0", "{message}");
+        assert_eq!(
+            reply.unwrap().outputs[1].shape,
+            vec![1, 2],
+            "the first is answered"
+        );
+        // A model that is not there, on the direct path: NOT_FOUND, as before.
+        let mut missing = request(1);
+        missing.model_name = "no-such-model".into();
+        let (status, message, _) =
+            call_in_pieces(&s, vec![framed(0, &missing.encode_to_vec())]).await;
+        assert_eq!(status, "5", "{message}");
+        s.server.shutdown().await.unwrap();
+    }
+
+    fn message_of(rows: usize) -> Vec<u8> {
+        use prost::Message;
+        request(rows).encode_to_vec()
+    }
+
     #[tokio::test]
     async fn inflight_budget_over_grpc() {
         let mut config = ServeConfig::local(example_models());

@@ -3,6 +3,7 @@
 //! the in-flight budget.
 
 pub mod guard;
+mod unary;
 pub mod wire;
 
 use super::pb;

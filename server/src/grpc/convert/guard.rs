@@ -105,6 +105,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
                     let start = state.tracer.sample_headers(request.headers());
                     request.extensions_mut().insert(otel::Sampled(start));
                 }
+                if super::unary::direct(request.headers()) {
+                    return Box::pin(async move {
+                        Ok(super::unary::model_infer(state, max, request).await)
+                    });
+                }
                 Box::pin(async move { Ok(unary(state, max, request).await) })
             }
             "/inference.GRPCInferenceService/ModelStreamInfer" => {
@@ -161,7 +166,7 @@ fn grpc<E: Message + Send + 'static>(
     .max_encoding_message_size(max)
 }
 
-async fn unary(
+pub(super) async fn unary(
     state: GrpcState,
     max: usize,
     request: http::Request<tonic::body::Body>,
@@ -584,40 +589,46 @@ impl Decoder for InferDecoder {
 }
 
 impl InferDecoder {
-    fn admit(&self, bytes: &[u8], mut permit: Permit) -> Result<Decoded, Error> {
-        // The message as tonic holds it (decompressed, if it came compressed).
-        permit.grow_to(bytes.len())?;
-        let (model, version) = wire::model_of(bytes)?;
-        let served = self.state.infer.version(model, version_arg(version))?;
-        let since = std::time::Instant::now();
-        self.check(bytes, &mut permit, &served)
-            .inspect_err(|e| count_refused(&served, Protocol::Grpc, e, since))?;
-        let message = pb::ModelInferRequest::decode(bytes)
-            .map_err(|e| Error::invalid(format!("malformed ModelInferRequest: {e}")))?;
-        Ok(Decoded::Admitted {
-            message,
-            served,
-            permit,
-        })
+    fn admit(&self, bytes: &[u8], permit: Permit) -> Result<Decoded, Error> {
+        admit(&self.state, bytes, permit)
     }
+}
 
-    /// The wire check against `served`'s signature, and the memory the message will take.
-    fn check(
-        &self,
-        bytes: &[u8],
-        permit: &mut Permit,
-        served: &ServedVersion,
-    ) -> Result<(), Error> {
-        let estimate = wire::check(
-            bytes,
-            WireLimits {
-                signature: Some(&served.signature),
-                max_bytes_elements: self.state.max_bytes_elements,
-            },
-        )?;
-        // The message's bytes, its decoded form and its tensors; a compressed message's reserve goes back.
-        permit.resize(bytes.len() + estimate.message_bytes + estimate.tensor_bytes)
-    }
+/// A request message, whole and decompressed, checked on its wire bytes against its model's signature
+/// and held in the budget (`permit`, which holds what arrived so far), then decoded.
+pub(super) fn admit(state: &GrpcState, bytes: &[u8], mut permit: Permit) -> Result<Decoded, Error> {
+    // The message as tonic holds it (decompressed, if it came compressed).
+    permit.grow_to(bytes.len())?;
+    let (model, version) = wire::model_of(bytes)?;
+    let served = state.infer.version(model, version_arg(version))?;
+    let since = std::time::Instant::now();
+    check(state, bytes, &mut permit, &served)
+        .inspect_err(|e| count_refused(&served, Protocol::Grpc, e, since))?;
+    let message = pb::ModelInferRequest::decode(bytes)
+        .map_err(|e| Error::invalid(format!("malformed ModelInferRequest: {e}")))?;
+    Ok(Decoded::Admitted {
+        message,
+        served,
+        permit,
+    })
+}
+
+/// The wire check against `served`'s signature, and the memory the message will take.
+fn check(
+    state: &GrpcState,
+    bytes: &[u8],
+    permit: &mut Permit,
+    served: &ServedVersion,
+) -> Result<(), Error> {
+    let estimate = wire::check(
+        bytes,
+        WireLimits {
+            signature: Some(&served.signature),
+            max_bytes_elements: state.max_bytes_elements,
+        },
+    )?;
+    // The message's bytes, its decoded form and its tensors; a compressed message's reserve goes back.
+    permit.resize(bytes.len() + estimate.message_bytes + estimate.tensor_bytes)
 }
 
 #[cfg(test)]
