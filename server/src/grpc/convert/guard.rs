@@ -96,7 +96,6 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let (state, max) = (self.state.clone(), self.max_message_bytes);
-        mirror_request_coding(request.headers_mut());
         match request.uri().path() {
             "/inference.GRPCInferenceService/ModelInfer" => {
                 // The span starts as the call arrives, before its message is read.
@@ -105,17 +104,23 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
                     let start = state.tracer.sample_headers(request.headers());
                     request.extensions_mut().insert(otel::Sampled(start));
                 }
+                // Not compressed: answered plain (its coding is mirrored only if it goes to tonic).
                 if super::unary::direct(request.headers()) {
                     return Box::pin(async move {
                         Ok(super::unary::model_infer(state, max, request).await)
                     });
                 }
+                mirror_request_coding(request.headers_mut());
                 Box::pin(async move { Ok(unary(state, max, request).await) })
             }
             "/inference.GRPCInferenceService/ModelStreamInfer" => {
+                mirror_request_coding(request.headers_mut());
                 Box::pin(async move { Ok(streaming(state, max, request).await) })
             }
-            _ => tower::Service::call(&mut self.inner, request),
+            _ => {
+                mirror_request_coding(request.headers_mut());
+                tower::Service::call(&mut self.inner, request)
+            }
         }
     }
 }
@@ -126,7 +131,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for GuardedService {
 /// costs more than sending them, and Triton does not compress responses unless configured to. The
 /// request's `grpc-encoding` (validated by tonic: one it cannot read gets UNIMPLEMENTED) becomes the only
 /// coding the response may use.
-fn mirror_request_coding(headers: &mut http::HeaderMap) {
+pub(super) fn mirror_request_coding(headers: &mut http::HeaderMap) {
     const ACCEPT: &str = "grpc-accept-encoding";
     match headers.get("grpc-encoding").cloned() {
         Some(coding) if coding != "identity" => {

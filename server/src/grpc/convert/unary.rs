@@ -41,7 +41,7 @@ pub(super) async fn model_infer(
     max: usize,
     request: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let (parts, mut body) = request.into_parts();
+    let (mut parts, mut body) = request.into_parts();
     let decoded = match read_one(&mut body, &state.budget, max).await {
         Read::Whole { message, permit } => {
             let decoded = guard::admit(&state, &message, permit).unwrap_or_else(Decoded::Refused);
@@ -52,6 +52,7 @@ pub(super) async fn model_infer(
         Read::Refused(e) => Decoded::Refused(e),
         Read::Failed(status) => return status.into_http(),
         Read::Other(frames) => {
+            guard::mirror_request_coding(&mut parts.headers);
             let replay = Replay {
                 frames: frames.into(),
                 inner: body,
