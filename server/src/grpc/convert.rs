@@ -1,6 +1,7 @@
 //! Conversions between the gRPC messages and the serving core's types. [`wire`] checks a request on its
 //! wire bytes before prost decodes it; [`guard`] serves ModelInfer and ModelStreamInfer with that check and
-//! the in-flight budget.
+//! the in-flight budget; `unary` serves a plain ModelInfer call the same way without tonic's generic
+//! unary path.
 
 pub mod guard;
 mod unary;
