@@ -7,8 +7,8 @@
 //! slot, a request and a response conversion and an encoding stream around the one message of a unary
 //! call. A message the in-flight budget refuses at its header is refused as the guarded path refuses
 //! it. Anything else (a compressed message, a message over the size limit, more or less than one
-//! message, request trailers) is replayed, frames as they came, into the guarded tonic path, which
-//! answers it as before.
+//! message, request trailers) is replayed, as read so far and then the rest of the body, into the
+//! guarded tonic path, which answers it as before.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -123,14 +123,12 @@ enum Read {
 /// Reads the body while it is one uncompressed message no larger than `max` that the budget admits at
 /// its header; the bytes are held from the budget as they arrive, as the guarded path's meter holds them.
 async fn read_one(body: &mut tonic::body::Body, budget: &Budget, max: usize) -> Read {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut got = 0;
+    let mut gathered = Gathered::Empty;
     // The header's declared size and the bytes it holds, once the header is read.
     let mut admitted: Option<(usize, Permit)> = None;
-    let other = |chunks: Vec<Bytes>| Read::Other(chunks.into_iter().map(Frame::data).collect());
     loop {
         if let Some((len, _)) = &admitted
-            && got == 5 + len
+            && gathered.len() == 5 + len
             && body.is_end_stream()
         {
             break;
@@ -143,33 +141,34 @@ async fn read_one(body: &mut tonic::body::Body, budget: &Budget, max: usize) -> 
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(trailers) => {
-                let mut frames: Vec<_> = chunks.into_iter().map(Frame::data).collect();
+                let mut frames = gathered.into_frames();
                 frames.push(trailers);
                 return Read::Other(frames);
             }
         };
-        let before = got;
-        got += data.len();
-        chunks.push(data);
+        let before = gathered.len();
+        gathered.push(data);
+        let got = gathered.len();
         if admitted.is_none() && got >= 5 {
-            let header = first_five(&chunks);
+            let header = &gathered.bytes()[..5];
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             if header[0] != 0 || len > max {
-                return other(chunks);
+                return Read::Other(gathered.into_frames());
             }
             if let Err(e) = budget.check(len) {
                 // Refused at its header, as the guarded path's meter refuses it: the rest of the body
                 // is read and dropped, and the call is answered with the refusal.
-                drop(chunks);
+                drop(gathered);
                 while let Some(Ok(_)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {}
                 return Read::Refused(e);
             }
+            gathered.expect(5 + len);
             admitted = Some((len, budget.empty()));
         }
         if let Some((len, permit)) = &mut admitted {
             if got > 5 + *len {
                 // More than one message.
-                return other(chunks);
+                return Read::Other(gathered.into_frames());
             }
             // The message's bytes that came with this chunk (the header's are not held).
             let arrived = got.saturating_sub(5) - before.saturating_sub(5);
@@ -179,39 +178,81 @@ async fn read_one(body: &mut tonic::body::Body, budget: &Budget, max: usize) -> 
         }
     }
     match admitted {
-        Some((len, permit)) if got == 5 + len => {
-            let message = match chunks.as_slice() {
-                [one] => one.slice(5..),
-                _ => {
-                    let mut all = BytesMut::with_capacity(got);
-                    for chunk in &chunks {
-                        all.extend_from_slice(chunk);
-                    }
-                    all.freeze().slice(5..)
-                }
-            };
-            Read::Whole { message, permit }
-        }
-        _ => other(chunks),
+        Some((len, permit)) if gathered.len() == 5 + len => Read::Whole {
+            message: gathered.into_bytes().slice(5..),
+            permit,
+        },
+        _ => Read::Other(gathered.into_frames()),
     }
 }
 
-/// The first five bytes of `chunks` (which hold at least five).
-fn first_five(chunks: &[Bytes]) -> [u8; 5] {
-    let mut out = [0; 5];
-    let mut n = 0;
-    for chunk in chunks {
-        let take = (5 - n).min(chunk.len());
-        out[n..n + take].copy_from_slice(&chunk[..take]);
-        n += take;
-        if n == 5 {
-            break;
-        }
-    }
-    out
+/// The body's bytes so far: the first chunk as it came (most requests are one DATA frame: no copy), or
+/// all of them in one buffer once a second arrives, sized for the whole message once its header is
+/// read, so a message in many frames is held once rather than in its frames and again when joined.
+enum Gathered {
+    Empty,
+    One(Bytes),
+    Joined(BytesMut),
 }
 
-/// The frames read before the call left the direct path, then the rest of the body.
+impl Gathered {
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Empty => 0,
+            Gathered::One(b) => b.len(),
+            Gathered::Joined(b) => b.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Gathered::Empty => &[],
+            Gathered::One(b) => b,
+            Gathered::Joined(b) => b,
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Gathered::Empty) {
+            Gathered::Empty => Gathered::One(data),
+            Gathered::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Gathered::Joined(joined)
+            }
+            Gathered::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Gathered::Joined(joined)
+            }
+        };
+    }
+
+    /// The whole body is expected to be `total` bytes: room for them, once.
+    fn expect(&mut self, total: usize) {
+        if let Gathered::Joined(joined) = self {
+            joined.reserve(total.saturating_sub(joined.len()));
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::Empty => Bytes::new(),
+            Gathered::One(b) => b,
+            Gathered::Joined(b) => b.freeze(),
+        }
+    }
+
+    /// What was read, as one DATA frame, for the guarded path.
+    fn into_frames(self) -> Vec<Frame<Bytes>> {
+        match self {
+            Gathered::Empty => Vec::new(),
+            other => vec![Frame::data(other.into_bytes())],
+        }
+    }
+}
+
+/// What was read before the call left the direct path, then the rest of the body.
 struct Replay {
     frames: VecDeque<Frame<Bytes>>,
     inner: tonic::body::Body,
