@@ -439,18 +439,20 @@ async fn a_lone_request_skips_the_queue_once_its_cost_is_known() {
 /// A lone request expected to compute longer than `direct_run_max_us` (but within 20 times that) runs
 /// directly only after handing its async worker's other tasks to another thread: with a single worker,
 /// requests on other connections are answered while it computes. (Computing on the worker as it is
-/// would stall them all until it ends.)
+/// would stall them all until it ends.) The request's rows are chosen from the compute time measured on
+/// this machine, so that it is expected to take about 5 times `direct_run_max_us` here: a fixed size ran
+/// under the limit, on the worker as it is, on a fast machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_costly_lone_request_stalls_no_other_connection() {
     let repo = TempRepo::new(
         "in_place",
         &[
-            // 64 rows on the worker as it is, 1,024 rows (hundreds of ms, in place up to 2 s) handed
-            // over.
+            // 64 rows (a few ms) on the worker as it is; about 100 ms handed over (in place up to
+            // 20 x 20 ms).
             (
                 "heavy",
                 &slow_mlp(),
-                "[dynamic_batching]\ndirect_run_max_us = 100000\n",
+                "[dynamic_batching]\ndirect_run_max_us = 20000\n",
             ),
             (
                 "cheap",
@@ -467,7 +469,10 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
         assert_eq!(post_mlp(&s, "heavy", 64, Value::Null).await.0, 200);
     }
     let before = stats(&s, "heavy").await;
-    let heavy = spawn_mlp(&s, "heavy", 1024, Value::Null);
+    let ns = |st: &Value, phase: &str| st["inference_stats"][phase]["ns"].as_u64().unwrap();
+    let per_row = (ns(&before, "compute_infer") / (5 * 64)).max(1);
+    let rows = (Duration::from_millis(100).as_nanos() as u64 / per_row).clamp(256, 1024) as usize;
+    let heavy = spawn_mlp(&s, "heavy", rows, Value::Null);
     // The longest wait for an answer on the other connection while the MLP request is in flight.
     let (mut last, mut longest) = (Instant::now(), Duration::ZERO);
     while !heavy.is_finished() {
@@ -478,7 +483,6 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
     }
     assert_eq!(heavy.await.unwrap().unwrap(), 200);
     let after = stats(&s, "heavy").await;
-    let ns = |st: &Value, phase: &str| st["inference_stats"][phase]["ns"].as_u64().unwrap();
     assert_eq!(ns(&after, "queue"), ns(&before, "queue"), "it ran directly");
     let computed = Duration::from_nanos(ns(&after, "compute_infer") - ns(&before, "compute_infer"));
     assert!(
