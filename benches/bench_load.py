@@ -21,6 +21,7 @@ nghttp2-client) are installed when missing and we are root.
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -196,11 +197,9 @@ def h2load(addr: str, body_file: str, duration: int, latencies: bool = True) -> 
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1)
     errors = failed + sum(int(status.group(i)) for i in (2, 3, 4))
     succeeded = int(re.search(r"(\d+) succeeded", out).group(1))
-    result = {"rps": rps, "mean_ms": parse_ms(mean), "errors": errors, "succeeded": succeeded}
-    if times:
-        result["p50_ms"] = quantile(times, 0.50)
-        result["p99_ms"] = quantile(times, 0.99)
-    return result
+    nan = float("nan")
+    return {"rps": rps, "mean_ms": parse_ms(mean), "errors": errors, "succeeded": succeeded,
+            "p50_ms": quantile(times, 0.50) if times else nan, "p99_ms": quantile(times, 0.99) if times else nan}
 
 
 def call_times_ms(log: str) -> list[float]:
@@ -212,8 +211,8 @@ def call_times_ms(log: str) -> list[float]:
 
 def quantile(sorted_values: list[float], q: float) -> float:
     """The nearest-rank quantile (as wrk reports its percentiles)."""
-    rank = max(1, -(-len(sorted_values) * q // 1))
-    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+    rank = min(len(sorted_values), max(1, math.ceil(len(sorted_values) * q)))
+    return sorted_values[rank - 1]
 
 
 def grpc_batch_body(rows: int) -> bytes:
