@@ -19,7 +19,8 @@
 //!
 //! Under load the same versions are relayed ([`Direct::lead`]): a request joins the queue, then, if an
 //! instance is idle, computes the queued requests itself, in batches as an instance thread would form
-//! them, and answers the others. The instance threads wait on a doorbell rather than on the queue, so no
+//! them, and answers the others. Of the requests queued on one thread while one of them lets the others
+//! queue, only that one relays ([`crate::gather`]). The instance threads wait on a doorbell rather than on the queue, so no
 //! request wakes one; one is rung only when no request could take the work (a request too large to
 //! compute on an async worker or above [`RELAY_MAX_ROWS`], a model not known to be cheap yet, or a
 //! relaying request that has computed [`LEAD_ROUNDS`] rounds of [`LEAD_BATCHES`] batches for others,

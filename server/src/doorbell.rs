@@ -86,6 +86,12 @@ impl Doorbell {
         woken
     }
 
+    /// Threads asleep (or about to sleep) in [`Doorbell::wait`].
+    #[cfg(test)]
+    pub(crate) fn sleepers(&self) -> usize {
+        self.sleepers.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

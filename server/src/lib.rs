@@ -13,6 +13,7 @@ pub mod config;
 pub mod direct;
 pub mod doorbell;
 pub mod error;
+pub mod gather;
 pub mod grpc;
 pub mod http;
 pub mod infer;

@@ -17,6 +17,7 @@ use crate::batch;
 use crate::direct::{Direct, LEAD_ROUNDS, Lead};
 use crate::doorbell::{Doorbell, Woken};
 use crate::error::{Error, Result};
+use crate::gather::Gathering;
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
 use crate::stats::Phases;
@@ -152,6 +153,8 @@ pub struct Scheduler {
     metrics: Arc<VersionMetrics>,
     /// Set once the instances run, when lone requests may borrow an idle one (see [`crate::direct`]).
     direct: OnceLock<Direct>,
+    /// Which queued request relays the queue (relayed versions).
+    gathering: Gathering,
 }
 
 impl Scheduler {
@@ -171,6 +174,7 @@ impl Scheduler {
                 default_timeout,
                 metrics,
                 direct: OnceLock::new(),
+                gathering: Gathering::default(),
             },
             Queue { pending: rx, bell },
         )
@@ -280,11 +284,14 @@ impl Scheduler {
         }
         if warmup || self.direct.get().is_none() {
             self.ring();
-        } else {
+        } else if let Some(mut gatherer) = self.gathering.start(self.bell.as_deref()) {
             // Let this worker's other ready requests queue first: they join the batch computed next.
             tokio::task::yield_now().await;
+            gatherer.stop();
             self.relay(rows).await;
+            gatherer.relayed();
         }
+        // Else a gatherer on this thread relays the queue for this request too.
         let stopped = || Error::Unavailable("the model instance stopped during inference".into());
         let Some(limit) = timeout else {
             return answer.await.map_err(|_| stopped())?;
@@ -667,14 +674,13 @@ mod tests {
     /// A relaying request computes `LEAD_BATCHES` batches and then says work is left (its caller yields
     /// and looks again, or rings) rather than computing on; the next look takes the rest. Each request
     /// gets its own rows back.
-    #[tokio::test]
-    async fn a_relay_computes_its_batches_then_says_what_is_left() {
-        use crate::direct::{LEAD_BATCHES, Lead};
-        let config = DynamicBatching {
-            max_queue_size: 64,
-            ..DynamicBatching::default()
-        };
-        let (s, queue, metrics) = scheduler(&config);
+    /// The direct runs of a version whose one session is an [`Echo`] counting its calls, known to be
+    /// cheap, computing batches of up to `max_batch_size` rows.
+    fn echo_direct(
+        queue: &Queue,
+        metrics: &Arc<VersionMetrics>,
+        max_batch_size: usize,
+    ) -> (Direct, Arc<AtomicUsize>) {
         let spec = Arc::new(crate::instance::InstanceSpec {
             label: "m-1".into(),
             kind: crate::backend::BackendKind::Tract,
@@ -682,11 +688,11 @@ mod tests {
             signature: crate::signature::Signature {
                 inputs: vec![],
                 outputs: vec![],
-                max_batch_size: 2,
+                max_batch_size: u32::try_from(max_batch_size).unwrap(),
             },
             config: crate::model_toml::ModelToml::default(),
             policy: BatchPolicy {
-                max_batch_size: 2,
+                max_batch_size,
                 max_queue_delay: Duration::ZERO,
                 preferred_batch_sizes: vec![],
             },
@@ -699,6 +705,18 @@ mod tests {
         let session: crate::instance::Session =
             Arc::new(std::sync::Mutex::new(Some(Box::new(Echo(calls.clone())))));
         let direct = Direct::new(vec![session], spec, 50, queue.pending.clone()).unwrap();
+        (direct, calls)
+    }
+
+    #[tokio::test]
+    async fn a_relay_computes_its_batches_then_says_what_is_left() {
+        use crate::direct::{LEAD_BATCHES, Lead};
+        let config = DynamicBatching {
+            max_queue_size: 64,
+            ..DynamicBatching::default()
+        };
+        let (s, queue, metrics) = scheduler(&config);
+        let (direct, calls) = echo_direct(&queue, &metrics, 2);
         // Ten one-row requests in batches of two: four batches take eight.
         let mut answers = Vec::new();
         for i in 0..10 {
@@ -815,6 +833,63 @@ mod tests {
         assert_eq!(sizes(), Some(vec![1]));
         drop(s);
         assert_eq!(sizes(), None);
+        assert_eq!(metrics.queue_depth.get(), 0);
+    }
+
+    /// Requests queued while another on their thread gathers leave the relay to it: it computes them
+    /// in its batch. A gatherer whose client leaves before it relays strands nobody: the next request
+    /// gathers and computes what is queued (an instance thread would be rung, too).
+    #[tokio::test]
+    async fn requests_queued_while_one_gathers_join_its_batch() {
+        use std::future::{Future, poll_fn};
+        use std::task::Poll;
+
+        let (s, queue, metrics) = scheduler(&DynamicBatching::default());
+        let (direct, calls) = echo_direct(&queue, &metrics, 8);
+        s.enable_direct(direct);
+        // Other requests in flight: none runs directly, each takes the queue.
+        metrics.inflight.set(3);
+        let submit = |value: f32, rows: usize| {
+            let mut inputs = request(rows);
+            inputs[0].data = TensorData::Fp32(vec![value; rows * 2]);
+            s.submit(inputs, rows, None)
+        };
+        let own = |executed: Result<Executed>, value: f32, rows: usize| {
+            let executed = executed.unwrap();
+            assert_eq!(
+                executed.outputs[0].data,
+                TensorData::Fp32(vec![value; rows * 2])
+            );
+            assert_eq!(executed.batch_requests, 3);
+        };
+        let (a, b, c) = tokio::join!(submit(1.0, 1), submit(2.0, 2), submit(3.0, 3));
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "one batch");
+        own(a, 1.0, 1);
+        own(b, 2.0, 2);
+        own(c, 3.0, 3);
+
+        /// Polls `call` once; true when it is still pending.
+        async fn poll_once<F: Future>(mut call: std::pin::Pin<&mut F>) -> bool {
+            poll_fn(move |cx| Poll::Ready(call.as_mut().poll(cx).is_pending())).await
+        }
+        // Queued, and gathering.
+        // Boxed, so that dropping it drops the call.
+        let mut left = Box::pin(submit(4.0, 1));
+        assert!(poll_once(left.as_mut()).await);
+        let mut waiting = std::pin::pin!(submit(5.0, 2));
+        assert!(poll_once(waiting.as_mut()).await);
+        drop(left);
+        // A stranded request would wait for ever: bounded, so the test fails instead.
+        let (waiting, next) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(waiting, submit(6.0, 1))
+        })
+        .await
+        .expect("the requests queued behind the left gatherer are computed");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let (waiting, next) = (waiting.unwrap(), next.unwrap());
+        assert_eq!(waiting.outputs[0].data, TensorData::Fp32(vec![5.0; 4]));
+        assert_eq!(next.outputs[0].data, TensorData::Fp32(vec![6.0; 2]));
+        assert_eq!(waiting.batch_requests, 2, "the left request was skipped");
         assert_eq!(metrics.queue_depth.get(), 0);
     }
 }
