@@ -671,9 +671,6 @@ mod tests {
         }
     }
 
-    /// A relaying request computes `LEAD_BATCHES` batches and then says work is left (its caller yields
-    /// and looks again, or rings) rather than computing on; the next look takes the rest. Each request
-    /// gets its own rows back.
     /// The direct runs of a version whose one session is an [`Echo`] counting its calls, known to be
     /// cheap, computing batches of up to `max_batch_size` rows.
     fn echo_direct(
@@ -708,6 +705,9 @@ mod tests {
         (direct, calls)
     }
 
+    /// A relaying request computes `LEAD_BATCHES` batches and then says work is left (its caller yields
+    /// and looks again, or rings) rather than computing on; the next look takes the rest. Each request
+    /// gets its own rows back.
     #[tokio::test]
     async fn a_relay_computes_its_batches_then_says_what_is_left() {
         use crate::direct::{LEAD_BATCHES, Lead};
