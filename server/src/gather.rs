@@ -18,8 +18,7 @@
 //! The flags are per thread (threads beyond [`FLAGS`] share them): a request waits on a gatherer of its
 //! own worker, whose other tasks it waited behind anyway, never on a worker held up by a long task.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 
 use crate::doorbell::Doorbell;
 
@@ -37,22 +36,9 @@ pub struct Gathering {
     flags: [Flag; FLAGS],
 }
 
-static NEXT_FLAG: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static FLAG: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// This thread's flag, given out in turn on first use.
+/// This thread's flag.
 fn flag_index() -> usize {
-    FLAG.with(|flag| match flag.get() {
-        Some(index) => index,
-        None => {
-            let index = NEXT_FLAG.fetch_add(1, Ordering::Relaxed) % FLAGS;
-            flag.set(Some(index));
-            index
-        }
-    })
+    crate::per_thread::index(FLAGS)
 }
 
 impl Gathering {

@@ -24,6 +24,7 @@ pub mod metrics_server;
 pub mod model_toml;
 pub mod monitoring;
 pub mod otel;
+pub mod per_thread;
 pub mod prediction_log;
 pub mod protocol;
 pub mod readiness;

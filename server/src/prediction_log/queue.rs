@@ -6,8 +6,7 @@
 //! A slot's lock is taken by its thread per request and by the drain once per look, so it is
 //! nearly always free; threads beyond [`SLOTS`] share slots, which only costs waiting.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -32,22 +31,9 @@ const SPARE_BYTES: usize = 4 << 20;
 #[derive(Default)]
 struct Slot(Mutex<Option<Box<Chunk>>>);
 
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// This thread's slot, given out in turn on first use.
+/// This thread's slot.
 fn slot_index() -> usize {
-    SLOT.with(|slot| match slot.get() {
-        Some(index) => index,
-        None => {
-            let index = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-            slot.set(Some(index));
-            index
-        }
-    })
+    crate::per_thread::index(SLOTS)
 }
 
 /// What became of a queued item.
