@@ -10,9 +10,11 @@ canned response) under independent C load generators, side by side in one run, a
   (raw FP32 contents), `content-type: application/grpc`; p50 and p99 from h2load's per-request log.
 
 Keel runs with its defaults (dynamic batching, embedded monitor, prediction log on) on ./models, and again
-with `--monitor off` (no prediction log) for the cost of logging; all servers are release builds. Rounds
-alternate the servers' order so drift of this shared machine hits all alike; the best round of each is
-reported (the least disturbed). Ratios come from one run: compare them, not the absolute numbers, across
+with `--monitor off` (no prediction log) for the cost of logging; all servers are release builds. Each
+round measures one protocol at a time, the servers back to back, and rounds alternate the servers' order,
+so drift of this shared machine hits all alike; the best round of each is reported (the least disturbed),
+then the round-by-round ratios and their medians. Each measurement also records the server's own CPU time
+per request (/proc/PID/stat), which the load generator's share of the CPU moves far less than throughput. Ratios come from one run: compare them, not the absolute numbers, across
 machines. On a virtual machine the hypervisor may give some of the CPU to other guests (steal time, from
 /proc/stat); each measurement records its share, and the round-by-round medians are given again over the
 rounds where no measurement lost more than `--max-steal` of the CPU. wrk and h2load (Debian: wrk,
@@ -135,11 +137,30 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> float | No
     return delta[7] / total if total > 0 else None
 
 
-def measured(run, *args) -> dict:
-    """`run(*args)`'s result with the CPU share stolen while it ran (`steal`, None if unknown)."""
-    before = cpu_ticks()
+def process_cpu_s(pid: int | None) -> float | None:
+    """The CPU time a process (all its threads) has used so far, in seconds (/proc/PID/stat's utime +
+    stime), or None where there is none."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name may hold spaces: the fields after it start past its closing parenthesis.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def measured(run, *args, pid: int | None = None) -> dict:
+    """`run(*args)`'s result with the CPU share stolen while it ran (`steal`, None if unknown) and, given
+    the server's `pid`, the server's CPU time per request in µs (`cpu_us`: its CPU time over the run
+    divided by the requests a second times the run's length, warm-up included on both sides)."""
+    before, cpu_before, start = cpu_ticks(), process_cpu_s(pid), time.monotonic()
     result = run(*args)
+    elapsed, cpu_after = time.monotonic() - start, process_cpu_s(pid)
     result["steal"] = steal_share(before, cpu_ticks())
+    result["cpu_us"] = (1e6 * (cpu_after - cpu_before) / (result["rps"] * elapsed)
+                        if cpu_before is not None and cpu_after is not None and result["rps"] > 0 else None)
     return result
 
 
@@ -308,15 +329,23 @@ def main():
             check_grpc(server.grpc, body)
         for round_ in range(args.rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-            for key in order:
-                server = servers[key]
-                http = measured(wrk, f"http://{server.http}/v2/models/{MODEL}/infer", request, args.duration)
-                grpc = measured(h2load, server.grpc, body_file, args.duration)
-                results[key]["http"].append(http)
-                results[key]["grpc"].append(grpc)
-                print(f"round {round_ + 1} {key:10} http {http['rps']:>9.0f} req/s p99 {http['p99_ms']:.2f} ms"
-                      f"   grpc {grpc['rps']:>9.0f} req/s mean {grpc['mean_ms']:.2f} ms p99 {grpc['p99_ms']:.2f} ms"
-                      f"   steal {percent(http['steal'])} / {percent(grpc['steal'])}", flush=True)
+            # One protocol at a time, the servers back to back: the measurements a ratio compares are at
+            # most two apart, so the box's drift between them is small.
+            for proto in ("http", "grpc"):
+                for key in order:
+                    server = servers[key]
+                    pid = server.proc.pid
+                    if proto == "http":
+                        m = measured(wrk, f"http://{server.http}/v2/models/{MODEL}/infer", request,
+                                     args.duration, pid=pid)
+                        detail = f"p99 {m['p99_ms']:.2f} ms"
+                    else:
+                        m = measured(h2load, server.grpc, body_file, args.duration, pid=pid)
+                        detail = f"mean {m['mean_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms"
+                    results[key][proto].append(m)
+                    cpu = f"{m['cpu_us']:.1f} µs" if m["cpu_us"] is not None else "?"
+                    print(f"round {round_ + 1} {proto:4} {key:10} {m['rps']:>9.0f} req/s {detail}"
+                          f"   server CPU {cpu} per request   steal {percent(m['steal'])}", flush=True)
         peak = monitor_peak(servers["keel"], args.peak) if args.peak else None
     finally:
         for server in servers.values():
@@ -367,6 +396,16 @@ def main():
                               + (f", median {statistics.median(quiet):.3f}" if quiet else ""))
         print(f"{name}, round by round: {'; '.join(line)}")
         print(f"{name}, rounds with at most {args.max_steal * 100:.0f}% of the CPU stolen: {'; '.join(quiet_line)}")
+    # The servers' own CPU time per request, round by round: steadier than requests a second on a shared
+    # box (the load generator's share and the hypervisor's drift move throughput, much less this).
+    for proto, label in (("http", "HTTP"), ("grpc", "gRPC")):
+        cpu = {k: [r["cpu_us"] for r in results[k][proto] if r.get("cpu_us") is not None] for k in results}
+        if all(cpu.values()):
+            medians = {k: statistics.median(v) for k, v in cpu.items()}
+            summary.setdefault("cpu_us_per_request", {})[proto] = medians
+            print(f"server CPU per request, {label} (median of rounds): keel {medians['keel']:.1f} µs, "
+                  f"keel --monitor off {medians['keel_nolog']:.1f}, keel-canned {medians['canned']:.1f}; "
+                  f"canned / keel {medians['canned'] / medians['keel']:.3f}")
     # Target 1's latency half: Keel's p99 at most 1.5x the canned server's, round by round.
     p99 = []
     for proto, label in (("http", "HTTP"), ("grpc", "gRPC")):
