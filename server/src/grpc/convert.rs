@@ -1,8 +1,9 @@
 //! Conversions between the gRPC messages and the serving core's types. [`wire`] checks a request on its
 //! wire bytes before prost decodes it; [`guard`] serves ModelInfer and ModelStreamInfer with that check and
 //! the in-flight budget; `unary` serves a plain ModelInfer call the same way without tonic's generic
-//! unary path.
+//! unary path, its answer written straight to its frame by [`answer`].
 
+pub mod answer;
 pub mod guard;
 mod unary;
 pub mod wire;

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::admin::AdminAuth;
 use crate::error::Error;
 use crate::http::metadata::EXTENSIONS;
-use crate::infer::Infer;
+use crate::infer::{Infer, InferResponse};
 use crate::metrics::Protocol;
 use crate::readiness::Readiness;
 use crate::request_id;
@@ -110,7 +110,7 @@ impl GrpcState {
         request: convert::guard::Decoded,
         header_id: Option<&str>,
         mut span: Option<&mut crate::otel::RequestSpan>,
-    ) -> Result<pb::ModelInferResponse, Error> {
+    ) -> Result<InferResponse, Error> {
         use convert::guard::Decoded;
         if let (Some(span), Decoded::Admitted { message, .. } | Decoded::Plain(message)) =
             (span.as_deref_mut(), &request)
@@ -166,7 +166,7 @@ impl GrpcState {
         decoded.id = Some(request_id::resolve(decoded.id.take(), header_id)?);
         let response = served.infer_traced(decoded, Protocol::Grpc, span).await?;
         drop(permit);
-        Ok(convert::infer_response(response))
+        Ok(response)
     }
 }
 

@@ -17,9 +17,8 @@ use std::task::{Context, Poll};
 
 use axum::body::HttpBody;
 use axum::http::{self, HeaderMap, HeaderValue};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::Frame;
-use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
@@ -66,10 +65,10 @@ pub(super) async fn model_infer(
         parts.extensions,
         decoded,
     );
-    match guard::model_infer(&state, request).await {
+    match guard::answer(&state, request).await {
         Ok(response) => {
-            let (metadata, message, _) = response.into_parts();
-            match encode(&message, max) {
+            let (metadata, answer, _) = response.into_parts();
+            match super::answer::frame(&answer, max) {
                 Ok(data) => {
                     let mut response = http::Response::new(tonic::body::Body::new(Answer {
                         data: Some(data),
@@ -87,24 +86,6 @@ pub(super) async fn model_infer(
         }
         Err(status) => status.into_http(),
     }
-}
-
-/// The message framed for gRPC: a 0 flag (not compressed), its length, its bytes.
-fn encode(message: &impl Message, max: usize) -> Result<Bytes, Status> {
-    let len = message.encoded_len();
-    if len > max {
-        // As tonic's encoder words it; RESOURCE_EXHAUSTED, as the size checks on requests answer.
-        return Err(Status::resource_exhausted(format!(
-            "Error, encoded message length too large: found {len} bytes, the limit is: {max} bytes"
-        )));
-    }
-    let mut out = BytesMut::with_capacity(5 + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
-    message
-        .encode(&mut out)
-        .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))?;
-    Ok(out.freeze())
 }
 
 enum Read {
