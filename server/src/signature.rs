@@ -110,6 +110,15 @@ impl Signature {
         for t in &given {
             headers.check(&t.name, t.datatype(), &t.shape)?;
         }
+        // Clients mostly send the inputs in the signature's order already (every single-input model).
+        if given.len() == self.inputs.len()
+            && given
+                .iter()
+                .zip(&self.inputs)
+                .all(|(t, s)| t.name == s.name)
+        {
+            return Ok(given);
+        }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
             let pos = given
@@ -307,4 +316,60 @@ fn onnx_datatype(t: OnnxType) -> Option<DataType> {
         OnnxType::String => DataType::Bytes,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::TensorData;
+
+    fn spec(name: &str) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        }
+    }
+
+    fn tensor(name: &str) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape: vec![1, 2],
+            data: TensorData::Fp32(vec![1.0, 2.0]),
+        }
+    }
+
+    #[test]
+    fn inputs_come_back_in_signature_order_and_missing_or_repeated_ones_are_refused() {
+        let signature = Signature {
+            inputs: vec![spec("a"), spec("b")],
+            outputs: vec![spec("y")],
+            max_batch_size: 8,
+        };
+        let names = |ts: &[Tensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        // In order already: the same list, as it came.
+        let given = vec![tensor("a"), tensor("b")];
+        let at = given.as_ptr();
+        let checked = signature.check_inputs(given).unwrap();
+        assert_eq!(names(&checked), ["a", "b"]);
+        assert_eq!(checked.as_ptr(), at);
+        // In another order: put in the signature's.
+        let checked = signature
+            .check_inputs(vec![tensor("b"), tensor("a")])
+            .unwrap();
+        assert_eq!(names(&checked), ["a", "b"]);
+        let missing = signature.check_inputs(vec![tensor("b")]).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing input 'a'"),
+            "{missing}"
+        );
+        let twice = signature
+            .check_inputs(vec![tensor("a"), tensor("a")])
+            .unwrap_err();
+        assert!(twice.to_string().contains("more than once"), "{twice}");
+        let unknown = signature
+            .check_inputs(vec![tensor("a"), tensor("c")])
+            .unwrap_err();
+        assert!(unknown.to_string().contains('c'), "{unknown}");
+    }
 }

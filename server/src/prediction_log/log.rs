@@ -608,12 +608,26 @@ mod tests {
             records[255].inputs[0].1,
             crate::prediction_log::rows::values(&sent[0].data, 255 * 30..256 * 30)
         );
-        // Copied as before: a small tensor (into the chunk's arena), rows cut to the log's cap,
-        // and a vector with more than a quarter of spare capacity (the byte bound counts elements).
+        // A small tensor logged whole is kept too: the chunk copies it into its arena as it takes
+        // it, so a copy at the capture would be a second one.
         let small = vec![tensor("x", 4, 30)];
+        let small_sent = small.clone();
         let small_at = address(&small);
         let captured = version.capture(None, small, 4).unwrap();
-        assert_ne!(copy_address(&captured), small_at);
+        assert_eq!(copy_address(&captured), small_at, "kept, not copied");
+        version.push(captured, 1, &[]);
+        log.flush();
+        let ItemKind::Requests(chunk) = rx.try_recv().unwrap().take() else {
+            panic!("requests")
+        };
+        let records = chunk.records();
+        assert_eq!(records.len(), 4);
+        assert_eq!(
+            records[3].inputs[0].1,
+            crate::prediction_log::rows::values(&small_sent[0].data, 3 * 30..4 * 30)
+        );
+        // Copied as before: rows cut to the log's cap, and a vector with more than a quarter of
+        // spare capacity (the byte bound counts elements).
         let (cut_log, _rx, _) =
             PredictionLog::new(limits(100_000, 1 << 30, 8), &Registry::new()).unwrap();
         let cut = cut_log.for_version("m", &signature(30), 1.0);

@@ -115,9 +115,10 @@ fn copy_rows(
 }
 
 /// Rows `sampled` of a request's own `data` after its run: its vector itself when it is logged
-/// whole (every row, none cut), too large for a chunk's arenas and without much spare capacity (the
-/// log's byte bound counts elements, so a kept vector holds at most a quarter more); a copy
-/// otherwise, as [`copy_rows`] makes.
+/// whole (every row, none cut) and either small enough for a chunk's arenas (the chunk copies it in
+/// as it takes it, so a copy here would be a second one) or without much spare capacity (the log's
+/// byte bound counts elements, so a kept vector holds at most a quarter more); a copy otherwise, as
+/// [`copy_rows`] makes.
 fn keep_rows(
     data: TensorData,
     rows: usize,
@@ -131,8 +132,7 @@ fn keep_rows(
     let capacity = crate::with_tensor_data!(&data, v => v.capacity());
     if whole
         && !matches!(data, TensorData::Bytes(_))
-        && !super::chunk::fits_arena(&data, len)
-        && super::buffers::snug(capacity, len)
+        && (super::chunk::fits_arena(&data, len) || super::buffers::snug(capacity, len))
     {
         return Kept {
             data,
