@@ -42,7 +42,7 @@ pub(super) fn find(json: &str) -> Option<DataSpans> {
     let mut last = 0;
     for (i, span) in walk.spans.iter().enumerate() {
         out.push_str(json.get(last..span.start)?);
-        out.push_str(itoa(i, &mut [0; 20]));
+        out.push_str(itoa(i as u64, &mut [0; 20]));
         last = span.end;
     }
     out.push_str(json.get(last..)?);
@@ -52,8 +52,8 @@ pub(super) fn find(json: &str) -> Option<DataSpans> {
     })
 }
 
-/// `n` in decimal, written into `buf`.
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, written into `buf` (no allocation; the gRPC answer's version uses it too).
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;

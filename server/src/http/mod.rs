@@ -3,7 +3,7 @@
 pub mod body;
 pub mod codec;
 pub mod compression;
-mod data_spans;
+pub(crate) mod data_spans;
 mod deadline;
 mod edge;
 pub mod json_data;

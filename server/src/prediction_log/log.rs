@@ -582,6 +582,15 @@ mod tests {
         assert_ne!(copy_address(&third), address);
     }
 
+    /// The records of the one chunk the log queues when flushed.
+    fn flushed(log: &PredictionLog, rx: &Receiver<LogItem>) -> Vec<keel_monitor::PredictionRecord> {
+        log.flush();
+        let ItemKind::Requests(chunk) = rx.try_recv().unwrap().take() else {
+            panic!("requests")
+        };
+        chunk.records()
+    }
+
     #[test]
     fn a_large_input_logged_whole_keeps_the_requests_own_vector() {
         let registry = Registry::new();
@@ -598,11 +607,7 @@ mod tests {
         let captured = version.capture(Some("r"), inputs, 256).unwrap();
         assert_eq!(copy_address(&captured), own, "kept, not copied");
         version.push(captured, 1, &[]);
-        log.flush();
-        let ItemKind::Requests(chunk) = rx.try_recv().unwrap().take() else {
-            panic!("requests")
-        };
-        let records = chunk.records();
+        let records = flushed(&log, &rx);
         assert_eq!(records.len(), 256);
         assert_eq!(
             records[255].inputs[0].1,
@@ -616,11 +621,7 @@ mod tests {
         let captured = version.capture(None, small, 4).unwrap();
         assert_eq!(copy_address(&captured), small_at, "kept, not copied");
         version.push(captured, 1, &[]);
-        log.flush();
-        let ItemKind::Requests(chunk) = rx.try_recv().unwrap().take() else {
-            panic!("requests")
-        };
-        let records = chunk.records();
+        let records = flushed(&log, &rx);
         assert_eq!(records.len(), 4);
         assert_eq!(
             records[3].inputs[0].1,

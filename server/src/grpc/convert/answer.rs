@@ -18,11 +18,12 @@ const LEN: u64 = 2;
 /// The gRPC frame of `response`'s ModelInferResponse (a 0 flag, the length, the message), or
 /// RESOURCE_EXHAUSTED when the message is longer than `max`.
 pub fn frame(response: &InferResponse, max: usize) -> Result<Bytes, Status> {
-    let version = Version::of(response.model_version);
+    let mut digits = [0; 20];
+    let version = crate::http::data_spans::itoa(response.model_version, &mut digits);
     let id = response.id.as_deref().unwrap_or_default();
     let outputs = response.outputs.iter().map(output_len);
     let len = string_len(&response.model_name)
-        + string_len(version.text())
+        + string_len(version)
         + string_len(id)
         + outputs.map(nested).sum::<usize>()
         + response
@@ -45,7 +46,7 @@ pub fn frame(response: &InferResponse, max: usize) -> Result<Bytes, Status> {
     out.push(0);
     out.extend_from_slice(&len32.to_be_bytes());
     put_string(&mut out, 1, &response.model_name);
-    put_string(&mut out, 2, version.text());
+    put_string(&mut out, 2, version);
     put_string(&mut out, 3, id);
     for t in &response.outputs {
         put_key(&mut out, 5, LEN);
@@ -68,33 +69,6 @@ pub fn frame(response: &InferResponse, max: usize) -> Result<Bytes, Status> {
     debug_assert_eq!(out.len(), 5 + len);
     // Exactly its capacity, so the vector becomes the frame's bytes without a copy.
     Ok(Bytes::from(out))
-}
-
-/// The version as decimal text, without an allocation.
-struct Version {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Version {
-    fn of(mut n: u64) -> Self {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        Version { digits, start }
-    }
-
-    fn text(&self) -> &str {
-        // Only ASCII digits were written.
-        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
-    }
 }
 
 /// One InferOutputTensor's length: its name, datatype and shape (it has no parameters, and its data is
