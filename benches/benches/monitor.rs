@@ -112,7 +112,8 @@ fn batch(r: &Request) -> RowBatch<'_> {
             name: "input",
             width: FEATURES,
             values: Values::F32(&r.input),
-        }],
+        }]
+        .into(),
         outputs: vec![
             TensorRows {
                 name: "label",
@@ -124,7 +125,8 @@ fn batch(r: &Request) -> RowBatch<'_> {
                 width: 1,
                 values: Values::F32(&r.probability),
             },
-        ],
+        ]
+        .into(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! them column by column ([`crate::Monitor::ingest_batches`]) with no per-row allocation; the sinks
 //! that want one record per row get them from [`RowBatch::records`].
 
+use std::borrow::Cow;
+
 use crate::record::{FeatureValue, PredictionRecord};
 
 /// A tensor's elements for the logged rows, `width` per row, rows one after another.
@@ -42,8 +44,10 @@ pub struct RowBatch<'a> {
     pub timestamp_ms: u64,
     /// Row index within the request of each logged row, in the order of the tensors' rows.
     pub rows: &'a [u32],
-    pub inputs: Vec<TensorRows<'a>>,
-    pub outputs: Vec<TensorRows<'a>>,
+    /// Borrowed where the caller lists many requests' tensors at once (the prediction log lists a
+    /// chunk's in one vector: two lists per request cost the drain a fifth of its time).
+    pub inputs: Cow<'a, [TensorRows<'a>]>,
+    pub outputs: Cow<'a, [TensorRows<'a>]>,
 }
 
 impl Values<'_> {

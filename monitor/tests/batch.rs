@@ -442,12 +442,14 @@ fn records_of_a_batch_split_its_columns_by_row() {
             name: "x",
             width: 3,
             values: Values::F32(&input),
-        }],
+        }]
+        .into(),
         outputs: vec![TensorRows {
             name: "label",
             width: 1,
             values: Values::Bytes(&names),
-        }],
+        }]
+        .into(),
     };
     let records: Vec<_> = batch.records().collect();
     assert_eq!(records.len(), 2);

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use keel_monitor::parquet_log::ParquetSink;
-use keel_monitor::{ModelSpec, Monitor, PredictionRecord, RowBatch};
+use keel_monitor::{ModelSpec, Monitor, PredictionRecord};
 use prometheus::IntCounterVec;
 
+use super::scratch::Scratch;
 use super::sidecar_client::SidecarHandle;
 use crate::prediction_log::{Chunk, ItemKind, LogItem, PredictionLog, reason};
 
@@ -72,6 +73,7 @@ pub fn spawn(
                 sinks,
                 log,
                 behind: false,
+                scratch: Scratch::default(),
             }
             .run(&items, &control)
         })
@@ -83,6 +85,7 @@ struct Drain {
     log: PredictionLog,
     /// Delivering takes a large share of its time: the monitor may count with its second thread.
     behind: bool,
+    scratch: Scratch,
 }
 
 /// Share of the time between two looks that delivering must take for the drain to count large runs
@@ -288,21 +291,26 @@ impl Drain {
     /// bound back.
     // Boxed as they came through the queue, and go back to it for reuse.
     #[allow(clippy::vec_box)]
-    fn ingest(&self, chunks: &mut Vec<Box<Chunk>>, records: Option<&mut Vec<PredictionRecord>>) {
-        if let Some(monitor) = &self.sinks.monitor
-            && !chunks.is_empty()
-        {
-            let batches: Vec<RowBatch<'_>> = chunks.iter().flat_map(|c| c.batches()).collect();
-            if self.behind {
-                monitor.ingest_batches(&batches);
-            } else {
-                monitor.ingest_batches_in_place(&batches);
-            }
-        }
-        if let Some(records) = records {
-            for batch in chunks.iter().flat_map(|c| c.batches()) {
-                records.extend(batch.records());
-            }
+    fn ingest(
+        &mut self,
+        chunks: &mut Vec<Box<Chunk>>,
+        records: Option<&mut Vec<PredictionRecord>>,
+    ) {
+        let monitor = self.sinks.monitor.as_ref();
+        if !chunks.is_empty() && (monitor.is_some() || records.is_some()) {
+            let behind = self.behind;
+            self.scratch.with_batches(chunks, |batches| {
+                match monitor {
+                    Some(monitor) if behind => monitor.ingest_batches(batches),
+                    Some(monitor) => monitor.ingest_batches_in_place(batches),
+                    None => {}
+                }
+                if let Some(records) = records {
+                    for batch in batches {
+                        records.extend(batch.records());
+                    }
+                }
+            });
         }
         for chunk in chunks.drain(..) {
             self.log.recycle(chunk);

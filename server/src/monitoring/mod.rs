@@ -6,6 +6,7 @@
 pub mod baseline_cmd;
 mod drain;
 pub mod feedback;
+mod scratch;
 mod sidecar_client;
 
 use std::sync::{Arc, Mutex};

@@ -246,57 +246,88 @@ impl Chunk {
         Slot::Own(super::rows::copy_rows_cut(data, per_row, width, sampled))
     }
 
-    fn tensor_rows<'a>(&'a self, names: &'a [String], slots: &'a [Slot]) -> Vec<TensorRows<'a>> {
-        names
-            .iter()
-            .zip(slots)
-            .map(|(name, slot)| match slot {
-                Slot::Arena {
-                    arena,
-                    start,
-                    end,
-                    width,
-                } => TensorRows {
-                    name,
-                    width: *width,
-                    values: range_values(&self.arenas[*arena], *start..*end),
-                },
-                Slot::Own(kept) => TensorRows {
-                    name,
-                    width: kept.width,
-                    values: column_values(&kept.data),
-                },
-            })
-            .collect()
+    /// Appends its requests' inputs and outputs as the monitor reads them to `all`: the list
+    /// [`Chunk::batches`] borrows from.
+    pub fn tensors<'a>(&'a self, all: &mut Vec<TensorRows<'a>>) {
+        all.reserve(self.slots.len());
+        for e in &self.entries {
+            let names = &self.names[e.names];
+            let (inputs, outputs) = self.entry_slots(e);
+            all.extend(self.tensor_rows(&names.inputs, inputs));
+            all.extend(self.tensor_rows(&names.outputs, outputs));
+        }
     }
 
-    /// Each request's logged rows as columns, borrowing the copies: what the embedded monitor bins.
-    pub fn batches(&self) -> impl Iterator<Item = RowBatch<'_>> {
-        self.entries.iter().map(|e| {
+    /// Each request's logged rows as columns, borrowing the copies and `tensors` (what
+    /// [`Chunk::tensors`] listed for this chunk): what the embedded monitor bins.
+    pub fn batches<'a>(
+        &'a self,
+        tensors: &'a [TensorRows<'a>],
+    ) -> impl Iterator<Item = RowBatch<'a>> + 'a {
+        let mut at = 0;
+        self.entries.iter().map(move |e| {
             let names = &self.names[e.names];
-            let inputs = self
-                .slots
-                .get(e.first..e.first + e.inputs)
-                .unwrap_or_default();
-            let outputs = self
-                .slots
-                .get(e.first + e.inputs..e.first + e.inputs + e.outputs)
-                .unwrap_or_default();
+            let (inputs, outputs) = self.entry_slots(e);
+            // As many as `tensors` lists for it: a name for each slot (see `tensor_rows`).
+            let i = names.inputs.len().min(inputs.len());
+            let o = names.outputs.len().min(outputs.len());
+            let list = tensors.get(at..at + i + o).unwrap_or_default();
+            at += i + o;
+            let (inputs, outputs) = list.split_at(i.min(list.len()));
             RowBatch {
                 model: &names.model,
                 version: e.version,
                 request_id: e.id.as_str(),
                 timestamp_ms: e.timestamp_ms,
                 rows: &e.sampled,
-                inputs: self.tensor_rows(&names.inputs, inputs),
-                outputs: self.tensor_rows(&names.outputs, outputs),
+                inputs: Cow::Borrowed(inputs),
+                outputs: Cow::Borrowed(outputs),
             }
+        })
+    }
+
+    /// A request's input slots and output slots.
+    fn entry_slots(&self, e: &Entry) -> (&[Slot], &[Slot]) {
+        let inputs = self
+            .slots
+            .get(e.first..e.first + e.inputs)
+            .unwrap_or_default();
+        let outputs = self
+            .slots
+            .get(e.first + e.inputs..e.first + e.inputs + e.outputs)
+            .unwrap_or_default();
+        (inputs, outputs)
+    }
+
+    fn tensor_rows<'a>(
+        &'a self,
+        names: &'a [String],
+        slots: &'a [Slot],
+    ) -> impl Iterator<Item = TensorRows<'a>> + 'a {
+        names.iter().zip(slots).map(|(name, slot)| match slot {
+            Slot::Arena {
+                arena,
+                start,
+                end,
+                width,
+            } => TensorRows {
+                name,
+                width: *width,
+                values: range_values(&self.arenas[*arena], *start..*end),
+            },
+            Slot::Own(kept) => TensorRows {
+                name,
+                width: kept.width,
+                values: column_values(&kept.data),
+            },
         })
     }
 
     /// One record per logged row, for the sinks that take records.
     pub fn records(&self) -> Vec<PredictionRecord> {
-        self.batches()
+        let mut tensors = Vec::new();
+        self.tensors(&mut tensors);
+        self.batches(&tensors)
             .flat_map(|b| b.records().collect::<Vec<_>>())
             .collect()
     }
