@@ -410,11 +410,27 @@ pub fn shape_from_wire(input: &str, dims: &[i64]) -> Result<Vec<usize>> {
     dims.iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| {
-            Error::invalid(format!(
-                "input '{input}': negative dimension in shape {dims:?}"
-            ))
-        })
+        .map_err(|_| negative_dimension(input, dims))
+}
+
+/// [`shape_from_wire`] into `sizes`, allocating nothing (the wire check's path); a shape of more
+/// than [`MAX_DIMS`] dimensions, refused before, is cut to that.
+pub fn shape_from_wire_into<'s>(
+    input: &str,
+    dims: &[i64],
+    sizes: &'s mut [usize; MAX_DIMS],
+) -> Result<&'s [usize]> {
+    let sizes = &mut sizes[..dims.len().min(MAX_DIMS)];
+    for (size, &d) in sizes.iter_mut().zip(dims) {
+        *size = usize::try_from(d).map_err(|_| negative_dimension(input, dims))?;
+    }
+    Ok(sizes)
+}
+
+fn negative_dimension(input: &str, dims: &[i64]) -> Error {
+    Error::invalid(format!(
+        "input '{input}': negative dimension in shape {dims:?}"
+    ))
 }
 
 /// Number of elements a shape holds, or an error when it overflows or exceeds `limit` (the most the
@@ -450,6 +466,19 @@ pub fn count_bytes_elements(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_from_the_wire_read_alike_into_a_vector_or_an_array() {
+        let mut sizes = [0; MAX_DIMS];
+        for dims in [&[][..], &[1, 30], &[0, 4, 5], &[2, -1], &[-3]] {
+            let into = shape_from_wire_into("x", dims, &mut sizes).map(<[usize]>::to_vec);
+            match (shape_from_wire("x", dims), into) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{dims:?}: {a:?} vs {b:?}"),
+            }
+        }
+    }
 
     #[test]
     fn binary_round_trip_every_datatype() {

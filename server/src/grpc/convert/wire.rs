@@ -9,15 +9,13 @@
 //! (dimensions, parameters, tensors), exactly as the converter would after decoding. What passes decodes to
 //! about its own size; the module also says how much memory that is, for the in-flight budget.
 
-use std::borrow::Cow;
-
 use super::{check_typed_counts, pb};
 use crate::error::{Error, Result};
 use crate::http::codec::{MAX_PARAMETERS, MAX_TENSORS};
 use crate::signature::{InputHeaders, Signature};
 use crate::tensor::{
     DataType, MAX_DIMS, check_wire_len, count_bytes_elements, decoded_bytes, element_count,
-    shape_from_wire,
+    shape_from_wire_into,
 };
 
 /// What a request is checked against.
@@ -60,8 +58,8 @@ pub fn check(bytes: &[u8], limits: WireLimits) -> Result<Estimate> {
     let mut inputs = 0usize;
     let mut outputs = 0usize;
     let mut parameters = 0usize;
-    let mut raw: Vec<usize> = Vec::new();
     let mut raw_entries = 0usize;
+    let mut raw_total = 0usize;
     let mut buf = bytes;
     while let Some((number, value)) = next_field(&mut buf)? {
         match number {
@@ -83,9 +81,7 @@ pub fn check(bytes: &[u8], limits: WireLimits) -> Result<Estimate> {
             7 => {
                 let entry = bytes_field(value, "raw_input_contents")?;
                 raw_entries += 1;
-                if raw.len() < MAX_TENSORS {
-                    raw.push(entry.len());
-                }
+                raw_total = raw_total.saturating_add(entry.len());
             }
             _ => {}
         }
@@ -100,13 +96,15 @@ pub fn check(bytes: &[u8], limits: WireLimits) -> Result<Estimate> {
             "the request has {inputs} inputs and {outputs} requested outputs; at most {MAX_TENSORS} of each"
         )));
     }
-    let mut check = Check::new(limits, inputs, raw_entries, raw)?;
+    let raw = RawSizes::Wire(bytes);
+    let mut check = Check::new(limits, inputs, raw_entries, raw_total, raw)?;
     check.estimate.message_bytes = bytes.len();
     // Pass 2: each input and output, checked as soon as it is read.
     let mut buf = bytes;
+    let mut dims = [0i64; MAX_DIMS];
     while let Some((number, value)) = next_field(&mut buf)? {
         match number {
-            5 => check.input(scan_input(message(value, "inputs")?)?)?,
+            5 => check.input(scan_input(message(value, "inputs")?, &mut dims)?)?,
             6 => {
                 let (name, parameters) = scan_output(message(value, "outputs")?)?;
                 check.output(name, parameters)?;
@@ -132,18 +130,20 @@ pub fn check_decoded(req: &pb::ModelInferRequest, limits: WireLimits) -> Result<
             "the request has {inputs} inputs and {outputs} requested outputs; at most {MAX_TENSORS} of each"
         )));
     }
-    let raw = req
-        .raw_input_contents
-        .iter()
-        .take(MAX_TENSORS)
-        .map(Vec::len)
-        .collect();
-    let mut check = Check::new(limits, req.inputs.len(), req.raw_input_contents.len(), raw)?;
+    let raw_total = req.raw_input_contents.iter().map(Vec::len).sum();
+    let raw = RawSizes::Decoded(req.raw_input_contents.iter());
+    let mut check = Check::new(
+        limits,
+        req.inputs.len(),
+        req.raw_input_contents.len(),
+        raw_total,
+        raw,
+    )?;
     for input in &req.inputs {
         let mut facts = InputFacts {
             name: &input.name,
             datatype: &input.datatype,
-            shape: Cow::Borrowed(&input.shape),
+            shape: &input.shape,
             parameters: input.parameters.len(),
             has_contents: input.contents.is_some(),
             counts: [0; 8],
@@ -165,7 +165,7 @@ pub fn check_decoded(req: &pb::ModelInferRequest, limits: WireLimits) -> Result<
 struct InputFacts<'a> {
     name: &'a str,
     datatype: &'a str,
-    shape: Cow<'a, [i64]>,
+    shape: &'a [i64],
     parameters: usize,
     has_contents: bool,
     /// Elements of each typed contents field, in field order (bool ... bytes).
@@ -180,12 +180,38 @@ const DECODED_SIZE: [usize; 8] = [1, 4, 8, 4, 8, 4, 8, std::mem::size_of::<Vec<u
 /// Memory prost gives one decoded input tensor, parameter or output besides its contents.
 const ENTRY_OVERHEAD: usize = 512;
 
+/// The sizes of a request's raw contents, one per input in order (none when its inputs carry typed
+/// contents), read as the inputs are checked: no list that grows with the request.
+enum RawSizes<'a> {
+    /// The message's wire bytes, from where the previous entry was found.
+    Wire(&'a [u8]),
+    Decoded(std::slice::Iter<'a, Vec<u8>>),
+}
+
+impl RawSizes<'_> {
+    /// The next entry's size; `None` after the last. The wire bytes were walked whole before (pass
+    /// 1), so they read without error here.
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            RawSizes::Wire(buf) => {
+                while let Ok(Some((number, value))) = next_field(buf) {
+                    if let (7, Value::Len(entry)) = (number, value) {
+                        return Some(entry.len());
+                    }
+                }
+                None
+            }
+            RawSizes::Decoded(entries) => entries.next().map(Vec::len),
+        }
+    }
+}
+
 struct Check<'a, 's> {
     limits: WireLimits<'s>,
     headers: Option<InputHeaders<'s>>,
-    /// Sizes of the raw contents, by input; empty when the inputs carry typed contents.
-    raw: Vec<usize>,
-    index: usize,
+    raw: RawSizes<'a>,
+    /// Whether the inputs carry raw contents (one entry each).
+    has_raw: bool,
     outputs: Vec<&'a str>,
     bytes_elements: usize,
     estimate: Estimate,
@@ -196,19 +222,19 @@ impl<'a, 's> Check<'a, 's> {
         limits: WireLimits<'s>,
         inputs: usize,
         raw_entries: usize,
-        raw: Vec<usize>,
+        raw_total: usize,
+        raw: RawSizes<'a>,
     ) -> Result<Self> {
         if raw_entries > 0 && raw_entries != inputs {
             return Err(Error::invalid(format!(
                 "raw_input_contents has {raw_entries} entries for {inputs} inputs: with raw contents every input needs one"
             )));
         }
-        let raw_total: usize = raw.iter().sum();
         Ok(Check {
             limits,
             headers: limits.signature.map(InputHeaders::new),
             raw,
-            index: 0,
+            has_raw: raw_entries > 0,
             outputs: Vec::new(),
             bytes_elements: 0,
             estimate: Estimate {
@@ -218,9 +244,7 @@ impl<'a, 's> Check<'a, 's> {
         })
     }
 
-    fn input(&mut self, facts: InputFacts<'a>) -> Result<()> {
-        let i = self.index;
-        self.index += 1;
+    fn input(&mut self, facts: InputFacts<'_>) -> Result<()> {
         let name = facts.name;
         let context = |e: Error| Error::invalid(format!("input '{name}': {e}"));
         let datatype = DataType::parse(facts.datatype).map_err(context)?;
@@ -229,7 +253,8 @@ impl<'a, 's> Check<'a, 's> {
                 "shape has more than {MAX_DIMS} dimensions"
             )));
         }
-        let shape = shape_from_wire(name, &facts.shape)?;
+        let mut sizes = [0usize; MAX_DIMS];
+        let shape = shape_from_wire_into(name, facts.shape, &mut sizes)?;
         if facts.parameters > MAX_PARAMETERS {
             return Err(Error::invalid(format!(
                 "input '{name}' has {} parameters; at most {MAX_PARAMETERS}",
@@ -237,25 +262,27 @@ impl<'a, 's> Check<'a, 's> {
             )));
         }
         let declared = match self.headers.as_mut() {
-            Some(headers) => Some(headers.check(name, datatype, &shape)?.1),
+            Some(headers) => Some(headers.check(name, datatype, shape)?.1),
             None => None,
         };
-        let (count, payload) = match (self.raw.get(i), facts.has_contents) {
+        // Entries and inputs are as many (`Check::new`): this input's entry.
+        let raw = if self.has_raw { self.raw.next() } else { None };
+        let (count, payload) = match (raw, facts.has_contents) {
             (Some(_), true) => {
                 return Err(Error::invalid(format!(
                     "input '{name}' sets both contents and raw_input_contents"
                 )));
             }
-            (Some(&len), false) => {
+            (Some(len), false) => {
                 let count = match declared {
                     Some(count) => count,
-                    None => element_count(&shape, len).map_err(context)?,
+                    None => element_count(shape, len).map_err(context)?,
                 };
                 check_wire_len(datatype, count, len).map_err(context)?;
                 (count, len)
             }
             (None, true) => {
-                let count = check_typed_counts(datatype, &shape, declared, &facts.counts)
+                let count = check_typed_counts(datatype, shape, declared, &facts.counts)
                     .map_err(context)?;
                 (count, facts.bytes_payload)
             }
@@ -312,29 +339,29 @@ impl<'a, 's> Check<'a, 's> {
     }
 }
 
-/// An `InferInputTensor`'s header and counts.
-fn scan_input(bytes: &[u8]) -> Result<InputFacts<'_>> {
+/// An `InferInputTensor`'s header and counts; its shape is read into `dims`.
+fn scan_input<'a>(bytes: &'a [u8], dims: &'a mut [i64; MAX_DIMS]) -> Result<InputFacts<'a>> {
     let mut facts = InputFacts {
         name: "",
         datatype: "",
-        shape: Cow::Owned(Vec::new()),
+        shape: &[],
         parameters: 0,
         has_contents: false,
         counts: [0; 8],
         bytes_payload: 0,
     };
-    let mut shape = Vec::new();
+    let mut rank = 0;
     let mut buf = bytes;
     while let Some((number, value)) = next_field(&mut buf)? {
         match number {
             1 => facts.name = string(value, "name")?,
             2 => facts.datatype = string(value, "datatype")?,
             3 => match value {
-                Value::Varint(d) => push_dim(&mut shape, d as i64)?,
+                Value::Varint(d) => push_dim(dims, &mut rank, d as i64)?,
                 Value::Len(packed) => {
                     let mut packed = packed;
                     while !packed.is_empty() {
-                        push_dim(&mut shape, read_varint(&mut packed)? as i64)?;
+                        push_dim(dims, &mut rank, read_varint(&mut packed)? as i64)?;
                     }
                 }
                 _ => return Err(malformed("shape has the wrong wire type")),
@@ -350,17 +377,18 @@ fn scan_input(bytes: &[u8]) -> Result<InputFacts<'_>> {
             _ => {}
         }
     }
-    facts.shape = Cow::Owned(shape);
+    facts.shape = &dims[..rank];
     Ok(facts)
 }
 
-fn push_dim(shape: &mut Vec<i64>, d: i64) -> Result<()> {
-    if shape.len() == MAX_DIMS {
+fn push_dim(dims: &mut [i64; MAX_DIMS], rank: &mut usize, d: i64) -> Result<()> {
+    let Some(slot) = dims.get_mut(*rank) else {
         return Err(Error::invalid(format!(
             "shape has more than {MAX_DIMS} dimensions"
         )));
-    }
-    shape.push(d);
+    };
+    *slot = d;
+    *rank += 1;
     Ok(())
 }
 
@@ -600,6 +628,41 @@ mod tests {
         assert_eq!(
             check_decoded(&typed, limits(&sig)).unwrap().tensor_bytes,
             120
+        );
+    }
+
+    #[test]
+    fn each_input_is_checked_against_its_own_raw_entry() {
+        let named = |name: &str, datatype: &str, shape: Vec<i64>| InferInputTensor {
+            name: name.into(),
+            ..input(datatype, shape, None)
+        };
+        let inputs = || {
+            vec![
+                named("a", "FP32", vec![1, 2]),
+                named("b", "INT64", vec![1, 3]),
+            ]
+        };
+        let unchecked = WireLimits {
+            signature: None,
+            max_bytes_elements: 1000,
+        };
+        // Another field between the two entries: each input still finds its own.
+        let mut bytes = request(inputs(), vec![]).encode_to_vec();
+        bytes.extend(field(7, &[0; 8]));
+        bytes.extend(field(3, b"id"));
+        bytes.extend(field(7, &[0; 24]));
+        assert_eq!(check(&bytes, unchecked).unwrap().tensor_bytes, 32);
+        let decoded = pb::ModelInferRequest::decode(&bytes[..]).unwrap();
+        assert_eq!(decoded.raw_input_contents.len(), 2);
+        assert_eq!(check_decoded(&decoded, unchecked).unwrap().tensor_bytes, 32);
+        // The entries in the other order: the first input's entry is now the second's size.
+        let swapped = request(inputs(), vec![vec![0; 24], vec![0; 8]]);
+        refused(&swapped, None, "input 'a'");
+        refused(
+            &request(vec![named("a", "FP32", vec![1, -2])], vec![vec![0; 8]]),
+            None,
+            "input 'a': negative dimension in shape [1, -2]",
         );
     }
 
