@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod guard;
+mod raw_request;
 mod unary;
 pub mod wire;
 

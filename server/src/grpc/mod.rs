@@ -112,10 +112,14 @@ impl GrpcState {
         mut span: Option<&mut crate::otel::RequestSpan>,
     ) -> Result<InferResponse, Error> {
         use convert::guard::Decoded;
-        if let (Some(span), Decoded::Admitted { message, .. } | Decoded::Plain(message)) =
-            (span.as_deref_mut(), &request)
-        {
-            span.model(&message.model_name);
+        if let Some(span) = span.as_deref_mut() {
+            match &request {
+                Decoded::Admitted { message, .. } | Decoded::Plain(message) => {
+                    span.model(&message.model_name)
+                }
+                Decoded::Converted { served, .. } => span.model(&served.model),
+                Decoded::Refused(_) => {}
+            }
         }
         let (request, served, mut permit) = match request {
             Decoded::Refused(e) => return Err(e),
@@ -123,7 +127,12 @@ impl GrpcState {
                 message,
                 served,
                 permit,
-            } => (message, served, permit),
+            } => (Arrived::Proto(message), served, permit),
+            Decoded::Converted {
+                request,
+                served,
+                permit,
+            } => (Arrived::Converted(request), served, permit),
             Decoded::Plain(message) => {
                 // Decoded without the wire check: the same checks, after the fact.
                 use prost::Message;
@@ -148,13 +157,16 @@ impl GrpcState {
                 let permit = checked.inspect_err(|e| {
                     crate::infer::count_refused(&served, Protocol::Grpc, e, since)
                 })?;
-                (message, served, permit)
+                (Arrived::Proto(message), served, permit)
             }
         };
         if let Some(span) = span.as_deref_mut() {
             span.version(served.version);
         }
-        let mut decoded = convert::infer_request(request)?;
+        let mut decoded = match request {
+            Arrived::Proto(message) => convert::infer_request(message)?,
+            Arrived::Converted(request) => request,
+        };
         // The message is gone; the tensors stay until the answer.
         permit.shrink_to(
             decoded
@@ -168,6 +180,12 @@ impl GrpcState {
         drop(permit);
         Ok(response)
     }
+}
+
+/// A request as `infer_one` has it: decoded by prost, or already converted from its wire bytes.
+enum Arrived {
+    Proto(pb::ModelInferRequest),
+    Converted(crate::infer::InferRequest),
 }
 
 type ResponseStream =

@@ -41,7 +41,7 @@ use super::super::{GrpcState, ResponseStream, STREAM_CONCURRENCY, pb, version_ar
 use super::wire::{self, WireLimits};
 use crate::budget::{Budget, Permit};
 use crate::error::Error;
-use crate::infer::{InferResponse, count_refused};
+use crate::infer::{InferRequest, InferResponse, count_refused};
 use crate::metrics::Protocol;
 use crate::otel;
 use crate::repository::ServedVersion;
@@ -53,6 +53,13 @@ pub enum Decoded {
     /// takes in memory.
     Admitted {
         message: pb::ModelInferRequest,
+        served: Arc<ServedVersion>,
+        permit: Permit,
+    },
+    /// Checked on the wire like `Admitted`, and of the usual form (raw contents, no parameters):
+    /// converted straight from its bytes, without prost (`raw_request.rs`).
+    Converted {
+        request: InferRequest,
         served: Arc<ServedVersion>,
         permit: Permit,
     },
@@ -619,6 +626,13 @@ pub(super) fn admit(state: &GrpcState, bytes: &[u8], mut permit: Permit) -> Resu
     let since = std::time::Instant::now();
     check(state, bytes, &mut permit, &served)
         .inspect_err(|e| count_refused(&served, Protocol::Grpc, e, since))?;
+    if let Some(request) = super::raw_request::convert(bytes) {
+        return Ok(Decoded::Converted {
+            request,
+            served,
+            permit,
+        });
+    }
     let message = pb::ModelInferRequest::decode(bytes)
         .map_err(|e| Error::invalid(format!("malformed ModelInferRequest: {e}")))?;
     Ok(Decoded::Admitted {

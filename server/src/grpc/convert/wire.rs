@@ -444,7 +444,7 @@ fn scan_output(bytes: &[u8]) -> Result<(&str, usize)> {
 
 /// A field's payload, by wire type.
 #[derive(Clone, Copy)]
-enum Value<'a> {
+pub(super) enum Value<'a> {
     Varint(u64),
     Fixed64,
     Len(&'a [u8]),
@@ -455,7 +455,7 @@ fn malformed(why: &str) -> Error {
     Error::invalid(format!("malformed ModelInferRequest: {why}"))
 }
 
-fn read_varint(buf: &mut &[u8]) -> Result<u64> {
+pub(super) fn read_varint(buf: &mut &[u8]) -> Result<u64> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
@@ -480,7 +480,7 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
 }
 
 /// The next field of a message: its number and payload.
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>> {
+pub(super) fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Value<'a>)>> {
     if buf.is_empty() {
         return Ok(None);
     }
