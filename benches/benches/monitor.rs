@@ -1,7 +1,8 @@
 //! Drift monitor ingest: breast-cancer-shaped prediction records (30 numeric features, one numeric
 //! output monitored) binned into the rolling window, with and without logging predictions for
 //! the feedback join; the same rows as columnar batches of 256-row requests (what the drain hands
-//! the embedded monitor), and expanded into records first (what it did before); and one
+//! the embedded monitor), and expanded into records first (what it did before); as batches of
+//! single-row requests (the usual traffic, the drain's per-request path); and one
 //! evaluation (PSI/CSI, gauges, rules) of that version.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -69,7 +70,7 @@ fn records() -> Vec<PredictionRecord> {
         .collect()
 }
 
-/// The records' rows as requests of [`REQUEST_ROWS`] rows, tensors as the server copies them:
+/// The records' rows as requests of `per_request` rows, tensors as the server copies them:
 /// input `[rows, 30]` FP32, label `[rows]` INT64, probability `[rows, 1]` FP32.
 struct Request {
     id: String,
@@ -80,16 +81,16 @@ struct Request {
     probability: Vec<f32>,
 }
 
-fn requests() -> Vec<Request> {
-    (0..RECORDS / REQUEST_ROWS)
+fn requests(per_request: usize) -> Vec<Request> {
+    (0..RECORDS / per_request)
         .map(|q| {
-            let first = q * REQUEST_ROWS;
-            let rows = first..first + REQUEST_ROWS;
+            let first = q * per_request;
+            let rows = first..first + per_request;
             let p = |r: usize| value(r + 7, 99).abs() / 100.0;
             Request {
                 id: format!("request-{q:08}"),
                 time_ms: T0 + first as u64,
-                rows: (0..REQUEST_ROWS as u32).collect(),
+                rows: (0..per_request as u32).collect(),
                 input: rows
                     .clone()
                     .flat_map(|r| (0..FEATURES).map(move |f| (value(r + 3, f) * 1.1) as f32))
@@ -160,7 +161,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| monitor.ingest(records))
         });
     }
-    let requests = requests();
+    let large = requests(REQUEST_ROWS);
     for (name, task) in [
         ("drift", None),
         ("drift_and_feedback_log", Some(Task::Classifier)),
@@ -168,7 +169,7 @@ fn bench(c: &mut Criterion) {
         let monitor = monitor(task);
         group.bench_with_input(
             BenchmarkId::new("ingest_batches", name),
-            &requests,
+            &large,
             |b, requests| {
                 b.iter(|| {
                     let batches: Vec<RowBatch<'_>> = requests.iter().map(batch).collect();
@@ -179,7 +180,7 @@ fn bench(c: &mut Criterion) {
         // The drain before columnar ingest: one record per row, then the record path.
         group.bench_with_input(
             BenchmarkId::new("records_then_ingest", name),
-            &requests,
+            &large,
             |b, requests| {
                 b.iter(|| {
                     let records: Vec<PredictionRecord> = requests
@@ -191,6 +192,19 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // Single-row requests, the usual traffic: the drain's per-request path.
+    let single = requests(1);
+    let drift = monitor(None);
+    group.bench_with_input(
+        BenchmarkId::new("ingest_batches_1_row", "drift"),
+        &single,
+        |b, requests| {
+            b.iter(|| {
+                let batches: Vec<RowBatch<'_>> = requests.iter().map(batch).collect();
+                drift.ingest_batches(&batches);
+            })
+        },
+    );
     let monitor = monitor(None);
     monitor.ingest(&records);
     group.throughput(Throughput::Elements(1));
