@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use keel_monitor::{PredictionRecord, RowBatch, TensorRows, Values};
+use keel_monitor::{RowBatch, TensorRows, Values};
 
 use super::buffers::Buffers;
 use super::log::Held;
@@ -323,8 +323,9 @@ impl Chunk {
         })
     }
 
-    /// One record per logged row, for the sinks that take records.
-    pub fn records(&self) -> Vec<PredictionRecord> {
+    /// One record per logged row (the drain lists a run's batches itself, `monitoring/scratch.rs`).
+    #[cfg(test)]
+    pub fn records(&self) -> Vec<keel_monitor::PredictionRecord> {
         let mut tensors = Vec::new();
         self.tensors(&mut tensors);
         self.batches(&tensors)

@@ -7,13 +7,11 @@
 //! contents were copied twice, into the message and then into the frame.
 
 use bytes::Bytes;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tonic::Status;
 
 use crate::infer::InferResponse;
 use crate::tensor::Tensor;
-
-/// Wire type of strings, bytes, messages and packed repeated fields.
-const LEN: u64 = 2;
 
 /// The gRPC frame of `response`'s ModelInferResponse (a 0 flag, the length, the message), or
 /// RESOURCE_EXHAUSTED when the message is longer than `max`.
@@ -49,21 +47,21 @@ pub fn frame(response: &InferResponse, max: usize) -> Result<Bytes, Status> {
     put_string(&mut out, 2, version);
     put_string(&mut out, 3, id);
     for t in &response.outputs {
-        put_key(&mut out, 5, LEN);
-        put_varint(&mut out, output_len(t) as u64);
+        encode_key(5, WireType::LengthDelimited, &mut out);
+        encode_varint(output_len(t) as u64, &mut out);
         put_string(&mut out, 1, &t.name);
         put_string(&mut out, 2, t.data.datatype().name());
         if !t.shape.is_empty() {
-            put_key(&mut out, 3, LEN);
-            put_varint(&mut out, shape_len(&t.shape) as u64);
+            encode_key(3, WireType::LengthDelimited, &mut out);
+            encode_varint(shape_len(&t.shape) as u64, &mut out);
             for &d in &t.shape {
-                put_varint(&mut out, d as u64);
+                encode_varint(d as u64, &mut out);
             }
         }
     }
     for t in &response.outputs {
-        put_key(&mut out, 6, LEN);
-        put_varint(&mut out, t.data.byte_len() as u64);
+        encode_key(6, WireType::LengthDelimited, &mut out);
+        encode_varint(t.data.byte_len() as u64, &mut out);
         t.data.write_le_bytes(&mut out);
     }
     debug_assert_eq!(out.len(), 5 + len);
@@ -82,12 +80,12 @@ fn output_len(t: &Tensor) -> usize {
 }
 
 fn shape_len(shape: &[usize]) -> usize {
-    shape.iter().map(|&d| varint_len(d as u64)).sum()
+    shape.iter().map(|&d| encoded_len_varint(d as u64)).sum()
 }
 
 /// A length-delimited field of `len` bytes with its one-byte key (fields 1 to 15) and its length.
 fn nested(len: usize) -> usize {
-    1 + varint_len(len as u64) + len
+    1 + encoded_len_varint(len as u64) + len
 }
 
 /// A string field's bytes as proto3 writes it: none when it is empty.
@@ -97,27 +95,10 @@ fn string_len(s: &str) -> usize {
 
 fn put_string(out: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
-        put_key(out, field, LEN);
-        put_varint(out, s.len() as u64);
+        encode_key(field, WireType::LengthDelimited, out);
+        encode_varint(s.len() as u64, out);
         out.extend_from_slice(s.as_bytes());
     }
-}
-
-fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u64) {
-    put_varint(out, (u64::from(field) << 3) | wire_type);
-}
-
-fn varint_len(n: u64) -> usize {
-    // 7 bits a byte; 0 takes one.
-    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 #[cfg(test)]
@@ -229,14 +210,5 @@ mod tests {
         let refused = frame(&answer, len - 1).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains(&format!("found {len} bytes")));
-    }
-
-    #[test]
-    fn varint_lengths_match_the_bytes_written() {
-        for n in [0, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, n);
-            assert_eq!(out.len(), varint_len(n), "{n}");
-        }
     }
 }
