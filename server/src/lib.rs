@@ -10,6 +10,7 @@ pub mod batch;
 pub mod budget;
 pub mod check;
 pub mod config;
+pub mod conn_timer;
 pub mod direct;
 pub mod doorbell;
 pub mod error;

@@ -14,10 +14,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use tokio::sync::oneshot;
 
 use crate::batch;
-use crate::direct::{Direct, LEAD_ROUNDS, Lead};
+use crate::direct::{Direct, LEAD_ROUNDS, Lead, RELAY_MAX_ROWS};
 use crate::doorbell::{Doorbell, Woken};
 use crate::error::{Error, Result};
-use crate::gather::Gathering;
+use crate::gather::{GATHER_ROUNDS, Gathering};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
 use crate::stats::Phases;
@@ -208,6 +208,22 @@ impl Scheduler {
         }
     }
 
+    /// A gatherer's wait before it relays: it yields so that its worker's other ready requests queue
+    /// first and join the batch computed next, and yields again while a round brings more (each yield
+    /// also lets the runtime read the sockets), at most [`GATHER_ROUNDS`] rounds and never past a full
+    /// relayed batch. Under light load the first round brings none and it relays at once.
+    async fn gather(&self) {
+        let mut queued = self.queue.len();
+        for _ in 0..GATHER_ROUNDS {
+            tokio::task::yield_now().await;
+            let now = self.queue.len();
+            if now <= queued || now >= RELAY_MAX_ROWS {
+                break;
+            }
+            queued = now;
+        }
+    }
+
     /// Has an instance thread drain the queue (relayed versions; the others' threads wait on the queue).
     pub(crate) fn ring(&self) {
         if let Some(bell) = &self.bell {
@@ -285,8 +301,7 @@ impl Scheduler {
         if warmup || self.direct.get().is_none() {
             self.ring();
         } else if let Some(mut gatherer) = self.gathering.start(self.bell.as_deref()) {
-            // Let this worker's other ready requests queue first: they join the batch computed next.
-            tokio::task::yield_now().await;
+            self.gather().await;
             gatherer.stop();
             self.relay(rows).await;
             gatherer.relayed();

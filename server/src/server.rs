@@ -238,8 +238,8 @@ impl Server {
             config.grpc_max_message_bytes,
         );
         let api_layer = api.enabled().then(|| ApiTokenLayer::new(api));
+        // The deadline layer goes on per connection (grpc::serve), so each has its own timers.
         let grpc_service = tower::ServiceBuilder::new()
-            .layer(DeadlineLayer::new(seconds(limits.request_timeout)))
             .layer(tower::util::MapResponseLayer::new(
                 grpc::canonical_size_status,
             ))
@@ -248,6 +248,7 @@ impl Server {
         let http2 = grpc::serve::Http2 {
             max_concurrent_streams: limits.grpc_max_concurrent_streams,
             keepalive: seconds(limits.grpc_keepalive),
+            deadline: Some(DeadlineLayer::new(seconds(limits.request_timeout))),
         };
         let grpc = tokio::spawn(grpc::serve::serve(
             grpc_incoming,

@@ -76,6 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http2 = Http2 {
         max_concurrent_streams: 256,
         keepalive: None,
+        deadline: None,
     };
     let grpc = serve(incoming, canned::grpc::service(), http2, stopped);
 

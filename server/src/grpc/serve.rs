@@ -19,7 +19,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
+
+use super::deadline::DeadlineLayer;
 
 use crate::listener::{Conn, Incoming};
 
@@ -27,13 +29,16 @@ use crate::listener::{Conn, Incoming};
 /// keep-alive ping's answer.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The HTTP/2 settings of the gRPC port.
-#[derive(Clone, Copy, Debug)]
+/// The HTTP/2 settings of the gRPC port, and the calls' deadline.
+#[derive(Clone, Copy)]
 pub struct Http2 {
     pub max_concurrent_streams: u32,
     /// A ping after this long without frames; the connection closes when the ping is not answered
     /// within as long again. `None`: no pings.
     pub keepalive: Option<Duration>,
+    /// `--request-timeout` and `grpc-timeout`, laid on each connection's calls with the connection's
+    /// own timers; `None`: no deadlines (keel-canned).
+    pub deadline: Option<DeadlineLayer>,
 }
 
 /// Serves `service` on every connection of `incoming` until `stopped`; then stops accepting, lets every
@@ -67,7 +72,8 @@ pub async fn serve<S>(
         tokio::select! {
             conn = incoming.next() => match conn {
                 Some(conn) => {
-                    connections.spawn(connection(conn, builder.clone(), service.clone(), for_connections.clone()));
+                    let service = tower::util::option_layer(http2.deadline).layer(service.clone());
+                    connections.spawn(connection(conn, builder.clone(), service, for_connections.clone()));
                 }
                 None => break,
             },

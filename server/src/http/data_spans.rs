@@ -23,11 +23,15 @@ pub(super) struct DataSpans {
     pub spans: Vec<Range<usize>>,
 }
 
+/// Built once: `memmem::find` builds its searcher on every call.
+static DATA_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"data\""));
+
 /// The request's `data` values and the request without them; `None` when the walk gives up, or finds no
 /// `data` to take out.
 pub(super) fn find(json: &str) -> Option<DataSpans> {
     // Requests with binary data only have no `data` to take out: not worth a walk.
-    memchr::memmem::find(json.as_bytes(), b"\"data\"")?;
+    DATA_KEY.find(json.as_bytes())?;
     let mut walk = Walk {
         b: json.as_bytes(),
         pos: 0,

@@ -18,7 +18,7 @@ use tower::{Layer, ServiceExt};
 
 use tokio::time::Instant;
 
-use super::deadline::{ConnTimer, Elapsed};
+use super::deadline::{self, ConnTimer, Elapsed};
 use super::{Shared, codec, compression};
 use crate::error::Error;
 use crate::request_id;
@@ -65,7 +65,7 @@ impl Edge {
         };
         let response = match deadline {
             None => routed.await,
-            Some(limit) => match timer.limit(routed, Instant::now() + limit).await {
+            Some(limit) => match deadline::limit(&timer, routed, Instant::now() + limit).await {
                 Ok(response) => response,
                 Err(Elapsed) => Ok(Error::Timeout(format!(
                     "the request took longer than {} s (--request-timeout)",
