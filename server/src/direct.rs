@@ -282,15 +282,17 @@ impl Direct {
         let compute = started.elapsed();
         self.spec.record(compute, rows, false);
         let [inputs] = inputs;
-        Ok(result.map(|(mut outputs, phases)| Executed {
-            outputs: outputs.pop().unwrap_or_default(),
-            inputs,
-            queue: Duration::ZERO,
-            phases,
-            started,
-            compute,
-            batch_rows: rows,
-            batch_requests: 1,
+        Ok(result.map(|(mut outputs, phases)| {
+            self.spec.stats.record_compute(1, phases);
+            Executed {
+                outputs: outputs.pop().unwrap_or_default(),
+                inputs,
+                queue: Duration::ZERO,
+                started,
+                compute,
+                batch_rows: rows,
+                batch_requests: 1,
+            }
         }))
     }
 }

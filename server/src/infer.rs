@@ -163,7 +163,7 @@ impl ServedVersion {
                 log.push(captured, self.version, &executed.outputs);
             }
         }
-        self.stats.record_phases(executed.queue, executed.phases);
+        self.stats.record_queue(executed.queue);
         self.metrics
             .queue_duration
             .observe(executed.queue.as_secs_f64());

@@ -145,6 +145,7 @@ fn serve(session: &Session, mut source: BatchSource, spec: &InstanceSpec) {
 pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSpec) {
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let warmup = batch.iter().all(|p| p.warmup);
+    let served = batch.iter().filter(|p| !p.warmup).count() as u64;
     let mut inputs = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     let started = Instant::now();
@@ -158,6 +159,9 @@ pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSp
     spec.record(compute, total_rows, warmup);
     match result {
         Ok((outputs, phases)) => {
+            if served > 0 {
+                spec.stats.record_compute(served, phases);
+            }
             let batch_requests = waiting.len();
             for (((reply, queue), outputs), inputs) in waiting.into_iter().zip(outputs).zip(inputs)
             {
@@ -165,7 +169,6 @@ pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSp
                     outputs,
                     inputs,
                     queue,
-                    phases,
                     started,
                     compute,
                     batch_rows: total_rows,

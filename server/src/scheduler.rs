@@ -20,7 +20,6 @@ use crate::error::{Error, Result};
 use crate::gather::{GATHER_ROUNDS, Gathering};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
-use crate::stats::Phases;
 use crate::tensor::Tensor;
 
 /// A finished execution, as one request sees it: its outputs and where the time went.
@@ -30,7 +29,6 @@ pub struct Executed {
     /// keeps them without a copy.
     pub inputs: Vec<Tensor>,
     pub queue: Duration,
-    pub phases: Phases,
     /// When its batch started on the instance, and how long the batch ran (the instance's own clock
     /// readings, for the request's trace spans).
     pub started: Instant,

@@ -14,9 +14,15 @@ struct DurationStat {
 
 impl DurationStat {
     fn record(&self, d: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.record_n(1, d);
+    }
+
+    /// `n` requests that each took `d`.
+    fn record_n(&self, n: u64, d: Duration) {
+        let ns = d.as_nanos().saturating_mul(u128::from(n));
+        self.count.fetch_add(n, Ordering::Relaxed);
         self.ns
-            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+            .fetch_add(ns.min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> DurationSnapshot {
@@ -57,12 +63,18 @@ impl Stats {
         self.execution_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Where one request's time went; a batched request reports its batch's compute phases, as Triton does.
-    pub fn record_phases(&self, queue: Duration, phases: Phases) {
+    /// One request's time in the queue.
+    pub fn record_queue(&self, queue: Duration) {
         self.queue.record(queue);
-        self.compute_input.record(phases.input);
-        self.compute_infer.record(phases.infer);
-        self.compute_output.record(phases.output);
+    }
+
+    /// The compute phases of one backend execution for the `requests` it answered: each request reports
+    /// its batch's phases, as Triton does. Recorded once per batch rather than by each request, so a
+    /// batch of many requests costs the shared counters one update each.
+    pub fn record_compute(&self, requests: u64, phases: Phases) {
+        self.compute_input.record_n(requests, phases.input);
+        self.compute_infer.record_n(requests, phases.infer);
+        self.compute_output.record_n(requests, phases.output);
     }
 
     pub fn record_request(&self, ok: bool, total: Duration) {
@@ -125,4 +137,32 @@ pub struct StatsSnapshot {
     pub execution_count: u64,
     pub inference_stats: InferenceStats,
     pub batch_stats: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Phases, Stats};
+
+    /// A batch's phases count once for each request it answered, as if each had reported them.
+    #[test]
+    fn a_batch_reports_its_phases_for_each_of_its_requests() {
+        let stats = Stats::default();
+        let phases = Phases {
+            input: Duration::from_nanos(10),
+            infer: Duration::from_nanos(200),
+            output: Duration::from_nanos(30),
+        };
+        stats.record_compute(3, phases);
+        stats.record_compute(1, phases);
+        for _ in 0..4 {
+            stats.record_queue(Duration::from_nanos(5));
+        }
+        let s = stats.snapshot("m", 1).inference_stats;
+        assert_eq!((s.compute_input.count, s.compute_input.ns), (4, 40));
+        assert_eq!((s.compute_infer.count, s.compute_infer.ns), (4, 800));
+        assert_eq!((s.compute_output.count, s.compute_output.ns), (4, 120));
+        assert_eq!((s.queue.count, s.queue.ns), (4, 20));
+    }
 }
