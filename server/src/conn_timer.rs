@@ -1,7 +1,7 @@
 //! A connection's request timers, lent to its requests (`--request-timeout`, gRPC's `grpc-timeout`).
 //!
 //! A timer per request puts an entry into the runtime's timer wheel and takes it out again for every
-//! request: 0.7-1.9 µs of CPU per HTTP request at 32 connections, and 2-5% of gRPC calls/s at h2load
+//! request: 0.7-1.9 µs of CPU per HTTP request at 32 connections, and 1-5% of gRPC calls/s at h2load
 //! 4 x 8 (`--request-timeout 0` against the default). So a connection keeps the timers its requests
 //! used, still armed: a request borrows one at the first poll that finds it unanswered and gives it back
 //! when it ends. A borrowed timer set for an earlier request fires no later than this one's deadline

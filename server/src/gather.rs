@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use crate::doorbell::Doorbell;
 
 /// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`): it yields again
-/// only while a round brought more requests. Measured at h2load 4 x 8 on the 2-core development VM:
-/// 11 rows per backend call against 8 with one round, and about 2% more calls/s (docs/performance.md).
+/// only while a round brought more requests. Measured on the 2-core development VM: at h2load 4 x 8,
+/// 10.5 rows per backend call against 8 with one round and about 2% more calls/s; at wrk 32
+/// connections 8.7 against 6.6, requests/s within the noise (docs/performance.md).
 pub const GATHER_ROUNDS: usize = 4;
 
 /// Threads with a flag of their own; the runtime has one worker per core by default.

@@ -3,7 +3,7 @@
 //! as gRPC's own servers say (tonic's built-in timeout, which Keel's server no longer runs, answered
 //! CANCELLED). For ModelStreamInfer the handler answers as soon as the stream is set up, so neither
 //! cuts a stream short. The calls of a connection borrow its timers ([`crate::conn_timer`]): one made
-//! per call was 2-5% of the calls served per second at h2load 4 x 8. [`DeadlineLayer`] is applied per
+//! per call was 1-5% of the calls served per second at h2load 4 x 8. [`DeadlineLayer`] is applied per
 //! connection, so each has its own.
 
 use std::future::Future;
