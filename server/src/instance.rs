@@ -144,8 +144,8 @@ fn serve(session: &Session, mut source: BatchSource, spec: &InstanceSpec) {
 /// a request relaying the queue) while it holds the session.
 pub fn compute(backend: &mut dyn Backend, batch: Vec<Pending>, spec: &InstanceSpec) {
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
-    let warmup = batch.iter().all(|p| p.warmup);
     let served = batch.iter().filter(|p| !p.warmup).count() as u64;
+    let warmup = served == 0;
     let mut inputs = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     let started = Instant::now();

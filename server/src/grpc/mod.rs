@@ -127,12 +127,12 @@ impl GrpcState {
                 message,
                 served,
                 permit,
-            } => (Arrived::Proto(message), served, permit),
+            } => (convert::infer_request(message), served, permit),
             Decoded::Converted {
                 request,
                 served,
                 permit,
-            } => (Arrived::Converted(request), served, permit),
+            } => (Ok(request), served, permit),
             Decoded::Plain(message) => {
                 // Decoded without the wire check: the same checks, after the fact.
                 use prost::Message;
@@ -157,16 +157,13 @@ impl GrpcState {
                 let permit = checked.inspect_err(|e| {
                     crate::infer::count_refused(&served, Protocol::Grpc, e, since)
                 })?;
-                (Arrived::Proto(message), served, permit)
+                (convert::infer_request(message), served, permit)
             }
         };
         if let Some(span) = span.as_deref_mut() {
             span.version(served.version);
         }
-        let mut decoded = match request {
-            Arrived::Proto(message) => convert::infer_request(message)?,
-            Arrived::Converted(request) => request,
-        };
+        let mut decoded = request?;
         // The message is gone; the tensors stay until the answer.
         permit.shrink_to(
             decoded
@@ -180,12 +177,6 @@ impl GrpcState {
         drop(permit);
         Ok(response)
     }
-}
-
-/// A request as `infer_one` has it: decoded by prost, or already converted from its wire bytes.
-enum Arrived {
-    Proto(pb::ModelInferRequest),
-    Converted(crate::infer::InferRequest),
 }
 
 type ResponseStream =
