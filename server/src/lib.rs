@@ -9,6 +9,7 @@ pub mod backend;
 pub mod batch;
 pub mod budget;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod conn_timer;
 pub mod direct;

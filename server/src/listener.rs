@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,9 +56,6 @@ pub struct Activity {
     busy: AtomicU32,
     origin: Instant,
     limits: ConnLimits,
-    /// The reader waiting while the connection is busy: it must look again at the deadline when the
-    /// connection turns idle, since no byte may ever come to wake it.
-    reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Activity {
@@ -69,7 +66,6 @@ impl Activity {
             busy: AtomicU32::new(0),
             origin: Instant::now(),
             limits,
-            reader: std::sync::Mutex::new(None),
         }
     }
 
@@ -113,17 +109,10 @@ pub struct BusyGuard(Arc<Activity>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
+        // No wake-up: the connection's timer is armed for the idle deadline this starts (see
+        // `Conn::poll_busy`).
         if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.set(IDLE);
-            let waiting = self
-                .0
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(reader) = waiting {
-                reader.wake();
-            }
         }
     }
 }
@@ -139,6 +128,9 @@ pub struct Conn {
     io: Io,
     activity: Arc<Activity>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The waker `timer` was last polled with: a busy connection's read need not poll it again (a
+    /// timer's poll clones the waker) while it is armed for the same task.
+    armed_for: Option<Waker>,
     /// Set once this side has shut down writing (see [`AsyncWrite::poll_shutdown`]).
     linger: Option<Linger>,
     _permit: OwnedSemaphorePermit,
@@ -166,6 +158,7 @@ impl Conn {
             io,
             activity: Arc::new(Activity::new(limits)),
             timer: None,
+            armed_for: None,
             linger: None,
             _permit: permit,
         }
@@ -178,24 +171,12 @@ impl Conn {
     /// Pending until the connection's deadline, if it has one; then an error that closes it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let Some(deadline) = self.activity.deadline() else {
-            let mut reader = self
-                .activity
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *reader = Some(cx.waker().clone());
-            }
-            drop(reader);
-            // It may have turned idle before the waker was stored.
-            if self.activity.deadline().is_none() {
-                return Poll::Pending;
-            }
-            return self.poll_deadline(cx);
+            return self.poll_busy(cx);
         };
         // The idle deadline moves later with every request; moving the timer with it would cost a timer
         // wheel update per request. A later deadline keeps the timer where it is: when that fires early,
         // it is re-armed once. Only an earlier deadline (headers now due) moves it at once.
+        self.note_waker(cx);
         let timer = match &mut self.timer {
             Some(timer) => {
                 if deadline < timer.deadline() {
@@ -220,6 +201,62 @@ impl Conn {
                 }
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// No deadline now: a request in the handler or its response being written (or a gRPC connection,
+    /// busy for good). An HTTP/1.1 connection turns idle when its response is written, and then no byte
+    /// may ever come to poll it again and start its idle deadline. Its timer stays armed no later than
+    /// that deadline can be (the idle limit from now), so that the timer polls it: re-armed when it
+    /// fires while still busy (once per idle limit of a long request), moved to the idle deadline when
+    /// it fires early. This replaced a wake-up at the end of every request, which cost each request a
+    /// second poll of its connection.
+    fn poll_busy(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limits = &self.activity.limits;
+        let (Protocol::Http, Some(idle)) = (limits.protocol, limits.idle) else {
+            return Poll::Pending;
+        };
+        // Set for headers or idling, which began before now: no later than the idle limit from now,
+        // unless the header limit is the longer.
+        let may_be_late = limits.header.is_some_and(|header| header > idle);
+        let same_task = self
+            .armed_for
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if same_task && !may_be_late && self.timer.as_ref().is_some_and(|timer| !timer.is_elapsed())
+        {
+            return Poll::Pending;
+        }
+        self.note_waker(cx);
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if may_be_late {
+                    let soonest = Instant::now() + idle;
+                    if soonest < timer.deadline() {
+                        timer.as_mut().reset(soonest);
+                    }
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(Instant::now() + idle))),
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            timer.as_mut().reset(Instant::now() + idle);
+        }
+        Poll::Pending
+    }
+
+    /// Records the task about to poll `timer` (a clone only when the task changed: the TLS handshake
+    /// runs in another task than the connection).
+    fn note_waker(&mut self, cx: &Context<'_>) {
+        if !self
+            .armed_for
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.armed_for = Some(cx.waker().clone());
         }
     }
 }
@@ -484,8 +521,12 @@ mod tests {
         );
     }
 
-    /// A connection on 127.0.0.1 and its client end.
+    /// A gRPC connection on 127.0.0.1 and its client end.
     async fn pair() -> (Conn, TcpStream) {
+        pair_of(Protocol::Grpc).await
+    }
+
+    async fn pair_of(protocol: Protocol) -> (Conn, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -496,7 +537,7 @@ mod tests {
             .await
             .unwrap();
         (
-            Conn::new(Io::Plain(server), limits(Protocol::Grpc), permit),
+            Conn::new(Io::Plain(server), limits(protocol), permit),
             client,
         )
     }
@@ -542,6 +583,36 @@ mod tests {
         let start = Instant::now();
         conn.shutdown().await.unwrap();
         assert_eq!(start.elapsed(), LINGER_QUIET);
+    }
+
+    /// A request that outlasts the idle limit, then an idle connection: closed one idle limit after the
+    /// request ended, by its own timer, though nothing woke its reader when it turned idle.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_starts_when_a_long_request_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, mut client) = pair_of(Protocol::Http).await;
+        let activity = conn.activity().clone();
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 3);
+        let busy = activity.begin();
+        // The reader hyper keeps on a connection whose request is in the handler.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let result = conn.read(&mut buf).await.map_err(|e| e.kind());
+            (result, Instant::now())
+        });
+        tokio::time::advance(Duration::from_secs(150)).await;
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "busy: no deadline");
+        drop(busy);
+        let idle_from = Instant::now();
+        let (result, closed) = tokio::time::timeout(Duration::from_secs(600), reader)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        assert_eq!(result, Err(io::ErrorKind::TimedOut));
+        assert_eq!(closed, idle_from + Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,7 +2,7 @@
 //! serving core and read by both front ends (HTTP `.../stats`, gRPC ModelStatistics).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -79,11 +79,9 @@ impl Stats {
 
     pub fn record_request(&self, ok: bool, total: Duration) {
         if ok { &self.success } else { &self.fail }.record(total);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        self.last_inference_ms.fetch_max(now, Ordering::Relaxed);
+        // Milliseconds are all Triton reports: the coarse clock's (see clock.rs).
+        self.last_inference_ms
+            .fetch_max(crate::clock::unix_ms(), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, name: &str, version: u64) -> StatsSnapshot {

@@ -61,7 +61,7 @@ pub async fn serve<S>(
     let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(KeepaliveTimer(TokioTimer::new()))
         .max_concurrent_streams(http2.max_concurrent_streams.max(1))
         .keep_alive_interval(http2.keepalive)
         .keep_alive_timeout(http2.keepalive.unwrap_or(KEEPALIVE_TIMEOUT));
@@ -115,4 +115,36 @@ async fn connection<S>(
         _ = stopped.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
     }
     let _ = served.await;
+}
+
+/// hyper's timer for keepalive pings, with tokio's sleeps. hyper reads the time for every frame it
+/// receives (the keepalive ping is due an interval after the last): a clock read a tick old does for
+/// an interval of seconds and costs a few ns instead of tens (see clock.rs). Keel does not turn on
+/// hyper's adaptive window, the one use that would need better.
+#[derive(Clone)]
+struct KeepaliveTimer(TokioTimer);
+
+impl hyper::rt::Timer for KeepaliveTimer {
+    fn sleep(&self, duration: Duration) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        self.0.sleep(duration)
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        self.0.sleep_until(deadline)
+    }
+
+    fn reset(
+        &self,
+        sleep: &mut std::pin::Pin<Box<dyn hyper::rt::Sleep>>,
+        deadline: std::time::Instant,
+    ) {
+        self.0.reset(sleep, deadline)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        crate::clock::recent_instant()
+    }
 }

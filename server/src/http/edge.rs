@@ -43,8 +43,8 @@ impl Edge {
         }
     }
 
-    /// Answers one request.
-    pub async fn call(self, request: Request, timer: ConnTimer) -> Response {
+    /// Answers one request, whose headers were read at `arrived`.
+    pub async fn call(self, request: Request, timer: ConnTimer, arrived: Instant) -> Response {
         // Before anything reads the body.
         if let Some(refused) = compression::refuse(request.headers()) {
             return refused;
@@ -59,13 +59,13 @@ impl Edge {
             if request.method() == Method::POST
                 && super::infer_target(request.uri().path()).is_some()
             {
-                return Ok(super::infer_direct(&self.state, request).await);
+                return Ok(super::infer_direct(&self.state, request, arrived.into_std()).await);
             }
             self.router.oneshot(request).await
         };
         let response = match deadline {
             None => routed.await,
-            Some(limit) => match deadline::limit(&timer, routed, Instant::now() + limit).await {
+            Some(limit) => match deadline::limit(&timer, routed, arrived + limit).await {
                 Ok(response) => response,
                 Err(Elapsed) => Ok(Error::Timeout(format!(
                     "the request took longer than {} s (--request-timeout)",

@@ -216,7 +216,8 @@ async fn infer(
     let (model, version) = model_and_version(&path);
     // The request taken whole: axum's `HeaderMap` extractor would clone the headers.
     let (parts, body) = request.into_parts();
-    infer_at(&state, model, version, parts.headers, body).await
+    let since = std::time::Instant::now();
+    infer_at(&state, model, version, parts.headers, body, since).await
 }
 
 /// `POST /v2/models/{model}[/versions/{version}]/infer`, read from the path by the edge so the busiest
@@ -235,8 +236,13 @@ pub(crate) fn infer_target(path: &str) -> Option<(&str, Option<&str>)> {
 }
 
 /// The infer route reached from the edge: the token check the router's API layer would make, then the
-/// route's work. The caller has checked the method and [`infer_target`].
-pub(crate) async fn infer_direct(state: &Shared, request: Request) -> Response {
+/// route's work. The caller has checked the method and [`infer_target`]; `since`: when the request's
+/// headers arrived.
+pub(crate) async fn infer_direct(
+    state: &Shared,
+    request: Request,
+    since: std::time::Instant,
+) -> Response {
     if let Some(refused) = api_refusal(state, request.headers()) {
         return refused;
     }
@@ -244,7 +250,7 @@ pub(crate) async fn infer_direct(state: &Shared, request: Request) -> Response {
     let Some((model, version)) = infer_target(parts.uri.path()) else {
         return Error::NotFound("no such endpoint".into()).into_response();
     };
-    infer_at(state, model, version, parts.headers, body)
+    infer_at(state, model, version, parts.headers, body, since)
         .await
         .into_response()
 }
@@ -256,15 +262,16 @@ async fn infer_at(
     version: Option<&str>,
     headers: HeaderMap,
     body: Body,
+    since: std::time::Instant,
 ) -> Result<Response> {
     let Some(start) = state.tracer.sample_headers(&headers) else {
-        return infer_request(state, model, version, headers, body, None).await;
+        return infer_request(state, model, version, headers, body, since, None).await;
     };
     let operation = Operation::HttpInfer {
         versioned: version.is_some(),
     };
     let mut span = state.tracer.span(start, operation);
-    let result = infer_request(state, model, version, headers, body, span.as_mut()).await;
+    let result = infer_request(state, model, version, headers, body, since, span.as_mut()).await;
     if let Some(span) = &mut span {
         span.answered(result.as_ref().err());
     }
@@ -277,6 +284,7 @@ async fn infer_request(
     version: Option<&str>,
     headers: HeaderMap,
     body: Body,
+    since: std::time::Instant,
     mut span: Option<&mut RequestSpan>,
 ) -> Result<Response> {
     if let Some(span) = span.as_deref_mut() {
@@ -286,7 +294,6 @@ async fn infer_request(
     if let Some(span) = span.as_deref_mut() {
         span.version(served.version);
     }
-    let since = std::time::Instant::now();
     let refused = |e: Error, served: &crate::repository::ServedVersion| {
         crate::infer::count_refused(served, Protocol::Http, &e, since);
         e
@@ -327,7 +334,9 @@ async fn infer_request(
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
-    let response = served.infer_traced(request, Protocol::Http, span).await?;
+    let response = served
+        .infer_traced(request, Protocol::Http, span, since)
+        .await?;
     let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
     if let Some(id) = response
         .id

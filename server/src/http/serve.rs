@@ -23,16 +23,18 @@ use crate::listener::{BusyGuard, Conn, Incoming};
 /// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
 /// with what surrounds it ([`super::Edge`]).
 pub trait Answer: Clone + Send + Sync + 'static {
-    /// `timer`: the connection's, for a request deadline.
+    /// `timer`: the connection's, for a request deadline; `arrived`: when its headers were read (one
+    /// clock read for the request's deadlines and its duration).
     fn answer(
         self,
         request: Request<Body>,
         timer: ConnTimer,
+        arrived: Instant,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 impl Answer for axum::Router {
-    async fn answer(self, request: Request<Body>, _: ConnTimer) -> Response<Body> {
+    async fn answer(self, request: Request<Body>, _: ConnTimer, _: Instant) -> Response<Body> {
         match self.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -45,8 +47,9 @@ impl Answer for super::Edge {
         self,
         request: Request<Body>,
         timer: ConnTimer,
+        arrived: Instant,
     ) -> impl Future<Output = Response<Body>> + Send {
-        self.call(request, timer)
+        self.call(request, timer, arrived)
     }
 }
 
@@ -91,8 +94,10 @@ async fn connection(
         let answer = answer.clone();
         let timer = timer.clone();
         async move {
-            let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
-            let response = answer.answer(request, timer).await;
+            let arrived = Instant::now();
+            let request =
+                request.map(|body| Body::new(DeadlineBody::new(body, body_timeout, arrived)));
+            let response = answer.answer(request, timer, arrived).await;
             Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _busy: busy }))
         }
     });
@@ -122,11 +127,11 @@ struct DeadlineBody {
 }
 
 impl DeadlineBody {
-    fn new(body: IncomingBody, timeout: Option<Duration>) -> Self {
+    fn new(body: IncomingBody, timeout: Option<Duration>, start: Instant) -> Self {
         DeadlineBody {
             body,
             timeout,
-            start: Instant::now(),
+            start,
             timer: None,
         }
     }

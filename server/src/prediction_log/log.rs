@@ -450,7 +450,8 @@ impl VersionLog {
         };
         let mut captured = Captured::new(
             id,
-            now_ms(),
+            // A row's time in milliseconds, the coarse clock's (see clock.rs).
+            crate::clock::unix_ms(),
             inputs,
             rows,
             sampled,
