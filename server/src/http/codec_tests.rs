@@ -3,6 +3,7 @@
 use super::*;
 use crate::budget::Budget;
 use crate::signature::TensorSpec;
+use crate::tensor::MAX_DIMS;
 
 fn signature() -> Signature {
     Signature {

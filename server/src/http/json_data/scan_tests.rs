@@ -1,5 +1,6 @@
 //! Tests of the numeric and BOOL data scanner: the number grammar, each type's rules, the errors.
 
+use super::number::{digits_value, leading_digits, not_plain_number};
 use super::*;
 
 fn ok<T: Element + std::fmt::Debug + PartialEq>(text: &str) -> Vec<T> {
