@@ -102,20 +102,18 @@ pub fn parse_version(text: &str) -> Result<u64> {
 
 impl ServedVersion {
     pub async fn infer(&self, request: InferRequest, protocol: Protocol) -> Result<InferResponse> {
-        self.infer_traced(request, protocol, None, Instant::now())
-            .await
+        self.infer_traced(request, protocol, None).await
     }
 
-    /// [`Self::infer`] for a request that arrived at `since` (its duration is counted from then),
-    /// recording the request's id, rows and the scheduler's timings in its trace span when it has one.
+    /// [`Self::infer`], recording the request's id, rows and the scheduler's timings in its trace span
+    /// when it has one.
     pub async fn infer_traced(
         &self,
         request: InferRequest,
         protocol: Protocol,
         span: Option<&mut RequestSpan>,
-        since: Instant,
     ) -> Result<InferResponse> {
-        let guard = RequestGuard::new(self, protocol, since);
+        let guard = RequestGuard::new(self, protocol);
         let result = self.run(request, span).await;
         guard.finish(Outcome::of(&result));
         result
@@ -204,12 +202,12 @@ struct RequestGuard<'a> {
 }
 
 impl<'a> RequestGuard<'a> {
-    fn new(served: &'a ServedVersion, protocol: Protocol, start: Instant) -> Self {
+    fn new(served: &'a ServedVersion, protocol: Protocol) -> Self {
         served.metrics.inflight.inc();
         RequestGuard {
             served,
             protocol,
-            start,
+            start: Instant::now(),
             finished: false,
         }
     }

@@ -121,20 +121,18 @@ impl GrpcState {
                 Decoded::Refused(_) => {}
             }
         }
-        let (request, served, mut permit, since) = match request {
+        let (request, served, mut permit) = match request {
             Decoded::Refused(e) => return Err(e),
             Decoded::Admitted {
                 message,
                 served,
                 permit,
-                since,
-            } => (convert::infer_request(message), served, permit, since),
+            } => (convert::infer_request(message), served, permit),
             Decoded::Converted {
                 request,
                 served,
                 permit,
-                since,
-            } => (Ok(request), served, permit, since),
+            } => (Ok(request), served, permit),
             Decoded::Plain(message) => {
                 // Decoded without the wire check: the same checks, after the fact.
                 use prost::Message;
@@ -159,7 +157,7 @@ impl GrpcState {
                 let permit = checked.inspect_err(|e| {
                     crate::infer::count_refused(&served, Protocol::Grpc, e, since)
                 })?;
-                (convert::infer_request(message), served, permit, since)
+                (convert::infer_request(message), served, permit)
             }
         };
         if let Some(span) = span.as_deref_mut() {
@@ -175,9 +173,7 @@ impl GrpcState {
                 .sum::<usize>(),
         );
         decoded.id = Some(request_id::resolve(decoded.id.take(), header_id)?);
-        let response = served
-            .infer_traced(decoded, Protocol::Grpc, span, since)
-            .await?;
+        let response = served.infer_traced(decoded, Protocol::Grpc, span).await?;
         drop(permit);
         Ok(response)
     }

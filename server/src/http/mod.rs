@@ -294,6 +294,7 @@ async fn infer_request(
     if let Some(span) = span.as_deref_mut() {
         span.version(served.version);
     }
+    // A refused request's time counts from its headers' arrival (`since`).
     let refused = |e: Error, served: &crate::repository::ServedVersion| {
         crate::infer::count_refused(served, Protocol::Http, &e, since);
         e
@@ -334,9 +335,7 @@ async fn infer_request(
         .get(request_id::HEADER)
         .and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
-    let response = served
-        .infer_traced(request, Protocol::Http, span, since)
-        .await?;
+    let response = served.infer_traced(request, Protocol::Http, span).await?;
     let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
     if let Some(id) = response
         .id

@@ -24,7 +24,7 @@ use crate::listener::{BusyGuard, Conn, Incoming};
 /// with what surrounds it ([`super::Edge`]).
 pub trait Answer: Clone + Send + Sync + 'static {
     /// `timer`: the connection's, for a request deadline; `arrived`: when its headers were read (one
-    /// clock read for the request's deadlines and its duration).
+    /// clock read for the body's and the request's deadlines and a refused request's time).
     fn answer(
         self,
         request: Request<Body>,

@@ -21,7 +21,6 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::http;
 
@@ -57,8 +56,6 @@ pub enum Decoded {
         message: pb::ModelInferRequest,
         served: Arc<ServedVersion>,
         permit: Permit,
-        /// When its version was found: the request's duration counts from here.
-        since: Instant,
     },
     /// Checked on the wire like `Admitted`, and of the usual form (raw contents, no parameters):
     /// converted straight from its bytes, without prost (`raw_request.rs`).
@@ -66,7 +63,6 @@ pub enum Decoded {
         request: InferRequest,
         served: Arc<ServedVersion>,
         permit: Permit,
-        since: Instant,
     },
     /// Refused before it was decoded: this error is its answer.
     Refused(Error),
@@ -421,7 +417,7 @@ pub(super) fn admit(state: &GrpcState, bytes: &[u8], mut permit: Permit) -> Resu
     permit.grow_to(bytes.len())?;
     let (model, version) = wire::model_of(bytes)?;
     let served = state.infer.version(model, version_arg(version))?;
-    let since = Instant::now();
+    let since = std::time::Instant::now();
     check(state, bytes, &mut permit, &served)
         .inspect_err(|e| count_refused(&served, Protocol::Grpc, e, since))?;
     if let Some(request) = super::raw_request::convert(bytes) {
@@ -429,7 +425,6 @@ pub(super) fn admit(state: &GrpcState, bytes: &[u8], mut permit: Permit) -> Resu
             request,
             served,
             permit,
-            since,
         });
     }
     let message = pb::ModelInferRequest::decode(bytes)
@@ -438,7 +433,6 @@ pub(super) fn admit(state: &GrpcState, bytes: &[u8], mut permit: Permit) -> Resu
         message,
         served,
         permit,
-        since,
     })
 }
 
