@@ -1,126 +1,21 @@
 //! The scheduler end to end on real servers: batching correctness under concurrency, overload, timeouts,
 //! cancelled clients, draining on shutdown, and the metrics that count all of it.
+//!
+//! The tests are here, at the crate root (their names are what `cargo test` prints); the slow MLP's
+//! requests in mlp.rs, what the tests read back in observe.rs.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod mlp;
+mod observe;
 
 use std::time::{Duration, Instant};
-
-use tokio::task::JoinHandle;
 
 use common::{TempRepo, TestServer, breast_cancer_rows, workspace};
 use serde_json::{Value, json};
 
-fn slow_mlp() -> std::path::PathBuf {
-    workspace().join("tests/models/slow-mlp/1/model.onnx")
-}
-
-/// A binary-extension request for the slow MLP: `rows` rows of 512 features.
-fn mlp_request(rows: usize, parameters: Value) -> (Vec<u8>, String) {
-    let mut head = json!({
-        "inputs": [{ "name": "input", "shape": [rows, 512], "datatype": "FP32",
-                     "parameters": { "binary_data_size": rows * 512 * 4 } }],
-        "outputs": [{ "name": "output", "parameters": { "binary_data": true } }],
-    });
-    if !parameters.is_null() {
-        head["parameters"] = parameters;
-    }
-    let mut body = serde_json::to_vec(&head).unwrap();
-    let json_len = body.len().to_string();
-    body.extend((0..rows * 512).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()));
-    (body, json_len)
-}
-
-/// Sends an MLP request from its own task, so the test can go on while it waits; yields the status.
-fn spawn_mlp(
-    s: &TestServer,
-    model: &str,
-    rows: usize,
-    parameters: Value,
-) -> JoinHandle<reqwest::Result<u16>> {
-    let (client, url) = (
-        s.client.clone(),
-        s.url(&format!("/v2/models/{model}/infer")),
-    );
-    let (body, json_len) = mlp_request(rows, parameters);
-    tokio::spawn(async move {
-        let request = client
-            .post(url)
-            .header("Inference-Header-Content-Length", json_len)
-            .body(body);
-        Ok(request
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await?
-            .status()
-            .as_u16())
-    })
-}
-
-async fn post_mlp(s: &TestServer, model: &str, rows: usize, parameters: Value) -> (u16, Value) {
-    let (body, json_len) = mlp_request(rows, parameters);
-    let (status, headers, bytes) = s
-        .post_raw(
-            &format!("/v2/models/{model}/infer"),
-            body,
-            &[("Inference-Header-Content-Length", json_len)],
-        )
-        .await;
-    let json_len = headers
-        .get("inference-header-content-length")
-        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap())
-        .unwrap_or(bytes.len());
-    let head = serde_json::from_slice(&bytes[..json_len]).unwrap_or(Value::Null);
-    if status == 429 {
-        assert_eq!(
-            headers.get("retry-after").map(|v| v.to_str().unwrap()),
-            Some("1")
-        );
-    }
-    (status, head)
-}
-
-async fn stats(s: &TestServer, model: &str) -> Value {
-    let (_, body) = s.get(&format!("/v2/models/{model}/versions/1/stats")).await;
-    body["model_stats"][0].clone()
-}
-
-async fn scrape(s: &TestServer) -> String {
-    let url = format!("http://{}/metrics", s.server.metrics_addr());
-    s.client
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A batched answer to request `id` is the one the same request got computed alone: its own rows, labels
-/// equal, probabilities within float noise.
-fn assert_same_answer(id: &Value, got: &Value, alone: &Value) {
-    assert_eq!(got["id"], *id);
-    assert_eq!(
-        got["outputs"][0]["data"], alone["outputs"][0]["data"],
-        "labels of {id}"
-    );
-    assert_eq!(got["outputs"][1]["shape"], alone["outputs"][1]["shape"]);
-    let a = got["outputs"][1]["data"].as_array().unwrap();
-    let b = alone["outputs"][1]["data"].as_array().unwrap();
-    assert_eq!(a.len(), b.len(), "{id}");
-    for (x, y) in a.iter().zip(b) {
-        assert!(
-            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-6,
-            "{id}: {x} vs {y}"
-        );
-    }
-}
+use mlp::{fill_the_queue, mlp_request, post_mlp, slow_mlp, spawn_mlp};
+use observe::{assert_same_answer, metric, scrape, sleeps_of_threads, stats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
@@ -224,37 +119,6 @@ async fn a_full_queue_answers_429_at_once() {
     // Once the queue drains, it serves again.
     assert_eq!(post_mlp(&s, "mlp", 1, Value::Null).await.0, 200);
     s.server.shutdown().await.unwrap();
-}
-
-/// Starts full batches (1024 rows: each runs alone) until the version's one instance computes one while
-/// two more wait behind it; returns them and how many were started. A round whose batches do not overlap
-/// so (a slow box took longer to send one than to compute another) is waited out and started again.
-async fn fill_the_queue(
-    s: &TestServer,
-    model: &str,
-) -> (Vec<JoinHandle<reqwest::Result<u16>>>, u64) {
-    let series = format!("{{model=\"{model}\",version=\"1\"}}");
-    let mut started = 0;
-    for _ in 0..5 {
-        // Their own long timeout overrides the model's default.
-        let blockers: Vec<_> = (0..3)
-            .map(|_| spawn_mlp(s, model, 1024, json!({ "timeout": 60_000_000 })))
-            .collect();
-        started += 3;
-        while !blockers.iter().all(|b| b.is_finished()) {
-            let text = scrape(s).await;
-            if metric(&text, &format!("keel_inflight_requests{series}")) >= 3.0
-                && metric(&text, &format!("keel_queue_depth{series}")) >= 2.0
-            {
-                return (blockers, started);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        for blocker in blockers {
-            assert_eq!(blocker.await.unwrap().unwrap(), 200);
-        }
-    }
-    panic!("{model}: three full batches never overlapped in five rounds");
 }
 
 /// While an instance is busy with long batches, a request with a short timeout is answered with a timeout
@@ -495,25 +359,6 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
         "another connection waited {longest:?} during {computed:?} of compute"
     );
     s.server.shutdown().await.unwrap();
-}
-
-/// Voluntary context switches of this process's threads whose name starts with `prefix` (Linux): how
-/// often they went to sleep and were woken.
-fn sleeps_of_threads(prefix: &str) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
 }
 
 /// Under concurrency a cheap model's queue is relayed: requests compute the queued batches themselves,

@@ -1,114 +1,32 @@
 //! The `keel monitor` sidecar end to end, in-process: a generated client streams versions, rows and
 //! feedback; metrics, drift reports and alerts come out.
+//!
+//! The tests are here, at the crate root (their names are what `cargo test` prints); the sidecar's
+//! configuration in setup.rs, its gRPC clients in grpc.rs, what the tests read over HTTP in observe.rs.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod grpc;
+mod observe;
+mod setup;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use keel_monitor::sidecar::pb::monitor_service_client::MonitorServiceClient;
 use keel_monitor::sidecar::pb::{self, MonitorMessage};
 use keel_monitor::sidecar::{
-    CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENT_MESSAGE_BYTES, Sidecar, SidecarConfig,
-    feedback_message, feedback_messages, records_message, records_messages, retire_message,
-    spec_message,
+    CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENT_MESSAGE_BYTES, Sidecar, feedback_message,
+    feedback_messages, records_message, records_messages, retire_message, spec_message,
 };
 use keel_monitor::{
-    DriftReport, FeatureValue, FeedbackRecord, Metric, ModelSpec, MonitorSettings, RuleSettings,
-    Task,
+    DriftReport, FeatureValue, FeedbackRecord, Metric, MonitorSettings, RuleSettings, Task,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Evaluates often and reports from 100 rows, so tests see drift within milliseconds.
-fn config() -> SidecarConfig {
-    let mut config = SidecarConfig::local();
-    config.monitor.evaluate_every = 0.05;
-    config.monitor.min_samples = 100;
-    config
-}
-
-fn spec(model: &str, version: u64, settings: MonitorSettings) -> ModelSpec {
-    ModelSpec {
-        model: model.into(),
-        version,
-        baseline: Some(common::baseline(model, version)),
-        settings,
-    }
-}
-
-async fn client(sidecar: &Sidecar) -> MonitorServiceClient<Channel> {
-    MonitorServiceClient::connect(format!("http://{}", sidecar.grpc_addr()))
-        .await
-        .unwrap()
-}
-
-async fn send_all(
-    client: &mut MonitorServiceClient<Channel>,
-    messages: Vec<MonitorMessage>,
-) -> Result<pb::StreamSummary, tonic::Status> {
-    Ok(client
-        .stream(tokio_stream::iter(messages))
-        .await?
-        .into_inner())
-}
-
-async fn get(sidecar: &Sidecar, path: &str) -> (u16, String) {
-    let url = format!("http://{}{path}", sidecar.metrics_addr());
-    let response = reqwest::get(url).await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// Polls the drift report until `done` holds (the evaluation loop runs every 50 ms).
-async fn wait_for_report(
-    sidecar: &Sidecar,
-    path: &str,
-    done: impl Fn(&DriftReport) -> bool,
-) -> DriftReport {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = get(sidecar, path).await;
-        if status == 200 {
-            let report: DriftReport = serde_json::from_str(&body).unwrap();
-            if done(&report) {
-                return report;
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls /metrics until `name` has a series.
-async fn wait_for_metrics(sidecar: &Sidecar, name: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, text) = get(sidecar, "/metrics").await;
-        assert_eq!(status, 200);
-        if !metric_lines(&text, name).is_empty() {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "no {name}: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn metric_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .collect()
-}
+use grpc::{client, client_with, send_all};
+use observe::{get, get_with, metric_lines, wait_for_metrics, wait_for_report};
+use setup::{config, now_ms, spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_records_show_up_as_drift_metrics_and_reports() {
@@ -496,56 +414,6 @@ async fn run_stops_on_shutdown_and_refuses_bad_config() {
             .await
             .is_err()
     );
-}
-
-/// A client presenting `authorization` as given (None: no metadata at all).
-async fn client_with(
-    sidecar: &Sidecar,
-    authorization: Option<&str>,
-) -> MonitorServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + use<>,
-    >,
-> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let value = authorization.map(|a| a.parse::<tonic::metadata::AsciiMetadataValue>().unwrap());
-    MonitorServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-        if let Some(value) = &value {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    })
-}
-
-async fn get_with(
-    sidecar: &Sidecar,
-    path: &str,
-    authorization: Option<&str>,
-) -> (u16, String, String) {
-    let url = format!("http://{}{path}", sidecar.metrics_addr());
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    let response = request.send().await.unwrap();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (
-        response.status().as_u16(),
-        challenge,
-        response.text().await.unwrap(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

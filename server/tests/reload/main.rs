@@ -1,82 +1,29 @@
 //! Hot reload from the filesystem repository: new versions, removed versions, changed configuration,
 //! corrupt and half-copied files, signature changes, and the explicit load/unload API, all against a
 //! real server polling a real directory.
+//!
+//! The tests are here, at the crate root (their names are what `cargo test` prints); the server and
+//! repository set-up in setup.rs, what the tests ask the server in queries.rs, waiting in wait.rs, and a
+//! tracking server that never answers in hung_registry.rs.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod hung_registry;
+mod queries;
+mod setup;
+mod wait;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{TempRepo, TestServer, example_models, infer_body, workspace};
 use keel_server::ServeConfig;
 
-const POLL: f64 = 0.1;
-
-fn model_file(version: u64) -> PathBuf {
-    example_models().join(format!("breast-cancer/{version}/model.onnx"))
-}
-
-async fn start(repo: &TempRepo) -> TestServer {
-    let mut config = ServeConfig::local(&repo.root);
-    config.repository_poll = POLL;
-    config.admin_token = Some("t".into());
-    TestServer::start_with(config).await
-}
-
-/// Publishes a version the documented way: write it elsewhere, then rename it into place.
-fn publish(root: &Path, model: &str, version: u64, bytes: &[u8]) {
-    let staging = root.join(format!(".staging-{version}"));
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::write(staging.join("model.onnx"), bytes).unwrap();
-    std::fs::rename(&staging, root.join(model).join(version.to_string())).unwrap();
-}
-
-/// Polls `check` until it holds or 10 s pass.
-async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn served_version(server: &TestServer) -> String {
-    let (status, body) = server.post_json("/v2/models/m/infer", &infer_body(1)).await;
-    assert_eq!(status, 200, "{body}");
-    body["model_version"].as_str().unwrap().to_string()
-}
-
-async fn index(server: &TestServer) -> Vec<serde_json::Value> {
-    let response = server
-        .client
-        .post(server.url("/v2/repository/index"))
-        .bearer_auth("t")
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    response.json().await.unwrap()
-}
-
-async fn metrics(server: &TestServer) -> String {
-    reqwest::get(format!("http://{}/metrics", server.server.metrics_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The model's failed loads so far, from the metrics text.
-fn load_failures(text: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(r#"keel_model_loads_total{model="m",outcome="failure"} "#)
-        })
-        .map_or(0.0, |n| n.trim().parse().unwrap())
-}
+use hung_registry::HungRegistry;
+use queries::{
+    control, has_drift_series, index, index_reason, load_failures, metrics, served_version,
+};
+use setup::{POLL, model_file, publish, start};
+use wait::{eventually, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_versions_replace_old_ones_and_failures_never_take_serving_away() {
@@ -299,19 +246,6 @@ async fn unloaded_models_stay_unloaded_until_loaded_again() {
     server.server.shutdown().await.unwrap();
 }
 
-/// The control endpoint `action` ("load", "unload") of `model`, with the admin token.
-async fn control(server: &TestServer, model: &str, action: &str) -> u16 {
-    server
-        .client
-        .post(server.url(&format!("/v2/repository/models/{model}/{action}")))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unload_is_never_undone_by_a_poll() {
     let repo = TempRepo::new("reload-unload-race", &[("m", &model_file(1), "")]);
@@ -360,15 +294,6 @@ async fn an_unload_is_never_undone_by_a_poll() {
     server.server.shutdown().await.unwrap();
 }
 
-/// Whether /metrics has a drift-window series of `model` version `version`.
-async fn has_drift_series(server: &TestServer, model: &str, version: u64) -> bool {
-    let labels = format!(r#"{{model="{model}",version="{version}"}}"#);
-    metrics(server)
-        .await
-        .lines()
-        .any(|l| l.starts_with("keel_drift_window_rows") && l.contains(&labels))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_that_stop_serving_leave_the_monitor() {
     let repo = TempRepo::new("reload-retire", &[("m", &model_file(1), "")]);
@@ -412,68 +337,6 @@ async fn versions_that_stop_serving_leave_the_monitor() {
     .await;
     assert_eq!(server.get("/v2/models/m").await.0, 404);
     server.server.shutdown().await.unwrap();
-}
-
-/// A "tracking server" that accepts connections and never answers, until released; then it closes
-/// them (and every later one) at once.
-struct HungRegistry {
-    addr: std::net::SocketAddr,
-    release: tokio::sync::watch::Sender<bool>,
-}
-
-impl HungRegistry {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (release, mut released) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { return };
-                        if !*released.borrow() {
-                            held.push(stream);
-                        }
-                    }
-                    changed = released.changed() => {
-                        held.clear();
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        HungRegistry { addr, release }
-    }
-
-    /// model.toml of a model served from this registry.
-    fn model_toml(&self, name: &str) -> String {
-        format!(
-            "[source.mlflow]\ntracking_uri = \"http://{}\"\nname = \"{name}\"\npoll_interval = 0.2\n",
-            self.addr
-        )
-    }
-
-    fn release(&self) {
-        let _ = self.release.send(true);
-    }
-}
-
-/// `what` must finish within `seconds`.
-async fn within<T>(seconds: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(seconds), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took more than {seconds} s"))
-}
-
-async fn index_reason(server: &TestServer, model: &str) -> Option<String> {
-    index(server)
-        .await
-        .into_iter()
-        .find(|r| r["name"] == model)
-        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
