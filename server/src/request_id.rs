@@ -5,6 +5,9 @@
 /// The header (HTTP) and metadata key (gRPC) that carries the id both ways.
 pub const HEADER: &str = "x-request-id";
 
+/// [`HEADER`] as an HTTP header name, made once: a `&str` name is parsed and checked at every lookup.
+pub const HTTP_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static(HEADER);
+
 /// Longest id taken from a client; longer ones are refused rather than logged.
 pub const MAX_LEN: usize = 256;
 

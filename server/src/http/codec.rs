@@ -38,6 +38,10 @@ use crate::tensor::{
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// [`HEADER_LENGTH`] as a header name, made once (a `&str` name is parsed at every lookup).
+const HEADER_LENGTH_NAME: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(HEADER_LENGTH);
+
 /// Entries one `parameters` object may hold; the protocol's parameters are a handful.
 pub const MAX_PARAMETERS: usize = 256;
 
@@ -52,7 +56,7 @@ type Parameters = Map<String, Value>;
 
 /// The JSON length from `Inference-Header-Content-Length`, if the request carries binary tensors.
 pub fn json_length(headers: &HeaderMap) -> Result<Option<usize>> {
-    let Some(value) = headers.get(HEADER_LENGTH) else {
+    let Some(value) = headers.get(&HEADER_LENGTH_NAME) else {
         return Ok(None);
     };
     value

@@ -51,21 +51,23 @@ impl Edge {
         }
         let wanted = compression::response_coding(request.headers());
         // A refusal carries it back too, so a client can match it to its request.
-        let id = request.headers().get(request_id::HEADER).cloned();
+        let id = request.headers().get(&request_id::HTTP_HEADER).cloned();
         let deadline = self
             .request_timeout
             .filter(|_| !health_or_control(request.uri().path()));
-        let routed = async move {
+        // Pinned where it is made: the handler's future is kilobytes (the request's decoding and
+        // inference states), and passing it to the deadline by value copied it twice per request.
+        let mut routed = std::pin::pin!(async move {
             if request.method() == Method::POST
                 && super::infer_target(request.uri().path()).is_some()
             {
                 return Ok(super::infer_direct(&self.state, request, arrived.into_std()).await);
             }
             self.router.oneshot(request).await
-        };
+        });
         let response = match deadline {
             None => routed.await,
-            Some(limit) => match deadline::limit(&timer, routed, arrived + limit).await {
+            Some(limit) => match deadline::limit(&timer, routed.as_mut(), arrived + limit).await {
                 Ok(response) => response,
                 Err(Elapsed) => Ok(Error::Timeout(format!(
                     "the request took longer than {} s (--request-timeout)",
@@ -84,7 +86,7 @@ impl Edge {
         if let Some(id) = id {
             response
                 .headers_mut()
-                .entry(request_id::HEADER)
+                .entry(request_id::HTTP_HEADER)
                 .or_insert(id);
         }
         compression::compress_response(response, wanted).await

@@ -332,7 +332,7 @@ async fn infer_request(
     permit.shrink_to(decoded.tensor_bytes);
     let mut request = decoded.request;
     let header_id = headers
-        .get(request_id::HEADER)
+        .get(&request_id::HTTP_HEADER)
         .and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
     let response = served.infer_traced(request, Protocol::Http, span).await?;
@@ -342,7 +342,7 @@ async fn infer_request(
         .as_deref()
         .and_then(|id| HeaderValue::from_str(id).ok())
     {
-        reply.headers_mut().insert(request_id::HEADER, id);
+        reply.headers_mut().insert(request_id::HTTP_HEADER, id);
     }
     drop(permit);
     Ok(reply)
