@@ -2,13 +2,21 @@
 //! Triton's `last_inference`, and hyper's HTTP/2 keepalive bookkeeping. A precise read
 //! (`Instant::now`, `SystemTime::now`) costs 20-25 ns on this virtual machine's TSC clock, and a request
 //! took a dozen of them; these read the kernel's last tick instead (a few ns, at most one tick behind:
-//! 4 ms at the usual `HZ=250`). Never ahead of the precise clock, so a prediction's time is never later
-//! than a feedback taken after it.
+//! 4 ms at the usual `HZ=250`). Never ahead of the precise clock ([`unix_ms_precise`], a feedback's
+//! time), so a prediction's time is never later than a feedback taken after it.
 
 /// Milliseconds since the Unix epoch, as of the kernel's last tick.
 pub fn unix_ms() -> u64 {
     let t = read(libc::CLOCK_REALTIME_COARSE);
     u64::try_from(t.tv_sec).map_or(0, |s| s * 1000 + nanos_ms(t.tv_nsec))
+}
+
+/// Milliseconds since the Unix epoch, read precisely: for times that [`unix_ms`]'s must never be after
+/// (a feedback's, joined to predictions stamped by the coarse clock).
+pub fn unix_ms_precise() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds on the monotonic clock (from an arbitrary start: only differences mean anything), as of
@@ -59,19 +67,16 @@ fn read(clock: libc::clockid_t) -> libc::timespec {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::Duration;
 
     #[test]
     fn coarse_clocks_follow_the_precise_ones_within_a_tick() {
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let before = super::unix_ms_precise();
         let coarse = super::unix_ms();
-        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let after = super::unix_ms_precise();
         // At most one tick (10 ms even at HZ=100) behind, never ahead.
-        assert!(coarse <= after.as_millis() as u64, "{coarse} > {after:?}");
-        assert!(
-            coarse + 10 >= before.as_millis() as u64,
-            "{coarse} << {before:?}"
-        );
+        assert!(coarse <= after, "{coarse} > {after}");
+        assert!(coarse + 10 >= before, "{coarse} << {before}");
 
         let start = super::monotonic_ms();
         let recent = super::recent_instant();

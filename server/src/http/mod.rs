@@ -448,7 +448,8 @@ async fn feedback(
     state.infer.repository().model(&model)?;
     let (body, _permit) =
         body::read_body(&headers, body, state.max_body_bytes, &state.budget).await?;
-    let now = crate::prediction_log::now_ms();
+    // Precise: a feedback is never stamped before the (coarse) time of the prediction it follows.
+    let now = crate::clock::unix_ms_precise();
     // A large post (up to 100,000 items) is parsed and joined under the monitor's lock on the
     // blocking pool, not on an async worker.
     let reply = if body.len() > INLINE_DECODE_BYTES {

@@ -11,7 +11,6 @@
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 use keel_monitor::FeedbackRecord;
@@ -479,12 +478,6 @@ impl VersionLog {
             .queue
             .add(|chunk| chunk.add(captured, &self.names, version, outputs, &self.log.budget));
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod log;
 mod queue;
 mod rows;
 
-pub use log::{LogLimits, PredictionLog, VersionLog, now_ms};
+pub use log::{LogLimits, PredictionLog, VersionLog};
 pub use rows::Captured;
 
 // The drain's side of the queue (the `monitoring` module), and the row expansion that the baseline
