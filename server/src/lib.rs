@@ -11,6 +11,7 @@ pub mod budget;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod conn_stop;
 pub mod conn_timer;
 pub mod direct;
 pub mod doorbell;

@@ -23,6 +23,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::deadline::DeadlineLayer;
 
+use crate::conn_stop::serve_until_stopped;
 use crate::listener::{Conn, Incoming};
 
 /// What tonic's `Server` defaulted to where Keel sets nothing: hyper's own HTTP/2 defaults, and 20 s for a
@@ -90,7 +91,7 @@ async fn connection<S>(
     conn: Conn,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) where
     S: Service<
             Request<tonic::body::Body>,
@@ -105,16 +106,10 @@ async fn connection<S>(
         service.map_request(|request: Request<IncomingBody>| request.map(tonic::body::Body::new));
     let served = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
     tokio::pin!(served);
-    tokio::select! {
-        result = served.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "gRPC connection closed");
-            }
-            return;
-        }
-        _ = stopped.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+    let ended = serve_until_stopped(served, stopped, |served| served.graceful_shutdown()).await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "gRPC connection closed");
     }
-    let _ = served.await;
 }
 
 /// hyper's timer for keepalive pings, with tokio's sleeps. hyper reads the time for every frame it

@@ -18,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use super::deadline::ConnTimer;
+use crate::conn_stop::serve_until_stopped;
 use crate::listener::{BusyGuard, Conn, Incoming};
 
 /// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
@@ -85,7 +86,7 @@ async fn connection(
     conn: Conn,
     answer: impl Answer,
     body_timeout: Option<Duration>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
     let activity = conn.activity().clone();
     let timer = ConnTimer::default();
@@ -105,16 +106,10 @@ async fn connection(
         .keep_alive(true)
         .serve_connection(TokioIo::new(conn), service);
     tokio::pin!(served);
-    tokio::select! {
-        result = served.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection closed");
-            }
-            return;
-        }
-        _ = stopped.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+    let ended = serve_until_stopped(served, stopped, |served| served.graceful_shutdown()).await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "HTTP connection closed");
     }
-    let _ = served.await;
 }
 
 /// A request body that must arrive whole within its deadline (counted from the request's headers).
