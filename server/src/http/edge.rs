@@ -19,7 +19,7 @@ use tower::{Layer, ServiceExt};
 use tokio::time::Instant;
 
 use super::deadline::{self, ConnTimer, Elapsed};
-use super::{Shared, codec, compression};
+use super::{InferTarget, Shared, codec, compression};
 use crate::error::Error;
 use crate::request_id;
 
@@ -30,7 +30,7 @@ pub struct Edge {
     router: <DefaultBodyLimit as Layer<Router>>::Service,
     /// The most an API request (inference, feedback, metadata) may take; `None`: no limit.
     request_timeout: Option<Duration>,
-    /// For inference requests, which go to their handler without the router (`super::infer_target`).
+    /// For inference requests, which go to their handler without the router ([`InferTarget`]).
     state: Shared,
 }
 
@@ -52,16 +52,20 @@ impl Edge {
         let wanted = compression::response_coding(request.headers());
         // A refusal carries it back too, so a client can match it to its request.
         let id = request.headers().get(&request_id::HTTP_HEADER).cloned();
+        // The path is read once: an inference request is no health or control request, and its
+        // handler takes the model and version from where this found them.
+        let infer = (request.method() == Method::POST)
+            .then(|| InferTarget::parse(request.uri().path()))
+            .flatten();
         let deadline = self
             .request_timeout
-            .filter(|_| !health_or_control(request.uri().path()));
+            .filter(|_| infer.is_some() || !health_or_control(request.uri().path()));
         // Pinned where it is made: the handler's future is kilobytes (the request's decoding and
         // inference states), and passing it to the deadline by value copied it twice per request.
         let mut routed = std::pin::pin!(async move {
-            if request.method() == Method::POST
-                && super::infer_target(request.uri().path()).is_some()
-            {
-                return Ok(super::infer_direct(&self.state, request, arrived.into_std()).await);
+            if let Some(target) = infer {
+                let since = arrived.into_std();
+                return Ok(super::infer_direct(&self.state, request, target, since).await);
             }
             self.router.oneshot(request).await
         });
@@ -122,7 +126,11 @@ fn health_or_control(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::health_or_control;
-    use crate::http::infer_target;
+    use crate::http::InferTarget;
+
+    fn infer_target(path: &str) -> Option<(&str, Option<&str>)> {
+        InferTarget::parse(path).map(|target| target.of(path))
+    }
 
     #[test]
     fn inference_paths_skip_the_router_only_when_nothing_needs_decoding() {
@@ -130,6 +138,14 @@ mod tests {
         assert_eq!(
             infer_target("/v2/models/m/versions/2/infer"),
             Some(("m", Some("2")))
+        );
+        assert_eq!(
+            infer_target("/v2/models/breast-cancer/versions/12/infer"),
+            Some(("breast-cancer", Some("12")))
+        );
+        assert_eq!(
+            infer_target("/v2/models/versions/infer"),
+            Some(("versions", None))
         );
         for routed in [
             "/v2/models//infer",

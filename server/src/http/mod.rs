@@ -206,7 +206,7 @@ async fn model_config(State(state): State<Shared>, Path(path): ModelPath) -> Res
     Ok(Json(metadata::config(&served)).into_response())
 }
 
-/// The infer route as the router reaches it: paths it had to decode (see [`infer_target`] for the
+/// The infer route as the router reaches it: paths it had to decode (see [`InferTarget`] for the
 /// usual way in).
 async fn infer(
     State(state): State<Shared>,
@@ -222,34 +222,66 @@ async fn infer(
 
 /// `POST /v2/models/{model}[/versions/{version}]/infer`, read from the path by the edge so the busiest
 /// route skips the router (matching, a map of path parameters, a boxed service and future per
-/// request). `None` for everything else, and for segments that are empty or percent-encoded: those
-/// go through the router, which decodes them or answers 404 as for any other path.
-pub(crate) fn infer_target(path: &str) -> Option<(&str, Option<&str>)> {
-    // Byte tests, not substring searches: this runs on every request.
-    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
-    let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
-    let target = match rest.bytes().position(|b| b == b'/') {
-        Some(i) => (&rest[..i], Some(rest[i + 1..].strip_prefix("versions/")?)),
-        None => (rest, None),
-    };
-    (plain(target.0) && target.1.is_none_or(plain)).then_some(target)
+/// request). Kept as byte ranges: the edge reads the path once and the handler takes the names from
+/// the request it moved.
+#[derive(Clone, Debug)]
+pub(crate) struct InferTarget {
+    model: std::ops::Range<usize>,
+    version: Option<std::ops::Range<usize>>,
+}
+
+impl InferTarget {
+    const PREFIX: &str = "/v2/models/";
+    const SUFFIX: &str = "/infer";
+
+    /// `None` for every other path, and for segments that are empty or percent-encoded: those go
+    /// through the router, which decodes them or answers 404 as for any other path.
+    pub(crate) fn parse(path: &str) -> Option<Self> {
+        // Byte tests, not substring searches: this runs on every request.
+        let rest = path
+            .strip_prefix(Self::PREFIX)?
+            .strip_suffix(Self::SUFFIX)?;
+        let start = Self::PREFIX.len();
+        let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
+        let target = match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                let version = rest[i + 1..].strip_prefix("versions/")?;
+                let from = start + rest.len() - version.len();
+                (start..start + i, Some(from..from + version.len()))
+            }
+            None => (start..start + rest.len(), None),
+        };
+        let ok = plain(&path[target.0.clone()])
+            && target.1.as_ref().is_none_or(|v| plain(&path[v.clone()]));
+        ok.then_some(InferTarget {
+            model: target.0,
+            version: target.1,
+        })
+    }
+
+    /// The model and version names in `path`, the path this was parsed from.
+    pub(crate) fn of<'p>(&self, path: &'p str) -> (&'p str, Option<&'p str>) {
+        (
+            &path[self.model.clone()],
+            self.version.as_ref().map(|v| &path[v.clone()]),
+        )
+    }
 }
 
 /// The infer route reached from the edge: the token check the router's API layer would make, then the
-/// route's work. The caller has checked the method and [`infer_target`]; `since`: when the request's
-/// headers arrived.
+/// route's work. The caller has checked the method and parsed `target` from this request's path;
+/// `since`: when the request's headers arrived.
 pub(crate) async fn infer_direct(
     state: &Shared,
     request: Request,
+    target: InferTarget,
     since: std::time::Instant,
 ) -> Response {
     if let Some(refused) = api_refusal(state, request.headers()) {
         return refused;
     }
     let (parts, body) = request.into_parts();
-    let Some((model, version)) = infer_target(parts.uri.path()) else {
-        return Error::NotFound("no such endpoint".into()).into_response();
-    };
+    let (model, version) = target.of(parts.uri.path());
     infer_at(state, model, version, parts.headers, body, since)
         .await
         .into_response()
