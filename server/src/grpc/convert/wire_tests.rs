@@ -281,3 +281,33 @@ fn malformed_wire_bytes_are_refused_not_panicked_on() {
         assert!(matches!(err, Error::InvalidArgument(_)), "{bytes:?}: {err}");
     }
 }
+
+#[test]
+fn varints_of_every_length_read_as_prost_writes_them() {
+    let mut values = vec![
+        0,
+        1,
+        0x7f,
+        0x80,
+        0x3fff,
+        0x4000,
+        u64::from(u32::MAX),
+        u64::MAX,
+    ];
+    values.extend((0..64).map(|bit| 1u64 << bit));
+    for value in values {
+        let mut bytes = Vec::new();
+        prost::encoding::encode_varint(value, &mut bytes);
+        bytes.push(0x2a);
+        let mut buf = &bytes[..];
+        assert_eq!(read_varint(&mut buf).unwrap(), value);
+        assert_eq!(buf, [0x2a], "{value}: the rest is left");
+        // Cut anywhere before its last byte, it is refused.
+        for cut in 0..bytes.len() - 1 {
+            let mut short = &bytes[..cut];
+            assert!(read_varint(&mut short).is_err(), "{value} cut at {cut}");
+        }
+    }
+    let mut eleven = &[0x80u8; 11][..];
+    assert!(read_varint(&mut eleven).is_err());
+}
