@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= models
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
 
-.PHONY: help serve traffic demo test test-rust test-python lint models bench system-deps soak fuzz image kubeflow bench-load
+.PHONY: help serve traffic demo test test-rust test-python lint models bench system-deps soak fuzz image kubeflow bench-load bench-instructions
 
 help:
 	@echo "make serve   build Keel (release) and serve ./models on :8000"
@@ -25,6 +25,7 @@ help:
 	@echo "make kubeflow regenerate the compiled retraining pipeline, deploy/kubeflow/retrain_pipeline.yaml"
 	@echo "make bench   criterion benchmarks"
 	@echo "make bench-load  wrk (HTTP) and h2load (gRPC) against Keel and keel-canned side by side; prints the ratios"
+	@echo "make bench-instructions  instructions per request under callgrind, Keel against keel-canned"
 	@echo "make fuzz    long fuzz run: a million cases per fuzz target (release), schemathesis at 1000 examples per operation"
 	@echo "make soak    30-minute soak and chaos bench (release build; figures in target/soak.json, see docs/soak.md)"
 
@@ -138,6 +139,14 @@ BENCH_LOAD_ARGS ?= --duration 10 --rounds 2
 bench-load: $(VENV)/.test
 	cargo build --release --bin keel --bin keel-canned
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) benches/bench_load.py $(BENCH_LOAD_ARGS)
+
+# Instructions per request under valgrind's callgrind (installed from Debian when missing), Keel, Keel
+# --monitor off and keel-canned: counts for A/B comparisons finer than throughput rounds resolve; figures in
+# target/instructions.json (docs/performance.md).
+BENCH_INSTRUCTIONS_ARGS ?= --requests 20000
+bench-instructions: $(VENV)/.test
+	cargo build --release --bin keel --bin keel-canned
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) $(VPY) benches/instructions.py $(BENCH_INSTRUCTIONS_ARGS)
 
 # Soak and chaos bench (benches/soak.py, docs/soak.md): 30 min of mixed HTTP/gRPC traffic, a swap every 10 s,
 # sidecar, webhook, MLflow and keel itself failing once each. tests/test_soak.py is its one-minute variant.
