@@ -41,12 +41,13 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benches"]
 MODEL = "breast-cancer"
 
 
-def ensure_tools():
-    missing = [pkg for tool, pkg in [("wrk", "wrk"), ("h2load", "nghttp2-client")] if not shutil.which(tool)]
+def ensure_tools(tools=(("wrk", "wrk"), ("h2load", "nghttp2-client"))):
+    """Installs the Debian package of each (tool, package) whose tool is not on the PATH."""
+    missing = sorted({pkg for tool, pkg in tools if not shutil.which(tool)})
     if not missing:
         return
     if os.geteuid() != 0:
-        sys.exit(f"missing load generators; install them: sudo apt-get install -y {' '.join(missing)}")
+        sys.exit(f"missing tools; install them: sudo apt-get install -y {' '.join(missing)}")
     print(f"installing {' '.join(missing)}", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,

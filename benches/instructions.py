@@ -33,23 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # benches/logging.py would shadow the standard library's logging module (grpc imports it).
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benches"]
 sys.path.insert(0, str(ROOT / "benches"))
-from bench_load import Server, grpc_body, wait_ready  # noqa: E402
+from bench_load import Server, ensure_tools, grpc_body, wait_ready  # noqa: E402
 
 WARM_UP = 3000
-
-
-def ensure_tools():
-    missing = [pkg for tool, pkg in [("valgrind", "valgrind"), ("callgrind_annotate", "valgrind"),
-                                     ("h2load", "nghttp2-client")] if not shutil.which(tool)]
-    missing = sorted(set(missing))
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"missing tools; install them: sudo apt-get install -y {' '.join(missing)}")
-    print(f"installing {' '.join(missing)}", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
 def load(protocol: str, server: Server, requests: int, body_file: str):
@@ -122,7 +108,7 @@ def main():
     parser.add_argument("--canned", default=str(ROOT / "target/release/keel-canned"))
     parser.add_argument("--out", default=str(ROOT / "target/instructions.json"))
     args = parser.parse_args()
-    ensure_tools()
+    ensure_tools((("valgrind", "valgrind"), ("callgrind_annotate", "valgrind"), ("h2load", "nghttp2-client")))
 
     request = json.loads((ROOT / "tests/data/example_request.json").read_text())
     work = tempfile.mkdtemp(prefix="keel-instructions-")
