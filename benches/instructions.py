@@ -30,9 +30,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# benches/logging.py would shadow the standard library's logging module (grpc imports it).
+# benches/logging.py would shadow the standard library's logging module (grpc imports it): the folder is
+# searched last, for bench_load alone.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benches"]
-sys.path.insert(0, str(ROOT / "benches"))
+sys.path.append(str(ROOT / "benches"))
 from bench_load import Server, ensure_tools, grpc_body, wait_ready  # noqa: E402
 
 WARM_UP = 3000
