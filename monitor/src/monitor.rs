@@ -321,15 +321,28 @@ impl Monitor {
             .then(|| TALLY_HELPER.as_ref())
             .flatten()
             .and_then(|helper| Tallies::count(helper, &inner, batches));
-        for (i, batch) in batches.iter().enumerate() {
-            let tally = tallies.as_ref().and_then(|t| t.get(i));
-            inner.ingest_rows(
-                &self.metrics,
-                batch.model,
-                batch.version,
-                batch.len(),
-                |state, store| state.ingest_batch(batch, tally, store),
-            );
+        // A run of requests to one version finds its state once: single-row traffic is thousands of
+        // requests a run, and a lookup by name (hash and tree) cost more than binning a value.
+        let mut at = 0;
+        while let Some(first) = batches.get(at) {
+            let (model, version) = (first.model, first.version);
+            let end = batches[at..]
+                .iter()
+                .position(|b| b.version != version || b.model != model)
+                .map_or(batches.len(), |n| at + n);
+            let run = &batches[at..end];
+            let rows = run.iter().map(RowBatch::len).sum();
+            inner.ingest_rows(&self.metrics, model, version, rows, |state, store| {
+                let (mut late, mut future) = (0, 0);
+                for (i, batch) in run.iter().enumerate() {
+                    let tally = tallies.as_ref().and_then(|t| t.get(at + i));
+                    let (l, f) = state.ingest_batch(batch, tally, store);
+                    late += l;
+                    future += f;
+                }
+                (late, future)
+            });
+            at = end;
         }
     }
 

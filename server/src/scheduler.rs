@@ -111,9 +111,10 @@ impl Drop for Slot {
 
 impl Pending {
     /// Takes the request for computation, unless its client left or its time in the queue ran out.
-    fn claim(&self, now: Instant) -> bool {
+    fn claim(&self) -> bool {
         !self.reply.is_closed()
-            && self.deadline.is_none_or(|d| now < d)
+            // The clock is read only for a request with a deadline (none by default).
+            && self.deadline.is_none_or(|d| Instant::now() < d)
             && self
                 .slot
                 .ticket
@@ -402,7 +403,7 @@ impl BatchSource {
                 } else {
                     p
                 };
-                if p.claim(Instant::now()) {
+                if p.claim() {
                     break p;
                 }
             },
@@ -420,7 +421,7 @@ impl BatchSource {
             None => loop {
                 let p = self.wait()?;
                 let p = self.take(p);
-                if p.claim(Instant::now()) {
+                if p.claim() {
                     break p;
                 }
             },
@@ -509,7 +510,11 @@ impl BatchSource {
                 Err(TryRecvError::Disconnected) => break,
                 // Not waiting at all is not a wait with a past deadline: crossbeam spins and yields
                 // the thread before it looks at the deadline.
-                Err(TryRecvError::Empty) if Instant::now() >= wait_until => break,
+                Err(TryRecvError::Empty)
+                    if self.policy.max_queue_delay.is_zero() || Instant::now() >= wait_until =>
+                {
+                    break;
+                }
                 Err(TryRecvError::Empty) => match self.queue.recv_deadline(wait_until) {
                     Ok(p) => p,
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
@@ -524,7 +529,7 @@ impl BatchSource {
                     None => break,
                 }
             }
-            if !next.claim(Instant::now()) {
+            if !next.claim() {
                 continue;
             }
             if rows + next.rows > max_rows || !batch::compatible(&batch[0].inputs, &next.inputs) {
