@@ -231,31 +231,27 @@ pub(crate) struct InferTarget {
 }
 
 impl InferTarget {
-    const PREFIX: &str = "/v2/models/";
-    const SUFFIX: &str = "/infer";
-
     /// `None` for every other path, and for segments that are empty or percent-encoded: those go
     /// through the router, which decodes them or answers 404 as for any other path.
     pub(crate) fn parse(path: &str) -> Option<Self> {
         // Byte tests, not substring searches: this runs on every request.
-        let rest = path
-            .strip_prefix(Self::PREFIX)?
-            .strip_suffix(Self::SUFFIX)?;
-        let start = Self::PREFIX.len();
+        let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
         let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
-        let target = match rest.bytes().position(|b| b == b'/') {
-            Some(i) => {
-                let version = rest[i + 1..].strip_prefix("versions/")?;
-                let from = start + rest.len() - version.len();
-                (start..start + i, Some(from..from + version.len()))
-            }
-            None => (start..start + rest.len(), None),
+        let (model, version) = match rest.bytes().position(|b| b == b'/') {
+            Some(i) => (&rest[..i], Some(rest[i + 1..].strip_prefix("versions/")?)),
+            None => (rest, None),
         };
-        let ok = plain(&path[target.0.clone()])
-            && target.1.as_ref().is_none_or(|v| plain(&path[v.clone()]));
-        ok.then_some(InferTarget {
-            model: target.0,
-            version: target.1,
+        if !plain(model) || !version.is_none_or(plain) {
+            return None;
+        }
+        // Where each name lies in `path` (both are slices of it).
+        let range = |s: &str| {
+            let start = s.as_ptr() as usize - path.as_ptr() as usize;
+            start..start + s.len()
+        };
+        Some(InferTarget {
+            model: range(model),
+            version: version.map(range),
         })
     }
 
