@@ -130,6 +130,30 @@ impl Values<'_> {
         }
     }
 
+    /// Hands all the elements to `visitor` in their own type, with the conversion to a number: one
+    /// match, then loops the compiler specialises per type inside the visitor, whose per-value work is
+    /// then inlined for certain (a closure called per value was inlined or not by the compiler's whim,
+    /// and a call per value cost 12% at 256 rows). False, calling nothing, for bytes.
+    #[inline]
+    pub(crate) fn visit(&self, visitor: &mut impl Visitor) -> bool {
+        match self {
+            Values::Bool(v) => visitor.elements(v, |x| f64::from(u8::from(x))),
+            Values::U8(v) => visitor.elements(v, f64::from),
+            Values::U16(v) => visitor.elements(v, f64::from),
+            Values::U32(v) => visitor.elements(v, f64::from),
+            Values::U64(v) => visitor.elements(v, |x| x as f64),
+            Values::I8(v) => visitor.elements(v, f64::from),
+            Values::I16(v) => visitor.elements(v, f64::from),
+            Values::I32(v) => visitor.elements(v, f64::from),
+            Values::I64(v) => visitor.elements(v, |x| x as f64),
+            Values::F16(v) => visitor.elements(v, |x| x.to_f64()),
+            Values::F32(v) => visitor.elements(v, f64::from),
+            Values::F64(v) => visitor.elements(v, |x| x),
+            Values::Bytes(_) => return false,
+        }
+        true
+    }
+
     /// For each `(index, column)` of `members` with `index < width`, calls `f(column, x)` with
     /// element `index` of the first row as a number: the type is matched once for all of them (a
     /// single-row request's columns, where matching per value cost more than binning it). False,
@@ -215,6 +239,12 @@ impl Values<'_> {
         }
         true
     }
+}
+
+/// What [`Values::visit`] hands a tensor's elements to.
+pub(crate) trait Visitor {
+    /// The elements in their own type; `to` makes one a number.
+    fn elements<T: Copy>(&mut self, v: &[T], to: impl Fn(T) -> f64);
 }
 
 /// One element, as the monitor reads it.

@@ -205,6 +205,72 @@ impl ColumnBins {
             Binner::Categorical { .. } => None,
         }
     }
+
+    /// The column's [`RowBinner`]: `Some` for a numeric column of fewer than [`ROW_EDGES`] finite,
+    /// sorted edges.
+    pub fn row_binner(&self) -> Option<RowBinner> {
+        match &self.binner {
+            // Finite and sorted, as a validated baseline's are: the edges below a value are a prefix.
+            Binner::Numeric { edges, min, max }
+                if edges.len() < ROW_EDGES
+                    && edges.iter().all(|e| e.is_finite())
+                    && edges.is_sorted() =>
+            {
+                let mut padded = [f64::INFINITY; ROW_EDGES];
+                padded[..edges.len()].copy_from_slice(edges);
+                Some(RowBinner {
+                    edges: padded,
+                    min: *min,
+                    max: *max,
+                    last: edges.len(),
+                    nan: self.expected.len() - 1,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A [`RowBinner`]'s edge slots: it takes up to 15 edges (deciles have 9), the rest +inf.
+pub(crate) const ROW_EDGES: usize = 16;
+
+/// A numeric column's binning of a single-row request's value, the same bin and excess as
+/// [`Numeric::bin_and_excess`]. The edges are padded with +inf to a fixed [`ROW_EDGES`], never below
+/// a value, so finding its bin is four compares and adds without a branch, length check or loop,
+/// and one struct holds all a value needs: per value, the general path's length checks, remainder
+/// loop and lookups through the column cost more than the compares.
+#[derive(Clone, Debug)]
+pub(crate) struct RowBinner {
+    edges: [f64; ROW_EDGES],
+    min: f64,
+    max: f64,
+    /// The number of real edges (the last numeric bin).
+    last: usize,
+    nan: usize,
+}
+
+impl RowBinner {
+    #[inline(always)]
+    pub fn bin_and_excess(&self, x: f64) -> (usize, Excess) {
+        if x.is_nan() {
+            return (self.nan, 0.0);
+        }
+        // A binary search of four steps without a branch (a conditional add each): the edges are
+        // sorted, so those below `x` are a prefix; the last slot, +inf, is never read nor needed.
+        let e = &self.edges;
+        let mut bin = 0;
+        for step in [8, 4, 2, 1] {
+            bin += usize::from(e[(bin + step - 1) % ROW_EDGES] < x) * step;
+        }
+        let excess = if bin == 0 && x < self.min {
+            x - self.min
+        } else if bin == self.last && x > self.max {
+            x - self.max
+        } else {
+            0.0
+        };
+        (bin, excess)
+    }
 }
 
 /// What binning a number of a numeric column needs.
@@ -324,6 +390,78 @@ mod tests {
         assert_eq!(range(4.0), 0.5);
         assert_eq!(range(f64::NAN), 0.0);
         assert_eq!(range(f64::INFINITY), f64::INFINITY);
+    }
+
+    /// The single-row binner puts every value where the general path does, for any number of edges
+    /// it takes, with and without a training range, odd values included.
+    #[test]
+    fn row_binner_bins_as_the_general_path() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for n in 0..=ROW_EDGES + 1 {
+            for ranged in [false, true] {
+                let mut edges: Vec<f64> = (0..n).map(|_| rng.f64() * 10.0 - 5.0).collect();
+                edges.sort_by(f64::total_cmp);
+                if n > 2 {
+                    edges[1] = edges[0]; // a repeated edge
+                }
+                let lo = edges.first().copied().unwrap_or(0.0);
+                let hi = edges.last().copied().unwrap_or(0.0);
+                let column = ColumnBins::new(&BaselineColumn {
+                    name: "x".into(),
+                    tensor: "input".into(),
+                    index: 0,
+                    distribution: Distribution::Numeric {
+                        proportions: vec![1.0 / (n + 1) as f64; n + 1],
+                        edges: edges.clone(),
+                        nan_proportion: 0.0,
+                        min: ranged.then_some(lo - 1.0),
+                        max: ranged.then_some(hi + 1.0),
+                    },
+                });
+                let Some(row) = column.row_binner() else {
+                    assert!(n >= ROW_EDGES, "{n} edges");
+                    continue;
+                };
+                if n > 1 {
+                    let mut unsorted = edges.clone();
+                    unsorted.reverse();
+                    unsorted[0] += 1.0;
+                    let unsorted = ColumnBins::new(&BaselineColumn {
+                        name: "x".into(),
+                        tensor: "input".into(),
+                        index: 0,
+                        distribution: Distribution::Numeric {
+                            proportions: vec![1.0 / (n + 1) as f64; n + 1],
+                            edges: unsorted,
+                            nan_proportion: 0.0,
+                            min: None,
+                            max: None,
+                        },
+                    });
+                    assert!(unsorted.row_binner().is_none(), "unsorted, {n} edges");
+                }
+                let general = column.numeric().unwrap();
+                let mut values = vec![
+                    f64::NAN,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    -0.0,
+                    lo - 1.0,
+                    lo - 1.5,
+                    hi + 1.0,
+                    hi + 1.5,
+                    f64::MAX,
+                    -f64::MAX,
+                ];
+                values.extend(edges.iter().copied());
+                values.extend((0..200).map(|_| rng.f64() * 16.0 - 8.0));
+                for x in values {
+                    let (a, b) = (row.bin_and_excess(x), general.bin_and_excess(x));
+                    assert_eq!(a.0, b.0, "bin of {x} with {n} edges");
+                    assert_eq!(a.1.to_bits(), b.1.to_bits(), "excess of {x} with {n} edges");
+                }
+            }
+        }
     }
 
     #[test]

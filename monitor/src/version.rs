@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use crate::bins::ColumnBins;
+use crate::bins::{ColumnBins, RowBinner};
 use crate::calibration::{EstimateWindow, EstimatedPerformance};
 use crate::error::MonitorError;
 use crate::event::{self, AlertEvent, Evidence};
@@ -42,6 +42,19 @@ struct Group {
     tensor: String,
     /// (element index in the tensor's row, column).
     members: Vec<(usize, usize)>,
+    /// The members again, each with all its single-row binning needs, when every one is a numeric
+    /// column a [`RowBinner`] takes (a single-row request's path; `None`: the general one).
+    row: Option<Vec<RowMember>>,
+}
+
+/// A [`Group`] member as a single-row request counts it.
+struct RowMember {
+    binner: RowBinner,
+    /// Element index in the tensor's row.
+    index: usize,
+    /// First bin of the column in the window's bin layout.
+    offset: usize,
+    range: Option<usize>,
 }
 
 pub(crate) struct VersionState {
@@ -194,13 +207,15 @@ impl VersionState {
         if task.is_some() {
             metrics.feedback_window_rows.with_label_values(&mv).set(0);
         }
+        let input_groups = groups(features, 0, &columns);
+        let output_groups = groups(outputs, features.len(), &columns);
         VersionState {
             model: spec.model.clone(),
             version: spec.version,
             columns,
             n_features: features.len(),
-            input_groups: groups(features, 0),
-            output_groups: groups(outputs, features.len()),
+            input_groups,
+            output_groups,
             window: DriftWindow::new(config.window, config.buckets, offset, 4 * ranged),
             reported: vec![0; offset],
             bin_counters,
@@ -539,8 +554,13 @@ fn evidence(
     }
 }
 
-/// Groups columns by tensor; `first` is the index of the first of these columns overall.
-fn groups(columns: &[crate::baseline::BaselineColumn], first: usize) -> Vec<Group> {
+/// Groups columns by tensor; `first` is the index of the first of these columns overall, in
+/// `tracked`.
+fn groups(
+    columns: &[crate::baseline::BaselineColumn],
+    first: usize,
+    tracked: &[Tracked],
+) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for (i, c) in columns.iter().enumerate() {
         let member = (c.index, first + i);
@@ -549,8 +569,24 @@ fn groups(columns: &[crate::baseline::BaselineColumn], first: usize) -> Vec<Grou
             None => groups.push(Group {
                 tensor: c.tensor.clone(),
                 members: vec![member],
+                row: None,
             }),
         }
+    }
+    for g in &mut groups {
+        g.row = g
+            .members
+            .iter()
+            .map(|&(index, column)| {
+                let t = &tracked[column];
+                Some(RowMember {
+                    binner: t.bins.row_binner()?,
+                    index,
+                    offset: t.offset,
+                    range: t.range,
+                })
+            })
+            .collect();
     }
     groups
 }

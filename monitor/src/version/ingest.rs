@@ -2,9 +2,9 @@
 //! sinks' path) or a request's rows column by column straight from its tensors (the embedded
 //! monitor's path). Both count the same rows alike; `monitor/tests/batch.rs` holds them to it.
 
-use super::{Group, Tracked, VersionState};
-use crate::batch::{Element, RowBatch, TensorRows};
-use crate::bins::Excess;
+use super::{Group, RowMember, Tracked, VersionState};
+use crate::batch::{Element, RowBatch, TensorRows, Visitor};
+use crate::bins::{Excess, Numeric};
 use crate::feedback::FeedbackStore;
 use crate::record::{FeatureValue, PredictionRecord};
 use crate::window::Refused;
@@ -242,6 +242,13 @@ fn count_batch(
             // A row the tensor does not hold completely has no value in any of its columns.
             skipped += members * (n - rows) as u64;
             if rows == 1
+                && let Some(plan) = &group.row
+                && let Some(beyond) = count_first_row(plan, tensor, counts, sums)
+            {
+                skipped += beyond;
+                continue;
+            }
+            if rows == 1
                 && tensor
                     .values
                     .for_each_in_first_row(&group.members, tensor.width, |column, x| {
@@ -262,6 +269,52 @@ fn count_batch(
         }
     }
     skipped
+}
+
+/// Counts the first row of `tensor` by a [`Group`]'s row plan; returns how many members had no value
+/// (beyond the row's width), or `None`, counting nothing, for strings.
+fn count_first_row(
+    plan: &[RowMember],
+    tensor: &TensorRows<'_>,
+    counts: &mut [u64],
+    sums: &mut (impl OutOfRange + ?Sized),
+) -> Option<u64> {
+    let mut row = RowCounter {
+        plan,
+        width: tensor.width,
+        counts,
+        sums,
+        beyond: 0,
+    };
+    tensor.values.visit(&mut row).then_some(row.beyond)
+}
+
+/// Counts a single-row request's values of one [`Group`] by its row plan.
+struct RowCounter<'a, S: ?Sized> {
+    plan: &'a [RowMember],
+    /// The tensor's row width.
+    width: usize,
+    /// The whole bucket.
+    counts: &'a mut [u64],
+    sums: &'a mut S,
+    /// Members beyond the row's width: no value.
+    beyond: u64,
+}
+
+impl<S: OutOfRange + ?Sized> Visitor for RowCounter<'_, S> {
+    #[inline]
+    fn elements<T: Copy>(&mut self, v: &[T], to: impl Fn(T) -> f64) {
+        let row = v.get(..self.width).unwrap_or_default();
+        for m in self.plan {
+            let Some(&x) = row.get(m.index) else {
+                self.beyond += 1;
+                continue;
+            };
+            let (bin, excess) = m.binner.bin_and_excess(to(x));
+            self.counts[m.offset + bin] += 1;
+            beyond_range(m.range, self.sums, excess);
+        }
+    }
 }
 
 /// The values of the named tensor in a record; empty when absent (its columns count as skipped).
@@ -291,9 +344,14 @@ fn count_column(
     let width = tensor.width;
     // Numbers, the common case: edges and range held across the loop.
     let numbers = match t.bins.numeric() {
-        Some(numeric) => tensor.values.for_each_number(index, width, rows, |x| {
-            let (bin, excess) = numeric.bin_and_excess(x);
-            count(t, counts, sums, bin, excess);
+        Some(numeric) => tensor.values.visit(&mut ColumnCounter {
+            numeric,
+            t,
+            index,
+            width,
+            rows,
+            counts: &mut *counts,
+            sums: &mut *sums,
         }),
         None => tensor.values.for_each_number(index, width, rows, |x| {
             counts[t.bins.bin_number(x).0] += 1;
@@ -331,6 +389,40 @@ fn count_number(t: &Tracked, counts: &mut [u64], sums: &mut (impl OutOfRange + ?
     }
 }
 
+/// Counts element `index` of each of the first `rows` rows of a numeric column's tensor, as
+/// [`count_column`] does: the many-row requests' hot loop.
+struct ColumnCounter<'a, S: ?Sized> {
+    numeric: Numeric<'a>,
+    t: &'a Tracked,
+    index: usize,
+    width: usize,
+    rows: usize,
+    /// The column's part of the bucket.
+    counts: &'a mut [u64],
+    sums: &'a mut S,
+}
+
+impl<S: OutOfRange + ?Sized> Visitor for ColumnCounter<'_, S> {
+    #[inline]
+    fn elements<T: Copy>(&mut self, v: &[T], to: impl Fn(T) -> f64) {
+        // `rows * width <= v.len()` and `index < width` (the caller's bounds), so this visits
+        // exactly element `index` of each row.
+        let Self {
+            numeric,
+            t,
+            index,
+            width,
+            rows,
+            counts,
+            sums,
+        } = self;
+        for &x in v.iter().skip(*index).step_by((*width).max(1)).take(*rows) {
+            let (bin, excess) = numeric.bin_and_excess(to(x));
+            count(t, counts, *sums, bin, excess);
+        }
+    }
+}
+
 /// Counts one value into its bin of a bucket (`counts` is the column's part of it) and, outside the
 /// training range (a nonzero excess implies the column has one), into the bucket's out-of-range
 /// sums; an infinite value counts there but adds nothing to the distance.
@@ -343,8 +435,15 @@ fn count(
     excess: Excess,
 ) {
     counts[bin] += 1;
+    beyond_range(t.range, sums, excess);
+}
+
+/// Tallies a value's nonzero `excess` beyond its column's training range (`range`, see [`Tracked`])
+/// into the bucket's out-of-range sums.
+#[inline]
+fn beyond_range(range: Option<usize>, sums: &mut (impl OutOfRange + ?Sized), excess: Excess) {
     if excess != 0.0
-        && let Some(r) = t.range
+        && let Some(r) = range
     {
         let side = usize::from(excess > 0.0);
         let d = if excess.is_finite() {
