@@ -392,6 +392,23 @@ mod tests {
         assert_eq!(range(f64::INFINITY), f64::INFINITY);
     }
 
+    /// A numeric column of `edges`, equal proportions, and `range` as its training minimum and maximum.
+    fn numeric_with(edges: Vec<f64>, range: Option<(f64, f64)>) -> ColumnBins {
+        let n = edges.len();
+        ColumnBins::new(&BaselineColumn {
+            name: "x".into(),
+            tensor: "input".into(),
+            index: 0,
+            distribution: Distribution::Numeric {
+                proportions: vec![1.0 / (n + 1) as f64; n + 1],
+                edges,
+                nan_proportion: 0.0,
+                min: range.map(|r| r.0),
+                max: range.map(|r| r.1),
+            },
+        })
+    }
+
     /// The single-row binner puts every value where the general path does, for any number of edges
     /// it takes, with and without a training range, odd values included.
     #[test]
@@ -406,18 +423,8 @@ mod tests {
                 }
                 let lo = edges.first().copied().unwrap_or(0.0);
                 let hi = edges.last().copied().unwrap_or(0.0);
-                let column = ColumnBins::new(&BaselineColumn {
-                    name: "x".into(),
-                    tensor: "input".into(),
-                    index: 0,
-                    distribution: Distribution::Numeric {
-                        proportions: vec![1.0 / (n + 1) as f64; n + 1],
-                        edges: edges.clone(),
-                        nan_proportion: 0.0,
-                        min: ranged.then_some(lo - 1.0),
-                        max: ranged.then_some(hi + 1.0),
-                    },
-                });
+                let range = ranged.then_some((lo - 1.0, hi + 1.0));
+                let column = numeric_with(edges.clone(), range);
                 let Some(row) = column.row_binner() else {
                     assert!(n >= ROW_EDGES, "{n} edges");
                     continue;
@@ -426,18 +433,7 @@ mod tests {
                     let mut unsorted = edges.clone();
                     unsorted.reverse();
                     unsorted[0] += 1.0;
-                    let unsorted = ColumnBins::new(&BaselineColumn {
-                        name: "x".into(),
-                        tensor: "input".into(),
-                        index: 0,
-                        distribution: Distribution::Numeric {
-                            proportions: vec![1.0 / (n + 1) as f64; n + 1],
-                            edges: unsorted,
-                            nan_proportion: 0.0,
-                            min: None,
-                            max: None,
-                        },
-                    });
+                    let unsorted = numeric_with(unsorted, None);
                     assert!(unsorted.row_binner().is_none(), "unsorted, {n} edges");
                 }
                 let general = column.numeric().unwrap();
