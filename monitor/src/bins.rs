@@ -287,7 +287,70 @@ impl Numeric<'_> {
     pub fn bin_and_excess(&self, x: f64) -> (usize, Excess) {
         numeric_bin_and_excess(self.edges, self.min, self.max, self.nan, x)
     }
+
+    /// Whether [`Numeric::tally`] takes this column: at most [`TALLY_EDGES`] edges.
+    #[inline]
+    pub fn tallies(&self) -> bool {
+        self.edges.len() <= TALLY_EDGES
+    }
+
+    /// Bins many values at once, the same counts as [`Numeric::bin_and_excess`] value by value: for
+    /// each block of [`TALLY_BLOCK`] values, how many lie above each edge (a compare and an add per
+    /// value and edge, which vectorise across the block), and bin `i`'s count is the difference of
+    /// its two edges' counts. Binning value by value searched the edges for each one. Adds each
+    /// bin's count into `counts` (the column's bins; at most [`TALLY_EDGES`] edges, see
+    /// [`Numeric::tallies`]), and hands the excess of each value outside the training range (only
+    /// those have one) to `excess`, in the values' order.
+    pub fn tally(
+        &self,
+        values: impl Iterator<Item = f64>,
+        counts: &mut [u64],
+        mut excess: impl FnMut(Excess),
+    ) {
+        let edges = &self.edges[..self.edges.len().min(TALLY_EDGES)];
+        let (min, max) = (self.min, self.max);
+        let mut above = [0u64; TALLY_EDGES];
+        let (mut total, mut nan) = (0u64, 0u64);
+        let mut block = [0f64; TALLY_BLOCK];
+        let mut values = values.peekable();
+        while values.peek().is_some() {
+            let mut n = 0;
+            for (slot, x) in block.iter_mut().zip(&mut values) {
+                *slot = x;
+                n += 1;
+            }
+            let block = &block[..n];
+            total += n as u64;
+            for (count, &e) in above.iter_mut().zip(edges) {
+                *count += block.iter().map(|&x| u64::from(e < x)).sum::<u64>();
+            }
+            nan += block.iter().map(|&x| u64::from(x.is_nan())).sum::<u64>();
+            let outside = block
+                .iter()
+                .map(|&x| u64::from(x < min || x > max))
+                .sum::<u64>();
+            if outside > 0 {
+                for &x in block.iter().filter(|&&x| x < min || x > max) {
+                    excess(self.bin_and_excess(x).1);
+                }
+            }
+        }
+        // NaN is above no edge: it was counted in bin 0's share, and belongs to its own bin.
+        let mut below = total - nan;
+        for (bin, &count) in above[..edges.len()].iter().enumerate() {
+            counts[bin] += below - count;
+            below = count;
+        }
+        counts[edges.len()] += below;
+        counts[self.nan] += nan;
+    }
 }
+
+/// The most edges [`Numeric::tally`] takes (deciles have 9); a column with more bins value by value.
+pub(crate) const TALLY_EDGES: usize = 32;
+/// Values [`Numeric::tally`] compares with the edges at a time: a block stays in the first-level
+/// cache across the edges' passes.
+const TALLY_BLOCK: usize = 64;
 
 /// A number's bin and excess. `min <= edges[0]` and `max >= edges[last]` (validated), so a value
 /// below `min` is always in bin 0 and one above `max` in the last bin: the range check costs one
@@ -455,6 +518,77 @@ mod tests {
                     let (a, b) = (row.bin_and_excess(x), general.bin_and_excess(x));
                     assert_eq!(a.0, b.0, "bin of {x} with {n} edges");
                     assert_eq!(a.1.to_bits(), b.1.to_bits(), "excess of {x} with {n} edges");
+                }
+            }
+        }
+    }
+
+    /// A block tally counts every bin as binning value by value does and hands over the same
+    /// excesses in the same order, for any number of edges it takes, across block boundaries, with
+    /// and without a training range, odd values included.
+    #[test]
+    fn tally_counts_as_value_by_value() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for n in 0..=TALLY_EDGES + 1 {
+            for ranged in [false, true] {
+                let mut edges: Vec<f64> = (0..n).map(|_| rng.f64() * 10.0 - 5.0).collect();
+                edges.sort_by(f64::total_cmp);
+                if n > 2 {
+                    edges[1] = edges[0]; // a repeated edge
+                }
+                let lo = edges.first().copied().unwrap_or(0.0);
+                let hi = edges.last().copied().unwrap_or(0.0);
+                let column = numeric_with(edges.clone(), ranged.then_some((lo - 1.0, hi + 1.0)));
+                let numeric = column.numeric().unwrap();
+                if !numeric.tallies() {
+                    assert!(n > TALLY_EDGES, "{n} edges");
+                    continue;
+                }
+                let mut values = vec![
+                    f64::NAN,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    -0.0,
+                    lo - 1.0,
+                    lo - 1.5,
+                    hi + 1.0,
+                    hi + 1.5,
+                    f64::MAX,
+                    -f64::MAX,
+                ];
+                values.extend(edges.iter().copied());
+                values.extend((0..300).map(|_| rng.f64() * 16.0 - 8.0));
+                rng.shuffle(&mut values);
+                for len in [
+                    0,
+                    1,
+                    TALLY_BLOCK - 1,
+                    TALLY_BLOCK,
+                    TALLY_BLOCK + 1,
+                    values.len(),
+                ] {
+                    let values = &values[..len];
+                    let mut want = vec![0u64; column.len()];
+                    let mut want_excess = Vec::new();
+                    for &x in values {
+                        let (bin, excess) = numeric.bin_and_excess(x);
+                        want[bin] += 1;
+                        if excess != 0.0 {
+                            want_excess.push(excess.to_bits());
+                        }
+                    }
+                    let mut got = vec![0u64; column.len()];
+                    let mut got_excess = Vec::new();
+                    numeric.tally(values.iter().copied(), &mut got, |excess| {
+                        if excess != 0.0 {
+                            got_excess.push(excess.to_bits());
+                        }
+                    });
+                    assert_eq!(got, want, "{len} values, {n} edges, range {ranged}");
+                    assert_eq!(
+                        got_excess, want_excess,
+                        "{len} values, {n} edges, range {ranged}"
+                    );
                 }
             }
         }

@@ -416,10 +416,25 @@ impl<S: OutOfRange + ?Sized> Visitor for ColumnCounter<'_, S> {
             counts,
             sums,
         } = self;
-        for &x in v.iter().skip(*index).step_by((*width).max(1)).take(*rows) {
-            let (bin, excess) = numeric.bin_and_excess(to(x));
-            count(t, counts, *sums, bin, excess);
+        let column = || {
+            v.iter()
+                .skip(*index)
+                .step_by((*width).max(1))
+                .take(*rows)
+                .map(|&x| to(x))
+        };
+        if !numeric.tallies() {
+            for x in column() {
+                let (bin, excess) = numeric.bin_and_excess(x);
+                count(t, counts, *sums, bin, excess);
+            }
+            return;
         }
+        // Counted a block at a time; the excesses come in the values' order, as value by value (the
+        // out-of-range sums come out bit for bit the same).
+        numeric.tally(column(), counts, |excess| {
+            beyond_range(t.range, *sums, excess)
+        });
     }
 }
 
