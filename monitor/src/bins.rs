@@ -472,6 +472,41 @@ mod tests {
         })
     }
 
+    /// `n` sorted random edges, the second a repeat of the first, with the lowest and the highest.
+    fn random_edges(rng: &mut fastrand::Rng, n: usize) -> (Vec<f64>, f64, f64) {
+        let mut edges: Vec<f64> = (0..n).map(|_| rng.f64() * 10.0 - 5.0).collect();
+        edges.sort_by(f64::total_cmp);
+        if n > 2 {
+            edges[1] = edges[0];
+        }
+        let lo = edges.first().copied().unwrap_or(0.0);
+        let hi = edges.last().copied().unwrap_or(0.0);
+        (edges, lo, hi)
+    }
+
+    /// Values that probe a column of `edges` (a range one beyond them, see the tests): NaN, the
+    /// infinities, -0.0, the range's bounds and beyond, the largest finite numbers, the edges
+    /// themselves and `random` more.
+    fn probing_values(rng: &mut fastrand::Rng, edges: &[f64], random: usize) -> Vec<f64> {
+        let lo = edges.first().copied().unwrap_or(0.0);
+        let hi = edges.last().copied().unwrap_or(0.0);
+        let mut values = vec![
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            lo - 1.0,
+            lo - 1.5,
+            hi + 1.0,
+            hi + 1.5,
+            f64::MAX,
+            -f64::MAX,
+        ];
+        values.extend(edges.iter().copied());
+        values.extend((0..random).map(|_| rng.f64() * 16.0 - 8.0));
+        values
+    }
+
     /// The single-row binner puts every value where the general path does, for any number of edges
     /// it takes, with and without a training range, odd values included.
     #[test]
@@ -479,13 +514,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for n in 0..=ROW_EDGES + 1 {
             for ranged in [false, true] {
-                let mut edges: Vec<f64> = (0..n).map(|_| rng.f64() * 10.0 - 5.0).collect();
-                edges.sort_by(f64::total_cmp);
-                if n > 2 {
-                    edges[1] = edges[0]; // a repeated edge
-                }
-                let lo = edges.first().copied().unwrap_or(0.0);
-                let hi = edges.last().copied().unwrap_or(0.0);
+                let (edges, lo, hi) = random_edges(&mut rng, n);
                 let range = ranged.then_some((lo - 1.0, hi + 1.0));
                 let column = numeric_with(edges.clone(), range);
                 let Some(row) = column.row_binner() else {
@@ -500,20 +529,7 @@ mod tests {
                     assert!(unsorted.row_binner().is_none(), "unsorted, {n} edges");
                 }
                 let general = column.numeric().unwrap();
-                let mut values = vec![
-                    f64::NAN,
-                    f64::INFINITY,
-                    f64::NEG_INFINITY,
-                    -0.0,
-                    lo - 1.0,
-                    lo - 1.5,
-                    hi + 1.0,
-                    hi + 1.5,
-                    f64::MAX,
-                    -f64::MAX,
-                ];
-                values.extend(edges.iter().copied());
-                values.extend((0..200).map(|_| rng.f64() * 16.0 - 8.0));
+                let values = probing_values(&mut rng, &edges, 200);
                 for x in values {
                     let (a, b) = (row.bin_and_excess(x), general.bin_and_excess(x));
                     assert_eq!(a.0, b.0, "bin of {x} with {n} edges");
@@ -531,33 +547,14 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         for n in 0..=TALLY_EDGES + 1 {
             for ranged in [false, true] {
-                let mut edges: Vec<f64> = (0..n).map(|_| rng.f64() * 10.0 - 5.0).collect();
-                edges.sort_by(f64::total_cmp);
-                if n > 2 {
-                    edges[1] = edges[0]; // a repeated edge
-                }
-                let lo = edges.first().copied().unwrap_or(0.0);
-                let hi = edges.last().copied().unwrap_or(0.0);
+                let (edges, lo, hi) = random_edges(&mut rng, n);
                 let column = numeric_with(edges.clone(), ranged.then_some((lo - 1.0, hi + 1.0)));
                 let numeric = column.numeric().unwrap();
                 if !numeric.tallies() {
                     assert!(n > TALLY_EDGES, "{n} edges");
                     continue;
                 }
-                let mut values = vec![
-                    f64::NAN,
-                    f64::INFINITY,
-                    f64::NEG_INFINITY,
-                    -0.0,
-                    lo - 1.0,
-                    lo - 1.5,
-                    hi + 1.0,
-                    hi + 1.5,
-                    f64::MAX,
-                    -f64::MAX,
-                ];
-                values.extend(edges.iter().copied());
-                values.extend((0..300).map(|_| rng.f64() * 16.0 - 8.0));
+                let mut values = probing_values(&mut rng, &edges, 300);
                 rng.shuffle(&mut values);
                 for len in [
                     0,
