@@ -93,7 +93,7 @@ fn find_in_venv() -> Option<PathBuf> {
 pub struct OrtBackend {
     session: Session,
     /// The signature's input and output names as C strings, made once: a run passes them as they are.
-    inputs: Vec<CString>,
+    input_names: Vec<CString>,
     output_names: Vec<CString>,
     outputs: Vec<TensorSpec>,
 }
@@ -134,7 +134,7 @@ impl OrtBackend {
         };
         Ok(OrtBackend {
             session,
-            inputs: names(&signature.inputs)?,
+            input_names: names(&signature.inputs)?,
             output_names: names(&signature.outputs)?,
             outputs: signature.outputs.clone(),
         })
@@ -144,10 +144,10 @@ impl OrtBackend {
 impl Backend for OrtBackend {
     fn infer(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Phases)> {
         let start = Instant::now();
-        if inputs.len() != self.inputs.len()
+        if inputs.len() != self.input_names.len()
             || inputs
                 .iter()
-                .zip(&self.inputs)
+                .zip(&self.input_names)
                 .any(|(t, name)| t.name.as_bytes() != name.as_bytes())
         {
             return Err(Error::Internal(
@@ -156,9 +156,13 @@ impl Backend for OrtBackend {
         }
         let values = inputs.iter().map(to_value).collect::<Result<Vec<_>>>()?;
         let converted = Instant::now();
-        let results =
-            run::Outputs::run(&mut self.session, &self.inputs, &values, &self.output_names)
-                .map_err(|e| Error::Internal(format!("ONNX Runtime run failed: {e}")))?;
+        let results = run::Outputs::run(
+            &mut self.session,
+            &self.input_names,
+            &values,
+            &self.output_names,
+        )
+        .map_err(|e| Error::Internal(format!("ONNX Runtime run failed: {e}")))?;
         let ran = Instant::now();
         let outputs = self
             .outputs
