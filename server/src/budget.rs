@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -20,9 +20,8 @@ pub struct Budget {
 
 struct Inner {
     limit: usize,
-    used: AtomicUsize,
-    /// `keel_inflight_request_bytes`.
-    gauge: Option<IntGauge>,
+    /// Also `keel_inflight_request_bytes`, read at each scrape.
+    used: Arc<AtomicUsize>,
     /// `keel_requests_refused_total{reason="inflight_bytes"}`.
     refused: Option<IntCounter>,
 }
@@ -30,11 +29,12 @@ struct Inner {
 impl Budget {
     /// A budget of `limit` bytes, reported in `metrics`.
     pub fn new(limit: usize, metrics: &Metrics) -> Self {
+        let used = Arc::new(AtomicUsize::new(0));
+        metrics.inflight_request_bytes.track(&used);
         Budget {
             inner: Arc::new(Inner {
                 limit,
-                used: AtomicUsize::new(0),
-                gauge: Some(metrics.inflight_request_bytes.clone()),
+                used,
                 refused: Some(
                     metrics
                         .requests_refused
@@ -49,8 +49,7 @@ impl Budget {
         Budget {
             inner: Arc::new(Inner {
                 limit,
-                used: AtomicUsize::new(0),
-                gauge: None,
+                used: Arc::default(),
                 refused: None,
             }),
         }
@@ -111,12 +110,7 @@ impl Budget {
                     .filter(|total| *total <= inner.limit)
             });
         match taken {
-            Ok(_) => {
-                if let Some(gauge) = &inner.gauge {
-                    gauge.add(bytes as i64);
-                }
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(used) => {
                 if let Some(refused) = &inner.refused {
                     refused.inc();
@@ -131,9 +125,6 @@ impl Budget {
             return;
         }
         self.inner.used.fetch_sub(bytes, Ordering::AcqRel);
-        if let Some(gauge) = &self.inner.gauge {
-            gauge.sub(bytes as i64);
-        }
     }
 
     fn refusal(&self, bytes: usize, used: usize) -> Error {

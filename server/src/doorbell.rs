@@ -132,6 +132,9 @@ mod tests {
         assert_eq!(woken, Woken::Work);
         assert!(waited < Duration::from_secs(30));
 
+        // A bell of its own: the sleeper above may have seen the work before it slept, leaving the ring
+        // for the next waiter, which would then return at once and never be counted as asleep.
+        let bell = Arc::new(Doorbell::default());
         let sleepers: Vec<_> = (0..2)
             .map(|_| {
                 let bell = bell.clone();

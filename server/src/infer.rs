@@ -164,11 +164,7 @@ impl ServedVersion {
             }
         }
         self.stats.record_queue(executed.queue);
-        self.metrics
-            .queue_duration
-            .observe(executed.queue.as_secs_f64());
-        self.metrics.rows.inc_by(rows);
-        self.metrics.model_rows.inc_by(rows);
+        self.metrics.record_answer(rows, executed.queue);
         let mut all = executed.outputs;
         let outputs = match request.outputs {
             None => all,

@@ -189,8 +189,7 @@ impl InstanceSpec {
     pub fn record(&self, compute: Duration, rows: usize, warmup: bool) {
         if !warmup {
             self.cost.observe(compute, rows);
-            self.metrics.compute_duration.observe(compute.as_secs_f64());
-            self.metrics.batch_rows.observe(rows as f64);
+            self.metrics.record_execution(compute, rows);
             self.stats.record_execution(rows as u64);
         }
     }

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use prometheus::process_collector::ProcessCollector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::Error;
+
+mod hot;
+pub(crate) mod shards;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -83,22 +86,20 @@ const ROWS_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    rows: IntCounterVec,
-    /// Rows per model, all versions together: survives swaps, unlike the per-version series.
-    model_rows: IntCounterVec,
-    request_duration: HistogramVec,
-    queue_duration: HistogramVec,
-    compute_duration: HistogramVec,
-    batch_rows: HistogramVec,
-    queue_depth: IntGaugeVec,
+    /// What every request updates, per thread (requests, rows, their times, batches, queue depth): the
+    /// families `keel_inference_requests_total`, `keel_inference_rows_total`, `keel_model_rows_total`
+    /// (rows per model, all versions together: survives swaps), `keel_request_duration_seconds`,
+    /// `keel_queue_duration_seconds`, `keel_compute_duration_seconds`, `keel_batch_rows` and
+    /// `keel_queue_depth` (metrics/hot.rs).
+    versions: Arc<hot::Versions>,
+    /// Read on the request path too (whether a request is alone): one shared gauge.
     inflight: IntGaugeVec,
     model_info: IntGaugeVec,
     /// Requests refused before they reached a model, by reason (`inflight_bytes`: the in-flight request
     /// bytes budget was spent).
     pub requests_refused: IntCounterVec,
     /// Request bytes (bodies and decoded tensors) held by requests being served now.
-    pub inflight_request_bytes: IntGauge,
+    pub inflight_request_bytes: Arc<hot::HeldBytes>,
     /// Live [`VersionMetrics`] per label set: a reloaded version shares its labels with the one it
     /// replaces, whose drop must not clear them.
     live: Mutex<HashMap<(String, String, String), usize>>,
@@ -200,79 +201,14 @@ impl Metrics {
         r.register(Box::new(ProcessCollector::for_self()))
             .expect("the process collector registers once");
         let mv = &["model", "version"];
-        let seconds = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec());
-            register(
-                &r,
-                HistogramVec::new(opts, labels).expect("valid histogram"),
-            )
-        };
+        let versions = Arc::new(hot::Versions::default());
+        r.register(Box::new(hot::Families::new(versions.clone())))
+            .expect("the request path's families register once");
+        let held_bytes = Arc::new(hot::HeldBytes::default());
+        r.register(Box::new(hot::HeldBytesFamily(held_bytes.clone())))
+            .expect("the in-flight bytes gauge registers once");
         let metrics = Metrics {
-            requests: register(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "keel_inference_requests_total",
-                        "Inference requests by how they ended.",
-                    ),
-                    &["model", "version", "protocol", "outcome"],
-                )
-                .expect("valid counter"),
-            ),
-            rows: register(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("keel_inference_rows_total", "Rows inferred successfully."),
-                    mv,
-                )
-                .expect("valid counter"),
-            ),
-            model_rows: register(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "keel_model_rows_total",
-                        "Rows inferred successfully by any version of the model (kept across swaps).",
-                    ),
-                    &["model"],
-                )
-                .expect("valid counter"),
-            ),
-            request_duration: seconds(
-                "keel_request_duration_seconds",
-                "Time from a decoded request to its outputs, in seconds.",
-                &["model", "version", "protocol"],
-            ),
-            queue_duration: seconds(
-                "keel_queue_duration_seconds",
-                "Time requests waited in the scheduler queue, in seconds.",
-                mv,
-            ),
-            compute_duration: seconds(
-                "keel_compute_duration_seconds",
-                "Time of one backend execution (a whole batch), in seconds.",
-                mv,
-            ),
-            batch_rows: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new("keel_batch_rows", "Rows per backend execution.")
-                        .buckets(ROWS_BUCKETS.to_vec()),
-                    mv,
-                )
-                .expect("valid histogram"),
-            ),
-            queue_depth: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "keel_queue_depth",
-                        "Requests waiting in the scheduler queue.",
-                    ),
-                    mv,
-                )
-                .expect("valid gauge"),
-            ),
+            versions,
             inflight: register(
                 &r,
                 IntGaugeVec::new(
@@ -303,14 +239,7 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
-            inflight_request_bytes: register(
-                &r,
-                IntGauge::new(
-                    "keel_inflight_request_bytes",
-                    "Request bytes (bodies and decoded tensors) held by requests being served now.",
-                )
-                .expect("valid gauge"),
-            ),
+            inflight_request_bytes: held_bytes,
             live: Mutex::new(HashMap::new()),
             reload: ReloadMetrics::new(&r),
             registry: r,
@@ -322,16 +251,6 @@ impl Metrics {
     pub fn version(self: &Arc<Self>, model: &str, version: u64, backend: &str) -> VersionMetrics {
         let v = version.to_string();
         let mv = [model, v.as_str()];
-        let requests = Protocol::ALL.map(|p| {
-            Outcome::ALL.map(|o| {
-                self.requests
-                    .with_label_values(&[model, v.as_str(), p.label(), o.label()])
-            })
-        });
-        let request_duration = Protocol::ALL.map(|p| {
-            self.request_duration
-                .with_label_values(&[model, v.as_str(), p.label()])
-        });
         self.model_info
             .with_label_values(&[model, v.as_str(), backend])
             .set(1);
@@ -341,16 +260,11 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry((model.to_string(), v.clone(), backend.to_string()))
             .or_default() += 1;
+        let cells = self.versions.hold(model, &v);
         VersionMetrics {
             labels: (model.to_string(), v.clone(), backend.to_string()),
-            requests,
-            rows: self.rows.with_label_values(&mv),
-            model_rows: self.model_rows.with_label_values(&[model]),
-            request_duration,
-            queue_duration: self.queue_duration.with_label_values(&mv),
-            compute_duration: self.compute_duration.with_label_values(&mv),
-            batch_rows: self.batch_rows.with_label_values(&mv),
-            queue_depth: self.queue_depth.with_label_values(&mv),
+            cells: cells.clone(),
+            queue_depth: QueueDepth(cells),
             inflight: self.inflight.with_label_values(&mv),
             registry: self.clone(),
         }
@@ -376,16 +290,28 @@ impl Metrics {
 /// dashboards show what is being served; its counters stay, as Prometheus counters should.
 pub struct VersionMetrics {
     labels: (String, String, String),
-    requests: [[IntCounter; 6]; 2],
-    pub rows: IntCounter,
-    pub model_rows: IntCounter,
-    request_duration: [Histogram; 2],
-    pub queue_duration: Histogram,
-    pub compute_duration: Histogram,
-    pub batch_rows: Histogram,
-    pub queue_depth: IntGauge,
+    /// Shared with the other instances of the same model version (a reload's old and new).
+    cells: Arc<hot::Cells>,
+    pub queue_depth: QueueDepth,
     pub inflight: IntGauge,
     registry: Arc<Metrics>,
+}
+
+/// `keel_queue_depth` of one version.
+pub struct QueueDepth(Arc<hot::Cells>);
+
+impl QueueDepth {
+    pub fn inc(&self) {
+        self.0.queue_depth_add(1);
+    }
+
+    pub fn dec(&self) {
+        self.0.queue_depth_add(-1);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.queue_depth()
+    }
 }
 
 impl VersionMetrics {
@@ -395,15 +321,26 @@ impl VersionMetrics {
             .position(|x| *x == protocol)
             .unwrap_or(0);
         let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
-        self.requests[p][o].inc();
-        if outcome == Outcome::Success {
-            self.request_duration[p].observe(elapsed.as_secs_f64());
-        }
+        let seconds = (outcome == Outcome::Success).then_some(elapsed.as_secs_f64());
+        self.cells.request(p, o, seconds);
+    }
+
+    /// A request answered with `rows` rows after `queue` in the queue.
+    pub fn record_answer(&self, rows: u64, queue: Duration) {
+        self.cells.answered(rows, queue.as_secs_f64());
+    }
+
+    /// One backend execution of `rows` rows.
+    pub fn record_execution(&self, compute: Duration, rows: usize) {
+        self.cells.executed(compute.as_secs_f64(), rows as f64);
     }
 }
 
 impl Drop for VersionMetrics {
     fn drop(&mut self) {
+        self.registry
+            .versions
+            .release(&self.labels.0, &self.labels.1);
         let mut live = self.registry.live.lock().unwrap_or_else(|e| e.into_inner());
         let Some(count) = live.get_mut(&self.labels) else {
             return;
@@ -422,22 +359,6 @@ impl Drop for VersionMetrics {
         }
         // A retired version's series go with it: with a swap every few seconds they would otherwise
         // pile up without bound (Prometheus treats the disappearance as staleness).
-        let mv = [model.as_str(), version.as_str()];
-        for p in Protocol::ALL {
-            for o in Outcome::ALL {
-                let _ = r
-                    .requests
-                    .remove_label_values(&[model, version, p.label(), o.label()]);
-            }
-            let _ = r
-                .request_duration
-                .remove_label_values(&[model, version, p.label()]);
-        }
-        let _ = r.rows.remove_label_values(&mv);
-        let _ = r.queue_duration.remove_label_values(&mv);
-        let _ = r.compute_duration.remove_label_values(&mv);
-        let _ = r.batch_rows.remove_label_values(&mv);
-        let _ = r.queue_depth.remove_label_values(&mv);
-        let _ = r.inflight.remove_label_values(&mv);
+        let _ = r.inflight.remove_label_values(&[model, version]);
     }
 }

@@ -14,13 +14,17 @@ thread_local! {
 /// This thread's entry of an array of `len` (> 0): its number modulo `len`, so past `len` threads
 /// some share one.
 pub fn index(len: usize) -> usize {
+    number() % len
+}
+
+/// This thread's number: 0 for the first thread that asks, then 1, 2, ...; never given twice.
+pub fn number() -> usize {
     NUMBER.with(|number| {
-        let n = number.get().unwrap_or_else(|| {
+        number.get().unwrap_or_else(|| {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             number.set(Some(n));
             n
-        });
-        n % len
+        })
     })
 }
 

@@ -48,13 +48,12 @@ pub fn random() -> String {
             .as_nanos();
         (nanos ^ u128::from(fastrand::u64(..))).to_le_bytes()
     });
-    let mut out = [0u8; 32];
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
-    // Hex digits only: always UTF-8.
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

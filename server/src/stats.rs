@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::metrics::shards::{SHARDS, Writer};
+
 #[derive(Default)]
 struct DurationStat {
     count: AtomicU64,
@@ -13,10 +15,6 @@ struct DurationStat {
 }
 
 impl DurationStat {
-    fn record(&self, d: Duration) {
-        self.record_n(1, d);
-    }
-
     /// `n` requests that each took `d`.
     fn record_n(&self, n: u64, d: Duration) {
         let ns = d.as_nanos().saturating_mul(u128::from(n));
@@ -25,12 +23,28 @@ impl DurationStat {
             .fetch_add(ns.min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
+    /// One request that took `d`, in this thread's shard.
+    fn record_by(&self, w: Writer, d: Duration) {
+        w.add(&self.count, 1);
+        w.add(&self.ns, d.as_nanos().min(u128::from(u64::MAX)) as u64);
+    }
+
     fn snapshot(&self) -> DurationSnapshot {
         DurationSnapshot {
             count: self.count.load(Ordering::Relaxed),
             ns: self.ns.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What each request records, per thread (see metrics/shards.rs), on cache lines of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct RequestShard {
+    success: DurationStat,
+    fail: DurationStat,
+    queue: DurationStat,
+    last_inference_ms: AtomicU64,
 }
 
 /// Time spent in each phase of one backend execution.
@@ -43,17 +57,27 @@ pub struct Phases {
     pub output: Duration,
 }
 
-#[derive(Default)]
 pub struct Stats {
-    success: DurationStat,
-    fail: DurationStat,
-    queue: DurationStat,
+    requests: Box<[RequestShard]>,
+    /// Recorded once per batch.
     compute_input: DurationStat,
     compute_infer: DurationStat,
     compute_output: DurationStat,
     inference_count: AtomicU64,
     execution_count: AtomicU64,
-    last_inference_ms: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: (0..SHARDS).map(|_| RequestShard::default()).collect(),
+            compute_input: DurationStat::default(),
+            compute_infer: DurationStat::default(),
+            compute_output: DurationStat::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Stats {
@@ -65,7 +89,8 @@ impl Stats {
 
     /// One request's time in the queue.
     pub fn record_queue(&self, queue: Duration) {
-        self.queue.record(queue);
+        let w = Writer::this_thread();
+        self.requests[w.index].queue.record_by(w, queue);
     }
 
     /// The compute phases of one backend execution for the `requests` it answered: each request reports
@@ -78,23 +103,40 @@ impl Stats {
     }
 
     pub fn record_request(&self, ok: bool, total: Duration) {
-        if ok { &self.success } else { &self.fail }.record(total);
+        let w = Writer::this_thread();
+        let shard = &self.requests[w.index];
+        if ok { &shard.success } else { &shard.fail }.record_by(w, total);
         // Milliseconds are all Triton reports: the coarse clock's (see clock.rs).
-        self.last_inference_ms
-            .fetch_max(crate::clock::unix_ms(), Ordering::Relaxed);
+        w.max(&shard.last_inference_ms, crate::clock::unix_ms());
+    }
+
+    /// The per-request statistic `each` picks, over every thread's shard.
+    fn requests(&self, each: impl Fn(&RequestShard) -> &DurationStat) -> DurationSnapshot {
+        self.requests
+            .iter()
+            .map(|shard| each(shard).snapshot())
+            .fold(DurationSnapshot::default(), |a, b| DurationSnapshot {
+                count: a.count + b.count,
+                ns: a.ns.saturating_add(b.ns),
+            })
     }
 
     pub fn snapshot(&self, name: &str, version: u64) -> StatsSnapshot {
         StatsSnapshot {
             name: name.to_string(),
             version: version.to_string(),
-            last_inference: self.last_inference_ms.load(Ordering::Relaxed),
+            last_inference: self
+                .requests
+                .iter()
+                .map(|s| s.last_inference_ms.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0),
             inference_count: self.inference_count.load(Ordering::Relaxed),
             execution_count: self.execution_count.load(Ordering::Relaxed),
             inference_stats: InferenceStats {
-                success: self.success.snapshot(),
-                fail: self.fail.snapshot(),
-                queue: self.queue.snapshot(),
+                success: self.requests(|s| &s.success),
+                fail: self.requests(|s| &s.fail),
+                queue: self.requests(|s| &s.queue),
                 compute_input: self.compute_input.snapshot(),
                 compute_infer: self.compute_infer.snapshot(),
                 compute_output: self.compute_output.snapshot(),
@@ -162,5 +204,34 @@ mod tests {
         assert_eq!((s.compute_infer.count, s.compute_infer.ns), (4, 800));
         assert_eq!((s.compute_output.count, s.compute_output.ns), (4, 120));
         assert_eq!((s.queue.count, s.queue.ns), (4, 20));
+    }
+
+    /// Each thread records in its own shard (more threads than shards: some share one); the snapshot
+    /// adds them all up, and its last inference is the latest of any.
+    #[test]
+    fn every_threads_requests_are_counted() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let threads: Vec<_> = (0..crate::metrics::shards::SHARDS + 3)
+            .map(|i| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        stats.record_request(i % 2 == 0, Duration::from_nanos(7));
+                        stats.record_queue(Duration::from_nanos(3));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let threads = (crate::metrics::shards::SHARDS + 3) as u64;
+        let even = threads.div_ceil(2);
+        let s = stats.snapshot("m", 1);
+        let i = &s.inference_stats;
+        assert_eq!((i.success.count, i.success.ns), (50 * even, 350 * even));
+        assert_eq!(i.fail.count, 50 * (threads - even));
+        assert_eq!((i.queue.count, i.queue.ns), (50 * threads, 150 * threads));
+        assert!(s.last_inference >= crate::clock::unix_ms() - 60_000);
     }
 }

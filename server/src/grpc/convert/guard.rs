@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use axum::http;
+use axum::http::{self, HeaderValue};
 
 use bytes::Buf;
 use prost::Message;
@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, Streaming};
-use tonic::metadata::{Ascii, MetadataValue};
+
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -237,8 +237,10 @@ pub(in crate::grpc) async fn answer(
     request: Request<Decoded>,
 ) -> Result<Response<InferResponse>, Status> {
     let (metadata, extensions, decoded) = request.into_parts();
+    // By the header map's own name: a `&str` key is parsed and checked at every lookup.
     let header_id = metadata
-        .get(request_id::HEADER)
+        .as_ref()
+        .get(&request_id::HTTP_HEADER)
         .and_then(|v| v.to_str().ok());
     let start = if state.tracer.enabled() {
         match extensions.get::<otel::Sampled>() {
@@ -259,14 +261,17 @@ pub(in crate::grpc) async fn answer(
     let id = reply
         .id
         .as_deref()
-        .and_then(|id| id.parse::<MetadataValue<Ascii>>().ok());
+        .and_then(|id| HeaderValue::from_str(id).ok());
     let mut response = Response::new(reply);
     if let Some(mut id) = id {
         // Never indexed by HPACK: each id is new, so adding it to the connection's header table would
         // only evict the entries that repeat (measured: HPACK's encoder and table were 2.2 µs of a call
         // with it indexed, against 0.8 µs in keel-canned, which sends no id).
         id.set_sensitive(true);
-        response.metadata_mut().insert(request_id::HEADER, id);
+        response
+            .metadata_mut()
+            .as_mut()
+            .insert(request_id::HTTP_HEADER, id);
     }
     Ok(response)
 }
