@@ -202,11 +202,12 @@ impl Metrics {
             .expect("the process collector registers once");
         let mv = &["model", "version"];
         let versions = Arc::new(hot::Versions::default());
-        r.register(Box::new(hot::Families::new(versions.clone())))
-            .expect("the request path's families register once");
         let held_bytes = Arc::new(hot::HeldBytes::default());
-        r.register(Box::new(hot::HeldBytesFamily(held_bytes.clone())))
-            .expect("the in-flight bytes gauge registers once");
+        r.register(Box::new(hot::Families::new(
+            versions.clone(),
+            held_bytes.clone(),
+        )))
+        .expect("the request path's families register once");
         let metrics = Metrics {
             versions,
             inflight: register(

@@ -178,20 +178,22 @@ impl Versions {
     }
 }
 
-/// The families, as the registry sees them.
+/// The families, as the registry sees them: the versions' and `keel_inflight_request_bytes`.
 pub struct Families {
     versions: Arc<Versions>,
-    descs: [Desc; 8],
+    held_bytes: Arc<HeldBytes>,
+    descs: [(Desc, MetricType); 9],
 }
 
-fn desc(name: &str, help: &str, labels: &[&str]) -> Desc {
-    Desc::new(
+fn desc(kind: MetricType, name: &str, help: &str, labels: &[&str]) -> (Desc, MetricType) {
+    let desc = Desc::new(
         name.to_string(),
         help.to_string(),
         labels.iter().map(|l| l.to_string()).collect(),
         HashMap::new(),
     )
-    .expect("valid metric description")
+    .expect("valid metric description");
+    (desc, kind)
 }
 
 const REQUESTS: usize = 0;
@@ -202,58 +204,80 @@ const QUEUE_DURATION: usize = 4;
 const COMPUTE_DURATION: usize = 5;
 const BATCH_ROWS: usize = 6;
 const QUEUE_DEPTH: usize = 7;
+const HELD_BYTES: usize = 8;
 
 impl Families {
-    pub fn new(versions: Arc<Versions>) -> Self {
+    pub fn new(versions: Arc<Versions>, held_bytes: Arc<HeldBytes>) -> Self {
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
         let mv = &["model", "version"];
         Families {
             versions,
+            held_bytes,
             descs: [
                 desc(
+                    COUNTER,
                     "keel_inference_requests_total",
                     "Inference requests by how they ended.",
                     &["model", "version", "protocol", "outcome"],
                 ),
                 desc(
+                    COUNTER,
                     "keel_inference_rows_total",
                     "Rows inferred successfully.",
                     mv,
                 ),
                 desc(
+                    COUNTER,
                     "keel_model_rows_total",
                     "Rows inferred successfully by any version of the model (kept across swaps).",
                     &["model"],
                 ),
                 desc(
+                    HISTOGRAM,
                     "keel_request_duration_seconds",
                     "Time from a decoded request to its outputs, in seconds.",
                     &["model", "version", "protocol"],
                 ),
                 desc(
+                    HISTOGRAM,
                     "keel_queue_duration_seconds",
                     "Time requests waited in the scheduler queue, in seconds.",
                     mv,
                 ),
                 desc(
+                    HISTOGRAM,
                     "keel_compute_duration_seconds",
                     "Time of one backend execution (a whole batch), in seconds.",
                     mv,
                 ),
-                desc("keel_batch_rows", "Rows per backend execution.", mv),
                 desc(
+                    HISTOGRAM,
+                    "keel_batch_rows",
+                    "Rows per backend execution.",
+                    mv,
+                ),
+                desc(
+                    GAUGE,
                     "keel_queue_depth",
                     "Requests waiting in the scheduler queue.",
                     mv,
+                ),
+                desc(
+                    GAUGE,
+                    "keel_inflight_request_bytes",
+                    "Request bytes (bodies and decoded tensors) held by requests being served now.",
+                    &[],
                 ),
             ],
         }
     }
 
-    fn family(&self, index: usize, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    fn family(&self, index: usize, metrics: Vec<proto::Metric>) -> MetricFamily {
+        let (desc, kind) = &self.descs[index];
         let mut family = MetricFamily::default();
-        family.set_name(self.descs[index].fq_name.clone());
-        family.set_help(self.descs[index].help.clone());
-        family.set_field_type(kind);
+        family.set_name(desc.fq_name.clone());
+        family.set_help(desc.help.clone());
+        family.set_field_type(*kind);
         family.set_metric(metrics);
         family
     }
@@ -282,6 +306,14 @@ fn counter(labels: Vec<LabelPair>, value: u64) -> proto::Metric {
     m
 }
 
+fn gauge(labels: Vec<LabelPair>, value: i64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(value as f64);
+    let mut m = proto::Metric::from_label(labels);
+    m.set_gauge(g);
+    m
+}
+
 fn histogram(labels: Vec<LabelPair>, h: proto::Histogram) -> proto::Metric {
     let mut m = proto::Metric::from_label(labels);
     m.set_histogram(h);
@@ -290,13 +322,13 @@ fn histogram(labels: Vec<LabelPair>, h: proto::Histogram) -> proto::Metric {
 
 impl Collector for Families {
     fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+        self.descs.iter().map(|(desc, _)| desc).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
         let guard = self.versions.held.lock().unwrap_or_else(|e| e.into_inner());
         let Held { live, gone } = &*guard;
-        let mut out: [Vec<proto::Metric>; 8] = Default::default();
+        let mut out: [Vec<proto::Metric>; 9] = Default::default();
         let mut model_rows: BTreeMap<&str, u64> =
             gone.iter().map(|(m, rows)| (m.as_str(), *rows)).collect();
         for ((model, version), entry) in live {
@@ -339,53 +371,26 @@ impl Collector for Families {
                 labels(&mv),
                 cells.histogram(ROWS_BUCKETS, |s| &s.batch_rows),
             ));
-            let mut gauge = proto::Gauge::default();
-            gauge.set_value(cells.queue_depth() as f64);
-            let mut depth = proto::Metric::from_label(labels(&mv));
-            depth.set_gauge(gauge);
-            out[QUEUE_DEPTH].push(depth);
+            out[QUEUE_DEPTH].push(gauge(labels(&mv), cells.queue_depth()));
         }
         for (model, rows) in model_rows {
             out[MODEL_ROWS].push(counter(labels(&[("model", model)]), rows));
         }
-        let kinds = [
-            MetricType::COUNTER,
-            MetricType::COUNTER,
-            MetricType::COUNTER,
-            MetricType::HISTOGRAM,
-            MetricType::HISTOGRAM,
-            MetricType::HISTOGRAM,
-            MetricType::HISTOGRAM,
-            MetricType::GAUGE,
-        ];
+        out[HELD_BYTES].push(gauge(Vec::new(), self.held_bytes.get()));
         out.into_iter()
-            .zip(kinds)
             .enumerate()
             // A family with no series is left out, as an empty vector's is.
-            .filter(|(_, (metrics, _))| !metrics.is_empty())
-            .map(|(i, (metrics, kind))| self.family(i, kind, metrics))
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|(i, metrics)| self.family(i, metrics))
             .collect()
     }
 }
 
 /// `keel_inflight_request_bytes`: read at each scrape from the in-flight budgets' own counters (see
 /// budget.rs), so a request's bytes update one shared counter, not that and a gauge as well.
+#[derive(Default)]
 pub struct HeldBytes {
-    desc: Desc,
     budgets: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicUsize>>>,
-}
-
-impl Default for HeldBytes {
-    fn default() -> Self {
-        HeldBytes {
-            desc: desc(
-                "keel_inflight_request_bytes",
-                "Request bytes (bodies and decoded tensors) held by requests being served now.",
-                &[],
-            ),
-            budgets: Mutex::default(),
-        }
-    }
 }
 
 impl HeldBytes {
@@ -404,28 +409,6 @@ impl HeldBytes {
             .filter_map(|b| b.upgrade())
             .map(|used| used.load(Relaxed) as i64)
             .sum()
-    }
-}
-
-/// The registry's handle on a [`HeldBytes`] that [`super::Metrics`] also holds.
-pub struct HeldBytesFamily(pub Arc<HeldBytes>);
-
-impl Collector for HeldBytesFamily {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.0.desc]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut gauge = proto::Gauge::default();
-        gauge.set_value(self.0.get() as f64);
-        let mut metric = proto::Metric::default();
-        metric.set_gauge(gauge);
-        let mut family = MetricFamily::default();
-        family.set_name(self.0.desc.fq_name.clone());
-        family.set_help(self.0.desc.help.clone());
-        family.set_field_type(MetricType::GAUGE);
-        family.set_metric(vec![metric]);
-        vec![family]
     }
 }
 
