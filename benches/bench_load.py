@@ -300,6 +300,8 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "target/bench-load.json"))
     parser.add_argument("--max-steal", type=float, default=0.02, help="the largest share of the CPU the "
                         "hypervisor may take from a round's measurements for it to count as quiet")
+    parser.add_argument("--canned-threads", type=int, default=0, help="also run keel-canned with this many "
+                        "connection threads, as Keel serves by default, and report Keel against it (0: skip)")
     parser.add_argument("--peak", type=int, default=10, help="seconds of 256-row gRPC peak load for the "
                         "monitor's share of rows (0: skip)")
     args = parser.parse_args()
@@ -322,6 +324,12 @@ def main():
         "canned": Server("keel-canned", [args.canned, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
                          env),
     }
+    if args.canned_threads:
+        # The canned server with Keel's threading (conn_threads.rs): the floor for Keel's own design.
+        servers["canned_threads"] = Server(
+            f"keel-canned --connection-threads {args.canned_threads}",
+            [args.canned, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
+             "--connection-threads", str(args.canned_threads)], env)
     results = {key: {"http": [], "grpc": []} for key in servers}
     try:
         for key in ("keel", "keel_nolog"):
@@ -377,11 +385,20 @@ def main():
           f"(p99 {summary['grpc_p99_ratio']:.2f}x) |")
     print(f"logging on / off: HTTP {summary['logging_http_ratio']:.3f}, gRPC {summary['logging_grpc_ratio']:.3f} "
           f"(off: {best['keel_nolog']['http']['rps'] / 1e3:.1f}k, {best['keel_nolog']['grpc']['rps'] / 1e3:.1f}k)")
+    if "canned_threads" in best:
+        for proto, label in (("http", "HTTP"), ("grpc", "gRPC")):
+            ratio = best["keel"][proto]["rps"] / best["canned_threads"][proto]["rps"]
+            summary[f"{proto}_ratio_canned_threads"] = ratio
+            print(f"{label}: keel-canned --connection-threads {args.canned_threads} "
+                  f"{best['canned_threads'][proto]['rps'] / 1e3:.1f}k req/s, Keel / it **{ratio:.2f}**")
     # The same ratios round by round (each round runs the servers back to back), and their medians: how
     # far one round moves on a shared box, next to the best-of figures above.
     summary["per_round"] = {}
     summary["quiet_rounds"] = {}
-    for name, top, bottom in [("keel / canned", "keel", "canned"), ("logging on / off", "keel", "keel_nolog")]:
+    pairs_to_report = [("keel / canned", "keel", "canned"), ("logging on / off", "keel", "keel_nolog")]
+    if "canned_threads" in results:
+        pairs_to_report.append(("keel / canned with connection threads", "keel", "canned_threads"))
+    for name, top, bottom in pairs_to_report:
         line, quiet_line = [], []
         for proto in ("http", "grpc"):
             pairs = list(zip(results[top][proto], results[bottom][proto]))

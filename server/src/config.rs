@@ -154,6 +154,11 @@ pub struct ServeConfig {
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// OS threads that serve the HTTP and gRPC connections, each connection on one thread for its whole
+    /// life (docs/performance.md); 0 serves them on the shared async runtime. Default: one per core.
+    #[arg(long, env = "KEEL_CONNECTION_THREADS")]
+    pub connection_threads: Option<usize>,
+
     #[command(flatten)]
     pub limits: Limits,
 

@@ -158,7 +158,7 @@ pub struct Direct {
     spec: Arc<InstanceSpec>,
     max: Duration,
     crowd: Crowd,
-    queue: crossbeam_channel::Receiver<Pending>,
+    queue: Queue,
 }
 
 impl Direct {
@@ -168,7 +168,7 @@ impl Direct {
         sessions: Vec<Session>,
         spec: Arc<InstanceSpec>,
         max_us: u64,
-        queue: crossbeam_channel::Receiver<Pending>,
+        queue: Queue,
     ) -> Option<Direct> {
         (spec.policy.max_queue_delay.is_zero() && max_us > 0).then(|| Direct {
             sessions,
@@ -179,10 +179,16 @@ impl Direct {
         })
     }
 
-    /// Whether requests are queued (read after a session was given back; see [`Direct::lead`]).
-    pub fn pending(&self) -> bool {
+    /// Whether requests are queued that a relay of `lane` would take (read after a session was given
+    /// back; see [`Direct::lead`]).
+    pub fn pending(&self, lane: usize) -> bool {
         fence(Ordering::SeqCst);
-        !self.queue.is_empty()
+        !self.queue.pending.is_empty()
+            || self
+                .queue
+                .lanes
+                .as_ref()
+                .is_some_and(|lanes| !lanes.none_for(lane))
     }
 
     /// Computes queued requests on an idle instance's session, on this thread, `rows` being the caller's
@@ -191,17 +197,26 @@ impl Direct {
     /// session back); [`Lead::Left`] after its batches with work still queued; [`Lead::Ring`] when an
     /// instance thread must take over: the model is not known to be cheap enough, or a queued request
     /// is too large.
-    pub fn lead(&self, rows: usize, requeue: &crossbeam_channel::Sender<Pending>) -> Lead {
+    pub fn lead(
+        &self,
+        rows: usize,
+        lane: usize,
+        requeue: &crossbeam_channel::Sender<Pending>,
+    ) -> Lead {
         let max_rows = self.spec.cost.rows_within(self.max).min(RELAY_MAX_ROWS);
         if max_rows == 0 || rows > max_rows {
             return Lead::Ring;
         }
         let queue = Queue {
-            pending: self.queue.clone(),
             bell: None,
+            ..self.queue.clone()
         };
-        let mut source =
-            BatchSource::new(queue, self.spec.policy.clone(), self.spec.metrics.clone());
+        let mut source = BatchSource::relaying(
+            queue,
+            lane,
+            self.spec.policy.clone(),
+            self.spec.metrics.clone(),
+        );
         let mut batches = 0;
         loop {
             // Pairs with the holders' fence after they give a session back: either this sees the

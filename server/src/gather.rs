@@ -1,4 +1,4 @@
-//! Which queued request relays a relayed version's queue (see [`crate::direct`]).
+//! Which queued request relays a relayed version's queue (see [`crate::direct`]), and where it queues.
 //!
 //! A request of a relayed version queues, yields so that its worker's other ready requests queue
 //! too (again while each round brings more, up to [`GATHER_ROUNDS`]), and then relays: computes what
@@ -10,18 +10,29 @@
 //! Measured at h2load 4 x 8 on the 2-core development VM: about 7 rows per backend call against 4, and
 //! 10-17% less CPU per call (docs/performance.md).
 //!
-//! None is left behind. A request that sees a gatherer queued before it looked (a fence between), and
-//! the gatherer clears its flag before its relay's fence and first look at the queue, so that look sees
-//! the request, or a session holder's look after it does, as for any relayed request. A gatherer dropped
-//! before its relay is done (its client went away) clears its flag and rings an instance thread for what
-//! is queued.
+//! Each thread queues in a lane of its own, and a gatherer relays its own lane: with one queue for
+//! all, a gatherer computed the other worker's requests as well, and answering them moved their
+//! connections' tasks to its worker (a task woken on a worker runs there), with their buffers, sockets
+//! and allocations, between the cores at every batch. Measured at wrk 32 connections on the 2-core
+//! development VM: 16.5 µs of CPU per request with one queue against 11.5 µs with both workers pinned
+//! to one core (docs/performance.md). Another lane's requests are taken only when no gatherer of
+//! theirs is coming (its flag is clear): by a session holder after its run, or an instance thread.
 //!
-//! The flags are per thread (threads beyond [`FLAGS`] share them): a request waits on a gatherer of its
-//! own worker, whose other tasks it waited behind anyway, never on a worker held up by a long task.
+//! None is left behind. A request that sees a gatherer queued before it looked (a fence between), and
+//! the gatherer clears its flag before its relay's fence and first look at its lane, so that look sees
+//! the request, or a session holder's look after it does (the holder sees the flag clear, as for any
+//! relayed request). A gatherer dropped before its relay is done (its client went away) clears its
+//! flag and rings an instance thread for what is queued.
+//!
+//! The lanes are per thread (threads beyond [`LANES`] share them): a request waits on a gatherer of
+//! its own worker, whose other tasks it waited behind anyway, never on a worker held up by a long task.
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::doorbell::Doorbell;
+use crate::scheduler::Pending;
 
 /// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`): it yields again
 /// only while a round brought more requests. Measured on the 2-core development VM: at h2load 4 x 8,
@@ -29,30 +40,103 @@ use crate::doorbell::Doorbell;
 /// connections 8.7 against 6.6, requests/s within the noise (docs/performance.md).
 pub const GATHER_ROUNDS: usize = 4;
 
-/// Threads with a flag of their own; the runtime has one worker per core by default.
-const FLAGS: usize = 16;
+/// Threads with a lane of their own; the runtime has one worker per core by default.
+pub const LANES: usize = 16;
 
-/// A flag on its own cache line: each is written by its own thread's requests.
+/// The most requests a lane holds; more go to the version's shared queue, which every relay reads too.
+/// Together the lanes hold no more than the default `max_queue_size` (1024), so requests that timed out
+/// in a lane (they stay until a relay skips them) hold no more memory than in the shared queue.
+const LANE_MAX: usize = 64;
+
+/// One thread's lane: its gathering flag (on a cache line of its own: written by its own thread's
+/// requests) and its queue.
 #[repr(align(128))]
-#[derive(Default)]
-struct Flag(AtomicBool);
-
-/// A version's gathering flags, one per thread.
-#[derive(Default)]
-pub struct Gathering {
-    flags: [Flag; FLAGS],
+struct Lane {
+    gathering: AtomicBool,
+    tx: Sender<Pending>,
+    rx: Receiver<Pending>,
 }
 
-/// This thread's flag.
-fn flag_index() -> usize {
-    crate::per_thread::index(FLAGS)
+/// A version's lanes, one per thread.
+pub struct Gathering {
+    lanes: Box<[Lane]>,
+}
+
+impl Default for Gathering {
+    fn default() -> Self {
+        let lanes = (0..LANES)
+            .map(|_| {
+                // Unbounded: a lane's blocks are made as it fills, so idle lanes hold no slots;
+                // `LANE_MAX` bounds it.
+                let (tx, rx) = crossbeam_channel::unbounded();
+                Lane {
+                    gathering: AtomicBool::new(false),
+                    tx,
+                    rx,
+                }
+            })
+            .collect();
+        Gathering { lanes }
+    }
+}
+
+/// This thread's lane.
+pub fn lane() -> usize {
+    crate::per_thread::index(LANES)
 }
 
 impl Gathering {
-    /// Called by a request after it queued: `Some` when it is to gather and relay, `None` when a
-    /// gatherer of this thread will see it.
-    pub fn start<'a>(&'a self, bell: Option<&'a Doorbell>) -> Option<Gatherer<'a>> {
-        let flag = &self.flags[flag_index()].0;
+    /// Queues `p` in `lane`, or gives it back when the lane is full.
+    pub fn queue(&self, lane: usize, p: Pending) -> Result<(), Pending> {
+        let lane = &self.lanes[lane];
+        if lane.rx.len() >= LANE_MAX {
+            return Err(p);
+        }
+        // The lane holds its own receiver: never disconnected.
+        lane.tx.send(p).map_err(|e| e.into_inner())
+    }
+
+    /// Requests queued in `lane`.
+    pub fn len(&self, lane: usize) -> usize {
+        self.lanes[lane].rx.len()
+    }
+
+    /// The next request of `lane`.
+    pub fn take_own(&self, lane: usize) -> Option<Pending> {
+        self.lanes[lane].rx.try_recv().ok()
+    }
+
+    /// The next request of another lane than `own` that no gatherer of its own will relay.
+    pub fn take_unattended(&self, own: usize) -> Option<Pending> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .filter(|&(i, lane)| i != own && !lane.gathering.load(Ordering::SeqCst))
+            .find_map(|(_, lane)| lane.rx.try_recv().ok())
+    }
+
+    /// The next request of any lane (an instance thread's look).
+    pub fn take_any(&self) -> Option<Pending> {
+        self.lanes.iter().find_map(|lane| lane.rx.try_recv().ok())
+    }
+
+    /// Whether every lane is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(|lane| lane.rx.is_empty())
+    }
+
+    /// Whether a relay of `own` has nothing to take: its lane is empty, and so is every other whose
+    /// gatherer is not coming.
+    pub fn none_for(&self, own: usize) -> bool {
+        self.lanes.iter().enumerate().all(|(i, lane)| {
+            lane.rx.is_empty() || (i != own && lane.gathering.load(Ordering::SeqCst))
+        })
+    }
+
+    /// Called by a request after it queued in `lane`: `Some` when it is to gather and relay, `None`
+    /// when a gatherer of this lane will see it.
+    pub fn start<'a>(&'a self, lane: usize, bell: Option<&'a Doorbell>) -> Option<Gatherer<'a>> {
+        let flag = &self.lanes[lane].gathering;
         // Pairs with the fence after a gatherer clears its flag: either that gatherer's look at the
         // queue sees this request, or this sees the flag cleared and gathers itself.
         fence(Ordering::SeqCst);
@@ -68,7 +152,7 @@ impl Gathering {
     }
 }
 
-/// The gathering request's hold on its thread's flag, until its relay is done.
+/// The gathering request's hold on its lane's flag, until its relay is done.
 pub struct Gatherer<'a> {
     flag: &'a AtomicBool,
     bell: Option<&'a Doorbell>,
@@ -116,25 +200,30 @@ mod tests {
     #[test]
     fn one_gatherer_per_thread_until_it_stops() {
         let gathering = Gathering::default();
-        let mut first = gathering.start(None).expect("the first request gathers");
-        assert!(gathering.start(None).is_none(), "the next ones wait for it");
-        // Another thread has a flag of its own, unless it shares this one (past `FLAGS` threads).
-        let mine = flag_index();
+        let mut first = gathering
+            .start(lane(), None)
+            .expect("the first request gathers");
+        assert!(
+            gathering.start(lane(), None).is_none(),
+            "the next ones wait for it"
+        );
+        // Another thread has a lane of its own, unless it shares this one (past `LANES` threads).
+        let mine = lane();
         let (theirs, gathered) = std::thread::scope(|s| {
-            s.spawn(|| (flag_index(), gathering.start(None).is_some()))
+            s.spawn(|| (lane(), gathering.start(lane(), None).is_some()))
                 .join()
                 .unwrap()
         });
         assert_eq!(gathered, theirs != mine);
         first.stop();
         let second = gathering
-            .start(None)
+            .start(lane(), None)
             .expect("after a stop, a request gathers again");
-        assert!(gathering.start(None).is_none());
+        assert!(gathering.start(lane(), None).is_none());
         first.relayed();
         second.relayed();
         assert!(
-            gathering.start(None).is_some(),
+            gathering.start(lane(), None).is_some(),
             "a finished gatherer holds nothing"
         );
     }
@@ -158,11 +247,13 @@ mod tests {
         let bell = Arc::new(Doorbell::default());
         let gathering = Gathering::default();
         let waiter = asleep(&bell, Duration::from_secs(30));
-        drop(gathering.start(Some(&bell)).unwrap());
+        drop(gathering.start(lane(), Some(&bell)).unwrap());
         assert_eq!(waiter.join().unwrap(), Woken::Work);
 
         let waiter = asleep(&bell, Duration::from_millis(200));
-        let mut gatherer = gathering.start(Some(&bell)).expect("the flag came back");
+        let mut gatherer = gathering
+            .start(lane(), Some(&bell))
+            .expect("the flag came back");
         gatherer.stop();
         gatherer.relayed();
         assert_eq!(waiter.join().unwrap(), Woken::Idle, "nobody was rung");

@@ -60,10 +60,7 @@ pub async fn start(
     for i in 0..count {
         let (loaded_tx, loaded) = oneshot::channel();
         let spec = spec.clone();
-        let queue = Queue {
-            pending: queue.pending.clone(),
-            bell: queue.bell.clone(),
-        };
+        let queue = queue.clone();
         thread::Builder::new()
             .name(format!("keel-{}-{i}", spec.label))
             .spawn(move || {

@@ -12,6 +12,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod conn_stop;
+pub mod conn_threads;
 pub mod conn_timer;
 pub mod direct;
 pub mod doorbell;

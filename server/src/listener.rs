@@ -1,7 +1,9 @@
 //! Accepting connections for the HTTP and gRPC front ends: plain TCP, or TLS when a certificate is
 //! configured. Each listener holds at most `max_connections` open connections (more wait in the
-//! kernel's backlog); handshakes run on their own tasks with a deadline, so a slow or silent client never
-//! holds up the accept loop, and a plain-text client of a TLS listener fails its handshake and is closed.
+//! kernel's backlog). The accept loop hands each socket on as it is ([`Accepted`]); the task that serves
+//! it registers it with its own runtime (a connection thread's, see [`crate::conn_threads`]) and runs
+//! the TLS handshake there, with a deadline, so a slow or silent client never holds up the accept loop,
+//! and a plain-text client of a TLS listener fails its handshake and is closed.
 //!
 //! Every connection carries read deadlines ([`Activity`]): a client must send a request's headers within
 //! the header timeout of connecting or of its first byte after an idle spell, and an HTTP/1.1 keep-alive
@@ -365,10 +367,69 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A listener's accepted (and, with TLS, handshaken) connections. Dropping it stops the accept loop and
-/// closes the listening socket.
+/// An accepted socket, not yet bound to a runtime: [`Accepted::establish`] makes it a [`Conn`] on the
+/// runtime that serves it.
+pub struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    limits: ConnLimits,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    /// Registers the socket with this thread's runtime and, on a TLS listener, completes the handshake
+    /// within the header limit; `None` when that fails (the socket is closed).
+    pub async fn establish(self) -> Option<Conn> {
+        let Accepted {
+            tcp,
+            peer,
+            tls,
+            limits,
+            permit,
+        } = self;
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot register an accepted connection");
+                return None;
+            }
+        };
+        let Some(tls) = tls else {
+            return Some(Conn::new(Io::Plain(tcp), limits, permit));
+        };
+        let acceptor = tls.acceptor(limits.protocol);
+        let handshake = limits.header.unwrap_or(Duration::from_secs(3600));
+        match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => Some(Conn::new(Io::Tls(Box::new(stream)), limits, permit)),
+            Ok(Err(e)) => {
+                tls.handshake_failed();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tls.handshake_failed();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+impl Accepted {
+    /// [`Accepted::establish`], given up if `stopped` turns true first: a stopping server does not wait
+    /// for handshakes.
+    pub async fn establish_unless(self, stopped: &mut watch::Receiver<bool>) -> Option<Conn> {
+        tokio::select! {
+            conn = self.establish() => conn,
+            Ok(_) = stopped.wait_for(|stop| *stop) => None,
+        }
+    }
+}
+
+/// A listener's accepted connections. Dropping it stops the accept loop and closes the listening socket.
 pub struct Incoming {
-    rx: mpsc::Receiver<(Conn, SocketAddr)>,
+    rx: mpsc::Receiver<Accepted>,
     local: SocketAddr,
 }
 
@@ -391,8 +452,8 @@ impl Incoming {
     }
 
     /// The next connection; `None` once the listener has stopped.
-    pub async fn next(&mut self) -> Option<Conn> {
-        self.rx.recv().await.map(|(conn, _)| conn)
+    pub async fn next(&mut self) -> Option<Accepted> {
+        self.rx.recv().await
     }
 }
 
@@ -400,7 +461,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     limits: ConnLimits,
-    tx: mpsc::Sender<(Conn, SocketAddr)>,
+    tx: mpsc::Sender<Accepted>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -430,37 +491,23 @@ async fn accept_loop(
         };
         // Small responses must leave at once, not wait on Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        match &tls {
-            None => {
-                if tx
-                    .send((Conn::new(Io::Plain(tcp), limits, permit), peer))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        // Off this runtime's reactor: the task serving it registers it with its own.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot take an accepted connection");
+                continue;
             }
-            Some(tls) => {
-                let acceptor = tls.acceptor(limits.protocol);
-                let (tls, tx) = (tls.clone(), tx.clone());
-                let handshake = limits.header.unwrap_or(Duration::from_secs(3600));
-                tokio::spawn(async move {
-                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let conn = Conn::new(Io::Tls(Box::new(stream)), limits, permit);
-                            let _ = tx.send((conn, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tls.handshake_failed();
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tls.handshake_failed();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
+        };
+        let accepted = Accepted {
+            tcp,
+            peer,
+            tls: tls.clone(),
+            limits,
+            permit,
+        };
+        if tx.send(accepted).await.is_err() {
+            return;
         }
     }
 }

@@ -34,7 +34,8 @@ pub fn spawn(
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let incoming = Incoming::spawn(listener, None, limits, stop.clone())?;
-                crate::http::serve::serve(incoming, router(metrics), body_timeout, stop).await;
+                crate::http::serve::serve(incoming, router(metrics), body_timeout, None, stop)
+                    .await;
                 Ok(())
             })
         })

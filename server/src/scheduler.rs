@@ -17,7 +17,7 @@ use crate::batch;
 use crate::direct::{Direct, LEAD_ROUNDS, Lead, RELAY_MAX_ROWS};
 use crate::doorbell::{Doorbell, Woken};
 use crate::error::{Error, Result};
-use crate::gather::{GATHER_ROUNDS, Gathering};
+use crate::gather::{self, GATHER_ROUNDS, Gathering};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
 use crate::tensor::Tensor;
@@ -134,10 +134,13 @@ pub struct BatchPolicy {
 }
 
 /// The receiving ends the instances share: the queue, and in a relayed version the doorbell the instance
-/// threads wait on instead of the queue (a thread blocked on the queue would be woken by every request).
+/// threads wait on instead of the queue (a thread blocked on the queue would be woken by every request)
+/// and the lanes its requests queue in, one per thread ([`crate::gather`]).
+#[derive(Clone)]
 pub struct Queue {
     pub pending: Receiver<Pending>,
     pub bell: Option<Arc<Doorbell>>,
+    pub lanes: Option<Arc<Gathering>>,
 }
 
 /// The submitting side, held by the served version.
@@ -152,8 +155,8 @@ pub struct Scheduler {
     metrics: Arc<VersionMetrics>,
     /// Set once the instances run, when lone requests may borrow an idle one (see [`crate::direct`]).
     direct: OnceLock<Direct>,
-    /// Which queued request relays the queue (relayed versions).
-    gathering: Gathering,
+    /// Where relayed requests queue, and which of them relays (relayed versions).
+    gathering: Arc<Gathering>,
 }
 
 impl Scheduler {
@@ -162,6 +165,7 @@ impl Scheduler {
         let max_queue_size = config.max_queue_size.max(1);
         let (queue, rx) = crossbeam_channel::bounded(max_queue_size);
         let bell = crate::direct::relayed(config).then(Arc::<Doorbell>::default);
+        let gathering = Arc::new(Gathering::default());
         let default_timeout = (config.default_timeout_us > 0)
             .then(|| Duration::from_micros(config.default_timeout_us));
         (
@@ -173,9 +177,13 @@ impl Scheduler {
                 default_timeout,
                 metrics,
                 direct: OnceLock::new(),
-                gathering: Gathering::default(),
+                gathering: gathering.clone(),
             },
-            Queue { pending: rx, bell },
+            Queue {
+                pending: rx,
+                lanes: bell.is_some().then_some(gathering),
+                bell,
+            },
         )
     }
 
@@ -188,21 +196,21 @@ impl Scheduler {
         self.enqueue(inputs, rows, timeout, false).await
     }
 
-    /// Relayed versions: computes the queue here if an instance is idle and the model is cheap enough
-    /// (`rows`: the caller's own request), else has an instance thread take it.
-    async fn relay(&self, rows: usize) {
+    /// Relayed versions: computes `lane`'s queue here if an instance is idle and the model is cheap
+    /// enough (`rows`: the caller's own request), else has an instance thread take it.
+    async fn relay(&self, rows: usize, lane: usize) {
         let Some(direct) = self.direct.get() else {
             return self.ring();
         };
         for _ in 0..LEAD_ROUNDS {
-            match direct.lead(rows, &self.queue) {
+            match direct.lead(rows, lane, &self.queue) {
                 Lead::Done => return,
                 Lead::Ring => return self.ring(),
                 // Let this worker's other tasks run; one of them may take the lead meanwhile.
                 Lead::Left => tokio::task::yield_now().await,
             }
         }
-        if direct.pending() {
+        if direct.pending(lane) {
             self.ring();
         }
     }
@@ -211,11 +219,12 @@ impl Scheduler {
     /// first and join the batch computed next, and yields again while a round brings more (each yield
     /// also lets the runtime read the sockets), at most [`GATHER_ROUNDS`] rounds and never past a full
     /// relayed batch. Under light load the first round brings none and it relays at once.
-    async fn gather(&self) {
-        let mut queued = self.queue.len();
+    async fn gather(&self, lane: usize) {
+        let queued_now = || self.gathering.len(lane) + self.queue.len();
+        let mut queued = queued_now();
         for _ in 0..GATHER_ROUNDS {
             tokio::task::yield_now().await;
-            let now = self.queue.len();
+            let now = queued_now();
             if now <= queued || now >= RELAY_MAX_ROWS {
                 break;
             }
@@ -260,8 +269,9 @@ impl Scheduler {
             match direct.try_run(inputs, rows) {
                 Ok(done) => {
                     // Requests that came meanwhile found the session taken and left the queue to it.
-                    if direct.pending() {
-                        self.relay(0).await;
+                    let lane = gather::lane();
+                    if direct.pending(lane) {
+                        self.relay(0, lane).await;
                     }
                     return done;
                 }
@@ -288,21 +298,32 @@ impl Scheduler {
             warmup,
             slot: slot.clone(),
         };
-        match self.queue.try_send(pending) {
-            Ok(()) => self.metrics.queue_depth.inc(),
-            Err(TrySendError::Full(_)) => return Err(full()),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::Unavailable(
-                    "the model version is shutting down".into(),
-                ));
+        let relayed = !warmup && self.direct.get().is_some();
+        let lane = gather::lane();
+        // A relayed request queues in its thread's lane, unless that is full.
+        let shared = if relayed {
+            self.gathering.queue(lane, pending).err()
+        } else {
+            Some(pending)
+        };
+        if let Some(pending) = shared {
+            match self.queue.try_send(pending) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(full()),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(Error::Unavailable(
+                        "the model version is shutting down".into(),
+                    ));
+                }
             }
         }
-        if warmup || self.direct.get().is_none() {
+        self.metrics.queue_depth.inc();
+        if !relayed {
             self.ring();
-        } else if let Some(mut gatherer) = self.gathering.start(self.bell.as_deref()) {
-            self.gather().await;
+        } else if let Some(mut gatherer) = self.gathering.start(lane, self.bell.as_deref()) {
+            self.gather(lane).await;
             gatherer.stop();
-            self.relay(rows).await;
+            self.relay(rows, lane).await;
             gatherer.relayed();
         }
         // Else a gatherer on this thread relays the queue for this request too.
@@ -347,6 +368,10 @@ impl Drop for Scheduler {
 pub struct BatchSource {
     queue: Receiver<Pending>,
     bell: Option<Arc<Doorbell>>,
+    lanes: Option<Arc<Gathering>>,
+    /// A relay's own lane: it takes that lane's requests first, and another lane's only when no
+    /// gatherer of that lane is coming. `None` for an instance thread, which takes any.
+    own: Option<usize>,
     policy: BatchPolicy,
     carry: Option<Pending>,
     metrics: Arc<VersionMetrics>,
@@ -366,9 +391,24 @@ impl BatchSource {
         BatchSource {
             queue: queue.pending,
             bell: queue.bell,
+            lanes: queue.lanes,
+            own: None,
             policy,
             carry: None,
             metrics,
+        }
+    }
+
+    /// A relay's source of `lane`'s requests (see [`BatchSource::own`]).
+    pub fn relaying(
+        queue: Queue,
+        lane: usize,
+        policy: BatchPolicy,
+        metrics: Arc<VersionMetrics>,
+    ) -> Self {
+        BatchSource {
+            own: Some(lane),
+            ..BatchSource::new(queue, policy, metrics)
         }
     }
 
@@ -376,7 +416,36 @@ impl BatchSource {
     /// session taken left its work to their holders, and each looks again (see [`crate::direct`]).
     pub fn is_empty(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.carry.is_none() && self.queue.is_empty()
+        self.carry.is_none() && self.nothing_queued()
+    }
+
+    /// Whether this source has nothing queued to take.
+    fn nothing_queued(&self) -> bool {
+        self.queue.is_empty()
+            && self.lanes.as_ref().is_none_or(|lanes| match self.own {
+                Some(own) => lanes.none_for(own),
+                None => lanes.is_empty(),
+            })
+    }
+
+    /// The next queued request this source takes: its own lane's, the shared queue's, then another
+    /// lane's. Disconnected only when the shared queue is and no lane holds one.
+    fn try_next(&self) -> std::result::Result<Pending, TryRecvError> {
+        let Some(lanes) = &self.lanes else {
+            return self.queue.try_recv();
+        };
+        if let Some(p) = self.own.and_then(|own| lanes.take_own(own)) {
+            return Ok(p);
+        }
+        let shared = match self.queue.try_recv() {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        let other = match self.own {
+            Some(own) => lanes.take_unattended(own),
+            None => lanes.take_any(),
+        };
+        other.ok_or(shared)
     }
 
     /// Whether a request claimed for the next batch waits here.
@@ -391,7 +460,7 @@ impl BatchSource {
         let first = match self.carry.take() {
             Some(p) => p,
             None => loop {
-                let p = match self.queue.try_recv() {
+                let p = match self.try_next() {
                     Ok(p) => self.take(p),
                     Err(_) => return Now::Empty,
                 };
@@ -430,7 +499,7 @@ impl BatchSource {
         // More than this batch is queued: a sleeping sibling takes it meanwhile, as a thread blocked on
         // the queue would have been woken for it.
         if let Some(bell) = &self.bell
-            && !self.queue.is_empty()
+            && !self.nothing_queued()
         {
             bell.ring();
         }
@@ -457,7 +526,7 @@ impl BatchSource {
             // A request that found this thread's session taken left its work to it: the fence makes
             // this look see it (the request fences between queueing and trying the sessions).
             fence(Ordering::SeqCst);
-            match self.queue.try_recv() {
+            match self.try_next() {
                 Ok(p) => return Some(p),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) if closed => return None,
@@ -465,7 +534,7 @@ impl BatchSource {
             }
             // The scheduler rings after queueing what no request computes, and closes the bell when it
             // goes: nothing can be queued after that, so what is queued then is the last.
-            match bell.wait(timeout, || !self.queue.is_empty()) {
+            match bell.wait(timeout, || !self.nothing_queued()) {
                 Woken::Work => {}
                 Woken::Idle => {
                     crate::alloc::idle();
@@ -505,7 +574,7 @@ impl BatchSource {
         }
         let wait_until = batch[0].enqueued + self.policy.max_queue_delay;
         while rows < max_rows && !self.policy.preferred_batch_sizes.contains(&rows) {
-            let next = match self.queue.try_recv() {
+            let next = match self.try_next() {
                 Ok(p) => p,
                 Err(TryRecvError::Disconnected) => break,
                 // Not waiting at all is not a wait with a past deadline: crossbeam spins and yields

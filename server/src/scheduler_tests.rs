@@ -163,7 +163,7 @@ fn echo_direct(
     let calls = Arc::new(AtomicUsize::new(0));
     let session: crate::instance::Session =
         Arc::new(std::sync::Mutex::new(Some(Box::new(Echo(calls.clone())))));
-    let direct = Direct::new(vec![session], spec, 50, queue.pending.clone()).unwrap();
+    let direct = Direct::new(vec![session], spec, 50, queue.clone()).unwrap();
     (direct, calls)
 }
 
@@ -188,12 +188,12 @@ async fn a_relay_computes_its_batches_then_says_what_is_left() {
         metrics.queue_depth.inc();
         answers.push(answer);
     }
-    assert_eq!(direct.lead(1, &s.queue), Lead::Left);
+    assert_eq!(direct.lead(1, crate::gather::lane(), &s.queue), Lead::Left);
     assert_eq!(calls.load(Ordering::Relaxed), LEAD_BATCHES);
-    assert!(direct.pending());
-    assert_eq!(direct.lead(1, &s.queue), Lead::Done);
+    assert!(direct.pending(crate::gather::lane()));
+    assert_eq!(direct.lead(1, crate::gather::lane(), &s.queue), Lead::Done);
     assert_eq!(calls.load(Ordering::Relaxed), 5);
-    assert!(!direct.pending());
+    assert!(!direct.pending(crate::gather::lane()));
     for (i, answer) in answers.into_iter().enumerate() {
         let executed = answer.await.unwrap().unwrap();
         assert_eq!(
@@ -238,8 +238,8 @@ fn relaying_takes_what_fits_and_leaves_larger_requests_queued() {
         preferred_batch_sizes: vec![],
     };
     let relay = Queue {
-        pending: queue.pending.clone(),
         bell: None,
+        ..queue.clone()
     };
     let mut source = BatchSource::new(relay, policy.clone(), metrics.clone());
     let rows = |now: Now| match now {
@@ -353,4 +353,99 @@ async fn requests_queued_while_one_gathers_join_its_batch() {
     assert_eq!(next.outputs[0].data, TensorData::Fp32(vec![6.0; 2]));
     assert_eq!(waiting.batch_requests, 2, "the left request was skipped");
     assert_eq!(metrics.queue_depth.get(), 0);
+}
+
+/// Each thread's relayed requests queue in its own lane. A relay takes its own lane, then the shared
+/// queue, then a lane whose gatherer is not coming (its flag is clear), never one whose gatherer is:
+/// that gatherer computes its own thread's requests. An instance thread takes any lane.
+#[test]
+fn a_relay_takes_its_lane_and_leaves_a_gathered_lane_to_its_gatherer() {
+    let config = DynamicBatching {
+        max_queue_size: 64,
+        ..DynamicBatching::default()
+    };
+    let (s, queue, metrics) = scheduler(&config);
+    let lanes = queue.lanes.clone().expect("relayed: lanes");
+    let (mine, theirs, third) = (0, 1, 2);
+    let mut answers = Vec::new();
+    let mut put = |lane: Option<usize>, rows: usize| {
+        let (p, answer) = pending(rows, 2);
+        match lane {
+            Some(lane) => assert!(lanes.queue(lane, p).is_ok()),
+            None => s.queue.try_send(p).unwrap(),
+        }
+        metrics.queue_depth.inc();
+        answers.push(answer);
+    };
+    put(Some(theirs), 1);
+    put(Some(third), 2);
+    put(None, 3);
+    put(Some(mine), 4);
+    // Their thread's gatherer is yielding for more: its lane is its own.
+    let mut gatherer = lanes.start(theirs, None).expect("their lane's gatherer");
+    assert!(lanes.start(theirs, None).is_none());
+    let policy = BatchPolicy {
+        max_batch_size: 1,
+        max_queue_delay: Duration::ZERO,
+        preferred_batch_sizes: vec![],
+    };
+    let relay_queue = Queue {
+        bell: None,
+        ..queue.clone()
+    };
+    let mut relay = BatchSource::relaying(relay_queue, mine, policy.clone(), metrics.clone());
+    let next = |relay: &mut BatchSource| match relay.next_batch_now(8, &s.queue) {
+        Now::Batch(b) => b.iter().map(|p| p.rows).collect::<Vec<_>>(),
+        Now::Empty => vec![],
+        Now::TooLarge => panic!("nothing is too large"),
+    };
+    // Its own lane, the shared queue, then the third lane, which no gatherer holds.
+    assert_eq!(next(&mut relay), vec![4]);
+    assert_eq!(next(&mut relay), vec![3]);
+    assert_eq!(next(&mut relay), vec![2]);
+    assert_eq!(
+        next(&mut relay),
+        Vec::<usize>::new(),
+        "their lane waits for their gatherer"
+    );
+    assert!(relay.is_empty());
+    assert_eq!(lanes.len(theirs), 1);
+    // Once their gatherer has stopped gathering (and, say, found every session taken), a holder takes it.
+    gatherer.stop();
+    assert!(!relay.is_empty());
+    assert_eq!(next(&mut relay), vec![1]);
+    gatherer.relayed();
+    // An instance thread takes any lane, whoever gathers it.
+    put(Some(theirs), 5);
+    let _again = lanes.start(theirs, None).expect("a new gatherer");
+    let mut instance = BatchSource::new(queue, policy, metrics.clone());
+    assert_eq!(
+        instance
+            .next_batch()
+            .map(|b| b.iter().map(|p| p.rows).collect::<Vec<_>>()),
+        Some(vec![5])
+    );
+    assert!(lanes.is_empty());
+    assert_eq!(metrics.queue_depth.get(), 0);
+}
+
+/// A full lane sends its thread's requests to the shared queue, which every relay reads.
+#[test]
+fn a_full_lane_overflows_to_the_shared_queue() {
+    let (_s, queue, _metrics) = scheduler(&DynamicBatching::default());
+    let lanes = queue.lanes.clone().unwrap();
+    let mut held = Vec::new();
+    let refused = loop {
+        let (p, answer) = pending(1, 2);
+        held.push(answer);
+        if let Err(p) = lanes.queue(3, p) {
+            break p;
+        }
+    };
+    assert_eq!(refused.rows, 1);
+    assert_eq!(lanes.len(3), held.len() - 1);
+    assert!(
+        lanes.len(3) >= 16,
+        "a lane holds a worker's share of connections"
+    );
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{AdminAuth, ApiAuth};
 use crate::backend::onnxruntime;
 use crate::config::ServeConfig;
+use crate::conn_threads::{self, ConnThreads};
 use crate::grpc::auth::ApiTokenLayer;
 use crate::grpc::deadline::DeadlineLayer;
 use crate::grpc::{self, GrpcShared, GrpcState};
@@ -48,6 +49,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the connection threads: {0}")]
+    Threads(std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,10 +222,17 @@ impl Server {
             tracer: tracer.clone(),
         });
         let body_timeout = seconds(limits.body_read_timeout);
+        let threads = ConnThreads::start(
+            config
+                .connection_threads
+                .unwrap_or_else(conn_threads::default_count),
+        )
+        .map_err(StartError::Threads)?;
         let http = tokio::spawn(http::serve::serve(
             http_incoming,
             router,
             body_timeout,
+            threads.clone(),
             stopped.clone(),
         ));
         let grpc_service = grpc::convert::guard::service(
@@ -254,6 +264,7 @@ impl Server {
             grpc_incoming,
             grpc_service,
             http2,
+            threads,
             stopped.clone(),
         ));
         let metrics_limits = ConnLimits {

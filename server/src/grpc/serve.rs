@@ -24,7 +24,8 @@ use tower::{Layer, Service, ServiceExt};
 use super::deadline::DeadlineLayer;
 
 use crate::conn_stop::serve_until_stopped;
-use crate::listener::{Conn, Incoming};
+use crate::conn_threads::{self, ConnThreads};
+use crate::listener::{Accepted, Incoming};
 
 /// What tonic's `Server` defaulted to where Keel sets nothing: hyper's own HTTP/2 defaults, and 20 s for a
 /// keep-alive ping's answer.
@@ -48,6 +49,7 @@ pub async fn serve<S>(
     mut incoming: Incoming,
     service: S,
     http2: Http2,
+    threads: Option<Arc<ConnThreads>>,
     mut stopped: watch::Receiver<bool>,
 ) where
     S: Service<
@@ -72,9 +74,10 @@ pub async fn serve<S>(
     loop {
         tokio::select! {
             conn = incoming.next() => match conn {
-                Some(conn) => {
+                Some(accepted) => {
                     let service = tower::util::option_layer(http2.deadline).layer(service.clone());
-                    connections.spawn(connection(conn, builder.clone(), service, for_connections.clone()));
+                    let task = connection(accepted, builder.clone(), service, for_connections.clone());
+                    conn_threads::spawn(threads.as_deref(), &mut connections, task);
                 }
                 None => break,
             },
@@ -88,10 +91,10 @@ pub async fn serve<S>(
 }
 
 async fn connection<S>(
-    conn: Conn,
+    accepted: Accepted,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
-    stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
 ) where
     S: Service<
             Request<tonic::body::Body>,
@@ -102,6 +105,9 @@ async fn connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let Some(conn) = accepted.establish_unless(&mut stopped).await else {
+        return;
+    };
     let service =
         service.map_request(|request: Request<IncomingBody>| request.map(tonic::body::Body::new));
     let served = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ use tower::ServiceExt;
 
 use super::deadline::ConnTimer;
 use crate::conn_stop::serve_until_stopped;
-use crate::listener::{BusyGuard, Conn, Incoming};
+use crate::conn_threads::{self, ConnThreads};
+use crate::listener::{Accepted, BusyGuard, Incoming};
 
 /// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
 /// with what surrounds it ([`super::Edge`]).
@@ -61,6 +63,7 @@ pub async fn serve(
     mut incoming: Incoming,
     answer: impl Answer,
     body_timeout: Option<Duration>,
+    threads: Option<Arc<ConnThreads>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -68,8 +71,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             conn = incoming.next() => match conn {
-                Some(conn) => {
-                    connections.spawn(connection(conn, answer.clone(), body_timeout, for_connections.clone()));
+                Some(accepted) => {
+                    let task = connection(accepted, answer.clone(), body_timeout, for_connections.clone());
+                    conn_threads::spawn(threads.as_deref(), &mut connections, task);
                 }
                 None => break,
             },
@@ -83,11 +87,14 @@ pub async fn serve(
 }
 
 async fn connection(
-    conn: Conn,
+    accepted: Accepted,
     answer: impl Answer,
     body_timeout: Option<Duration>,
-    stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
 ) {
+    let Some(conn) = accepted.establish_unless(&mut stopped).await else {
+        return;
+    };
     let activity = conn.activity().clone();
     let timer = ConnTimer::default();
     let service = hyper::service::service_fn(move |request: Request<IncomingBody>| {

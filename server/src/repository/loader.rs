@@ -76,7 +76,7 @@ pub async fn load_version(
         cost: Default::default(),
     };
     let spec = Arc::new(spec);
-    let pending = queue.pending.clone();
+    let pending = queue.clone();
     let sessions = instance::start(spec.clone(), config.instance_count(), queue).await?;
     if let Some(direct) = Direct::new(sessions, spec, batching.direct_run_max_us, pending) {
         scheduler.enable_direct(direct);
