@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub struct Activity {
     /// Milliseconds since `origin` at the last change of state.
     since: AtomicU64,
     busy: AtomicU32,
+    /// Set when a request's body was dropped before its end: its response must close the connection.
+    unread_body: AtomicBool,
     origin: Instant,
     limits: ConnLimits,
 }
@@ -66,6 +68,7 @@ impl Activity {
             state: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
             busy: AtomicU32::new(0),
+            unread_body: AtomicBool::new(false),
             origin: Instant::now(),
             limits,
         }
@@ -94,6 +97,19 @@ impl Activity {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.state.store(BUSY, Ordering::Release);
         BusyGuard(self.clone())
+    }
+
+    /// A request's body was dropped before its end (a refusal from its headers, say): hyper closes the
+    /// connection after the response, which must say so (see [`Activity::take_unread_body`]).
+    pub fn note_unread_body(&self) {
+        self.unread_body.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request just answered left its body unread; clears it. Its response then carries
+    /// `Connection: close`: otherwise a client takes the connection back to its pool and may send its
+    /// next request into the close (reqwest: `IncompleteMessage`).
+    pub fn take_unread_body(&self) -> bool {
+        self.unread_body.swap(false, Ordering::Relaxed)
     }
 
     /// When the connection expires if no byte arrives.
@@ -414,9 +430,7 @@ impl Accepted {
             }
         }
     }
-}
 
-impl Accepted {
     /// [`Accepted::establish`], given up if `stopped` turns true first: a stopping server does not wait
     /// for handshakes.
     pub async fn establish_unless(self, stopped: &mut watch::Receiver<bool>) -> Option<Conn> {

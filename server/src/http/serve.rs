@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::{Request, Response};
+use axum::http::{HeaderValue, Request, Response, header};
 use hyper::body::{Frame, Incoming as IncomingBody, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use tower::ServiceExt;
 use super::deadline::ConnTimer;
 use crate::conn_stop::serve_until_stopped;
 use crate::conn_threads::{self, ConnThreads};
-use crate::listener::{Accepted, BusyGuard, Incoming};
+use crate::listener::{Accepted, Activity, BusyGuard, Incoming};
 
 /// What answers a connection's requests: a router as it is (the metrics server), or Keel's API router
 /// with what surrounds it ([`super::Edge`]).
@@ -101,11 +101,23 @@ async fn connection(
         let busy = activity.begin();
         let answer = answer.clone();
         let timer = timer.clone();
+        let activity = activity.clone();
         async move {
             let arrived = Instant::now();
-            let request =
-                request.map(|body| Body::new(DeadlineBody::new(body, body_timeout, arrived)));
-            let response = answer.answer(request, timer, arrived).await;
+            let request = request.map(|body| {
+                Body::new(DeadlineBody::new(
+                    body,
+                    body_timeout,
+                    arrived,
+                    activity.clone(),
+                ))
+            });
+            let mut response = answer.answer(request, timer, arrived).await;
+            if activity.take_unread_body() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response.map(|body| GuardedBody { body, _busy: busy }))
         }
     });
@@ -126,15 +138,34 @@ struct DeadlineBody {
     start: Instant,
     /// Made only when the body does not arrive with its headers (the common small request never needs it).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Told when the body is dropped before its end.
+    activity: Arc<Activity>,
+    /// Read to its end (a chunked body's length is never known to be zero before).
+    ended: bool,
 }
 
 impl DeadlineBody {
-    fn new(body: IncomingBody, timeout: Option<Duration>, start: Instant) -> Self {
+    fn new(
+        body: IncomingBody,
+        timeout: Option<Duration>,
+        start: Instant,
+        activity: Arc<Activity>,
+    ) -> Self {
         DeadlineBody {
             body,
             timeout,
             start,
             timer: None,
+            activity,
+            ended: false,
+        }
+    }
+}
+
+impl Drop for DeadlineBody {
+    fn drop(&mut self) {
+        if !self.ended && !self.body.is_end_stream() {
+            self.activity.note_unread_body();
         }
     }
 }
@@ -153,6 +184,10 @@ impl HttpBody for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
                 let Some(timeout) = this.timeout else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{TempRepo, TestServer, breast_cancer_rows, example_models, infer_body, workspace};
 use keel_server::ServeConfig;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::{assert_rejected, input, metric, raw_http, with_element, zeros};
@@ -248,6 +248,36 @@ async fn oversized_bodies_get_413_without_reading_them() {
     let chunks: Vec<&[u8]> = std::iter::repeat_n(chunk.as_bytes(), 8).collect();
     let reply = raw_http(addr, &head, &chunks).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    // A keep-alive client is told that the connection closes: its body was left unread, so the server
+    // closes it, and a client that pooled it would send its next request into the close.
+    let head = format!(
+        "POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        1u64 << 30
+    );
+    let reply = raw_http(addr, &head, &[]).await.to_lowercase();
+    assert!(reply.starts_with("http/1.1 413"), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    // A request read whole keeps its connection, chunked or not.
+    let body = serde_json::to_string(&infer_body(1)).unwrap();
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    for (framing, payload) in [
+        (format!("content-length: {}", body.len()), body.clone()),
+        ("transfer-encoding: chunked".to_string(), chunked),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{framing}\r\n\r\n{payload}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{framing}: {head}");
+        assert!(!head.contains("connection: close"), "{framing}: {head}");
+    }
     let (status, _) = s.post_json(INFER, &infer_body(1)).await;
     assert_eq!(status, 200);
     s.server.shutdown().await.unwrap();
