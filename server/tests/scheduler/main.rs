@@ -466,7 +466,10 @@ async fn a_grpc_call_ends_at_the_clients_deadline() {
     let mut config = keel_server::ServeConfig::local(&repo.root);
     config.limits.request_timeout = 0.0;
     let s = TestServer::start_with(config).await;
-    let rows = 64;
+    // Large enough that the MLP computes for tens of milliseconds, far past the 2 ms deadline, even when
+    // the connection's thread is slow to see it pass on a busy machine (64 rows, a few ms, sometimes
+    // finished first in CI, and the call was answered).
+    let rows = 256;
     let request = pb::ModelInferRequest {
         model_name: "mlp".into(),
         inputs: vec![pb::model_infer_request::InferInputTensor {
@@ -501,7 +504,7 @@ async fn a_grpc_call_ends_at_the_clients_deadline() {
         .unwrap()
     };
     let started = std::time::Instant::now();
-    let (response, mut body) = client.send_request(call("5m"), false).unwrap();
+    let (response, mut body) = client.send_request(call("2m"), false).unwrap();
     body.send_data(framed.clone().into(), true).unwrap();
     let response = response.await.unwrap();
     let took = started.elapsed();
