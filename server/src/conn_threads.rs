@@ -76,16 +76,6 @@ impl ConnThreads {
         })))
     }
 
-    /// How many threads serve connections.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Whether there are none (never: [`ConnThreads::start`] makes none for 0).
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Open connections per thread.
     pub fn open(&self) -> Vec<usize> {
         self.threads
@@ -159,7 +149,7 @@ mod tests {
     async fn connections_spread_over_the_threads_and_stay_on_theirs() {
         assert!(ConnThreads::start(0).unwrap().is_none());
         let threads = ConnThreads::start(3).unwrap().unwrap();
-        assert_eq!(threads.len(), 3);
+        assert_eq!(threads.open(), vec![0, 0, 0]);
         let mut set = JoinSet::new();
         let mut held = Vec::new();
         let (names_tx, mut names) = tokio::sync::mpsc::unbounded_channel();

@@ -183,12 +183,7 @@ impl Direct {
     /// back; see [`Direct::lead`]).
     pub fn pending(&self, lane: usize) -> bool {
         fence(Ordering::SeqCst);
-        !self.queue.pending.is_empty()
-            || self
-                .queue
-                .lanes
-                .as_ref()
-                .is_some_and(|lanes| !lanes.none_for(lane))
+        !self.queue.nothing_for(Some(lane))
     }
 
     /// Computes queued requests on an idle instance's session, on this thread, `rows` being the caller's

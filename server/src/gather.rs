@@ -11,12 +11,12 @@
 //! 10-17% less CPU per call (docs/performance.md).
 //!
 //! Each thread queues in a lane of its own, and a gatherer relays its own lane: with one queue for
-//! all, a gatherer computed the other worker's requests as well, and answering them moved their
-//! connections' tasks to its worker (a task woken on a worker runs there), with their buffers, sockets
-//! and allocations, between the cores at every batch. Measured at wrk 32 connections on the 2-core
-//! development VM: 16.5 µs of CPU per request with one queue against 11.5 µs with both workers pinned
-//! to one core (docs/performance.md). Another lane's requests are taken only when no gatherer of
-//! theirs is coming (its flag is clear): by a session holder after its run, or an instance thread.
+//! all, a gatherer computed another thread's requests as well, and answering them woke their tasks
+//! from across the cores. With each connection on one connection thread ([`crate::conn_threads`]), a
+//! batch, its requests and their answers now stay on that thread. (On the shared multi-threaded
+//! runtime, where tokio moves tasks between workers anyway, the lanes alone measured no change:
+//! docs/performance.md.) Another lane's requests are taken only when no gatherer of theirs is coming
+//! (its flag is clear): by a session holder after its run, or an instance thread.
 //!
 //! None is left behind. A request that sees a gatherer queued before it looked (a fence between), and
 //! the gatherer clears its flag before its relay's fence and first look at its lane, so that look sees

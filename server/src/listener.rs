@@ -125,6 +125,13 @@ impl Activity {
 
 pub struct BusyGuard(Arc<Activity>);
 
+impl BusyGuard {
+    /// The connection's activity.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.0
+    }
+}
+
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         // No wake-up: the connection's timer is armed for the idle deadline this starts (see

@@ -101,19 +101,14 @@ async fn connection(
         let busy = activity.begin();
         let answer = answer.clone();
         let timer = timer.clone();
-        let activity = activity.clone();
         async move {
             let arrived = Instant::now();
             let request = request.map(|body| {
-                Body::new(DeadlineBody::new(
-                    body,
-                    body_timeout,
-                    arrived,
-                    activity.clone(),
-                ))
+                let activity = busy.activity().clone();
+                Body::new(DeadlineBody::new(body, body_timeout, arrived, activity))
             });
             let mut response = answer.answer(request, timer, arrived).await;
-            if activity.take_unread_body() {
+            if busy.activity().take_unread_body() {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
