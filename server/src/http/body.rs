@@ -24,12 +24,28 @@ pub async fn read_body(
     limit: usize,
     budget: &Budget,
 ) -> Result<(bytes::Bytes, Permit)> {
-    // The router's middleware answers 415 before this; direct callers get a 400.
-    let coding = compression::request_coding(headers).map_err(|coding| {
+    read_coded_body(coding(headers)?, headers, body, limit, budget).await
+}
+
+/// The body's coding from `Content-Encoding`. The edge answers 415 before a handler runs; a caller
+/// without it gets a 400.
+pub fn coding(headers: &HeaderMap) -> Result<Option<compression::Coding>> {
+    compression::request_coding(headers).map_err(|coding| {
         Error::invalid(format!(
             "unsupported Content-Encoding '{coding}' (gzip, deflate or identity)"
         ))
-    })?;
+    })
+}
+
+/// [`read_body`] of a body whose coding the caller has read from `headers` already (the edge does, to
+/// answer 415).
+pub async fn read_coded_body(
+    coding: Option<compression::Coding>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    budget: &Budget,
+) -> Result<(bytes::Bytes, Permit)> {
     let (body, mut permit) = read_encoded_body(headers, body, limit, budget).await?;
     let Some(coding) = coding else {
         return Ok((body, permit));

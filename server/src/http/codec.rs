@@ -73,12 +73,14 @@ pub fn json_length(headers: &HeaderMap) -> Result<Option<usize>> {
 /// `axum::middleware::map_response` on the router.
 pub async fn json_error_body(response: axum::response::Response) -> axum::response::Response {
     let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if status.as_u16() < 400 || is_json {
+    // The status first: a successful answer's headers are not looked at.
+    if status.as_u16() < 400
+        || response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();

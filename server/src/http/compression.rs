@@ -108,13 +108,6 @@ pub fn response_coding(headers: &HeaderMap) -> Option<Coding> {
     best.and_then(|(_, coding)| coding)
 }
 
-/// 415 for a request body in a coding Keel cannot decode, before the handler reads a byte of it.
-pub fn refuse(headers: &HeaderMap) -> Option<Response> {
-    request_coding(headers)
-        .err()
-        .map(|coding| unsupported(&coding))
-}
-
 /// Compresses a successful, non-empty response in `wanted`, the coding the client asked for
 /// ([`response_coding`]). Error answers stay uncompressed JSON, as Triton sends them (tritonclient
 /// reads an error body without looking at its coding).
@@ -167,7 +160,7 @@ pub async fn compress_response(mut response: Response, wanted: Option<Coding>) -
 }
 
 /// 415 with the codings Keel takes, as RFC 9110 §15.5.16 suggests.
-fn unsupported(coding: &str) -> Response {
+pub fn unsupported(coding: &str) -> Response {
     let mut response = (
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         axum::Json(serde_json::json!({

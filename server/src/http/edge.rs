@@ -46,9 +46,10 @@ impl Edge {
     /// Answers one request, whose headers were read at `arrived`.
     pub async fn call(self, request: Request, timer: ConnTimer, arrived: Instant) -> Response {
         // Before anything reads the body.
-        if let Some(refused) = compression::refuse(request.headers()) {
-            return refused;
-        }
+        let coding = match compression::request_coding(request.headers()) {
+            Ok(coding) => coding,
+            Err(coding) => return compression::unsupported(&coding),
+        };
         let wanted = compression::response_coding(request.headers());
         // A refusal carries it back too, so a client can match it to its request.
         let id = request.headers().get(&request_id::HTTP_HEADER).cloned();
@@ -62,10 +63,15 @@ impl Edge {
             .filter(|_| infer.is_some() || !health_or_control(request.uri().path()));
         // Pinned where it is made: the handler's future is kilobytes (the request's decoding and
         // inference states), and passing it to the deadline by value copied it twice per request.
+        let client_id = id.clone();
         let mut routed = std::pin::pin!(async move {
             if let Some(target) = infer {
-                let since = arrived.into_std();
-                return Ok(super::infer_direct(&self.state, request, target, since).await);
+                let read = super::EdgeRead {
+                    since: arrived.into_std(),
+                    coding,
+                    id: client_id,
+                };
+                return Ok(super::infer_direct(&self.state, request, target, read).await);
             }
             self.router.oneshot(request).await
         });

@@ -216,8 +216,23 @@ async fn infer(
     let (model, version) = model_and_version(&path);
     // The request taken whole: axum's `HeaderMap` extractor would clone the headers.
     let (parts, body) = request.into_parts();
-    let since = std::time::Instant::now();
-    infer_at(&state, model, version, parts.headers, body, since).await
+    let read = EdgeRead {
+        since: std::time::Instant::now(),
+        coding: body::coding(&parts.headers)?,
+        id: parts.headers.get(&request_id::HTTP_HEADER).cloned(),
+    };
+    infer_at(&state, model, version, parts.headers, body, read).await
+}
+
+/// What the edge read from an inference request's headers before its handler runs, so the handler does
+/// not look them up again.
+pub(crate) struct EdgeRead {
+    /// When the request's headers arrived.
+    pub since: std::time::Instant,
+    /// The body's coding (one Keel cannot read was answered with 415).
+    pub coding: Option<compression::Coding>,
+    /// The client's `x-request-id` header.
+    pub id: Option<HeaderValue>,
 }
 
 /// `POST /v2/models/{model}[/versions/{version}]/infer`, read from the path by the edge so the busiest
@@ -265,20 +280,19 @@ impl InferTarget {
 }
 
 /// The infer route reached from the edge: the token check the router's API layer would make, then the
-/// route's work. The caller has checked the method and parsed `target` from this request's path;
-/// `since`: when the request's headers arrived.
+/// route's work. The caller has checked the method and parsed `target` from this request's path.
 pub(crate) async fn infer_direct(
     state: &Shared,
     request: Request,
     target: InferTarget,
-    since: std::time::Instant,
+    read: EdgeRead,
 ) -> Response {
     if let Some(refused) = api_refusal(state, request.headers()) {
         return refused;
     }
     let (parts, body) = request.into_parts();
     let (model, version) = target.of(parts.uri.path());
-    infer_at(state, model, version, parts.headers, body, since)
+    infer_at(state, model, version, parts.headers, body, read)
         .await
         .into_response()
 }
@@ -290,16 +304,16 @@ async fn infer_at(
     version: Option<&str>,
     headers: HeaderMap,
     body: Body,
-    since: std::time::Instant,
+    read: EdgeRead,
 ) -> Result<Response> {
     let Some(start) = state.tracer.sample_headers(&headers) else {
-        return infer_request(state, model, version, headers, body, since, None).await;
+        return infer_request(state, model, version, headers, body, read, None).await;
     };
     let operation = Operation::HttpInfer {
         versioned: version.is_some(),
     };
     let mut span = state.tracer.span(start, operation);
-    let result = infer_request(state, model, version, headers, body, since, span.as_mut()).await;
+    let result = infer_request(state, model, version, headers, body, read, span.as_mut()).await;
     if let Some(span) = &mut span {
         span.answered(result.as_ref().err());
     }
@@ -312,9 +326,10 @@ async fn infer_request(
     version: Option<&str>,
     headers: HeaderMap,
     body: Body,
-    since: std::time::Instant,
+    read: EdgeRead,
     mut span: Option<&mut RequestSpan>,
 ) -> Result<Response> {
+    let EdgeRead { since, coding, id } = read;
     if let Some(span) = span.as_deref_mut() {
         span.model(model);
     }
@@ -330,9 +345,10 @@ async fn infer_request(
     let json_len = codec::json_length(&headers).map_err(|e| refused(e, &served))?;
     // The body's bytes are held from the in-flight budget while it is read (429 when spent), then the
     // decoded tensors' bytes, checked against the signature before they are built.
-    let (body, mut permit) = body::read_body(&headers, body, state.max_body_bytes, &state.budget)
-        .await
-        .map_err(|e| refused(e, &served))?;
+    let (body, mut permit) =
+        body::read_coded_body(coding, &headers, body, state.max_body_bytes, &state.budget)
+            .await
+            .map_err(|e| refused(e, &served))?;
     let max_bytes_elements = state.max_bytes_elements;
     let decode = move |body: bytes::Bytes, permit: &mut crate::budget::Permit| {
         let limits = codec::DecodeLimits {
@@ -359,9 +375,7 @@ async fn infer_request(
     // The body is gone; the tensors stay until the answer.
     permit.shrink_to(decoded.tensor_bytes);
     let mut request = decoded.request;
-    let header_id = headers
-        .get(&request_id::HTTP_HEADER)
-        .and_then(|v| v.to_str().ok());
+    let header_id = id.as_ref().and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
     let response = served.infer_traced(request, Protocol::Http, span).await?;
     let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
