@@ -1,7 +1,7 @@
 //! Which queued request relays a relayed version's queue (see [`crate::direct`]), and where it queues.
 //!
 //! A request of a relayed version queues, yields so that its worker's other ready requests queue
-//! too (again while each round brings more, up to [`GATHER_ROUNDS`]), and then relays: computes what
+//! too (again until [`IDLE_ROUNDS`] rounds in a row bring none, up to [`GATHER_ROUNDS`]), and then relays: computes what
 //! is queued on an idle session. When every request did that, most of them, under load, found the
 //! queue already taken by another and had paid a reschedule of their whole call for nothing, and the
 //! requests that did relay each took the few that had queued on their own worker. Now the request
@@ -27,21 +27,30 @@
 //! The lanes are per thread (threads beyond [`LANES`] share them): a request waits on a gatherer of
 //! its own worker, whose other tasks it waited behind anyway, never on a worker held up by a long task.
 
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::doorbell::Doorbell;
 use crate::scheduler::Pending;
 
-/// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`): it yields again
-/// only while a round brought more requests. Measured on the 2-core development VM: at h2load 4 x 8,
-/// 10.5 rows per backend call against 8 with one round and about 2% more calls/s; at wrk 32
-/// connections 8.7 against 6.6, requests/s within the noise (docs/performance.md).
-pub const GATHER_ROUNDS: usize = 4;
+/// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`).
+pub const GATHER_ROUNDS: usize = 8;
+
+/// A gatherer stops yielding after this many rounds in a row that brought no request. Requests arrive
+/// in spurts (a client answers a batch's responses as they come), so one round without any often comes
+/// just before the next few. Measured on the 2-core development VM at wrk 32 connections on two
+/// connection threads: 11.3 rows per backend call against 8.5 when the first such round ended the
+/// wait, and 3.3% more requests/s (median of five alternated pairs); at h2load 4 x 8, 12.1 rows against
+/// 11.8 and +1.9%. A third round added 0.4 rows and nothing measurable (docs/performance.md).
+pub const IDLE_ROUNDS: usize = 2;
 
 /// Threads with a lane of their own; the runtime has one worker per core by default.
 pub const LANES: usize = 16;
+const _: () = assert!(
+    LANES <= u32::BITS as usize,
+    "a bit of `Gathering::used` per lane"
+);
 
 /// The most requests a lane holds; more go to the version's shared queue, which every relay reads too.
 /// Together the lanes hold no more than the default `max_queue_size` (1024), so requests that timed out
@@ -60,6 +69,11 @@ struct Lane {
 /// A version's lanes, one per thread.
 pub struct Gathering {
     lanes: Box<[Lane]>,
+    /// Bit `i` set once lane `i` has held a request: the looks at other lanes skip the rest (with two
+    /// connection threads, 14 of the 16 lanes are never used, and probing each empty one cost about
+    /// 60 instructions, some 900 per request: `benches/instructions.py`). Set before the request is
+    /// sent, so a look after a fence that would find the request finds its bit too.
+    used: AtomicU32,
 }
 
 impl Default for Gathering {
@@ -76,7 +90,10 @@ impl Default for Gathering {
                 }
             })
             .collect();
-        Gathering { lanes }
+        Gathering {
+            lanes,
+            used: AtomicU32::new(0),
+        }
     }
 }
 
@@ -88,9 +105,13 @@ pub fn lane() -> usize {
 impl Gathering {
     /// Queues `p` in `lane`, or gives it back when the lane is full.
     pub fn queue(&self, lane: usize, p: Pending) -> Result<(), Pending> {
+        let bit = 1 << lane;
         let lane = &self.lanes[lane];
         if lane.rx.len() >= LANE_MAX {
             return Err(p);
+        }
+        if self.used.load(Ordering::Relaxed) & bit == 0 {
+            self.used.fetch_or(bit, Ordering::SeqCst);
         }
         // The lane holds its own receiver: never disconnected.
         lane.tx.send(p).map_err(|e| e.into_inner())
@@ -106,29 +127,37 @@ impl Gathering {
         self.lanes[lane].rx.try_recv().ok()
     }
 
+    /// The lanes that have held a request, with their numbers.
+    fn used(&self) -> impl Iterator<Item = (usize, &Lane)> {
+        let mut bits = self.used.load(Ordering::SeqCst);
+        std::iter::from_fn(move || {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits.checked_sub(1)?;
+            Some((i, &self.lanes[i]))
+        })
+    }
+
     /// The next request of another lane than `own` that no gatherer of its own will relay.
     pub fn take_unattended(&self, own: usize) -> Option<Pending> {
-        self.lanes
-            .iter()
-            .enumerate()
+        self.used()
             .filter(|&(i, lane)| i != own && !lane.gathering.load(Ordering::SeqCst))
             .find_map(|(_, lane)| lane.rx.try_recv().ok())
     }
 
     /// The next request of any lane (an instance thread's look).
     pub fn take_any(&self) -> Option<Pending> {
-        self.lanes.iter().find_map(|lane| lane.rx.try_recv().ok())
+        self.used().find_map(|(_, lane)| lane.rx.try_recv().ok())
     }
 
     /// Whether every lane is empty.
     pub fn is_empty(&self) -> bool {
-        self.lanes.iter().all(|lane| lane.rx.is_empty())
+        self.used().all(|(_, lane)| lane.rx.is_empty())
     }
 
     /// Whether a relay of `own` has nothing to take: its lane is empty, and so is every other whose
     /// gatherer is not coming.
     pub fn none_for(&self, own: usize) -> bool {
-        self.lanes.iter().enumerate().all(|(i, lane)| {
+        self.used().all(|(i, lane)| {
             lane.rx.is_empty() || (i != own && lane.gathering.load(Ordering::SeqCst))
         })
     }

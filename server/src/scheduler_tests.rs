@@ -366,7 +366,8 @@ fn a_relay_takes_its_lane_and_leaves_a_gathered_lane_to_its_gatherer() {
     };
     let (s, queue, metrics) = scheduler(&config);
     let lanes = queue.lanes.clone().expect("relayed: lanes");
-    let (mine, theirs, third) = (0, 1, 2);
+    // Lanes apart, so the looks at the lanes that have held a request (a bit each) skip those between.
+    let (mine, theirs, third) = (0, 5, 13);
     let mut answers = Vec::new();
     let mut put = |lane: Option<usize>, rows: usize| {
         let (p, answer) = pending(rows, 2);
