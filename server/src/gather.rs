@@ -1,7 +1,7 @@
 //! Which queued request relays a relayed version's queue (see [`crate::direct`]), and where it queues.
 //!
 //! A request of a relayed version queues, yields so that its worker's other ready requests queue
-//! too (again until [`IDLE_ROUNDS`] rounds in a row bring none, up to [`GATHER_ROUNDS`]), and then relays: computes what
+//! too (again while each round brings more, up to [`GATHER_ROUNDS`]), and then relays: computes what
 //! is queued on an idle session. When every request did that, most of them, under load, found the
 //! queue already taken by another and had paid a reschedule of their whole call for nothing, and the
 //! requests that did relay each took the few that had queued on their own worker. Now the request
@@ -34,16 +34,11 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::doorbell::Doorbell;
 use crate::scheduler::Pending;
 
-/// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`).
-pub const GATHER_ROUNDS: usize = 8;
-
-/// A gatherer stops yielding after this many rounds in a row that brought no request. Requests arrive
-/// in spurts (a client answers a batch's responses as they come), so one round without any often comes
-/// just before the next few. Measured on the 2-core development VM at wrk 32 connections on two
-/// connection threads: 11.3 rows per backend call against 8.5 when the first such round ended the
-/// wait, and 3.3% more requests/s (median of five alternated pairs); at h2load 4 x 8, 12.1 rows against
-/// 11.8 and +1.9%. A third round added 0.4 rows and nothing measurable (docs/performance.md).
-pub const IDLE_ROUNDS: usize = 2;
+/// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`): it yields again
+/// only while a round brought more requests. Measured on the 2-core development VM: at h2load 4 x 8,
+/// 10.5 rows per backend call against 8 with one round and about 2% more calls/s; at wrk 32
+/// connections 8.7 against 6.6, requests/s within the noise (docs/performance.md).
+pub const GATHER_ROUNDS: usize = 4;
 
 /// Threads with a lane of their own; the runtime has one worker per core by default.
 pub const LANES: usize = 16;

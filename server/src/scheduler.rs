@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::direct::{Direct, LEAD_ROUNDS, Lead, RELAY_MAX_ROWS};
 use crate::doorbell::Doorbell;
 use crate::error::{Error, Result};
-use crate::gather::{self, GATHER_ROUNDS, Gathering, IDLE_ROUNDS};
+use crate::gather::{self, GATHER_ROUNDS, Gathering};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
 use crate::tensor::Tensor;
@@ -230,31 +230,17 @@ impl Scheduler {
     }
 
     /// A gatherer's wait before it relays: it yields so that its worker's other ready requests queue
-    /// first and join the batch computed next, and yields again until [`IDLE_ROUNDS`] rounds in a row
-    /// bring none (each yield also lets the runtime read the sockets), at most [`GATHER_ROUNDS`]
-    /// rounds and never past a full relayed batch. Under light load it relays after two yields. A
-    /// request an instance thread will take (too large to relay, or the model's cost not known yet)
-    /// does not wait: it holds a place in the queue, and others would be refused for it.
-    async fn gather(&self, lane: usize, rows: usize) {
-        if self.direct.get().is_none_or(|direct| !direct.relays(rows)) {
-            return;
-        }
+    /// first and join the batch computed next, and yields again while a round brings more (each yield
+    /// also lets the runtime read the sockets), at most [`GATHER_ROUNDS`] rounds and never past a full
+    /// relayed batch. Under light load the first round brings none and it relays at once.
+    async fn gather(&self, lane: usize) {
         let queued_now = || self.gathering.len(lane) + self.queue.len();
         let mut queued = queued_now();
-        let mut idle = 0;
         for _ in 0..GATHER_ROUNDS {
             tokio::task::yield_now().await;
             let now = queued_now();
-            if now >= RELAY_MAX_ROWS {
+            if now <= queued || now >= RELAY_MAX_ROWS {
                 break;
-            }
-            if now > queued {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle >= IDLE_ROUNDS {
-                    break;
-                }
             }
             queued = now;
         }
@@ -349,7 +335,7 @@ impl Scheduler {
         if !relayed {
             self.ring();
         } else if let Some(mut gatherer) = self.gathering.start(lane, self.bell.as_deref()) {
-            self.gather(lane, rows).await;
+            self.gather(lane).await;
             gatherer.stop();
             self.relay(rows, lane).await;
             gatherer.relayed();
