@@ -378,7 +378,7 @@ async fn infer_request(
     let header_id = id.as_ref().and_then(|v| v.to_str().ok());
     request.id = Some(request_id::resolve(request.id.take(), header_id)?);
     let response = served.infer_traced(request, Protocol::Http, span).await?;
-    let mut reply = codec::encode_response(&response, &decoded.binary)?.into_response();
+    let mut reply = codec::encode_response(&response, &decoded.binary).into_response();
     if let Some(id) = response
         .id
         .as_deref()

@@ -3,11 +3,10 @@
 //! Written by hand rather than through serde: the keys are fixed, so they go out as literal bytes, and
 //! a name or id goes out as it is unless it holds a byte JSON escapes. Through serde each key and string
 //! was escaped byte by byte, and the version number formatted into a `String` of its own: about 4,900
-//! instructions per single-row HTTP request against about 1,000 now (`benches/instructions.py`,
+//! instructions per single-row HTTP request against about 2,000 now (`benches/instructions.py`,
 //! docs/performance.md). The output is byte for byte serde_json's (`tests` holds it to that).
 
 use super::BinaryOutputs;
-use crate::error::Result;
 use crate::infer::InferResponse;
 use crate::tensor::{Tensor, TensorData};
 
@@ -17,10 +16,7 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
-pub fn encode_response(
-    response: &InferResponse,
-    binary: &BinaryOutputs,
-) -> Result<EncodedResponse> {
+pub fn encode_response(response: &InferResponse, binary: &BinaryOutputs) -> EncodedResponse {
     let mut tail = Vec::new();
     let mut any_binary = false;
     let mut body = Vec::with_capacity(128 + response.outputs.iter().map(json_guess).sum::<usize>());
@@ -46,14 +42,8 @@ pub fn encode_response(
         string(&mut body, &t.name);
         body.extend_from_slice(b",\"datatype\":\"");
         body.extend_from_slice(t.datatype().name().as_bytes());
-        body.extend_from_slice(b"\",\"shape\":[");
-        for (j, d) in t.shape.iter().enumerate() {
-            if j > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(itoa::Buffer::new().format(*d).as_bytes());
-        }
-        body.push(b']');
+        body.extend_from_slice(b"\",\"shape\":");
+        ints(&mut body, &t.shape);
         if binary.is_binary(&t.name) {
             any_binary = true;
             let before = tail.len();
@@ -69,17 +59,17 @@ pub fn encode_response(
     }
     body.extend_from_slice(b"]}");
     if !any_binary {
-        return Ok(EncodedResponse {
+        return EncodedResponse {
             body,
             json_len: None,
-        });
+        };
     }
     let json_len = body.len();
     body.extend_from_slice(&tail);
-    Ok(EncodedResponse {
+    EncodedResponse {
         body,
         json_len: Some(json_len),
-    })
+    }
 }
 
 /// About how many bytes an output's JSON takes, for the body's first allocation.
@@ -128,22 +118,6 @@ fn needs_escaping(s: &[u8]) -> bool {
 /// A tensor's elements as a JSON array, each written as serde_json writes it (non-finite floats as
 /// `null`, BYTES elements as strings, invalid UTF-8 replaced).
 fn data(out: &mut Vec<u8>, data: &TensorData) {
-    fn ints<T: itoa::Integer + Copy>(out: &mut Vec<u8>, v: &[T]) {
-        let mut buffer = itoa::Buffer::new();
-        list(out, v, |out, &x| {
-            out.extend_from_slice(buffer.format(x).as_bytes())
-        });
-    }
-    fn floats<T: Copy + zmij::Float>(out: &mut Vec<u8>, v: &[T], finite: impl Fn(T) -> bool) {
-        let mut buffer = zmij::Buffer::new();
-        list(out, v, |out, &x| {
-            if finite(x) {
-                out.extend_from_slice(buffer.format_finite(x).as_bytes());
-            } else {
-                out.extend_from_slice(b"null");
-            }
-        });
-    }
     match data {
         TensorData::Bool(v) => list(out, v, |out, &b| {
             out.extend_from_slice(if b { b"true" } else { b"false" })
@@ -156,20 +130,43 @@ fn data(out: &mut Vec<u8>, data: &TensorData) {
         TensorData::Int16(v) => ints(out, v),
         TensorData::Int32(v) => ints(out, v),
         TensorData::Int64(v) => ints(out, v),
-        TensorData::Fp16(v) => {
-            let v: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
-            floats(out, &v, f32::is_finite);
-        }
-        TensorData::Fp32(v) => floats(out, v, f32::is_finite),
-        TensorData::Fp64(v) => floats(out, v, f64::is_finite),
+        TensorData::Fp16(v) => floats(out, v.iter().map(|x| x.to_f32()), f32::is_finite),
+        TensorData::Fp32(v) => floats(out, v.iter().copied(), f32::is_finite),
+        TensorData::Fp64(v) => floats(out, v.iter().copied(), f64::is_finite),
         TensorData::Bytes(v) => list(out, v, |out, b| string(out, &String::from_utf8_lossy(b))),
     }
 }
 
+fn ints<T: itoa::Integer + Copy>(out: &mut Vec<u8>, v: &[T]) {
+    let mut buffer = itoa::Buffer::new();
+    list(out, v, |out, &x| {
+        out.extend_from_slice(buffer.format(x).as_bytes())
+    });
+}
+
+fn floats<T: zmij::Float>(
+    out: &mut Vec<u8>,
+    v: impl IntoIterator<Item = T>,
+    finite: impl Fn(T) -> bool,
+) {
+    let mut buffer = zmij::Buffer::new();
+    list(out, v, |out, x| {
+        if finite(x) {
+            out.extend_from_slice(buffer.format_finite(x).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    });
+}
+
 /// `[a,b,...]`, each element written by `each`.
-fn list<T>(out: &mut Vec<u8>, v: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+fn list<T>(
+    out: &mut Vec<u8>,
+    v: impl IntoIterator<Item = T>,
+    mut each: impl FnMut(&mut Vec<u8>, T),
+) {
     out.push(b'[');
-    for (i, x) in v.iter().enumerate() {
+    for (i, x) in v.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -331,7 +328,7 @@ mod tests {
                     id: id.map(str::to_string),
                     outputs: outputs.clone(),
                 };
-                let encoded = encode_response(&response, &BinaryOutputs::default()).unwrap();
+                let encoded = encode_response(&response, &BinaryOutputs::default());
                 assert_eq!(encoded.json_len, None);
                 let wanted = by_serde::json(&response, &[None; 14]);
                 assert_eq!(
@@ -377,7 +374,7 @@ mod tests {
             default: false,
             overrides: [("a".to_string(), true), ("c".to_string(), true)].into(),
         };
-        let encoded = encode_response(&response, &binary).unwrap();
+        let encoded = encode_response(&response, &binary);
         let n = encoded.json_len.expect("binary outputs follow");
         assert_eq!(
             encoded.body[..n],
