@@ -39,7 +39,7 @@ use tokio::runtime::Runtime;
 
 // The allocator `keel serve` runs with: allocation is part of both the backend's and Keel's cost.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: keel_server::alloc::Allocator = keel_server::alloc::Allocator;
 
 const ROWS: [usize; 3] = [1, 32, 256];
 

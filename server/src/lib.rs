@@ -1,6 +1,6 @@
 //! Keel's serving library: the model repository, backends, the inference core and its front ends.
 // No `unsafe` but calls into C libraries (FFI), each allowed where it is: backend/onnxruntime.rs (ONNX
-// Runtime's C API), alloc.rs (mimalloc's mi_collect).
+// Runtime's C API), alloc.rs (mimalloc: the global allocator's calls and mi_collect).
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -11,9 +11,10 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Many small allocations on many threads (request bodies, tensors, futures): glibc malloc showed ~13% of
-/// CPU under load and kept freed memory; mimalloc is faster here and returns memory to the OS.
+/// CPU under load and kept freed memory; mimalloc is faster here and returns memory to the OS. Called
+/// through `alloc::Allocator`, which skips mimalloc's aligned path where no alignment is needed.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keel_server::alloc::Allocator = keel_server::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

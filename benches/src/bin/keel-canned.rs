@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 /// The same allocator as `keel`, so the comparison measures the model path, not malloc.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keel_server::alloc::Allocator = keel_server::alloc::Allocator;
 
 /// Serves a fixed inference response over KServe V2 HTTP and gRPC, decoding every request with
 /// Keel's codecs: the upper bound a real model server on this machine can approach.

@@ -11,6 +11,8 @@ mod observe;
 
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{TempRepo, TestServer, breast_cancer_rows, workspace};
 use serde_json::{Value, json};
 
@@ -19,6 +21,7 @@ use observe::{assert_same_answer, metric, scrape, sleeps_of_threads, stats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
+    let _shared = observe::CORES.read().await;
     let lr = workspace().join("models/breast-cancer/2/model.onnx");
     let repo = TempRepo::new(
         "batching",
@@ -94,6 +97,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 /// large requests reaches a fast box one by one and may never overflow it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_at_once() {
+    let _shared = observe::CORES.read().await;
     let model = slow_mlp();
     let repo = TempRepo::new(
         "overload",
@@ -141,6 +145,7 @@ async fn a_full_queue_answers_429_at_once() {
 /// error, and is never computed: the statistics count only the long batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_abandoned_requests_never_reach_the_backend() {
+    let _shared = observe::CORES.read().await;
     let model = slow_mlp();
     let repo = TempRepo::new(
         "timeouts",
@@ -205,6 +210,7 @@ async fn expired_and_abandoned_requests_never_reach_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_queued_requests() {
+    let _shared = observe::CORES.read().await;
     let model = slow_mlp();
     let repo = TempRepo::new("drain", &[("mlp", &model, "max_batch_size = 1024\n")]);
     let s = TestServer::start(&repo.root).await;
@@ -226,6 +232,7 @@ async fn shutdown_drains_queued_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_and_unbatched_models_serve() {
+    let _shared = observe::CORES.read().await;
     let model = slow_mlp();
     let repo = TempRepo::new(
         "instances",
@@ -260,6 +267,7 @@ async fn instances_and_unbatched_models_serve() {
 /// Concurrent requests batching is covered above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_skips_the_queue_once_its_cost_is_known() {
+    let _shared = observe::CORES.read().await;
     let cheap = workspace().join("models/breast-cancer/1/model.onnx");
     let repo = TempRepo::new(
         "direct",
@@ -324,6 +332,7 @@ async fn a_lone_request_skips_the_queue_once_its_cost_is_known() {
 /// under the limit, on the worker as it is, on a fast machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_costly_lone_request_stalls_no_other_connection() {
+    let _shared = observe::CORES.read().await;
     let repo = TempRepo::new(
         "in_place",
         &[
@@ -382,6 +391,7 @@ async fn a_costly_lone_request_stalls_no_other_connection() {
 /// form, and each request still gets exactly its own rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_relays_the_queue_without_waking_the_instances() {
+    let _alone = observe::CORES.write().await;
     let lr = workspace().join("models/breast-cancer/2/model.onnx");
     let repo = TempRepo::new(
         "relay",
@@ -409,36 +419,46 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
         assert_eq!(status, 200, "{alone}");
         expected.push((body, alone));
     }
-    // A burst's requests open their connections as they go: on a loaded box they may arrive too far
-    // apart to meet. The next burst reuses those connections.
+    // Each burst writes all its requests' heads, one per open keep-alive connection, then all their
+    // bodies, and only then reads the answers. A handler that has its head waits for its body, so the
+    // requests are in flight together however the connection threads get the CPU: a client whose
+    // requests went out one by one (reqwest's) was, on a fast build or a box loaded by the other
+    // tests, answered as fast as it sent, each request alone, and a burst never met a crowd. Requests
+    // whose connection threads take turns on one core still come alone (and are right to run
+    // directly), so the test has the cores to itself ([`observe::CORES`]), and up to five bursts are
+    // tried.
+    let mut conns = Vec::new();
+    for _ in 0..expected.len() {
+        let conn = tokio::net::TcpStream::connect(s.server.http_addr())
+            .await
+            .unwrap();
+        conn.set_nodelay(true).unwrap();
+        conns.push(conn);
+    }
+    let bodies: Vec<String> = expected.iter().map(|(body, _)| body.to_string()).collect();
     let mut bursts = 0;
     let (executions, woken) = loop {
         bursts += 1;
         let before = stats(&s, "r").await["execution_count"].as_u64().unwrap();
         let slept = sleeps_of_threads("keel-r-1-");
-        let mut tasks = Vec::new();
-        for (body, alone) in expected.iter().cloned() {
-            let (client, url) = (s.client.clone(), s.url("/v2/models/r/infer"));
-            tasks.push(tokio::spawn(async move {
-                let got: Value = client
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                (body["id"].clone(), got, alone)
-            }));
+        for (conn, body) in conns.iter_mut().zip(&bodies) {
+            let head = format!(
+                "POST /v2/models/r/infer HTTP/1.1\r\nhost: keel\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
         }
-        for task in tasks {
-            let (id, got, alone) = task.await.unwrap();
-            assert_same_answer(&id, &got, &alone);
+        for (conn, body) in conns.iter_mut().zip(&bodies) {
+            conn.write_all(body.as_bytes()).await.unwrap();
+        }
+        for (conn, (body, alone)) in conns.iter_mut().zip(&expected) {
+            let (status, got) = read_response(conn).await;
+            assert_eq!(status, 200, "{got}");
+            assert_same_answer(&body["id"], &got, alone);
         }
         let executions = stats(&s, "r").await["execution_count"].as_u64().unwrap() - before;
         let woken = sleeps_of_threads("keel-r-1-") - slept;
-        if executions < 200 || bursts == 3 {
+        if executions < 200 || bursts == 5 {
             break (executions, woken);
         }
     };
@@ -459,6 +479,7 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
 /// also enforce their deadline themselves and would answer first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_call_ends_at_the_clients_deadline() {
+    let _shared = observe::CORES.read().await;
     use keel_server::grpc::pb;
     use prost::Message;
 
@@ -534,4 +555,35 @@ async fn a_grpc_call_ends_at_the_clients_deadline() {
     let trailers = data.trailers().await.unwrap().unwrap_or_default();
     assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
     s.server.shutdown().await.unwrap();
+}
+
+/// One HTTP/1.1 response read off a keep-alive connection: its status and JSON body (by its
+/// `content-length`).
+async fn read_response(conn: &mut tokio::net::TcpStream) -> (u16, Value) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf.len(), head_end + length, "one response at a time");
+    (status, serde_json::from_slice(&buf[head_end..]).unwrap())
 }

@@ -66,3 +66,8 @@ pub(crate) fn sleeps_of_threads(prefix: &str) -> u64 {
     }
     total
 }
+
+/// Held shared by every test here, and alone by the one that needs both cores for its server: the
+/// test harness runs two tests at once, and a crowd of requests only forms when the server's two
+/// connection threads run side by side (on one core each request is served alone, as it should be).
+pub(crate) static CORES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
