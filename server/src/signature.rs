@@ -96,12 +96,20 @@ impl Signature {
 
     /// The spec of input `name`, or the error a request naming an unknown input gets.
     pub fn input(&self, name: &str) -> Result<&TensorSpec> {
-        self.inputs.iter().find(|s| s.name == name).ok_or_else(|| {
-            Error::invalid(format!(
-                "unknown input '{name}'; the model's inputs are {}",
-                names(&self.inputs)
-            ))
-        })
+        self.input_index(name).map(|i| &self.inputs[i])
+    }
+
+    /// Where input `name` is in the signature, or the error a request naming an unknown input gets.
+    fn input_index(&self, name: &str) -> Result<usize> {
+        self.inputs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown input '{name}'; the model's inputs are {}",
+                    names(&self.inputs)
+                ))
+            })
     }
 
     /// Checks request inputs against the signature and returns them in signature order.
@@ -136,15 +144,46 @@ impl Signature {
 /// `max_batch_size` are refused from the header alone, so a lying request costs no allocation.
 pub struct InputHeaders<'s> {
     signature: &'s Signature,
-    seen: Vec<&'s str>,
+    /// The inputs checked so far, a bit per position in the signature: a `Vec` of names here cost two
+    /// allocations per request (the header checks run at decode and again before scheduling).
+    seen: Seen,
     batch: Option<usize>,
+}
+
+/// Positions in a signature's inputs: a bit each, or a vector for the rare model with more than 64.
+enum Seen {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(inputs: usize) -> Self {
+        if inputs <= 64 {
+            Seen::Bits(0)
+        } else {
+            Seen::Many(vec![false; inputs])
+        }
+    }
+
+    /// Marks `index` seen; false when it was already.
+    fn insert(&mut self, index: usize) -> bool {
+        match self {
+            Seen::Bits(bits) => {
+                let bit = 1u64 << index;
+                let new = *bits & bit == 0;
+                *bits |= bit;
+                new
+            }
+            Seen::Many(seen) => !std::mem::replace(&mut seen[index], true),
+        }
+    }
 }
 
 impl<'s> InputHeaders<'s> {
     pub fn new(signature: &'s Signature) -> Self {
         InputHeaders {
             signature,
-            seen: Vec::with_capacity(signature.inputs.len()),
+            seen: Seen::new(signature.inputs.len()),
             batch: None,
         }
     }
@@ -156,13 +195,13 @@ impl<'s> InputHeaders<'s> {
         datatype: DataType,
         shape: &[usize],
     ) -> Result<(&'s TensorSpec, usize)> {
-        let spec = self.signature.input(name)?;
-        if self.seen.contains(&spec.name.as_str()) {
+        let index = self.signature.input_index(name)?;
+        let spec = &self.signature.inputs[index];
+        if !self.seen.insert(index) {
             return Err(Error::invalid(format!(
                 "input '{name}' is given more than once"
             )));
         }
-        self.seen.push(&spec.name);
         spec.check_header(datatype, shape)?;
         let max_batch = self.signature.max_batch_size;
         if max_batch > 0 {
@@ -371,5 +410,19 @@ mod tests {
             .check_inputs(vec![tensor("a"), tensor("c")])
             .unwrap_err();
         assert!(unknown.to_string().contains('c'), "{unknown}");
+    }
+
+    /// Repeats are found by position whether the signature's inputs fit in a bit each or not.
+    #[test]
+    fn repeated_inputs_are_found_past_64_inputs_too() {
+        for inputs in [1, 64, 65, 130] {
+            let mut seen = Seen::new(inputs);
+            for i in (0..inputs).rev() {
+                assert!(seen.insert(i), "{inputs} inputs: {i} new");
+            }
+            for i in 0..inputs {
+                assert!(!seen.insert(i), "{inputs} inputs: {i} again");
+            }
+        }
     }
 }
