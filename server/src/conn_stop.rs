@@ -15,7 +15,8 @@ use std::task::Poll;
 use tokio::sync::watch;
 
 /// Drives `served` to its end; once `stopped` turns true (or its sender is gone), calls `graceful` on
-/// it and drives it to its end from there. Returns the connection's own result either way.
+/// it and drives it to its end from there. Returns the connection's own result either way. The signal
+/// is meant to change once, to true: a change to false leaves the stop future to notice the next one.
 pub async fn serve_until_stopped<F: Future>(
     mut served: Pin<&mut F>,
     mut stopped: watch::Receiver<bool>,
@@ -32,7 +33,10 @@ pub async fn serve_until_stopped<F: Future>(
         if !armed || probe.has_changed().unwrap_or(true) {
             armed = true;
             probe.mark_unchanged();
-            if stop.as_mut().poll(cx).is_ready() {
+            // The value is read too: the sender bumps the version before it notifies, and a stop
+            // future polled in between is not notified yet. Marked seen, the change would not make
+            // this poll it again when the notification wakes the task.
+            if stop.as_mut().poll(cx).is_ready() || *probe.borrow() {
                 return Poll::Ready(None);
             }
         }
@@ -162,5 +166,30 @@ mod tests {
         let out = serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await;
         assert_eq!(out, "finished");
         assert!(graceful.load(Ordering::SeqCst));
+    }
+
+    /// A stop sent while the connection is being polled on another thread is never missed. The signal's
+    /// version is bumped before its waiters are notified: a poll in between saw the change, marked it
+    /// seen, found the stop future not yet notified, and then slept through the notification (a SIGTERM
+    /// that left a gRPC connection open until the shutdown deadline, about one in ten under load).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_sent_while_the_connection_is_polled_elsewhere_is_never_missed() {
+        for round in 0..2000 {
+            let (tx, rx) = watch::channel(false);
+            // Wakes itself at every poll: polled over and over on the other worker.
+            let (conn, _, polls) = busy(usize::MAX, None);
+            let task = tokio::spawn(async move {
+                tokio::pin!(conn);
+                serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await
+            });
+            while polls.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+            tx.send(true).unwrap();
+            let out = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the stop was missed"));
+            assert_eq!(out.unwrap(), "finished");
+        }
     }
 }
