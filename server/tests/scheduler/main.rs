@@ -479,9 +479,10 @@ async fn a_crowd_relays_the_queue_without_waking_the_instances() {
 /// also enforce their deadline themselves and would answer first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_call_ends_at_the_clients_deadline() {
-    let _shared = observe::CORES.read().await;
     use keel_server::grpc::pb;
     use prost::Message;
+
+    let _shared = observe::CORES.read().await;
 
     let repo = TempRepo::new("grpc-deadline", &[("mlp", &slow_mlp(), "")]);
     let mut config = keel_server::ServeConfig::local(&repo.root);
