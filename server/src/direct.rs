@@ -198,7 +198,7 @@ impl Direct {
         lane: usize,
         requeue: &crossbeam_channel::Sender<Pending>,
     ) -> Lead {
-        let max_rows = self.spec.cost.rows_within(self.max).min(RELAY_MAX_ROWS);
+        let max_rows = self.max_relayed_rows();
         if max_rows == 0 || rows > max_rows {
             return Lead::Ring;
         }
@@ -246,6 +246,17 @@ impl Direct {
                 return Lead::Done;
             }
         }
+    }
+
+    /// The most rows a relayed batch may hold now: 0 while the model's cost is unknown.
+    fn max_relayed_rows(&self) -> usize {
+        self.spec.cost.rows_within(self.max).min(RELAY_MAX_ROWS)
+    }
+
+    /// Whether a request of `rows` rows would relay the queue itself, rather than leave it to an
+    /// instance thread ([`Lead::Ring`]).
+    pub fn relays(&self, rows: usize) -> bool {
+        (1..=self.max_relayed_rows()).contains(&rows.max(1))
     }
 
     /// Counts a request's arrival (`alone`: the version's only one in flight, none queued); true when it

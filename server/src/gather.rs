@@ -1,7 +1,7 @@
 //! Which queued request relays a relayed version's queue (see [`crate::direct`]), and where it queues.
 //!
 //! A request of a relayed version queues, yields so that its worker's other ready requests queue
-//! too (again while each round brings more, up to [`GATHER_ROUNDS`]), and then relays: computes what
+//! too (again while rounds bring more: [`RELAYING`]), and then relays: computes what
 //! is queued on an idle session. When every request did that, most of them, under load, found the
 //! queue already taken by another and had paid a reschedule of their whole call for nothing, and the
 //! requests that did relay each took the few that had queued on their own worker. Now the request
@@ -34,11 +34,27 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::doorbell::Doorbell;
 use crate::scheduler::Pending;
 
-/// The most rounds a gatherer yields for ([`crate::scheduler::Scheduler`]'s `gather`): it yields again
-/// only while a round brought more requests. Measured on the 2-core development VM: at h2load 4 x 8,
-/// 10.5 rows per backend call against 8 with one round and about 2% more calls/s; at wrk 32
-/// connections 8.7 against 6.6, requests/s within the noise (docs/performance.md).
-pub const GATHER_ROUNDS: usize = 4;
+/// How long a gatherer waits ([`crate::scheduler::Scheduler`]'s `gather`): at most `rounds` yields,
+/// stopping once `idle` rounds in a row brought no request.
+pub struct Patience {
+    pub rounds: usize,
+    pub idle: usize,
+}
+
+/// A gatherer that relays the queue itself. Requests come in spurts (a client sends its next request
+/// as each answer reaches it), so a round without a new one often comes just before the next few: it
+/// waits for two such rounds. Measured on the 2-core development VM, wrk 32 connections on two
+/// connection threads: 10.6-10.8 rows per backend call against 8.5 when the first such round ended the
+/// wait, 5.4-5.5% more requests/s (medians of two runs of six alternated pairs); h2load 4 x 8 within
+/// the noise (+1.6% and -2.3%). Three or four such rounds measured no better than two
+/// (docs/performance.md).
+pub const RELAYING: Patience = Patience { rounds: 8, idle: 2 };
+
+/// A gatherer whose request an instance thread will take (too large to relay, or the model's cost
+/// not known yet). It holds a queue place while it waits, and others are refused for it when the
+/// queue is full, so it stops at the first round without a request. At h2load 4 x 8 (before the
+/// connection threads) one round gave 10.5 rows per backend call against 8 without it.
+pub const RINGING: Patience = Patience { rounds: 4, idle: 1 };
 
 /// Threads with a lane of their own; the runtime has one worker per core by default.
 pub const LANES: usize = 16;

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::direct::{Direct, LEAD_ROUNDS, Lead, RELAY_MAX_ROWS};
 use crate::doorbell::Doorbell;
 use crate::error::{Error, Result};
-use crate::gather::{self, GATHER_ROUNDS, Gathering};
+use crate::gather::{self, Gathering, Patience, RELAYING, RINGING};
 use crate::metrics::VersionMetrics;
 use crate::model_toml::DynamicBatching;
 use crate::tensor::Tensor;
@@ -230,17 +230,34 @@ impl Scheduler {
     }
 
     /// A gatherer's wait before it relays: it yields so that its worker's other ready requests queue
-    /// first and join the batch computed next, and yields again while a round brings more (each yield
-    /// also lets the runtime read the sockets), at most [`GATHER_ROUNDS`] rounds and never past a full
-    /// relayed batch. Under light load the first round brings none and it relays at once.
-    async fn gather(&self, lane: usize) {
+    /// first and join the batch computed next, and yields again until rounds in a row bring none
+    /// (each yield also lets the runtime read the sockets), never past a full relayed batch: two
+    /// such rounds for a request that relays ([`RELAYING`]), one for a request an instance thread will
+    /// take ([`RINGING`]). Under light load it relays after two yields.
+    async fn gather(&self, lane: usize, rows: usize) {
+        let Patience {
+            rounds,
+            idle: patience,
+        } = match self.direct.get() {
+            Some(direct) if direct.relays(rows) => RELAYING,
+            _ => RINGING,
+        };
         let queued_now = || self.gathering.len(lane) + self.queue.len();
         let mut queued = queued_now();
-        for _ in 0..GATHER_ROUNDS {
+        let mut idle = 0;
+        for _ in 0..rounds {
             tokio::task::yield_now().await;
             let now = queued_now();
-            if now <= queued || now >= RELAY_MAX_ROWS {
+            if now >= RELAY_MAX_ROWS {
                 break;
+            }
+            if now > queued {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle >= patience {
+                    break;
+                }
             }
             queued = now;
         }
@@ -335,7 +352,7 @@ impl Scheduler {
         if !relayed {
             self.ring();
         } else if let Some(mut gatherer) = self.gathering.start(lane, self.bell.as_deref()) {
-            self.gather(lane).await;
+            self.gather(lane, rows).await;
             gatherer.stop();
             self.relay(rows, lane).await;
             gatherer.relayed();
