@@ -99,6 +99,14 @@ mod tests {
         (conn, graceful, polls)
     }
 
+    /// `conn` served until `rx` stops it, on a task of its own.
+    fn serving(conn: Busy, rx: watch::Receiver<bool>) -> tokio::task::JoinHandle<&'static str> {
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await
+        })
+    }
+
     #[tokio::test]
     async fn a_connection_that_ends_gives_its_result_without_a_graceful_stop() {
         let (_tx, rx) = watch::channel(false);
@@ -114,10 +122,7 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let (conn, graceful, polls) = busy(100, None);
         let flag = graceful.clone();
-        let task = tokio::spawn(async move {
-            tokio::pin!(conn);
-            serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await
-        });
+        let task = serving(conn, rx);
         // Let the connection wake itself through all its wake-ups; then it sleeps until the signal.
         while polls.load(Ordering::SeqCst) < 101 {
             tokio::task::yield_now().await;
@@ -132,10 +137,7 @@ mod tests {
     async fn a_signal_that_stays_false_does_not_stop_the_connection() {
         let (tx, rx) = watch::channel(false);
         let (conn, graceful, polls) = busy(0, None);
-        let task = tokio::spawn(async move {
-            tokio::pin!(conn);
-            serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await
-        });
+        let task = serving(conn, rx);
         while polls.load(Ordering::SeqCst) < 1 {
             tokio::task::yield_now().await;
         }
@@ -178,10 +180,7 @@ mod tests {
             let (tx, rx) = watch::channel(false);
             // Wakes itself at every poll: polled over and over on the other worker.
             let (conn, _, polls) = busy(usize::MAX, None);
-            let task = tokio::spawn(async move {
-                tokio::pin!(conn);
-                serve_until_stopped(conn, rx, |c| c.graceful.store(true, Ordering::SeqCst)).await
-            });
+            let task = serving(conn, rx);
             while polls.load(Ordering::SeqCst) < 2 {
                 tokio::task::yield_now().await;
             }

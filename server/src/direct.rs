@@ -199,7 +199,7 @@ impl Direct {
         requeue: &crossbeam_channel::Sender<Pending>,
     ) -> Lead {
         let max_rows = self.max_relayed_rows();
-        if max_rows == 0 || rows > max_rows {
+        if !Self::within(rows, max_rows) {
             return Lead::Ring;
         }
         let queue = Queue {
@@ -253,10 +253,15 @@ impl Direct {
         self.spec.cost.rows_within(self.max).min(RELAY_MAX_ROWS)
     }
 
+    /// Whether a request of `rows` rows fits a relayed batch of at most `max_rows` (0: none may relay).
+    fn within(rows: usize, max_rows: usize) -> bool {
+        max_rows != 0 && rows <= max_rows
+    }
+
     /// Whether a request of `rows` rows would relay the queue itself, rather than leave it to an
     /// instance thread ([`Lead::Ring`]).
     pub fn relays(&self, rows: usize) -> bool {
-        (1..=self.max_relayed_rows()).contains(&rows.max(1))
+        Self::within(rows, self.max_relayed_rows())
     }
 
     /// Counts a request's arrival (`alone`: the version's only one in flight, none queued); true when it

@@ -233,7 +233,8 @@ impl Scheduler {
     /// first and join the batch computed next, and yields again until rounds in a row bring none
     /// (each yield also lets the runtime read the sockets), never past a full relayed batch: two
     /// such rounds for a request that relays ([`RELAYING`]), one for a request an instance thread will
-    /// take ([`RINGING`]). Under light load it relays after two yields.
+    /// take ([`RINGING`]). Under light load the first rounds bring none: it relays after two yields, or
+    /// rings after one.
     async fn gather(&self, lane: usize, rows: usize) {
         let Patience {
             rounds,
